@@ -1,0 +1,48 @@
+"""Rejects and counters: how every input row and image is accounted for.
+
+Each stage's DoFn yields its main output plus two tagged outputs: ``rejects`` (one JSON-able dict per bad row or
+image, with a stable reason code) and ``events`` (``(counter_name, n)`` pairs). Events are summed into
+``metadata.json`` by the pipeline itself, so the counts are data (exact on every runner); the same increments go to
+Beam ``Metrics`` for live monitoring. Rejects never carry note text or free-text values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "mimic_cxr_ed"
+REJECTS = "rejects"
+EVENTS = "events"
+REJECT_FIELDS = ("stage", "reason", "subject_id", "study_id", "dicom_id", "detail")
+
+
+def count(name: str, n: int = 1) -> tuple[str, int]:
+    """Count ``n`` of ``name``: a Beam counter now, and the (name, n) event to be summed into metadata.json."""
+    Metrics.counter(NAMESPACE, name).inc(n)
+    return name, n
+
+
+def event(name: str, n: int = 1) -> beam.pvalue.TaggedOutput:
+    """``count`` as the ``events`` output of a multi-output DoFn."""
+    return beam.pvalue.TaggedOutput(EVENTS, count(name, n))
+
+
+def reject(stage: str, reason: str, *, subject_id: Any = None, study_id: Any = None, dicom_id: Any = None,
+           detail: str = "", counter: str | None = None) -> Iterable[beam.pvalue.TaggedOutput]:
+    """Emit one reject row and count it as ``rejected/<stage>/<reason>`` (plus ``counter`` if given)."""
+    row = dict(zip(REJECT_FIELDS, (stage, reason, subject_id, study_id, dicom_id, detail)))
+    yield beam.pvalue.TaggedOutput(REJECTS, row)
+    yield event(f"rejects/{stage}/{reason}")
+    if counter:
+        yield event(counter)
+
+
+def sum_events(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Fold (name, n) events into a sorted {name: total} dict."""
+    totals: dict[str, int] = {}
+    for name, n in pairs:
+        totals[name] = totals.get(name, 0) + n
+    return dict(sorted(totals.items()))

@@ -1,0 +1,345 @@
+"""MIMIC facts: file names, headers, column types, label order, path rules and time formats.
+
+Everything the pipeline assumes about MIMIC-CXR-JPG 2.x, MIMIC-IV-ED 2.2 and MIMIC-IV lives here, so a schema
+change touches one file. Source: ``shared/reference/mimic-schemas.md`` (mimic-code DDL, PhysioNet pages, real demo
+files). Pure Python: no Beam, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from typing import Any, Mapping
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+
+INT, FLOAT, STR, DATETIME = "int", "float", "str", "datetime"
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One MIMIC CSV: where it lives, its published header, and the typed columns the pipeline reads."""
+
+    name: str
+    module: str  # which --mimic_*_root it lives under: "cxr", "ed" or "iv"
+    subdir: str  # folder under that root ("" for the CXR root)
+    basename: str  # file name without .csv / .csv.gz
+    header: tuple[str, ...]  # the published column order (the sample generator writes exactly this)
+    types: Mapping[str, str]  # columns the pipeline reads -> INT/FLOAT/STR/DATETIME; all must be in the header
+    required: tuple[str, ...] = ()  # columns that may not be empty
+
+    @property
+    def filename(self) -> str:
+        return self.basename + ".csv.gz"
+
+
+LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+"""CheXpert label order: the column order of mimic-cxr-2.0.0-chexpert.csv.gz (alphabetical). Every label vector in
+the outputs uses exactly this order."""
+
+VITALS: tuple[str, ...] = ("temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp")
+
+CXR_METADATA = Table(
+    name="cxr_metadata",
+    module="cxr",
+    subdir="",
+    basename="mimic-cxr-2.0.0-metadata",
+    header=(
+        "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
+        "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+        "PatientOrientationCodeSequence_CodeMeaning",
+    ),
+    # Read as text: the view filter runs first, then ids and times are typed per image (see parse_image_row),
+    # so a bad value in an image we would not keep anyway is never counted as a reject.
+    types={c: STR for c in ("dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns",
+                            "StudyDate", "StudyTime")},
+)
+CXR_CHEXPERT = Table(
+    name="cxr_chexpert",
+    module="cxr",
+    subdir="",
+    basename="mimic-cxr-2.0.0-chexpert",
+    header=("subject_id", "study_id") + LABELS,
+    types={"subject_id": INT, "study_id": INT, **{label: FLOAT for label in LABELS}},
+    required=("subject_id", "study_id"),
+)
+CXR_NEGBIO = dataclasses.replace(CXR_CHEXPERT, name="cxr_negbio", basename="mimic-cxr-2.0.0-negbio")
+CXR_SPLIT = Table(
+    name="cxr_split",
+    module="cxr",
+    subdir="",
+    basename="mimic-cxr-2.0.0-split",
+    header=("dicom_id", "study_id", "subject_id", "split"),
+    types={"dicom_id": STR, "study_id": INT, "subject_id": INT, "split": STR},
+    required=("dicom_id", "study_id", "subject_id", "split"),
+)
+EDSTAYS = Table(
+    name="edstays",
+    module="ed",
+    subdir="ed",
+    basename="edstays",
+    header=("subject_id", "hadm_id", "stay_id", "intime", "outtime", "gender", "race", "arrival_transport",
+            "disposition"),
+    # disposition, hadm_id and outtime describe the end of the stay: outtime is only copied to the manifest,
+    # disposition and hadm_id are never read (they would leak the outcome into the note).
+    types={"subject_id": INT, "stay_id": INT, "intime": DATETIME, "outtime": DATETIME, "gender": STR,
+           "arrival_transport": STR},
+    required=("subject_id", "stay_id", "intime"),
+)
+TRIAGE = Table(
+    name="triage",
+    module="ed",
+    subdir="ed",
+    basename="triage",
+    header=("subject_id", "stay_id") + VITALS + ("pain", "acuity", "chiefcomplaint"),
+    types={"subject_id": INT, "stay_id": INT, **{v: FLOAT for v in VITALS}, "pain": STR, "acuity": FLOAT,
+           "chiefcomplaint": STR},
+    required=("subject_id", "stay_id"),
+)
+VITALSIGN = Table(
+    name="vitalsign",
+    module="ed",
+    subdir="ed",
+    basename="vitalsign",
+    header=("subject_id", "stay_id", "charttime") + VITALS + ("rhythm", "pain"),
+    types={"subject_id": INT, "stay_id": INT, "charttime": DATETIME, **{v: FLOAT for v in VITALS},
+           "rhythm": STR, "pain": STR},
+    required=("subject_id", "stay_id", "charttime"),
+)
+MEDRECON = Table(
+    name="medrecon",
+    module="ed",
+    subdir="ed",
+    basename="medrecon",
+    header=("subject_id", "stay_id", "charttime", "name", "gsn", "ndc", "etc_rn", "etccode", "etcdescription"),
+    types={"subject_id": INT, "stay_id": INT, "charttime": DATETIME, "name": STR},
+    required=("subject_id", "stay_id", "charttime"),
+)
+PYXIS = Table(
+    name="pyxis",
+    module="ed",
+    subdir="ed",
+    basename="pyxis",
+    header=("subject_id", "stay_id", "charttime", "med_rn", "name", "gsn_rn", "gsn"),
+    types={"subject_id": INT, "stay_id": INT, "charttime": DATETIME, "name": STR},
+    required=("subject_id", "stay_id", "charttime"),
+)
+DIAGNOSIS = Table(  # written by the sample generator for realism; never read (ED discharge codes leak the outcome)
+    name="diagnosis",
+    module="ed",
+    subdir="ed",
+    basename="diagnosis",
+    header=("subject_id", "stay_id", "seq_num", "icd_code", "icd_version", "icd_title"),
+    types={},
+)
+PATIENTS = Table(
+    name="patients",
+    module="iv",
+    subdir="hosp",
+    basename="patients",
+    header=("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"),
+    types={"subject_id": INT, "anchor_age": INT, "anchor_year": INT},
+    required=("subject_id", "anchor_age", "anchor_year"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,
+                                                TRIAGE, VITALSIGN, MEDRECON, PYXIS, DIAGNOSIS, PATIENTS)}
+
+# --------------------------------------------------------------------------------------------------------------
+# Values and paths
+
+DEFAULT_VIEWS: tuple[str, ...] = ("AP", "PA")
+OFFICIAL_SPLITS = {"train": "train", "validate": "val", "test": "test"}  # split file value -> our split name
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+AGE_TOP_CODE = 91  # MIMIC sets anchor_age of patients older than 89 to 91
+
+ESI_WORDS = {1: "resuscitation", 2: "emergent", 3: "urgent", 4: "less urgent", 5: "non-urgent"}
+"""Emergency Severity Index levels as recorded in triage.acuity (1 = most urgent)."""
+
+ARRIVAL_TRANSPORTS = ("AMBULANCE", "WALK IN", "HELICOPTER")  # UNKNOWN and OTHER carry no information
+
+
+def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
+    """Relative path of a MIMIC-CXR-JPG image: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``."""
+    sid = str(subject_id)
+    return f"files/p{sid[:2]}/p{sid}/s{study_id}/{dicom_id}.jpg"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Times
+
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?")
+_STUDY_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\.0*)?")
+_STUDY_TIME_RE = re.compile(r"(\d{1,6})(?:\.(\d*))?")
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """Parse MIMIC's ``YYYY-MM-DD HH:MM:SS`` with optional fractional seconds; raise ValueError otherwise."""
+    if not _DATETIME_RE.fullmatch(text):
+        raise ValueError(f"not YYYY-MM-DD HH:MM:SS[.ffffff]: {text!r}")
+    return dt.datetime.fromisoformat(text)
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` (fractional seconds dropped), the format of every datetime we write."""
+    return value.strftime(DATETIME_FORMAT)
+
+
+def parse_study_datetime(study_date: str, study_time: str) -> dt.datetime:
+    """Combine MIMIC-CXR StudyDate (``YYYYMMDD``) and StudyTime (``HHMMSS.ffffff`` written as a float).
+
+    StudyTime lost its leading zeros when it was stored as a number, so the integer part is left-padded to six
+    digits (``80556.875`` is 08:05:56.875); integer times (``80556``) and short ones (``4.0`` = 00:00:04) are
+    accepted; the fraction is kept to the microsecond.
+    """
+    date_match = _STUDY_DATE_RE.fullmatch(study_date.strip())
+    if not date_match:
+        raise ValueError(f"StudyDate is not YYYYMMDD: {study_date!r}")
+    time_match = _STUDY_TIME_RE.fullmatch(study_time.strip())
+    if not time_match:
+        raise ValueError(f"StudyTime is not HHMMSS[.ffffff]: {study_time!r}")
+    hhmmss = time_match.group(1).zfill(6)
+    fraction = (time_match.group(2) or "")[:6].ljust(6, "0")
+    year, month, day = (int(g) for g in date_match.groups())
+    return dt.datetime(year, month, day, int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:]), int(fraction))
+
+
+def format_study_time(value: dt.datetime) -> tuple[str, str]:
+    """Inverse of parse_study_datetime, in MIMIC's own spelling (leading zeros of the time dropped)."""
+    hhmmss = str(int(value.strftime("%H%M%S")))
+    fraction = f"{value.microsecond:06d}".rstrip("0")
+    return value.strftime("%Y%m%d"), hhmmss + "." + (fraction or "0")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Typing rows
+
+
+class RowError(ValueError):
+    """A row that cannot be typed; ``reason`` is a short stable code, ``detail`` names the column (never values
+    of free-text columns)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def int_or_none(text: str | None) -> int | None:
+    """An id for a reject row, when the text is one."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _short(value: str) -> str:
+    return repr(value if len(value) <= 32 else value[:32] + "...")
+
+
+def type_value(kind: str, text: str) -> Any:
+    """Type one CSV field; empty means NULL (None)."""
+    if text == "":
+        return None
+    if kind == STR:
+        return text
+    if kind == INT:
+        return int(text)
+    if kind == FLOAT:
+        value = float(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("not a finite number")
+        return value
+    if kind == DATETIME:
+        return parse_datetime(text)
+    raise AssertionError(kind)
+
+
+def type_row(table: Table, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Type the columns a table declares; raise RowError naming the first bad column."""
+    row = {}
+    for column, kind in table.types.items():
+        text = raw[column]
+        if text == "" and column in table.required:
+            raise RowError("missing_value", f"{table.name}.{column} is empty")
+        try:
+            row[column] = type_value(kind, text)
+        except ValueError:
+            reason = "bad_timestamp" if kind == DATETIME else f"bad_{kind}"
+            raise RowError(reason, f"{table.name}.{column}={_short(text)}") from None
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    """One MIMIC-CXR-JPG image, typed (metadata only: bytes are read after the join)."""
+
+    dicom_id: str
+    subject_id: int
+    study_id: int
+    view_position: str
+    rows: int | None
+    columns: int | None
+    study_time: dt.datetime
+
+    @property
+    def path(self) -> str:
+        return image_path(self.subject_id, self.study_id, self.dicom_id)
+
+
+def parse_image_row(raw: Mapping[str, str | None]) -> Image:
+    """Type one metadata row of a kept view (blank fields may be None); raise RowError for bad ids, sizes or
+    study times."""
+    raw = {k: (v or "").strip() for k, v in raw.items()}
+    dicom_id = raw["dicom_id"]
+    if not dicom_id:
+        raise RowError("missing_value", "cxr_metadata.dicom_id is empty")
+    typed = {}
+    for column in ("subject_id", "study_id", "Rows", "Columns"):
+        text = raw[column]
+        if text == "" and column in ("subject_id", "study_id"):
+            raise RowError("missing_value", f"cxr_metadata.{column} is empty")
+        try:
+            typed[column] = int(float(text)) if text else None
+            if text and float(text) != typed[column]:
+                raise ValueError
+        except ValueError:
+            raise RowError("bad_int", f"cxr_metadata.{column}={_short(text)}") from None
+    try:
+        study_time = parse_study_datetime(raw["StudyDate"], raw["StudyTime"])
+    except ValueError as err:
+        raise RowError("bad_study_time", f"cxr_metadata: {err}") from None
+    return Image(
+        dicom_id=dicom_id,
+        subject_id=typed["subject_id"],
+        study_id=typed["study_id"],
+        view_position=raw["ViewPosition"],
+        rows=typed["Rows"],
+        columns=typed["Columns"],
+        study_time=study_time,
+    )
+
+
+def age_at(anchor_age: int, anchor_year: int, year: int) -> int:
+    """Age in a given (shifted) year: anchor_age + (year - anchor_year); top-coded patients stay 91."""
+    if anchor_age >= AGE_TOP_CODE:
+        return AGE_TOP_CODE
+    return anchor_age + (year - anchor_year)

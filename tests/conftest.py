@@ -1,0 +1,134 @@
+"""Shared fixtures: a loopback-only network guard, Beam's in-process runner, and a tiny MIMIC tree builder."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from beam_pipeline import mimic
+
+OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
+ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
+IV_DEMO = OPEN_DATA / "mimic-iv-demo-2.2"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _loopback(host) -> bool:
+    if host in ("localhost", "", None):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test runs with connections beyond loopback refused, so nothing can quietly reach the internet."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            raise OSError(f"test tried to connect to {address[0]}: network beyond loopback is blocked")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _loopback(host):
+            raise OSError(f"test tried to resolve {host}: network beyond loopback is blocked")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_pipeline() -> TestPipeline:
+    """A TestPipeline on the in-process FnApiRunner (never the Prism download)."""
+    return TestPipeline(runner=FnApiRunner())
+
+
+test_pipeline.__test__ = False  # a helper, not a test
+
+
+def write_table(root: Path, table: mimic.Table, rows: list[dict], *, gz: bool = True) -> Path:
+    """Write rows (dicts; missing columns are blank) under root with the table's real header, gzip by default."""
+    folder = root / table.subdir if table.subdir else root
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (table.basename + (".csv.gz" if gz else ".csv"))
+    opener = (lambda: gzip.open(path, "wt", newline="", encoding="utf-8")) if gz else \
+        (lambda: open(path, "w", newline="", encoding="utf-8"))
+    with opener() as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(table.header)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in table.header])
+    return path
+
+
+def metadata_row(dicom_id: str, subject_id: int, study_id: int, when: str, view: str = "PA") -> dict:
+    """A metadata row for a study at ``when`` (YYYY-MM-DD HH:MM:SS[.f]) in MIMIC's StudyDate/StudyTime spelling."""
+    study_date, study_time = mimic.format_study_time(mimic.parse_datetime(when))
+    return {"dicom_id": dicom_id, "subject_id": subject_id, "study_id": study_id, "ViewPosition": view,
+            "Rows": 3056, "Columns": 2544, "StudyDate": study_date, "StudyTime": study_time}
+
+
+@pytest.fixture
+def mini_mimic(tmp_path):
+    """A factory: mini_mimic(images=[...], stays=[...], ...) writes a MIMIC tree and returns the three roots."""
+
+    def build(images=(), stays=(), triage=(), vitals=(), medrecon=(), pyxis=(), labels=(), patients=(), splits=()):
+        cxr, ed, iv = tmp_path / "cxr", tmp_path / "ed", tmp_path / "iv"
+        write_table(cxr, mimic.CXR_METADATA, list(images))
+        write_table(cxr, mimic.CXR_CHEXPERT, list(labels))
+        write_table(cxr, mimic.CXR_SPLIT, list(splits))
+        for table, rows in ((mimic.EDSTAYS, stays), (mimic.TRIAGE, triage), (mimic.VITALSIGN, vitals),
+                            (mimic.MEDRECON, medrecon), (mimic.PYXIS, pyxis)):
+            write_table(ed, table, list(rows))
+        write_table(iv, mimic.PATIENTS, list(patients))
+        return str(cxr), str(ed), str(iv)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A GCS emulator on a free loopback port for the session; yields a storage client. Beam's credential lookup
+    (a ~25 s stall without credentials) is short-circuited to its anonymous client."""
+    from apache_beam.internal.gcp import auth
+    from gcp_storage_emulator.server import create_server
+    from google.cloud import storage
+
+    server = create_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    port = server._api._httpd.server_address[1]
+    patch = pytest.MonkeyPatch()
+    for name, value in {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "GOOGLE_CLOUD_PROJECT": "test-project",
+                        "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:1",
+                        "GCE_METADATA_IP": "127.0.0.1:1"}.items():
+        patch.setenv(name, value)
+    patch.setattr(auth._Credentials, "_credentials_init", True)
+    patch.setattr(auth._Credentials, "_credentials", None)
+    try:
+        yield storage.Client()
+    finally:
+        patch.undo()
+        server.stop()
+
+
+def upload_tree(client, bucket: str, local: Path, prefix: str) -> str:
+    """Copy a local folder to gs://bucket/prefix and return that URL."""
+    target = client.bucket(bucket)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            target.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))
+    return f"gs://{bucket}/{prefix}"

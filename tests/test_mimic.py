@@ -1,0 +1,92 @@
+import datetime as dt
+
+import pytest
+
+from beam_pipeline import mimic
+
+
+@pytest.mark.parametrize("date, time, expected", [
+    ("21800506", "213014.531", dt.datetime(2180, 5, 6, 21, 30, 14, 531000)),
+    ("21800723", "80556.875", dt.datetime(2180, 7, 23, 8, 5, 56, 875000)),  # leading zero lost
+    ("21800723", "80556", dt.datetime(2180, 7, 23, 8, 5, 56)),  # integer time
+    ("21800723", "4.0", dt.datetime(2180, 7, 23, 0, 0, 4)),  # 00:00:04
+    ("21800723", "0", dt.datetime(2180, 7, 23, 0, 0, 0)),  # midnight
+    ("21800723", "5956.5", dt.datetime(2180, 7, 23, 0, 59, 56, 500000)),
+    ("21800723", "235959.9999999", dt.datetime(2180, 7, 23, 23, 59, 59, 999999)),  # fraction kept to the µs
+    ("21800723", " 80556.875 ", dt.datetime(2180, 7, 23, 8, 5, 56, 875000)),
+    ("21800723.0", "120000.", dt.datetime(2180, 7, 23, 12, 0, 0)),  # date written as a float
+])
+def test_parse_study_datetime(date, time, expected):
+    assert mimic.parse_study_datetime(date, time) == expected
+
+
+@pytest.mark.parametrize("date, time", [
+    ("2180-05-06", "213014"), ("21801306", "213014"), ("21800506", ""), ("21800506", "246000"),
+    ("21800506", "216014"), ("21800506", "1234567"), ("21800506", "8.05e4"), ("21800506", "-5"),
+    ("", "120000"), ("21800230", "120000"),
+])
+def test_parse_study_datetime_rejects_garbage(date, time):
+    with pytest.raises(ValueError):
+        mimic.parse_study_datetime(date, time)
+
+
+def test_format_study_time_round_trips_and_drops_leading_zeros():
+    value = dt.datetime(2180, 7, 23, 8, 5, 56, 875000)
+    assert mimic.format_study_time(value) == ("21800723", "80556.875")
+    assert mimic.parse_study_datetime(*mimic.format_study_time(value)) == value
+    assert mimic.format_study_time(dt.datetime(2180, 7, 23, 0, 0, 4)) == ("21800723", "4.0")
+
+
+def test_parse_datetime_is_strict():
+    assert mimic.parse_datetime("2142-08-03 21:06:00.090") == dt.datetime(2142, 8, 3, 21, 6, 0, 90000)
+    for bad in ("2142-08-03T21:06:00", "2142-08-03", "2142-08-03 21:06", "2142-13-03 21:06:00", "garbage"):
+        with pytest.raises(ValueError):
+            mimic.parse_datetime(bad)
+
+
+def test_type_row_types_and_names_the_bad_column():
+    row = mimic.type_row(mimic.VITALSIGN, {"subject_id": "10000032", "stay_id": "33258284",
+                                           "charttime": "2180-05-06 20:00:00", "temperature": "98.6",
+                                           "heartrate": "", "resprate": "18", "o2sat": "97", "sbp": "120",
+                                           "dbp": "70", "rhythm": "", "pain": "UA"})
+    assert row["charttime"] == dt.datetime(2180, 5, 6, 20) and row["temperature"] == 98.6
+    assert row["heartrate"] is None and row["pain"] == "UA"
+    bad = {"subject_id": "10000032", "stay_id": "33258284", "charttime": "2180-05-06 25:00:00"}
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.MEDRECON, {**bad, "name": "aspirin"})
+    assert err.value.reason == "bad_timestamp" and "medrecon.charttime" in err.value.detail
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.EDSTAYS, {"subject_id": "1", "stay_id": "", "intime": "2180-05-06 20:00:00",
+                                       "outtime": "", "gender": "F", "arrival_transport": "WALK IN"})
+    assert err.value.reason == "missing_value" and "stay_id" in err.value.detail
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.TRIAGE, {"subject_id": "1", "stay_id": "2", "temperature": "nan", "heartrate": "",
+                                      "resprate": "", "o2sat": "", "sbp": "", "dbp": "", "pain": "",
+                                      "acuity": "", "chiefcomplaint": "x"})
+    assert err.value.reason == "bad_float"
+
+
+def test_parse_image_row():
+    raw = {"dicom_id": "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714", "subject_id": "10000032",
+           "study_id": "53911762", "ViewPosition": "AP", "Rows": "2705", "Columns": "2539",
+           "StudyDate": "21800723", "StudyTime": "80556.875"}
+    image = mimic.parse_image_row(raw)
+    assert image.study_time == dt.datetime(2180, 7, 23, 8, 5, 56, 875000)
+    assert image.path == "files/p10/p10000032/s53911762/68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714.jpg"
+    for column, value, reason in (("subject_id", "", "missing_value"), ("study_id", "5x", "bad_int"),
+                                  ("Rows", "12.5", "bad_int"), ("StudyTime", "", "bad_study_time")):
+        with pytest.raises(mimic.RowError) as err:
+            mimic.parse_image_row({**raw, column: value})
+        assert err.value.reason == reason
+
+
+def test_age_at():
+    assert mimic.age_at(52, 2180, 2180) == 52
+    assert mimic.age_at(52, 2180, 2183) == 55
+    assert mimic.age_at(52, 2180, 2178) == 50
+    assert mimic.age_at(91, 2150, 2155) == 91  # top-coded stays 91
+
+
+def test_label_order_is_the_file_order():
+    assert mimic.CXR_CHEXPERT.header[2:] == mimic.LABELS
+    assert list(mimic.LABELS) == sorted(mimic.LABELS)
