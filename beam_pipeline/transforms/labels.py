@@ -1,0 +1,45 @@
+"""CheXpert labels of a study: raw values plus binary targets and a mask under the uncertain policy.
+
+Order is ``mimic.LABELS`` (the file's column order). Raw: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN blank
+(not mentioned). Binary/mask: positive -> 1/1, negative and blank -> 0/1 (not mentioned counts as negative, as in
+CheXpert training), uncertain -> 0/1 (zeros), 1/1 (ones) or 0/0 (ignore). A study without a label row, or whose row
+is entirely blank (the labeller found nothing to label), gets an all-zero mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from beam_pipeline import mimic
+
+NO_LABEL_ROW = "no_label_row"
+ALL_BLANK = "all_blank"
+LABELED = "labeled"
+UNCERTAIN = {"zeros": (0, 1), "ones": (1, 1), "ignore": (0, 0)}
+_KNOWN = {1.0: (1, 1), 0.0: (0, 1)}
+
+
+class LabelError(ValueError):
+    pass
+
+
+def label_vectors(row: Mapping[str, Any] | None, policy: str) -> tuple[list[float], list[int], list[int], str]:
+    """(raw, binary, mask, status) for one study; raise LabelError on a value other than 1, 0, -1 or blank."""
+    raw = [math.nan if row is None or row.get(name) is None else float(row[name]) for name in mimic.LABELS]
+    if row is None or all(math.isnan(v) for v in raw):
+        zeros = [0] * len(mimic.LABELS)
+        return raw, zeros, list(zeros), NO_LABEL_ROW if row is None else ALL_BLANK
+    binary, mask = [], []
+    for name, value in zip(mimic.LABELS, raw):
+        if math.isnan(value):
+            pair = (0, 1)
+        elif value == -1.0:
+            pair = UNCERTAIN[policy]
+        elif value in _KNOWN:
+            pair = _KNOWN[value]
+        else:
+            raise LabelError(f"{name}={value}")
+        binary.append(pair[0])
+        mask.append(pair[1])
+    return raw, binary, mask, LABELED

@@ -1,0 +1,85 @@
+"""Assemble one output record per linked image: ids, times, pseudo-note, features and labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import apache_beam as beam
+
+from beam_pipeline import accounting
+from beam_pipeline.transforms import labels as labels_lib
+from beam_pipeline.transforms.join import Linked
+from beam_pipeline.transforms.notes import render_note
+from beam_pipeline.transforms.snapshot import feature_vector, take_snapshot
+
+STAGE = "record"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    subject_id: int
+    study_id: int
+    dicom_id: str
+    stay_id: int
+    view_position: str
+    study_time: dt.datetime
+    ed_intime: dt.datetime
+    ed_outtime: dt.datetime | None
+    image_path: str  # relative to --mimic_cxr_root
+    image_rows: int | None
+    image_columns: int | None
+    note: str
+    features: tuple[float, ...]
+    features_missing: tuple[int, ...]
+    labels_raw: tuple[float, ...]
+    labels_binary: tuple[int, ...]
+    labels_mask: tuple[int, ...]
+    official_split: str | None = None
+    split: str | None = None
+
+    @property
+    def hours_from_arrival(self) -> float:
+        return (self.study_time - self.ed_intime).total_seconds() / 3600.0
+
+
+class BuildRecord(beam.DoFn):
+    """Linked -> Record; counts label status and implausible vitals; bad label values are rejected."""
+
+    def __init__(self, uncertain_policy: str):
+        self._policy = uncertain_policy
+
+    def process(self, linked: Linked):
+        image = linked.image
+        try:
+            raw, binary, mask, status = labels_lib.label_vectors(linked.labels, self._policy)
+        except labels_lib.LabelError as err:
+            yield from accounting.reject(STAGE, "bad_label_value", subject_id=image.subject_id,
+                                         study_id=image.study_id, dicom_id=image.dicom_id,
+                                         detail=f"cxr_chexpert: {err}", counter="rejected")
+            return
+        yield accounting.event(f"labels/{status}")
+        snap = take_snapshot(linked)
+        if snap.implausible_values:
+            yield accounting.event("vitals_implausible_dropped", snap.implausible_values)
+        values, missing = feature_vector(snap)
+        yield Record(
+            subject_id=image.subject_id,
+            study_id=image.study_id,
+            dicom_id=image.dicom_id,
+            stay_id=linked.stay["stay_id"],
+            view_position=image.view_position,
+            study_time=image.study_time,
+            ed_intime=linked.stay["intime"],
+            ed_outtime=linked.stay.get("outtime"),
+            image_path=image.path,
+            image_rows=image.rows,
+            image_columns=image.columns,
+            note=render_note(snap),
+            features=tuple(values),
+            features_missing=tuple(missing),
+            labels_raw=tuple(raw),
+            labels_binary=tuple(binary),
+            labels_mask=tuple(mask),
+            official_split=linked.official_split,
+        )

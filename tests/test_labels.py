@@ -1,0 +1,35 @@
+import math
+
+import pytest
+
+from beam_pipeline import mimic
+from beam_pipeline.transforms.labels import LabelError, label_vectors
+
+
+def row(**values):
+    return {name: values.get(name.replace(" ", "_")) for name in mimic.LABELS}
+
+
+@pytest.mark.parametrize("policy, uncertain", [("zeros", (0, 1)), ("ones", (1, 1)), ("ignore", (0, 0))])
+def test_policies(policy, uncertain):
+    raw, binary, mask, status = label_vectors(row(Atelectasis=1.0, Cardiomegaly=0.0, Edema=-1.0), policy)
+    assert status == "labeled"
+    i = {name: k for k, name in enumerate(mimic.LABELS)}
+    assert raw[i["Atelectasis"]] == 1.0 and raw[i["Cardiomegaly"]] == 0.0 and raw[i["Edema"]] == -1.0
+    assert math.isnan(raw[i["Pneumonia"]])
+    assert (binary[i["Atelectasis"]], mask[i["Atelectasis"]]) == (1, 1)
+    assert (binary[i["Cardiomegaly"]], mask[i["Cardiomegaly"]]) == (0, 1)
+    assert (binary[i["Edema"]], mask[i["Edema"]]) == uncertain
+    assert (binary[i["Pneumonia"]], mask[i["Pneumonia"]]) == (0, 1)  # blank: not mentioned = negative
+
+
+def test_missing_and_all_blank_rows_are_fully_masked():
+    for label_row, status in ((None, "no_label_row"), (row(), "all_blank")):
+        raw, binary, mask, got = label_vectors(label_row, "zeros")
+        assert got == status and all(math.isnan(v) for v in raw)
+        assert binary == [0] * 14 and mask == [0] * 14
+
+
+def test_unexpected_value_is_an_error():
+    with pytest.raises(LabelError, match="Edema=2.0"):
+        label_vectors(row(Edema=2.0), "zeros")

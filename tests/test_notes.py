@@ -1,0 +1,112 @@
+import datetime as dt
+import re
+
+import pytest
+
+from beam_pipeline import mimic
+from beam_pipeline.transforms.join import Linked
+from beam_pipeline.transforms.notes import format_number, render_note
+from beam_pipeline.transforms.snapshot import FEATURE_NAMES, feature_vector, parse_pain, take_snapshot
+
+T0 = dt.datetime(2180, 5, 6, 19, 17)
+H = dt.timedelta(hours=1)
+FORBIDDEN = re.compile(r"\bNone\b|\bnan\b|\d\.0\b|\bnull\b", re.IGNORECASE)
+
+
+def linked(study_time=T0 + 2 * H, triage=None, vitals=(), home=(), ed=(), patient=None, stay=None):
+    stay = stay or {"subject_id": 10000032, "stay_id": 33258284, "intime": T0, "outtime": T0 + 4 * H,
+                    "gender": "F", "arrival_transport": "AMBULANCE"}
+    image = mimic.Image("d", 10000032, 50414267, "PA", 3056, 2544, study_time)
+    return Linked(image, stay, triage, tuple(vitals), tuple(home), tuple(ed), patient, None, None)
+
+
+FULL_TRIAGE = {"temperature": 98.0, "heartrate": 92.0, "resprate": 18.0, "o2sat": 96.0, "sbp": 128.0,
+               "dbp": 71.0, "pain": "7", "acuity": 2.0, "chiefcomplaint": "Dyspnea,  Cough\nsent by PCP"}
+
+
+def vitals_row(minutes, **values):
+    return {"charttime": T0 + dt.timedelta(minutes=minutes), **{v: None for v in mimic.VITALS}, "rhythm": None,
+            **values}
+
+
+def test_full_note_is_readable_and_exact():
+    """Every part of the note, values rounded sensibly, latest value of each vital, medications de-duplicated."""
+    snap = take_snapshot(linked(
+        triage=FULL_TRIAGE,
+        vitals=[vitals_row(30, heartrate=101.0, sbp=118.0, dbp=65.0, o2sat=94.0),
+                vitals_row(90, heartrate=97.0, temperature=99.14, rhythm="Sinus Tachycardia")],
+        home=[{"name": "*furosemide"}, {"name": "Aspirin"}, {"name": "aspirin "}],
+        ed=[{"name": "Ondansetron 4mg/2mL 2mL VIAL"}, {"name": "Albuterol 0.083% Neb Soln"}],
+        patient={"anchor_age": 60, "anchor_year": 2178}))
+    assert render_note(snap) == (
+        "62-year-old female arriving by ambulance. Chief complaint: Dyspnea, Cough sent by PCP. "
+        "Triage acuity: emergent (ESI 2). Pain: 7/10. Triage vitals: temperature 98 °F, heart rate 92 bpm, "
+        "respiratory rate 18/min, SpO2 96%, blood pressure 128/71 mmHg. In the ED for 2 h. "
+        "Latest vitals: temperature 99.1 °F, heart rate 97 bpm, SpO2 94%, blood pressure 118/65 mmHg. "
+        "Rhythm: Sinus Tachycardia. Home medications: Aspirin, furosemide. "
+        "Medications given in the ED so far: Ondansetron 4mg/2mL 2mL VIAL, Albuterol 0.083% Neb Soln.")
+
+
+def test_missing_values_are_left_out_cleanly():
+    snap = take_snapshot(linked(triage={"temperature": None, "heartrate": 88.0, "sbp": 140.0, "pain": "",
+                                        "acuity": None, "chiefcomplaint": None},
+                                stay={"subject_id": 1, "stay_id": 2, "intime": T0, "outtime": None, "gender": None,
+                                      "arrival_transport": "UNKNOWN"}))
+    note = render_note(snap)
+    assert note == ("Patient. Triage vitals: heart rate 88 bpm, systolic blood pressure 140 mmHg. "
+                    "In the ED for 2 h.")
+    assert not FORBIDDEN.search(note)
+
+
+def test_xray_before_arrival_has_only_static_facts():
+    snap = take_snapshot(linked(study_time=T0 - H, stay={"subject_id": 1, "stay_id": 2, "intime": T0,
+                                                         "outtime": None, "gender": "M",
+                                                         "arrival_transport": None},
+                                patient={"anchor_age": 91, "anchor_year": 2170}))
+    assert render_note(snap) == "91-year-old male."
+    values, missing = feature_vector(snap)
+    assert values[FEATURE_NAMES.index("hours_from_arrival")] == -1.0
+
+
+@pytest.mark.parametrize("value, decimals, text", [(92.0, 0, "92"), (92.5, 0, "93"), (98.6, 1, "98.6"),
+                                                   (98.04999, 1, "98"), (98.05, 1, "98.1"), (0.0, 0, "0"),
+                                                   (0.0, 1, "0"), (100.0, 1, "100"), (-1.25, 1, "-1.2")])
+def test_format_number(value, decimals, text):
+    assert format_number(value, decimals) == text
+
+
+@pytest.mark.parametrize("text, expected", [("7", (7.0, False)), ("0", (0.0, False)), ("13", (None, False)),
+                                            ("UA", (None, True)), ("unable", (None, True)),
+                                            ("Critical", (None, False)), ("", (None, False)),
+                                            ("7.5", (7.5, False)), (None, (None, False))])
+def test_parse_pain(text, expected):
+    assert parse_pain(text) == expected
+
+
+def test_implausible_vitals_are_dropped_and_counted():
+    snap = take_snapshot(linked(triage={"temperature": 37.2, "heartrate": 900.0, "o2sat": 97.0},
+                                vitals=[vitals_row(10, o2sat=1000.0)]))
+    assert snap.triage_vitals["temperature"] is None and snap.triage_vitals["heartrate"] is None
+    assert snap.last_vitals["o2sat"] is None and snap.implausible_values == 3
+    assert "37.2" not in render_note(snap) and "900" not in render_note(snap)
+
+
+def test_feature_vector_values_and_mask():
+    snap = take_snapshot(linked(triage=FULL_TRIAGE, patient={"anchor_age": 60, "anchor_year": 2180},
+                                home=[{"name": "aspirin"}], vitals=[vitals_row(5, heartrate=80.0)]))
+    values, missing = feature_vector(snap)
+    assert len(values) == len(missing) == len(FEATURE_NAMES)
+    named = dict(zip(FEATURE_NAMES, values))
+    absent = {name for name, m in zip(FEATURE_NAMES, missing) if m}
+    assert named["age"] == 60 and named["female"] == 1 and named["arrival_ambulance"] == 1
+    assert named["arrival_walk_in"] == 0 and named["acuity"] == 2 and named["pain"] == 7
+    assert named["triage_heartrate"] == 92 and named["last_heartrate"] == 80 and named["n_home_meds"] == 1
+    assert absent == {f"last_{v}" for v in mimic.VITALS if v != "heartrate"}
+    assert all(values[FEATURE_NAMES.index(name)] == 0.0 for name in absent)
+
+
+def test_many_medications_are_capped_in_the_note_but_counted():
+    home = [{"name": f"med{i:02d}"} for i in range(25)]
+    snap = take_snapshot(linked(home=home))
+    assert "med19 and 5 more." in render_note(snap) and "med20" not in render_note(snap)
+    assert feature_vector(snap)[0][FEATURE_NAMES.index("n_home_meds")] == 25

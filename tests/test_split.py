@@ -1,0 +1,81 @@
+import collections
+import dataclasses
+import datetime as dt
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipeline.transforms.records import Record
+from beam_pipeline.transforms.split import (AssertPatientDisjoint, AssignSplit, PatientOverlapError, hash_split,
+                                           unit_interval)
+from conftest import test_pipeline
+
+FRACTIONS = (0.7, 0.15, 0.15)
+VAL_SUBJECT = 10000003
+
+
+def record(subject_id, dicom_id, study_id=50000000, official=None, split=None):
+    t = dt.datetime(2180, 1, 1)
+    return Record(subject_id, study_id, dicom_id, 30000000, "PA", t, t, None, "p", None, None, "", (), (), (), (),
+                  (), official, split)
+
+
+def test_hash_split_is_stable_across_releases():
+    """Golden values (sha256 of "mimic-cxr-ed-v1:<subject_id>"): if these change, published splits move."""
+    assert unit_interval("mimic-cxr-ed-v1:10000032") == pytest.approx(0.321716, abs=1e-6)
+    got = {s: hash_split(s, "mimic-cxr-ed-v1", FRACTIONS) for s in (10000032, 10001217, 10014354, VAL_SUBJECT)}
+    assert got == {10000032: "train", 10001217: "test", 10014354: "test", VAL_SUBJECT: "val"}
+
+
+def test_hash_split_fractions_and_salt():
+    subjects = range(10000000, 10020000)
+    counts = collections.Counter(hash_split(s, "salt", FRACTIONS) for s in subjects)
+    assert abs(counts["train"] / 20000 - 0.7) < 0.015 and abs(counts["val"] / 20000 - 0.15) < 0.015
+    moved = sum(hash_split(s, "salt", FRACTIONS) != hash_split(s, "other", FRACTIONS) for s in subjects)
+    assert moved > 5000  # a new salt reshuffles
+    assert {hash_split(s, "salt", (1.0, 0.0, 0.0)) for s in range(1000)} == {"train"}
+    assert {hash_split(s, "salt", (0.0, 0.0, 1.0)) for s in range(1000)} == {"test"}
+
+
+def test_hash_assignment_keeps_a_patients_images_together():
+    records = [record(10000000 + i % 50, f"d{i}") for i in range(500)]
+    with test_pipeline() as p:
+        out = (p | beam.Create(records)
+               | beam.ParDo(AssignSplit("hash", "s", FRACTIONS)).with_outputs("rejects", "events", main="records"))
+        splits_per_patient = (out.records
+                              | beam.Map(lambda r: (r.subject_id, r.split))
+                              | "DistinctPairs" >> beam.Distinct()
+                              | beam.combiners.Count.PerKey()
+                              | beam.Map(lambda kv: kv[1])
+                              | "DistinctCounts" >> beam.Distinct())
+        assert_that(splits_per_patient, equal_to([1]))
+
+
+def test_official_split_maps_validate_and_rejects_missing():
+    records = [record(1, "a", official="train"), record(2, "b", official="validate"), record(3, "c", official="test"),
+               record(4, "d", official=None), record(5, "e", official="holdout")]
+    with test_pipeline() as p:
+        out = (p | beam.Create(records)
+               | beam.ParDo(AssignSplit("official", "s", FRACTIONS)).with_outputs("rejects", "events", main="records"))
+        assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
+                    equal_to([("a", "train"), ("b", "val"), ("c", "test")]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"])),
+                    equal_to([("d", "not_in_official_split"), ("e", "unknown_official_split")]), label="Rejects")
+
+
+def test_disjointness_counts_patients_and_studies():
+    records = [record(1, "a", 51, split="train"), record(1, "b", 51, split="train"), record(1, "c", 52, split="train"),
+               record(2, "d", 53, split="test")]
+    with test_pipeline() as p:
+        events = p | beam.Create(records) | AssertPatientDisjoint() | beam.CombinePerKey(sum)
+        assert_that(events, equal_to([("patients/train", 1), ("patients/test", 1), ("studies/train", 2),
+                                      ("studies/test", 1)]))
+
+
+def test_patient_in_two_splits_fails_the_job():
+    records = [record(1, "a", split="train"), dataclasses.replace(record(1, "b"), split="val")]
+    with pytest.raises(Exception, match="subject 1 appears in splits") as err:
+        with test_pipeline() as p:
+            _ = p | beam.Create(records) | AssertPatientDisjoint()
+    assert isinstance(err.value, PatientOverlapError) or "PatientOverlapError" in str(err.value)
