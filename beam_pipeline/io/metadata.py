@@ -1,0 +1,151 @@
+"""metadata.json: config, versions, feature spec, label order, input checksums, outputs and the counts that add up.
+
+Written by the pipeline itself as its last step (after every shard), so it exists only for a complete run and works
+the same on Dataflow. Counts come from the events every stage emits; if they do not add up the job fails rather
+than publish a dataset that lost records silently.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import __version__, accounting, mimic
+from beam_pipeline.io.outputs import MANIFEST_COLUMNS
+from beam_pipeline.options import Config
+from beam_pipeline.transforms.examples import feature_spec_json
+from beam_pipeline.transforms.snapshot import FEATURE_NAMES
+
+PACKAGES = ("apache-beam", "protobuf", "google-crc32c", "numpy")
+
+
+class CountsError(RuntimeError):
+    pass
+
+
+def _prefixed(events: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: v for k, v in events.items() if k.startswith(prefix)}
+
+
+def summarize_counts(events: dict[str, int]) -> dict:
+    """Turn summed events into the documented counts block."""
+    rejects = _prefixed(events, "rejects/")
+    return {
+        "images_total": events.get("rows_read/cxr_metadata", 0),
+        "images_unreadable": events.get("rows_rejected/cxr_metadata", 0),
+        "images_other_view": events.get("images_other_view", 0),
+        "images_kept_view": events.get("images_kept_view", 0),
+        "matched": events.get("matched", 0),
+        "no_ed_stay": events.get("no_ed_stay", 0),
+        "rejected": events.get("rejected", 0),
+        "rejected_by_reason": {k: v for k, v in rejects.items() if not k.startswith("read/")},
+        "per_split": {s: events.get(f"per_split/{s}", 0) for s in mimic.SPLITS},
+        "patients_per_split": {s: events.get(f"patients/{s}", 0) for s in mimic.SPLITS},
+        "studies_per_split": {s: events.get(f"studies/{s}", 0) for s in mimic.SPLITS},
+        "labels": _prefixed(events, "labels/"),
+        "vitals_implausible_dropped": events.get("vitals_implausible_dropped", 0),
+        "rows_read": _prefixed(events, "rows_read/"),
+        "rows_rejected": _prefixed(events, "rows_rejected/"),
+        "rejects_total": sum(rejects.values()),
+        "rejects_by_stage_reason": rejects,
+    }
+
+
+def summarize_outputs(files: list[dict], output: str) -> dict:
+    """Per output kind and group: shard count, records and bytes; plus every file relative to --output."""
+    summary: dict = {}
+    for f in files:
+        kind = f["path"][len(output):].strip("/").split("/")[0]
+        entry = summary.setdefault(kind, {}).setdefault(f["group"], {"shards": 0, "records": 0, "bytes": 0})
+        entry["shards"] += 1
+        entry["records"] += f["records"]
+        entry["bytes"] += f["bytes"]
+    summary["files"] = sorted(f["path"][len(output):].strip("/") for f in files)
+    return summary
+
+
+def check_counts(counts: dict, outputs: dict) -> list[str]:
+    """Every identity the funnel promises; an empty list means nothing was lost."""
+    c = counts
+    written = {split: outputs.get("tfrecords", {}).get(split, {}).get("records", 0) for split in mimic.SPLITS}
+    checks = [
+        ("images_total == images_unreadable + images_other_view + images_kept_view",
+         c["images_total"], c["images_unreadable"] + c["images_other_view"] + c["images_kept_view"]),
+        ("images_kept_view == matched + no_ed_stay + rejected",
+         c["images_kept_view"], c["matched"] + c["no_ed_stay"] + c["rejected"]),
+        ("rejected == sum(rejected_by_reason)", c["rejected"], sum(c["rejected_by_reason"].values())),
+        ("matched == sum(per_split)", c["matched"], sum(c["per_split"].values())),
+        ("tfrecord records == per_split", written, c["per_split"]),
+        ("manifest rows == matched", outputs.get("manifest", {}).get("manifest", {}).get("records", 0), c["matched"]),
+        ("reject lines == rejects_total", outputs.get("rejects", {}).get("rejects", {}).get("records", 0),
+         c["rejects_total"]),
+    ]
+    return [f"{name}: {left} != {right}" for name, left, right in checks if left != right]
+
+
+def versions() -> dict[str, str]:
+    found = {"beam_pipeline": __version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        found[package] = importlib.metadata.version(package)
+    return found
+
+
+def build_metadata(config: Config, events: dict[str, int], inputs: list[dict], files: list[dict]) -> dict:
+    counts = summarize_counts(events)
+    outputs = summarize_outputs(files, config.output)
+    problems = check_counts(counts, outputs)
+    if problems:
+        raise CountsError("counts do not add up: " + "; ".join(problems))
+    return {
+        "dataset": "MIMIC-CXR-JPG x MIMIC-IV-ED, leakage-safe multimodal records",
+        "config": config.as_dict(),
+        "versions": versions(),
+        "inputs": {i["table"]: {k: i[k] for k in ("path", "bytes", "sha256", "rows")}
+                   for i in sorted(inputs, key=lambda i: i["table"])},
+        "label_order": list(mimic.LABELS),
+        "feature_names": list(FEATURE_NAMES),
+        "features": feature_spec_json(),
+        "manifest_columns": list(MANIFEST_COLUMNS),
+        "reject_fields": list(accounting.REJECT_FIELDS),
+        "counts": counts,
+        "outputs": outputs,
+    }
+
+
+def write_json(path: str, document: dict) -> None:
+    with FileSystems.create(path, mime_type="application/json",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write((json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: str) -> dict:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+class WriteMetadata(beam.PTransform):
+    """(events, input file records, written file records) -> metadata.json, after every shard is written."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self._config = config
+
+    def expand(self, inputs):
+        events, input_files, written = inputs
+        config = self._config
+
+        def write(_, events, input_files, written):
+            document = build_metadata(config, accounting.sum_events(events), input_files, written)
+            write_json(FileSystems.join(config.output, "metadata.json"), document)
+            yield document["counts"]
+
+        totals = events | "SumEvents" >> beam.CombinePerKey(sum)
+        return (events.pipeline
+                | "Once" >> beam.Create([None])
+                | "WriteMetadataJson" >> beam.FlatMap(write, beam.pvalue.AsList(totals),
+                                                      beam.pvalue.AsList(input_files), beam.pvalue.AsList(written)))

@@ -1,0 +1,116 @@
+"""Pipeline options: one typed dataclass documents every flag; the argparse flags are generated from it.
+
+``Config`` is what transforms receive (frozen, picklable, validated on construction). Every flag takes the form
+``--name=value`` so a Flex Template can pass it as a parameter; booleans accept ``--flag``, ``--flag=true`` and
+``--flag=false``. Beam's own flags (``--runner``, ``--project``, ...) share the command line (see run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+from beam_pipeline import mimic
+
+
+def _flag(help: str, default: Any = dataclasses.MISSING, *, parse: Callable[[str], Any] = str,
+          choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    return tuple(float(item) for item in text.split(","))
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+REQUIRED_FLAGS = ("mimic_cxr_root", "mimic_ed_root", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every pipeline flag, its default and what it means (README 'Options' is generated from the same text)."""
+
+    mimic_cxr_root: str = _flag(
+        "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
+        "Local path or gs://.", "")
+    mimic_ed_root: str = _flag(
+        "MIMIC-IV-ED root: the folder holding ed/ (edstays, triage, vitalsign, medrecon, pyxis). Local or gs://.", "")
+    output: str = _flag("Output folder (local or gs://): manifest/, tfrecords/, rejects/ and metadata.json.", "")
+    mimic_iv_root: str = _flag(
+        "Optional MIMIC-IV root holding hosp/patients.csv.gz; needed for the patient's age at the X-ray.", "")
+    views: tuple[str, ...] = _flag(
+        "Comma-separated ViewPosition values to keep (exact match).", mimic.DEFAULT_VIEWS, parse=_csv_list)
+    window_start_hours: float = _flag(
+        "A study matches an ED stay when intime + start <= study time <= intime + end (hours, inclusive). "
+        "Negative start admits X-rays taken before arrival.", 0.0, parse=float)
+    window_end_hours: float = _flag("End of the matching window in hours after ED intime (inclusive).", 24.0,
+                                    parse=float)
+    uncertain_policy: str = _flag(
+        "How uncertain (-1) CheXpert labels become binary targets: zeros (-1 -> 0), ones (-1 -> 1) or ignore "
+        "(-1 -> masked out). Raw values are always stored too.", "zeros", choices=("zeros", "ones", "ignore"))
+    split_strategy: str = _flag(
+        "hash: patient-level split by salted sha256 of subject_id; official: the MIMIC-CXR split file "
+        "(validate -> val).", "hash", choices=("hash", "official"))
+    split_fractions: tuple[float, ...] = _flag(
+        "train,val,test fractions for --split_strategy=hash; must sum to 1.", (0.7, 0.15, 0.15), parse=_fractions)
+    split_salt: str = _flag(
+        "Salt of the hash split. Changing it reshuffles patients; keep it fixed to keep splits stable.",
+        "mimic-cxr-ed-v1")
+    target_shard_mb: float = _flag(
+        "Target size of one TFRecord shard in MB; the shard count per split follows from the data size.", 200.0,
+        parse=float)
+    compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
+                             choices=("none", "gzip"))
+    overwrite: bool = _flag(
+        "Replace the outputs of an earlier run in --output. Without it the job refuses a non-empty output.",
+        False, parse=parse_bool)
+
+    def __post_init__(self):
+        problems = []
+        for name in REQUIRED_FLAGS:
+            if not getattr(self, name):
+                problems.append(f"--{name} is required")
+        if not self.views:
+            problems.append("--views must name at least one ViewPosition")
+        if self.window_start_hours > self.window_end_hours:
+            problems.append("--window_start_hours must be <= --window_end_hours")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
+        if self.target_shard_mb <= 0:
+            problems.append("--target_shard_mb must be positive")
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            if choices and getattr(self, field.name) not in choices:
+                problems.append(f"--{field.name} must be one of {', '.join(choices)}")
+        if problems:
+            raise ValueError("invalid options: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per Config field (defaults stay None so Config's own defaults apply)."""
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        default = "" if field.default is dataclasses.MISSING else field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs = dict(type=meta["parse"], help=f"{meta['help']} (default: {shown!s})" if shown != "" else
+                      meta["help"], choices=meta["choices"])
+        if meta["parse"] is parse_bool:
+            kwargs.update(nargs="?", const=True)
+        parser.add_argument(f"--{field.name}", **kwargs)

@@ -1,0 +1,105 @@
+"""Command line: ``python -m beam_pipeline.run --mimic_cxr_root=... --mimic_ed_root=... --output=... [Beam flags]``.
+
+Pipeline flags are ours (``--help`` lists them); anything else goes to Beam (``--runner``, ``--project``, ...), and
+a flag neither knows is an error rather than silently dropped. Without ``--runner`` (or with DirectRunner) the job
+runs on Beam's in-process FnApiRunner, which never tries to download the Prism runner; it then waits, and prints
+where the output is and the stage funnel. On other runners (Dataflow) it submits and returns without blocking, as
+Flex Templates require.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.runners.runner import PipelineResult
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from beam_pipeline import mimic
+from beam_pipeline.io.csv_tables import InputError
+from beam_pipeline.io.metadata import read_json
+from beam_pipeline.io.outputs import OutputExistsError, prepare_output
+from beam_pipeline.options import Config, add_arguments
+from beam_pipeline.pipeline import build_pipeline, resolve_inputs
+
+LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+
+
+def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.run", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    add_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    options = PipelineOptions(beam_args)
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:
+        parser.error("unknown flags: " + ", ".join("--" + name for name in unknown))
+    try:
+        config = Config(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValueError as err:
+        parser.error(str(err))
+    return config, options
+
+
+def format_funnel(counts: dict, views: tuple[str, ...]) -> str:
+    """The stage funnel as a small aligned table."""
+    split_text = " / ".join(f"{s} {counts['per_split'][s]}" for s in mimic.SPLITS)
+    reasons = ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items())
+    rows = [
+        ("images in metadata", counts["images_total"], ""),
+        ("  unreadable rows", counts["images_unreadable"], ""),
+        ("  other views", counts["images_other_view"], ""),
+        (f"  kept views ({','.join(views)})", counts["images_kept_view"], ""),
+        ("    no ED stay in window", counts["no_ed_stay"], ""),
+        ("    rejected", counts["rejected"], reasons),
+        ("    matched and written", counts["matched"], split_text),
+    ]
+    labels = counts["labels"]
+    lines = [f"{name:<32}{n:>9}  {extra}".rstrip() for name, n, extra in rows]
+    lines.append(f"{'  of which without labels':<32}{labels.get('no_label_row', 0) + labels.get('all_blank', 0):>9}")
+    lines.append(f"{'rejects written (all stages)':<32}{counts['rejects_total']:>9}")
+    return "\n".join(lines)
+
+
+def is_local(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
+def execute(config: Config, options: PipelineOptions) -> PipelineResult:
+    """Check inputs and output, build the graph and start it (local runs on the in-process FnApiRunner)."""
+    paths = resolve_inputs(config)
+    prepare_output(config.output, config.overwrite)
+    runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, config, paths)
+    return pipeline.run()
+
+
+def run(argv: list[str] | None = None) -> dict | None:
+    """Run the job; locally wait and return metadata.json's contents, remotely return None once submitted."""
+    config, options = parse(sys.argv[1:] if argv is None else argv)
+    result = execute(config, options)
+    if not is_local(options):
+        return None
+    result.wait_until_finish()
+    return read_json(FileSystems.join(config.output, "metadata.json"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        metadata = run(argv)
+    except (InputError, OutputExistsError) as err:
+        sys.exit(f"error: {err}")
+    if metadata is not None:
+        config = metadata["config"]
+        print(f"Output: {config['output']}")
+        print(format_funnel(metadata["counts"], tuple(config["views"])))
+
+
+if __name__ == "__main__":
+    main()

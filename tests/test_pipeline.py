@@ -1,0 +1,227 @@
+"""The whole job on small hand-built MIMIC trees where every outcome is known in advance."""
+
+import csv
+import datetime as dt
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import mimic
+from beam_pipeline.accounting import NAMESPACE
+from beam_pipeline.io import tfrecord
+from beam_pipeline.run import execute, main, parse, run
+from beam_pipeline.transforms.snapshot import FEATURE_NAMES
+from conftest import metadata_row, upload_tree
+
+SUBJECT, OTHER = 10000001, 10000002
+T0 = dt.datetime(2150, 3, 1, 10, 0)
+H = dt.timedelta(hours=1)
+
+
+def when(delta: dt.timedelta) -> str:
+    return str(T0 + delta)
+
+
+def vitals(minutes, hr, stay_id=30000001):
+    return {"subject_id": SUBJECT, "stay_id": stay_id, "charttime": when(dt.timedelta(minutes=minutes)),
+            "heartrate": hr, "temperature": 98.6}
+
+
+def scenario():
+    images = [
+        metadata_row("d-at-intime", SUBJECT, 50000001, when(0 * H)),
+        metadata_row("d-mid", SUBJECT, 50000002, when(2 * H), view="AP"),
+        metadata_row("d-24h", SUBJECT, 50000003, when(24 * H)),
+        metadata_row("d-24h-1s", SUBJECT, 50000004, when(24 * H + dt.timedelta(seconds=1))),
+        metadata_row("d-stay-b", SUBJECT, 50000005, when(31 * H)),
+        {**metadata_row("d-lateral", SUBJECT, 50000001, when(0 * H)), "ViewPosition": "LATERAL"},
+        {**metadata_row("d-blank-view", SUBJECT, 50000001, when(0 * H)), "ViewPosition": ""},
+        {**metadata_row("d-bad-time", SUBJECT, 50000006, when(H)), "StudyTime": "25xx"},
+        metadata_row("d-no-stay", OTHER, 50000007, when(H)),
+    ]
+    stays = [{"subject_id": SUBJECT, "stay_id": 30000001, "intime": when(0 * H), "outtime": when(5 * H),
+              "gender": "F", "arrival_transport": "AMBULANCE"},
+             {"subject_id": SUBJECT, "stay_id": 30000002, "intime": when(30 * H), "outtime": when(36 * H),
+              "gender": "F", "arrival_transport": "WALK IN"}]
+    triage = [{"subject_id": SUBJECT, "stay_id": 30000001, "heartrate": 110, "acuity": 2,
+               "chiefcomplaint": 'Dyspnea, "worse"\nsince AM', "pain": "8"}]
+    vital_rows = [vitals(60, 80), vitals(180, 187)]  # 187 is charted after d-mid (2 h) and must never show
+    labels = [{"subject_id": SUBJECT, "study_id": 50000002, "Edema": "1.0", "Pneumonia": "-1.0"},
+              {"subject_id": SUBJECT, "study_id": 50000003}]  # all blank
+    patients = [{"subject_id": SUBJECT, "gender": "F", "anchor_age": 70, "anchor_year": 2148}]
+    splits = [{"dicom_id": d["dicom_id"], "study_id": d["study_id"], "subject_id": d["subject_id"],
+               "split": "validate"} for d in images if d["dicom_id"] != "d-24h"]
+    return dict(images=images, stays=stays, triage=triage, vitals=vital_rows, labels=labels, patients=patients,
+                splits=splits)
+
+
+def argv(roots, output, *extra):
+    cxr, ed, iv = roots
+    return [f"--mimic_cxr_root={cxr}", f"--mimic_ed_root={ed}", f"--mimic_iv_root={iv}", f"--output={output}",
+            *extra]
+
+
+def read_tfrecords(output: Path) -> dict[str, dict]:
+    records = {}
+    for path in sorted((output / "tfrecords").glob("*.tfrecord")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            example = tfrecord.parse_example(data[offset + 12:offset + 12 + length])
+            records[example["dicom_id"][0].decode()] = example
+            offset += 16 + length
+    return records
+
+
+def read_manifest(output: Path) -> list[dict]:
+    rows = []
+    for path in sorted((output / "manifest").glob("manifest-*.csv")):
+        with open(path, newline="") as f:
+            rows.extend(csv.DictReader(f))
+    return rows
+
+
+@pytest.fixture
+def scenario_run(mini_mimic, tmp_path):
+    roots = mini_mimic(**scenario())
+    output = tmp_path / "out"
+    config, options = parse(argv(roots, output))
+    result = execute(config, options)
+    result.wait_until_finish()
+    return roots, output, result, json.loads((output / "metadata.json").read_text())
+
+
+def test_outcome_of_every_image(scenario_run):
+    _, output, _, metadata = scenario_run
+    manifest = {row["dicom_id"]: row for row in read_manifest(output)}
+    assert set(manifest) == {"d-at-intime", "d-mid", "d-24h", "d-stay-b"}
+    assert manifest["d-24h"]["stay_id"] == "30000001" and manifest["d-stay-b"]["stay_id"] == "30000002"
+    assert manifest["d-mid"] == {
+        "subject_id": str(SUBJECT), "study_id": "50000002", "dicom_id": "d-mid", "stay_id": "30000001",
+        "split": manifest["d-mid"]["split"], "study_datetime": "2150-03-01 12:00:00",
+        "ed_intime": "2150-03-01 10:00:00", "ed_outtime": "2150-03-01 15:00:00", "hours_from_arrival": "2.000"}
+    counts = metadata["counts"]
+    assert {k: counts[k] for k in ("images_total", "images_unreadable", "images_other_view", "images_kept_view",
+                                   "matched", "no_ed_stay", "rejected")} == {
+        "images_total": 9, "images_unreadable": 0, "images_other_view": 2, "images_kept_view": 7, "matched": 4,
+        "no_ed_stay": 2, "rejected": 1}
+    assert counts["rejected_by_reason"] == {"images/bad_study_time": 1}
+    assert counts["labels"] == {"labeled": 1, "all_blank": 1, "no_label_row": 2}
+    assert sum(counts["per_split"].values()) == 4 and sum(counts["patients_per_split"].values()) == 1
+    rejects = [json.loads(line) for path in (output / "rejects").glob("*.jsonl") for line in path.open()]
+    assert rejects == [{"stage": "images", "reason": "bad_study_time", "subject_id": SUBJECT, "study_id": 50000006,
+                        "dicom_id": "d-bad-time", "detail": "cxr_metadata: StudyTime is not HHMMSS[.ffffff]: '25xx'"}]
+
+
+def test_vitals_after_the_xray_never_reach_note_or_features(scenario_run):
+    _, output, _, _ = scenario_run
+    record = read_tfrecords(output)["d-mid"]
+    note = record["note/text"][0].decode()
+    features = dict(zip(FEATURE_NAMES, record["features/values"]))
+    assert "heart rate 80 bpm" in note and "187" not in note
+    assert features["last_heartrate"] == 80 and features["n_vitals"] == 1 and features["triage_heartrate"] == 110
+    assert note.startswith("72-year-old female arriving by ambulance. Chief complaint: Dyspnea, \"worse\" since AM.")
+    later = read_tfrecords(output)["d-24h"]
+    assert dict(zip(FEATURE_NAMES, later["features/values"]))["last_heartrate"] == 187  # known by then
+
+
+def test_labels_and_feature_names_in_records(scenario_run):
+    _, output, _, metadata = scenario_run
+    records = read_tfrecords(output)
+    edema, pneumonia = mimic.LABELS.index("Edema"), mimic.LABELS.index("Pneumonia")
+    mid = records["d-mid"]
+    assert mid["labels/chexpert"][edema] == 1.0 and mid["labels/chexpert"][pneumonia] == -1.0
+    assert mid["labels/binary"][edema] == 1 and mid["labels/binary"][pneumonia] == 0  # default policy: zeros
+    assert mid["labels/mask"] == [1] * 14 and records["d-24h"]["labels/mask"] == [0] * 14
+    assert metadata["label_order"] == list(mimic.LABELS)
+    assert metadata["feature_names"] == list(FEATURE_NAMES)
+    assert set(metadata["features"]) == set(mid)
+
+
+def test_layout_is_exact_and_counts_match_beam_metrics(scenario_run):
+    _, output, result, metadata = scenario_run
+    files = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
+    assert files == ["manifest/manifest-00000-of-00001.csv", "metadata.json", "rejects/rejects-00000-of-00001.jsonl",
+                     "tfrecords/test-00000-of-00001.tfrecord", "tfrecords/train-00000-of-00001.tfrecord",
+                     "tfrecords/val-00000-of-00001.tfrecord"]
+    assert metadata["outputs"]["files"] == files[:1] + files[2:]
+    metrics = {m.key.metric.name: m.committed for m in result.metrics().query()["counters"]
+               if m.key.metric.namespace == NAMESPACE}
+    counts = metadata["counts"]
+    for name in ("images_kept_view", "images_other_view", "matched", "no_ed_stay", "rejected"):
+        assert metrics[name] == counts[name]
+    assert metrics["rows_read/cxr_metadata"] == counts["images_total"]
+
+
+def test_official_split_rejects_images_missing_from_the_split_file(mini_mimic, tmp_path):
+    roots = mini_mimic(**scenario())
+    metadata = run(argv(roots, tmp_path / "out", "--split_strategy=official", "--uncertain_policy=ones"))
+    counts = metadata["counts"]
+    assert counts["per_split"] == {"train": 0, "val": 3, "test": 0}
+    assert counts["rejected_by_reason"] == {"images/bad_study_time": 1, "split/not_in_official_split": 1}
+    assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
+    mid = read_tfrecords(tmp_path / "out")["d-mid"]
+    assert mid["labels/binary"][mimic.LABELS.index("Pneumonia")] == 1
+
+
+def test_no_note_text_in_logs(mini_mimic, tmp_path, caplog):
+    """Nothing at INFO or above carries row contents. (Beam itself logs whole elements at DEBUG: never enable
+    DEBUG logging on credentialed data; the README says so.)"""
+    roots = mini_mimic(**scenario())
+    with caplog.at_level(logging.INFO):
+        run(argv(roots, tmp_path / "out"))
+    assert caplog.records  # Beam did log
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Dyspnea" not in text and "worse" not in text
+
+
+def test_existing_output_is_refused_then_overwritten(mini_mimic, tmp_path, capsys):
+    roots = mini_mimic(**scenario())
+    run(argv(roots, tmp_path / "out"))
+    with pytest.raises(SystemExit, match="already holds the outputs of a run.*--overwrite"):
+        main(argv(roots, tmp_path / "out"))
+    (tmp_path / "out" / "tfrecords" / "stale-00000-of-00009.tfrecord").write_bytes(b"old")
+    main(argv(roots, tmp_path / "out", "--overwrite"))
+    assert not (tmp_path / "out" / "tfrecords" / "stale-00000-of-00009.tfrecord").exists()
+    assert "matched and written" in capsys.readouterr().out
+
+
+def test_missing_column_fails_before_running(mini_mimic, tmp_path):
+    roots = mini_mimic(**scenario())
+    path = Path(roots[1]) / "ed" / "vitalsign.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("subject_id,stay_id,charttime,temperature,heartrate,resprate,o2sat,sbp,rhythm,pain\n")
+    with pytest.raises(SystemExit, match=f"{path}: required column 'dbp'"):
+        main(argv(roots, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--windw_end_hours=12"], "unknown flags: --windw_end_hours"),
+    (["--split_fractions=0.5,0.5,0.5"], "must be three non-negative numbers summing to 1"),
+    (["--window_start_hours=5", "--window_end_hours=1"], "window_start_hours must be <="),
+    (["--uncertain_policy=maybe"], "invalid choice"),
+])
+def test_bad_flags_are_errors(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        parse(argv(("a", "b", "c"), tmp_path, *flags))
+    assert message in capsys.readouterr().err
+
+
+def test_reads_and_writes_gs_paths_with_the_same_result(mini_mimic, tmp_path, gcs_emulator):
+    """The whole job from gs:// inputs to gs:// outputs (GCS emulator on loopback) gives the local run's bytes."""
+    roots = mini_mimic(**scenario())
+    gcs_emulator.create_bucket("mimic-test")
+    gs_roots = [upload_tree(gcs_emulator, "mimic-test", Path(root), f"in/{Path(root).name}") for root in roots]
+    local = run(argv(roots, tmp_path / "local"))
+    remote = run(argv(gs_roots, "gs://mimic-test/out"))
+    assert remote["counts"] == local["counts"]
+    assert remote["inputs"]["edstays"]["sha256"] == local["inputs"]["edstays"]["sha256"]
+    bucket = gcs_emulator.bucket("mimic-test")
+    for name in local["outputs"]["files"]:
+        assert bucket.blob(f"out/{name}").download_as_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    with pytest.raises(SystemExit, match="already holds the outputs"):
+        main(argv(gs_roots, "gs://mimic-test/out"))
