@@ -40,6 +40,16 @@ def reject(stage: str, reason: str, *, subject_id: Any = None, study_id: Any = N
         yield event(counter)
 
 
+class CountWritten(beam.DoFn):
+    """The last step before the sinks: every record reaching it is written, so it is counted here as ``matched``
+    and per split (earlier stages may still reject)."""
+
+    def process(self, record):
+        yield event("matched")
+        yield event(f"per_split/{record.split}")
+        yield record
+
+
 def sum_events(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
     """Fold (name, n) events into a sorted {name: total} dict."""
     totals: dict[str, int] = {}

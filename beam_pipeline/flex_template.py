@@ -26,7 +26,7 @@ def _parameter(field: dataclasses.Field) -> dict:
         parameter.update(paramType="ENUM", enumOptions=[{"value": c} for c in meta["choices"]])
     elif meta["parse"] is options.parse_bool:
         parameter.update(paramType="BOOLEAN")
-    elif meta["parse"] is float:
+    elif meta["parse"] in (float, int):
         parameter.update(paramType="NUMBER")
     else:
         parameter.update(paramType="TEXT")

@@ -41,7 +41,7 @@ REQUIRED_FLAGS = ("mimic_cxr_root", "mimic_ed_root", "output")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every pipeline flag, its default and what it means (README 'Options' is generated from the same text)."""
+    """Every pipeline flag, its default and what it means (a test keeps the README's options table in step)."""
 
     mimic_cxr_root: str = _flag(
         "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
@@ -69,6 +69,20 @@ class Config:
     split_salt: str = _flag(
         "Salt of the hash split. Changing it reshuffles patients; keep it fixed to keep splits stable.",
         "mimic-cxr-ed-v1")
+    images: bool = _flag(
+        "Read and preprocess the JPEGs into the records. false writes notes, labels and features only (no image "
+        "files needed).", True, parse=parse_bool)
+    image_size: int = _flag("Side of the square output image in pixels (518 by default; 224 is common).", 518,
+                            parse=int)
+    resize_mode: str = _flag(
+        "pad: keep the aspect ratio and centre on a black square; crop: fill the square and cut the long side "
+        "centred; squash: stretch to the square.", "pad", choices=("pad", "crop", "squash"))
+    image_format: str = _flag("Encoding of the stored uint8 grayscale image: png (lossless) or jpeg.", "png",
+                              choices=("png", "jpeg"))
+    jpeg_quality: int = _flag("JPEG quality (1-100) when --image_format=jpeg.", 95, parse=int)
+    edge_map: bool = _flag(
+        "Also store a saliency map: CLAHE + Canny edges at the output size, as a uint8 PNG.", False,
+        parse=parse_bool)
     target_shard_mb: float = _flag(
         "Target size of one TFRecord shard in MB; the shard count per split follows from the data size.", 200.0,
         parse=float)
@@ -90,6 +104,10 @@ class Config:
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
             problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
+        if not 16 <= self.image_size <= 4096:
+            problems.append("--image_size must be between 16 and 4096")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append("--jpeg_quality must be between 1 and 100")
         if self.target_shard_mb <= 0:
             problems.append("--target_shard_mb must be positive")
         for field in dataclasses.fields(self):

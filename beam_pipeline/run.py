@@ -48,21 +48,20 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
 def format_funnel(counts: dict, views: tuple[str, ...]) -> str:
     """The stage funnel as a small aligned table."""
     split_text = " / ".join(f"{s} {counts['per_split'][s]}" for s in mimic.SPLITS)
-    reasons = ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items())
+    labels = counts["labels"]
     rows = [
         ("images in metadata", counts["images_total"], ""),
         ("  unreadable rows", counts["images_unreadable"], ""),
         ("  other views", counts["images_other_view"], ""),
         (f"  kept views ({','.join(views)})", counts["images_kept_view"], ""),
         ("    no ED stay in window", counts["no_ed_stay"], ""),
-        ("    rejected", counts["rejected"], reasons),
+        ("    rejected", counts["rejected"], ""),
+        *((f"      {reason}", n, "") for reason, n in counts["rejected_by_reason"].items()),
         ("    matched and written", counts["matched"], split_text),
+        ("      of which without labels", labels.get("no_label_row", 0) + labels.get("all_blank", 0), ""),
+        ("rejects written (all stages)", counts["rejects_total"], ""),
     ]
-    labels = counts["labels"]
-    lines = [f"{name:<32}{n:>9}  {extra}".rstrip() for name, n, extra in rows]
-    lines.append(f"{'  of which without labels':<32}{labels.get('no_label_row', 0) + labels.get('all_blank', 0):>9}")
-    lines.append(f"{'rejects written (all stages)':<32}{counts['rejects_total']:>9}")
-    return "\n".join(lines)
+    return "\n".join(f"{name:<36}{n:>9}  {extra}".rstrip() for name, n, extra in rows)
 
 
 def is_local(options: PipelineOptions) -> bool:

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import random
@@ -122,7 +123,14 @@ DOCUMENTED = (  # mimic-schemas.md §1.2, subject 10000032; the last two rows' m
     ("ea030e7a-2e3b1346-bc518786-7a8fd698-f673b44c", 56699142, "AP", 3056, 2544, "2180-08-05 22:10:37.25", ""),
 )
 DOCUMENTED_SUBJECT = 10000032
-REJECTED_CASES = {"bad_study_time": "bad_study_time", "duplicate_image_row": "duplicate_dicom_id"}
+BROKEN_FILES = {  # case -> (reject reason the pipeline must give, how the file is damaged)
+    "missing_image_file": ("missing_image", lambda data, key: None),
+    "empty_image_file": ("empty_image", lambda data, key: b""),
+    "truncated_image_file": ("truncated_image", lambda data, key: data[: len(data) // 2]),
+    "random_bytes_image_file": ("not_a_jpeg", lambda data, key: hashlib.sha256(key.encode()).digest() * 64),
+}
+REJECTED_CASES = {"bad_study_time": "bad_study_time", "duplicate_image_row": "duplicate_dicom_id",
+                  **{case: reason for case, (reason, _) in BROKEN_FILES.items()}}
 Sizer = Callable[["Study"], tuple[int, int]]  # a study's (Rows, Columns)
 Painter = Callable[["Shot", int, int], bytes]  # one image's JPEG bytes at that size
 
@@ -165,6 +173,7 @@ class Study:
     stay: Stay | None = None  # the stay it was generated around
     integer_time: bool = False  # StudyTime spelled "80556" instead of "80556.0"
     bad_time: bool = False  # StudyTime corrupted to an impossible hour (the pipeline must reject it)
+    broken_file: str | None = None  # one of BROKEN_FILES: how the first image's file is damaged
     size: tuple[int, int] | None = None  # fixed (Rows, Columns), for documented rows
 
 
@@ -376,7 +385,7 @@ def _plant(rng: random.Random, ids: Ids, stays: list[Stay], studies: list[Study]
     property_cases = {"two_ap_images": (("AP", "AP"), "Recumbent"), "ll_view": (("PA", "LL"), "Erect"),
                       "blank_view_position": (("PA", ""), "Erect")}
     names = [*property_cases, "no_label_row", "all_blank_labels", "integer_study_time", "bad_study_time",
-             "duplicate_image_row"] * copies
+             "duplicate_image_row", *BROKEN_FILES] * copies
     for name, study in zip(names, rng.sample(ordinary, min(len(ordinary), len(names)))):
         if name in property_cases:
             study.shots = _shots(ids, *property_cases[name])
@@ -386,6 +395,8 @@ def _plant(rng: random.Random, ids: Ids, stays: list[Stay], studies: list[Study]
             study.bad_time = True
         elif name == "duplicate_image_row":
             study.shots += study.shots[:1]
+        elif name in BROKEN_FILES:
+            study.broken_file = name
         else:
             study.chexpert = study.negbio = None if name == "no_label_row" else ("",) * len(mimic.LABELS)
         cases.append((name, study))
@@ -550,7 +561,7 @@ def _synthetic_images(seed: int, image_size: str) -> tuple[Sizer, Painter]:
     def sizer(study: Study) -> tuple[int, int]:
         if image_size == "full":
             return FULL_SIZES[rng.choice(len(FULL_SIZES), p=(0.7, 0.1, 0.2))]
-        long = int(rng.integers(256, 401))
+        long = int(rng.integers(600, 901))  # above the default 518 output, well below MIMIC size
         short = int(round(long * rng.uniform(0.72, 0.98)))
         return (long, short) if rng.random() < 0.8 else (short, long)
 
@@ -635,10 +646,14 @@ def _write_cxr(root: Path, studies: list[Study], split: dict[int, str], sizer: S
         rows, columns = sizer(study)
         date, time = _study_time(study)
         procedure = "CHEST (PORTABLE AP)" if study.shots[0].view == "AP" else "CHEST (PA AND LAT)"
-        for shot in study.shots:
+        for index, shot in enumerate(study.shots):
             path = root / mimic.image_path(study.subject_id, study.study_id, shot.dicom_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(painter(shot, rows, columns))
+            data = painter(shot, rows, columns)
+            if study.broken_file and index == 0:
+                data = BROKEN_FILES[study.broken_file][1](data, shot.dicom_id)
+            if data is not None:
+                path.write_bytes(data)
             metadata.append({"dicom_id": shot.dicom_id, "subject_id": study.subject_id, "study_id": study.study_id,
                              "PerformedProcedureStepDescription": procedure, "ViewPosition": shot.view,
                              "Rows": rows, "Columns": columns, "StudyDate": date, "StudyTime": time,

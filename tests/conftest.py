@@ -9,11 +9,12 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from beam_pipeline import mimic
+from beam_pipeline import mimic, sample
 
 OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
 ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
@@ -75,20 +76,35 @@ def write_table(root: Path, table: mimic.Table, rows: list[dict], *, gz: bool = 
     return path
 
 
-def metadata_row(dicom_id: str, subject_id: int, study_id: int, when: str, view: str = "PA") -> dict:
+def metadata_row(dicom_id: str, subject_id: int, study_id: int, when: str, view: str = "PA", rows: int = 120,
+                 columns: int = 100) -> dict:
     """A metadata row for a study at ``when`` (YYYY-MM-DD HH:MM:SS[.f]) in MIMIC's StudyDate/StudyTime spelling."""
     study_date, study_time = mimic.format_study_time(mimic.parse_datetime(when))
     return {"dicom_id": dicom_id, "subject_id": subject_id, "study_id": study_id, "ViewPosition": view,
-            "Rows": 3056, "Columns": 2544, "StudyDate": study_date, "StudyTime": study_time}
+            "Rows": rows, "Columns": columns, "StudyDate": study_date, "StudyTime": study_time}
+
+
+def radiograph_jpeg(rows: int, columns: int, seed: int = 0) -> bytes:
+    return sample.encode(sample.radiograph(np.random.default_rng(seed), rows, columns, lateral=False))
 
 
 @pytest.fixture
 def mini_mimic(tmp_path):
     """A factory: mini_mimic(images=[...], stays=[...], ...) writes a MIMIC tree and returns the three roots."""
 
-    def build(images=(), stays=(), triage=(), vitals=(), medrecon=(), pyxis=(), labels=(), patients=(), splits=()):
+    def build(images=(), stays=(), triage=(), vitals=(), medrecon=(), pyxis=(), labels=(), patients=(), splits=(),
+              image_bytes=None):
+        """Every metadata row gets a real JPEG of its Rows x Columns, unless image_bytes maps its dicom_id to other
+        bytes (None: no file at all)."""
         cxr, ed, iv = tmp_path / "cxr", tmp_path / "ed", tmp_path / "iv"
         write_table(cxr, mimic.CXR_METADATA, list(images))
+        overrides = image_bytes or {}
+        for n, row in enumerate(images):
+            data = overrides.get(row["dicom_id"], radiograph_jpeg(int(row["Rows"]), int(row["Columns"]), n))
+            path = cxr / mimic.image_path(int(row["subject_id"]), int(row["study_id"]), row["dicom_id"])
+            if data is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
         write_table(cxr, mimic.CXR_CHEXPERT, list(labels))
         write_table(cxr, mimic.CXR_SPLIT, list(splits))
         for table, rows in ((mimic.EDSTAYS, stays), (mimic.TRIAGE, triage), (mimic.VITALSIGN, vitals),

@@ -14,7 +14,7 @@ from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.io import tfrecord
 from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import metadata_row, upload_tree
+from conftest import metadata_row, radiograph_jpeg, upload_tree
 
 SUBJECT, OTHER = 10000001, 10000002
 T0 = dt.datetime(2150, 3, 1, 10, 0)
@@ -108,11 +108,11 @@ def test_outcome_of_every_image(scenario_run):
                                    "matched", "no_ed_stay", "rejected")} == {
         "images_total": 9, "images_unreadable": 0, "images_other_view": 2, "images_kept_view": 7, "matched": 4,
         "no_ed_stay": 2, "rejected": 1}
-    assert counts["rejected_by_reason"] == {"images/bad_study_time": 1}
+    assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1}
     assert counts["labels"] == {"labeled": 1, "all_blank": 1, "no_label_row": 2}
     assert sum(counts["per_split"].values()) == 4 and sum(counts["patients_per_split"].values()) == 1
     rejects = [json.loads(line) for path in (output / "rejects").glob("*.jsonl") for line in path.open()]
-    assert rejects == [{"stage": "images", "reason": "bad_study_time", "subject_id": SUBJECT, "study_id": 50000006,
+    assert rejects == [{"stage": "metadata", "reason": "bad_study_time", "subject_id": SUBJECT, "study_id": 50000006,
                         "dicom_id": "d-bad-time", "detail": "cxr_metadata: StudyTime is not HHMMSS[.ffffff]: '25xx'"}]
 
 
@@ -145,6 +145,7 @@ def test_layout_is_exact_and_counts_match_beam_metrics(scenario_run):
     _, output, result, metadata = scenario_run
     files = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
     assert files == ["manifest/manifest-00000-of-00001.csv", "metadata.json", "rejects/rejects-00000-of-00001.jsonl",
+                     "tfrecords/dataset_info.json", "tfrecords/features.json",
                      "tfrecords/test-00000-of-00001.tfrecord", "tfrecords/train-00000-of-00001.tfrecord",
                      "tfrecords/val-00000-of-00001.tfrecord"]
     assert metadata["outputs"]["files"] == files[:1] + files[2:]
@@ -161,7 +162,7 @@ def test_official_split_rejects_images_missing_from_the_split_file(mini_mimic, t
     metadata = run(argv(roots, tmp_path / "out", "--split_strategy=official", "--uncertain_policy=ones"))
     counts = metadata["counts"]
     assert counts["per_split"] == {"train": 0, "val": 3, "test": 0}
-    assert counts["rejected_by_reason"] == {"images/bad_study_time": 1, "split/not_in_official_split": 1}
+    assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1, "split/not_in_official_split": 1}
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
     mid = read_tfrecords(tmp_path / "out")["d-mid"]
     assert mid["labels/binary"][mimic.LABELS.index("Pneumonia")] == 1
@@ -225,3 +226,29 @@ def test_reads_and_writes_gs_paths_with_the_same_result(mini_mimic, tmp_path, gc
         assert bucket.blob(f"out/{name}").download_as_bytes() == (tmp_path / "local" / name).read_bytes(), name
     with pytest.raises(SystemExit, match="already holds the outputs"):
         main(argv(gs_roots, "gs://mimic-test/out"))
+
+
+def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
+    """Missing, empty, truncated and random-bytes images become rejects with a reason; counts still add up."""
+    good = radiograph_jpeg(120, 100)
+    roots = mini_mimic(**scenario(), image_bytes={"d-at-intime": None, "d-mid": b"", "d-24h": good[:len(good) // 2],
+                                                   "d-stay-b": bytes(range(256)) * 20})
+    metadata = run(argv(roots, tmp_path / "out"))
+    counts = metadata["counts"]
+    assert counts["matched"] == 0 and counts["rejected"] == 5
+    assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1, "images/missing_image": 1,
+                                            "images/empty_image": 1, "images/truncated_image": 1,
+                                            "images/not_a_jpeg": 1}
+    assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
+    rejects = {r["dicom_id"]: r for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
+               for r in map(json.loads, path.open())}
+    assert rejects["d-mid"]["stage"] == "images" and rejects["d-mid"]["subject_id"] == SUBJECT
+    assert "files/p10/p10000001/s50000001/d-at-intime.jpg" in rejects["d-at-intime"]["detail"]
+
+
+def test_images_can_be_left_out(mini_mimic, tmp_path):
+    roots = mini_mimic(**scenario(), image_bytes={"d-mid": None})
+    metadata = run(argv(roots, tmp_path / "out", "--images=false"))
+    assert metadata["counts"]["matched"] == 4 and metadata["image"] is None
+    assert not any(name.startswith("image/encoded") for name in metadata["features"])
+    assert "image/encoded" not in read_tfrecords(tmp_path / "out")["d-mid"]

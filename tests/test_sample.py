@@ -99,7 +99,7 @@ def tables(raw_tables) -> dict[str, list[dict[str, str]]]:
 def test_bad_input_is_planted_and_listed(raw_tables, manifest) -> None:
     """A few deliberately broken rows (what the pipeline must reject, not crash on), each listed in SAMPLE.json."""
     cases = {c["case"]: c for c in manifest["cases"] if c["expected_reject"]}
-    assert set(cases) == {"bad_study_time", "duplicate_image_row"}
+    assert set(cases) == {"bad_study_time", "duplicate_image_row", *sample.BROKEN_FILES}
     bad = [r for r in raw_tables["cxr_metadata"] if r["study_id"] == str(cases["bad_study_time"]["study_id"])]
     for row in bad:
         with pytest.raises(ValueError):
@@ -108,6 +108,18 @@ def test_bad_input_is_planted_and_listed(raw_tables, manifest) -> None:
     assert dicoms.count(cases["duplicate_image_row"]["dicom_id"]) == 2
     assert [r["charttime"] for r in raw_tables["vitalsign"] if not _parses(r["charttime"])][0][11:13] == "25"
     assert sum(not _parses(r["charttime"]) for r in raw_tables["vitalsign"]) == 1
+
+
+def test_broken_image_files_are_planted(synthetic: sample.SampleRoots, tables, manifest) -> None:
+    rows = {r["dicom_id"]: r for r in tables["cxr_metadata"]}
+    files = {case: Path(synthetic.cxr, mimic.image_path(int(rows[d]["subject_id"]), int(rows[d]["study_id"]), d))
+             for d, case in _broken(manifest).items()}
+    assert set(files) == set(sample.BROKEN_FILES)
+    assert not files["missing_image_file"].exists() and files["empty_image_file"].read_bytes() == b""
+    truncated = files["truncated_image_file"].read_bytes()
+    assert truncated[:2] == b"\xff\xd8" and b"\xff\xd9" not in truncated[-2:]
+    assert files["random_bytes_image_file"].read_bytes()[:2] != b"\xff\xd8"
+    assert all(rows[d]["ViewPosition"] in ("AP", "PA") for d in _broken(manifest))  # they reach the image stage
 
 
 def test_layout_and_roots(synthetic: sample.SampleRoots) -> None:
@@ -157,18 +169,26 @@ def test_study_time_spellings_all_parse(tables) -> None:
             row["StudyDate"], row["StudyTime"])
 
 
-def test_every_image_exists_with_metadata_size(synthetic: sample.SampleRoots, tables) -> None:
+def _broken(manifest) -> dict[str, str]:
+    """dicom_id -> case, for the image files damaged on purpose."""
+    return {c["dicom_id"]: c["case"] for c in manifest["cases"] if c["case"] in sample.BROKEN_FILES}
+
+
+def test_every_image_exists_with_metadata_size(synthetic: sample.SampleRoots, tables, manifest) -> None:
     sizes = set()
+    broken = _broken(manifest)
     for row in tables["cxr_metadata"]:
         path = Path(synthetic.cxr, mimic.image_path(int(row["subject_id"]), int(row["study_id"]), row["dicom_id"]))
+        if row["dicom_id"] in broken:
+            continue
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert image is not None and image.dtype == np.uint8 and image.ndim == 2, path
         assert image.shape == (int(row["Rows"]), int(row["Columns"]))
-        assert 256 <= max(image.shape) <= 400 and image.std() > 20
+        assert 600 <= max(image.shape) <= 900 and image.std() > 20
         sizes.add(image.shape)
     assert any(r > c for r, c in sizes) and any(r < c for r, c in sizes)
     jpgs = list(Path(synthetic.cxr, "files").rglob("*.jpg"))
-    assert len(jpgs) == len(tables["cxr_metadata"])
+    assert len(jpgs) == len(tables["cxr_metadata"]) - 1  # the missing one
 
 
 def test_ids_have_mimic_shapes_and_are_unique(tables) -> None:
@@ -379,7 +399,9 @@ def test_open_data_documented_rows_verbatim(open_run) -> None:
     assert documented["fffabebf-74fd3a1f-673b6b41-96ec0ac9-2ab69818"]["study_id"] == "53911762"
     assert documented["ea030e7a-2e3b1346-bc518786-7a8fd698-f673b44c"]["study_id"] == "56699142"
     generated = set()
-    for row in metadata:
+    broken = _broken(json.loads((Path(roots.cxr).parent / "SAMPLE.json").read_text()))
+    assert set(broken.values()) == set(sample.BROKEN_FILES)
+    for row in (r for r in metadata if r["dicom_id"] not in broken):
         path = Path(roots.cxr, mimic.image_path(int(row["subject_id"]), int(row["study_id"]), row["dicom_id"]))
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert image.shape == (int(row["Rows"]), int(row["Columns"]))

@@ -1,6 +1,12 @@
-"""The tf.train.Example of a record: one fixed, documented feature spec (also written to metadata.json)."""
+"""The tf.train.Example of a record: one fixed, documented feature spec (also written to metadata.json).
+
+Which image features exist depends on two flags (``--images``, ``--edge_map``); everything else is always there.
+Shapes are ``()`` for scalars and ``(n,)`` for vectors.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from beam_pipeline import mimic
 from beam_pipeline.io.tfrecord import BYTES, FLOAT, INT64, serialize_example
@@ -9,27 +15,51 @@ from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 
 N_LABELS = len(mimic.LABELS)
 N_FEATURES = len(FEATURE_NAMES)
+Spec = dict[str, tuple[str, tuple[int, ...], str]]
 
-FEATURE_SPEC: dict[str, tuple[str, int, str]] = {
-    "subject_id": (INT64, 1, "MIMIC subject_id"),
-    "study_id": (INT64, 1, "MIMIC-CXR study_id"),
-    "stay_id": (INT64, 1, "MIMIC-IV-ED stay_id of the matched ED stay"),
-    "dicom_id": (BYTES, 1, "MIMIC-CXR dicom_id (the record key)"),
-    "split": (BYTES, 1, "train, val or test"),
-    "view_position": (BYTES, 1, "DICOM ViewPosition, e.g. AP or PA"),
-    "study_datetime": (BYTES, 1, "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
-    "hours_from_arrival": (FLOAT, 1, "hours from ED intime to the study (negative before arrival)"),
-    "image/path": (BYTES, 1, "image path relative to the MIMIC-CXR-JPG root"),
-    "note/text": (BYTES, 1, "pseudo-note from data known at the study time (UTF-8)"),
-    "labels/chexpert": (FLOAT, N_LABELS, "raw CheXpert values in label_order: 1, 0, -1 or NaN (blank)"),
-    "labels/binary": (INT64, N_LABELS, "binary targets under the uncertain policy"),
-    "labels/mask": (INT64, N_LABELS, "1 where the binary target is valid"),
-    "features/values": (FLOAT, N_FEATURES, "structured features in feature_names order, 0 where missing"),
-    "features/missing": (INT64, N_FEATURES, "1 where the feature is missing"),
+RECORD_FEATURES: Spec = {
+    "subject_id": (INT64, (), "MIMIC subject_id"),
+    "study_id": (INT64, (), "MIMIC-CXR study_id"),
+    "stay_id": (INT64, (), "MIMIC-IV-ED stay_id of the matched ED stay"),
+    "dicom_id": (BYTES, (), "MIMIC-CXR dicom_id (the record key)"),
+    "split": (BYTES, (), "train, val or test"),
+    "view_position": (BYTES, (), "DICOM ViewPosition, e.g. AP or PA"),
+    "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
+    "hours_from_arrival": (FLOAT, (), "hours from ED intime to the study (negative before arrival)"),
+    "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
+    "note/text": (BYTES, (), "pseudo-note from data known at the study time (UTF-8)"),
+    "labels/chexpert": (FLOAT, (N_LABELS,), "raw CheXpert values in label_order: 1, 0, -1 or NaN (blank)"),
+    "labels/binary": (INT64, (N_LABELS,), "binary targets under the uncertain policy"),
+    "labels/mask": (INT64, (N_LABELS,), "1 where the binary target is valid"),
+    "features/values": (FLOAT, (N_FEATURES,), "structured features in feature_names order, 0 where missing"),
+    "features/missing": (INT64, (N_FEATURES,), "1 where the feature is missing"),
+}
+IMAGE_FEATURES: Spec = {
+    "image/encoded": (BYTES, (), "uint8 grayscale image, image_size x image_size, encoded as image/format"),
+    "image/format": (BYTES, (), "png or jpeg"),
+    "image/height": (INT64, (), "output height in pixels (= image_size)"),
+    "image/width": (INT64, (), "output width in pixels (= image_size)"),
+    "image/original_height": (INT64, (), "height of the source JPEG"),
+    "image/original_width": (INT64, (), "width of the source JPEG"),
+    "image/scale_y": (FLOAT, (), "output pixels per original pixel, vertically"),
+    "image/scale_x": (FLOAT, (), "output pixels per original pixel, horizontally"),
+    "image/offset_y": (INT64, (), "output row of original row 0 (negative when cropped): y = y_orig*scale_y+offset_y"),
+    "image/offset_x": (INT64, (), "output column of original column 0: x = x_orig*scale_x+offset_x"),
+}
+EDGE_MAP_FEATURE: Spec = {
+    "image/edge_map": (BYTES, (), "CLAHE + Canny edges at the output size, same geometry, uint8 PNG (0 or 255)"),
 }
 
 
-def to_example(record: Record) -> bytes:
+ALL_FEATURES: Spec = {**RECORD_FEATURES, **IMAGE_FEATURES, **EDGE_MAP_FEATURE}
+
+
+def feature_spec(images: bool, edge_map: bool) -> Spec:
+    return {**RECORD_FEATURES, **(IMAGE_FEATURES if images else {}), **(EDGE_MAP_FEATURE if images and edge_map
+                                                                         else {})}
+
+
+def _values(record: Record) -> dict[str, Any]:
     values = {
         "subject_id": [record.subject_id],
         "study_id": [record.study_id],
@@ -47,11 +77,32 @@ def to_example(record: Record) -> bytes:
         "features/values": record.features,
         "features/missing": record.features_missing,
     }
-    return serialize_example({name: (FEATURE_SPEC[name][0], v) for name, v in values.items()})
+    image = record.image
+    if image is not None:
+        geo = image.geometry
+        values.update({
+            "image/encoded": [image.encoded],
+            "image/format": [image.format.encode()],
+            "image/height": [geo.size],
+            "image/width": [geo.size],
+            "image/original_height": [image.original_height],
+            "image/original_width": [image.original_width],
+            "image/scale_y": [geo.scale_y],
+            "image/scale_x": [geo.scale_x],
+            "image/offset_y": [geo.offset_y],
+            "image/offset_x": [geo.offset_x],
+        })
+        if image.edge_map is not None:
+            values["image/edge_map"] = [image.edge_map]
+    return values
 
 
-def feature_spec_json() -> dict:
-    """The spec as written to metadata.json: dtype, fixed length and meaning of every feature."""
+def to_example(record: Record) -> bytes:
+    return serialize_example({name: (ALL_FEATURES[name][0], v) for name, v in _values(record).items()})
+
+
+def feature_spec_json(spec: Spec) -> dict:
+    """The spec as written to metadata.json: dtype, shape and meaning of every feature."""
     dtype = {INT64: "int64", FLOAT: "float32", BYTES: "string"}
-    return {name: {"dtype": dtype[kind], "shape": [length], "description": text}
-            for name, (kind, length, text) in FEATURE_SPEC.items()}
+    return {name: {"dtype": dtype[kind], "shape": list(shape), "description": text}
+            for name, (kind, shape, text) in spec.items()}

@@ -11,6 +11,7 @@ from beam_pipeline import accounting
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.join import Linked
 from beam_pipeline.transforms.notes import render_note
+from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.snapshot import feature_vector, take_snapshot
 
 STAGE = "record"
@@ -37,6 +38,7 @@ class Record:
     labels_mask: tuple[int, ...]
     official_split: str | None = None
     split: str | None = None
+    image: ProcessedImage | None = None
 
     @property
     def hours_from_arrival(self) -> float:

@@ -53,8 +53,6 @@ class AssignSplit(beam.DoFn):
                                              detail=f"cxr_split: split={record.official_split!r}",
                                              counter="rejected")
                 return
-        yield accounting.event("matched")
-        yield accounting.event(f"per_split/{split}")
         yield dataclasses.replace(record, split=split)
 
 

@@ -1,0 +1,160 @@
+"""X-ray pixels: one JPEG in, one small uint8 grayscale image out, with the geometry to map coordinates back.
+
+Pure functions, no Beam. The JPEG header is read first (size, completeness) so bad files are refused before any
+decoding; the decode then uses libjpeg's DCT scaling (OpenCV's IMREAD_REDUCED_GRAYSCALE_2/4/8) whenever the reduced
+image is still at least as large as the target, which skips most of the work for 3000-pixel radiographs; the resize
+uses area interpolation (linear when enlarging). Output pixels x_out map to the original as
+``x_orig = (x_out - offset_x) / scale_x`` (same for y).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 16384, 4.0  # outside these a "radiograph" is a broken file
+RESIZE_MODES = ("pad", "crop", "squash")
+FORMATS = ("png", "jpeg")
+PAD_VALUE = 0  # black, the background of a radiograph
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+            8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+class ImageError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class JpegInfo:
+    height: int
+    width: int
+    components: int
+
+
+def inspect_jpeg(data: bytes) -> JpegInfo:
+    """Frame size from the JPEG header; refuse empty, non-JPEG, truncated and absurdly sized files."""
+    if not data:
+        raise ImageError("empty_image", "0 bytes")
+    if data[:2] != b"\xff\xd8":
+        raise ImageError("not_a_jpeg", f"starts with {data[:4].hex()}")
+    pos, frame = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageError("undecodable_image", f"no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _SOF and pos + 10 <= len(data):
+            frame = JpegInfo(int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big"),
+                             data[pos + 9])
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, ended by EOI (never escaped inside it)
+            if frame is None:
+                raise ImageError("undecodable_image", "no frame header before the scan")
+            if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+                raise ImageError("truncated_image", f"no end-of-image marker in {len(data)} bytes")
+            _check_size(frame)
+            return frame
+        pos += 2 + length
+    raise ImageError("truncated_image", f"header ends after {len(data)} bytes")
+
+
+def _check_size(frame: JpegInfo) -> None:
+    short, long = sorted((frame.height, frame.width))
+    if short < MIN_SIDE or long > MAX_SIDE or long / short > MAX_ASPECT:
+        raise ImageError("absurd_dimensions", f"{frame.height}x{frame.width}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where the original lands in the size x size output: resized to (height, width), top-left at (offset_y,
+    offset_x) (negative offsets crop)."""
+
+    size: int
+    height: int
+    width: int
+    scale_y: float
+    scale_x: float
+    offset_y: int
+    offset_x: int
+
+
+def geometry(height: int, width: int, size: int, mode: str) -> Geometry:
+    if mode == "squash":
+        return Geometry(size, size, size, size / height, size / width, 0, 0)
+    scale = size / (max(height, width) if mode == "pad" else min(height, width))
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return Geometry(size, new_h, new_w, new_h / height, new_w / width, (size - new_h) // 2, (size - new_w) // 2)
+
+
+def reduction(height: int, width: int, geo: Geometry) -> int:
+    """The largest DCT scaling (8, 4, 2) whose decoded image is still no smaller than the resized one."""
+    for factor in (8, 4, 2):
+        if math.ceil(height / factor) >= geo.height and math.ceil(width / factor) >= geo.width:
+            return factor
+    return 1
+
+
+def place(resized: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Put the resized image on a size x size canvas at the geometry's offsets (padding or cropping)."""
+    canvas = np.full((geo.size, geo.size), PAD_VALUE, np.uint8)
+    y0, x0 = max(geo.offset_y, 0), max(geo.offset_x, 0)
+    y1, x1 = min(geo.offset_y + geo.height, geo.size), min(geo.offset_x + geo.width, geo.size)
+    canvas[y0:y1, x0:x1] = resized[y0 - geo.offset_y:y1 - geo.offset_y, x0 - geo.offset_x:x1 - geo.offset_x]
+    return canvas
+
+
+def edge_map(resized: np.ndarray) -> np.ndarray:
+    """Saliency at the target size: CLAHE (clip 2, 8x8 tiles) then Canny (50/150); 0 or 255."""
+    equalized = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(resized)
+    return cv2.Canny(equalized, 50, 150)
+
+
+def encode(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
+    ok, data = (cv2.imencode(".png", image) if fmt == "png" else
+                cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]))
+    if not ok:
+        raise ImageError("encode_failed", fmt)
+    return data.tobytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessedImage:
+    encoded: bytes
+    format: str  # png or jpeg
+    edge_map: bytes | None  # PNG, same geometry, when asked for
+    original_height: int
+    original_width: int
+    geometry: Geometry
+    reduction: int  # DCT scaling used at decode (1 = full resolution)
+
+
+def preprocess(data: bytes, size: int, mode: str, fmt: str, jpeg_quality: int = 95,
+               with_edge_map: bool = False) -> ProcessedImage:
+    """JPEG bytes -> encoded size x size uint8 grayscale image (+ optional edge map); raise ImageError."""
+    frame = inspect_jpeg(data)
+    geo = geometry(frame.height, frame.width, size, mode)
+    factor = reduction(frame.height, frame.width, geo)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as err:
+        raise ImageError("undecodable_image", str(err).strip().splitlines()[-1]) from None
+    if decoded is None:
+        raise ImageError("undecodable_image", "the decoder returned nothing")
+    shrinking = decoded.shape[0] * decoded.shape[1] >= geo.height * geo.width
+    resized = cv2.resize(decoded, (geo.width, geo.height),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    edges = encode(place(edge_map(resized), geo), "png", jpeg_quality) if with_edge_map else None
+    return ProcessedImage(encode(place(resized, geo), fmt, jpeg_quality), fmt, edges, frame.height, frame.width, geo,
+                          factor)

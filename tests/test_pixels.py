@@ -1,0 +1,112 @@
+import cv2
+import numpy as np
+import pytest
+
+from beam_pipeline import sample
+from beam_pipeline.transforms import pixels
+from conftest import OPEN_DATA
+
+
+def jpeg(rows, columns, seed=0):
+    return sample.encode(sample.radiograph(np.random.default_rng(seed), rows, columns, lateral=False))
+
+
+def decode(data):
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_inspect_reads_the_frame_size_without_decoding():
+    info = pixels.inspect_jpeg(jpeg(3056, 2544))
+    assert (info.height, info.width, info.components) == (3056, 2544, 1)
+    nih = cv2.imread(str(OPEN_DATA / "nih-chestxray14-sample" / "00000001_000.png"), cv2.IMREAD_GRAYSCALE)
+    progressive = cv2.imencode(".jpg", nih, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert pixels.inspect_jpeg(progressive).height == 512
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_image"),
+    (bytes(range(256)) * 40, "not_a_jpeg"),
+    (cv2.imencode(".png", np.zeros((100, 100), np.uint8))[1].tobytes(), "not_a_jpeg"),
+    (jpeg(300, 250)[:2000], "truncated_image"),
+    (jpeg(300, 250)[:150], "truncated_image"),
+    (b"\xff\xd8\xff", "truncated_image"),
+    (jpeg(40, 300), "absurd_dimensions"),  # 40 px high
+    (jpeg(100, 500), "absurd_dimensions"),  # 5:1
+])
+def test_bad_files_are_refused_with_a_reason(data, reason):
+    with pytest.raises(pixels.ImageError) as err:
+        pixels.preprocess(data, 64, "pad", "png")
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize("height, width, size, mode, expected", [
+    (3056, 2544, 518, "pad", (518, 431, 0, 43)),
+    (2544, 3056, 518, "pad", (431, 518, 43, 0)),
+    (3056, 2544, 518, "crop", (622, 518, -52, 0)),
+    (3056, 2544, 518, "squash", (518, 518, 0, 0)),
+    (512, 512, 224, "pad", (224, 224, 0, 0)),
+])
+def test_geometry(height, width, size, mode, expected):
+    geo = pixels.geometry(height, width, size, mode)
+    assert (geo.height, geo.width, geo.offset_y, geo.offset_x) == expected
+    assert geo.scale_y == geo.height / height and geo.scale_x == geo.width / width
+
+
+@pytest.mark.parametrize("height, width, size, mode, factor", [
+    (3056, 2544, 518, "pad", 4),  # 764 x 636 still covers 518 x 431
+    (3056, 2544, 224, "pad", 8),
+    (3056, 2544, 518, "crop", 4),  # needs 622 x 518: 764 x 636 covers it
+    (2544, 3056, 1024, "pad", 2),
+    (600, 800, 518, "pad", 1),
+    (512, 512, 518, "pad", 1),  # enlarging
+])
+def test_reduced_decode_only_when_the_target_allows(height, width, size, mode, factor):
+    assert pixels.reduction(height, width, pixels.geometry(height, width, size, mode)) == factor
+
+
+def test_reduced_decode_matches_full_decode_then_area_resize():
+    data = jpeg(3056, 2544, seed=4)
+    out = pixels.preprocess(data, 518, "pad", "png")
+    assert out.reduction == 4 and (out.original_height, out.original_width) == (3056, 2544)
+    image = decode(out.encoded)
+    assert image.shape == (518, 518) and image.dtype == np.uint8
+    geo = out.geometry
+    full = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), (geo.width, geo.height),
+                      interpolation=cv2.INTER_AREA)
+    inside = image[:, geo.offset_x:geo.offset_x + geo.width].astype(int)
+    assert np.abs(inside - full).mean() < 1.0 and np.abs(inside - full).max() <= 12
+    assert image[:, :geo.offset_x].max() == pixels.PAD_VALUE  # padding is black
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop", "squash"])
+def test_coordinates_map_back_to_the_original(mode):
+    """A bright dot at a known original position lands where the stored geometry says it does."""
+    canvas = np.zeros((1200, 900), np.uint8)
+    canvas[700:716, 300:316] = 255  # centre (707.5, 307.5)
+    data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    out = pixels.preprocess(data, 256, mode, "png")
+    ys, xs = np.nonzero(decode(out.encoded) > 100)
+    geo = out.geometry
+    y_orig = (ys.mean() + 0.5 - geo.offset_y) / geo.scale_y - 0.5
+    x_orig = (xs.mean() + 0.5 - geo.offset_x) / geo.scale_x - 0.5
+    assert abs(y_orig - 707.5) < 3 and abs(x_orig - 307.5) < 3
+
+
+def test_jpeg_output_edge_map_and_determinism():
+    data = jpeg(900, 700, seed=2)
+    first = pixels.preprocess(data, 224, "pad", "jpeg", jpeg_quality=90, with_edge_map=True)
+    again = pixels.preprocess(data, 224, "pad", "jpeg", jpeg_quality=90, with_edge_map=True)
+    assert first == again
+    assert first.encoded[:2] == b"\xff\xd8" and first.format == "jpeg"
+    edges = decode(first.edge_map)
+    assert first.edge_map[:4] == b"\x89PNG" and edges.shape == (224, 224) and edges.dtype == np.uint8
+    assert set(np.unique(edges)) <= {0, 255} and edges.any()
+    assert not edges[:, :first.geometry.offset_x].any()  # no edge along the padding border
+    assert len(first.encoded) < 60_000  # small, not a float tensor
+
+
+def test_enlarging_small_images_works():
+    nih = (OPEN_DATA / "nih-chestxray14-sample" / "00000001_000.png")
+    data = cv2.imencode(".jpg", cv2.imread(str(nih), cv2.IMREAD_GRAYSCALE))[1].tobytes()
+    out = pixels.preprocess(data, 518, "pad", "png")
+    assert out.reduction == 1 and decode(out.encoded).shape == (518, 518) and out.geometry.scale_x > 1
