@@ -1,11 +1,12 @@
 # The two README commands: `make demo` runs the pipeline on generated sample data, `make test` runs the tests.
+# `make bench` measures the image stage (not part of CI).
 # Each (re)creates .venv when requirements change. Everything runs offline.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,4 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf .demo .pytest_cache
+	rm -rf .demo .bench .pytest_cache
+
+bench: $(STAMP)
+	$(PY) -m beam_pipeline.bench

@@ -8,7 +8,7 @@ from pathlib import Path
 from beam_pipeline import mimic, options
 from beam_pipeline.flex_template import template_metadata
 from beam_pipeline.io.outputs import MANIFEST_COLUMNS
-from beam_pipeline.transforms.examples import FEATURE_SPEC
+from beam_pipeline.transforms.examples import feature_spec
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_readme_options_table_names_every_flag_with_its_default():
 def test_readme_documents_outputs_labels_and_features():
     assert ",".join(MANIFEST_COLUMNS) in README
     assert ", ".join(mimic.LABELS) in README.replace("\n", " ")
-    for name in FEATURE_SPEC:
+    for name in feature_spec(images=True, edge_map=True):
         assert f"`{name}`" in README
     for name in FEATURE_NAMES:
         stem = name.split("_", 1)[1] if name.startswith(("triage_", "last_")) else name

@@ -10,9 +10,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from beam_pipeline import mimic, sample
+from beam_pipeline.readers.tf_data import dataset
 from beam_pipeline.run import run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 from conftest import ED_DEMO, IV_DEMO, OPEN_DATA
@@ -53,22 +55,23 @@ def brute_force_links(roots: sample.SampleRoots, views=("AP", "PA")) -> dict[str
     return links
 
 
-def tf_records(output: Path, metadata: dict) -> dict[str, dict[str, list]]:
-    """Every split read with tf.data and the feature spec from metadata.json, as a user would."""
-    import tensorflow as tf
+def broken_images(cases: list[dict]) -> set[str]:
+    """dicom_ids whose image file the sample damaged on purpose (rejected at the image stage)."""
+    return {c["dicom_id"] for c in cases if c["case"] in sample.BROKEN_FILES}
 
-    dtypes = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
-    spec = {k: tf.io.FixedLenFeature(v["shape"], dtypes[v["dtype"]]) for k, v in metadata["features"].items()}
+
+def tf_records(output: Path, metadata: dict) -> dict[str, dict]:
+    """Every split read with the package's tf.data reader, as a user would; values as Python/numpy."""
     records = {}
     for split in mimic.SPLITS:
-        files = sorted(str(p) for p in (output / "tfrecords").glob(f"{split}-*.tfrecord"))
-        dataset = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, spec))
-        for example in dataset:
-            record = {k: v.numpy().tolist() for k, v in example.items()}
-            assert record["split"] == [split.encode()]
-            records[record["dicom_id"][0].decode()] = record
-        assert len([r for r in records.values() if r["split"] == [split.encode()]]) == \
-            metadata["counts"]["per_split"][split]
+        n = 0
+        for example in dataset(str(output), split, normalization="none", channels=1):
+            record = {k: v.numpy() for k, v in example.items()}
+            record = {k: v.tolist() if k != "image" and hasattr(v, "tolist") else v for k, v in record.items()}
+            assert record["split"] == split.encode()
+            records[record["dicom_id"].decode()] = record
+            n += 1
+        assert n == metadata["counts"]["per_split"][split]
     return records
 
 
@@ -90,12 +93,14 @@ def test_sample_read_back_with_tf_data_matches_manifest(synthetic):
     assert set(records) == set(rows) and len(rows) == metadata["counts"]["matched"] > 100
     for dicom_id, record in records.items():
         row = rows[dicom_id]
-        assert record["subject_id"] == [int(row["subject_id"])] and record["stay_id"] == [int(row["stay_id"])]
-        assert record["split"] == [row["split"].encode()]
-        assert record["study_datetime"] == [row["study_datetime"].encode()]
+        assert record["subject_id"] == int(row["subject_id"]) and record["stay_id"] == int(row["stay_id"])
+        assert record["split"] == row["split"].encode()
+        assert record["study_datetime"] == row["study_datetime"].encode()
         assert len(record["labels/chexpert"]) == 14 and len(record["features/values"]) == len(FEATURE_NAMES)
         assert set(record["labels/mask"]) <= {0, 1} and set(record["labels/binary"]) <= {0, 1}
-        note = record["note/text"][0].decode()
+        assert record["image"].shape == (518, 518, 1) and record["image"].dtype == np.float32
+        assert 0.0 <= record["image"].min() and record["image"].max() <= 1.0 and record["image"].std() > 0.05
+        note = record["note/text"].decode()
         assert note and not BAD_TEXT.search(note), note
     counts = metadata["counts"]
     assert counts["images_total"] == counts["images_unreadable"] + counts["images_other_view"] + \
@@ -108,7 +113,9 @@ def test_sample_links_equal_brute_force_and_planted_cases(synthetic):
     rows = manifest(output)
     expected = brute_force_links(roots)
     duplicated = {c["dicom_id"] for c in cases if c["expected_reject"] == "duplicate_dicom_id"}
-    assert {d: int(r["stay_id"]) for d, r in rows.items()} == {d: s for d, s in expected.items() if s}
+    broken = broken_images(cases)
+    assert {d: int(r["stay_id"]) for d, r in rows.items()} == {d: s for d, s in expected.items()
+                                                              if s and d not in broken}
     assert metadata["counts"]["no_ed_stay"] == sum(s is None for s in expected.values())
     kept = {r["dicom_id"] for r in table(roots.cxr, mimic.CXR_METADATA) if r["ViewPosition"] in ("AP", "PA")}
     rejects = [json.loads(line) for p in (output / "rejects").glob("*.jsonl") for line in p.open()]
@@ -117,8 +124,8 @@ def test_sample_links_equal_brute_force_and_planted_cases(synthetic):
         by_reason.setdefault(reject["reason"], set()).add(reject["dicom_id"])
     for case in cases:
         for dicom_id in set(case["dicom_ids"]) & kept:
-            if case["expected_reject"] == "bad_study_time":
-                assert dicom_id in by_reason["bad_study_time"] and dicom_id not in rows
+            if case["expected_reject"] == "bad_study_time" or (dicom_id in broken and expected[dicom_id]):
+                assert dicom_id in by_reason[case["expected_reject"]] and dicom_id not in rows, case
             elif case["expected_stay_id"] == "none":
                 assert dicom_id not in rows, case
             else:
@@ -143,9 +150,9 @@ def test_sample_features_are_as_of_the_xray(synthetic):
         pyxis.setdefault(int(row["stay_id"]), []).append((mimic.parse_datetime(row["charttime"]), row["name"]))
     checked_late = 0
     for record in records.values():
-        t = mimic.parse_datetime(record["study_datetime"][0].decode())
+        t = mimic.parse_datetime(record["study_datetime"].decode())
         t_exact = t + dt.timedelta(seconds=1)  # manifest time is truncated to the second; data are whole minutes
-        stay_rows = sorted(vitals.get(record["stay_id"][0], []), key=lambda x: x[0])
+        stay_rows = sorted(vitals.get(record["stay_id"], []), key=lambda x: x[0])
         before = [row for when, row in stay_rows if when < t_exact]
         checked_late += len(before) < len(stay_rows)
         features = dict(zip(FEATURE_NAMES, record["features/values"]))
@@ -157,15 +164,16 @@ def test_sample_features_are_as_of_the_xray(synthetic):
                 assert features[f"last_{name}"] == pytest.approx(values[-1], abs=1e-3)
             else:
                 assert missing[f"last_{name}"] == 1
-        given = {name.lower() for when, name in pyxis.get(record["stay_id"][0], []) if when < t_exact}
+        given = {name.lower() for when, name in pyxis.get(record["stay_id"], []) if when < t_exact}
         assert features["n_ed_meds"] == len(given)
     assert checked_late > 10  # many records had vitals charted after them, and none leaked
 
 
 def test_same_input_and_config_give_byte_identical_output(synthetic, tmp_path):
+    """A second run, in Beam's multi-process mode (other workers, other bundles), writes the same bytes."""
     roots, output, metadata, _ = synthetic
     again = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                 f"--output={tmp_path}"])
+                 f"--output={tmp_path}", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     for name in metadata["outputs"]["files"]:
         assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == \
             hashlib.sha256((output / name).read_bytes()).digest(), name
@@ -180,14 +188,17 @@ def open_data(tmp_path_factory):
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                     f"--output={output}"])
-    return roots, output, metadata
+    cases = json.loads((base / "sample" / "SAMPLE.json").read_text())["cases"]
+    return roots, output, metadata, cases
 
 
 def test_real_ed_demo_rows_link_like_brute_force(open_data):
-    roots, output, metadata = open_data
+    roots, output, metadata, cases = open_data
     rows = manifest(output)
     expected = brute_force_links(roots)
-    assert {d: int(r["stay_id"]) for d, r in rows.items()} == {d: s for d, s in expected.items() if s}
+    broken = broken_images(cases)
+    assert {d: int(r["stay_id"]) for d, r in rows.items()} == {d: s for d, s in expected.items()
+                                                              if s and d not in broken}
     assert len(rows) > 50
     documented = {d: int(r["stay_id"]) for d, r in rows.items() if r["subject_id"] == "10000032"}
     assert documented["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"] == 33258284
@@ -197,14 +208,14 @@ def test_real_ed_demo_rows_link_like_brute_force(open_data):
 
 
 def test_real_ed_demo_notes_and_checksums(open_data):
-    roots, output, metadata = open_data
+    roots, output, metadata, _ = open_data
     records = tf_records(output, metadata)
     ages = [dict(zip(FEATURE_NAMES, r["features/values"]))["age"] for r in records.values()]
     assert all(18 <= a <= 91 for a in ages)
     for record in records.values():
-        note = record["note/text"][0].decode()
+        note = record["note/text"].decode()
         assert not BAD_TEXT.search(note), note
-    the_note = records["68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"]["note/text"][0].decode()
+    the_note = records["68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"]["note/text"].decode()
     assert the_note.startswith("52-year-old female arriving by ambulance. Chief complaint: Abdominal distention")
     for folder, tables in ((ED_DEMO, ("edstays", "triage", "vitalsign", "medrecon", "pyxis")), (IV_DEMO, ("patients",))):
         sums = dict(reversed(line.split()) for line in (folder / "SHA256SUMS.txt").read_text().splitlines() if line)

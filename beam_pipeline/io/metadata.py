@@ -16,12 +16,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import __version__, accounting, mimic
+from beam_pipeline.io import tfds_metadata
 from beam_pipeline.io.outputs import MANIFEST_COLUMNS
 from beam_pipeline.options import Config
-from beam_pipeline.transforms.examples import feature_spec_json
+from beam_pipeline.readers.normalization import NORMALIZATION
+from beam_pipeline.transforms import pixels
+from beam_pipeline.transforms.examples import feature_spec, feature_spec_json
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 
-PACKAGES = ("apache-beam", "protobuf", "google-crc32c", "numpy")
+PACKAGES = ("apache-beam", "protobuf", "google-crc32c", "numpy", "opencv-python-headless")
+DESCRIPTION = "MIMIC-CXR-JPG x MIMIC-IV-ED, leakage-safe multimodal records"
 
 
 class CountsError(RuntimeError):
@@ -95,26 +99,53 @@ def versions() -> dict[str, str]:
     return found
 
 
-def build_metadata(config: Config, events: dict[str, int], inputs: list[dict], files: list[dict]) -> dict:
+def build_metadata(config: Config, events: dict[str, int], inputs: list[dict], files: list[dict],
+                   extra_files: list[str] = ()) -> dict:
     counts = summarize_counts(events)
     outputs = summarize_outputs(files, config.output)
+    outputs["files"] = sorted(outputs["files"] + list(extra_files))
     problems = check_counts(counts, outputs)
     if problems:
         raise CountsError("counts do not add up: " + "; ".join(problems))
     return {
-        "dataset": "MIMIC-CXR-JPG x MIMIC-IV-ED, leakage-safe multimodal records",
+        "dataset": DESCRIPTION,
         "config": config.as_dict(),
         "versions": versions(),
         "inputs": {i["table"]: {k: i[k] for k in ("path", "bytes", "sha256", "rows")}
                    for i in sorted(inputs, key=lambda i: i["table"])},
         "label_order": list(mimic.LABELS),
         "feature_names": list(FEATURE_NAMES),
-        "features": feature_spec_json(),
+        "features": feature_spec_json(feature_spec(config.images, config.edge_map)),
+        "image": image_section(config),
+        "normalization": {name: {"mean": list(mean), "std": list(std)} for name, (mean, std) in NORMALIZATION.items()},
         "manifest_columns": list(MANIFEST_COLUMNS),
         "reject_fields": list(accounting.REJECT_FIELDS),
         "counts": counts,
         "outputs": outputs,
     }
+
+
+def image_section(config: Config) -> dict | None:
+    """How the stored images were made, and how to map their pixels back to the source JPEG."""
+    if not config.images:
+        return None
+    return {"size": config.image_size, "resize_mode": config.resize_mode, "format": config.image_format,
+            "jpeg_quality": config.jpeg_quality if config.image_format == "jpeg" else None,
+            "edge_map": config.edge_map, "channels": 1, "dtype": "uint8", "pad_value": pixels.PAD_VALUE,
+            "to_original": "x_orig = (x - image/offset_x) / image/scale_x; y_orig = (y - image/offset_y) / "
+                           "image/scale_y",
+            "normalized": False}
+
+
+def write_tfds_files(config: Config, written: list[dict]) -> list[str]:
+    """features.json and dataset_info.json beside the shards; returns their paths relative to --output."""
+    folder = FileSystems.join(config.output, "tfrecords")
+    spec = feature_spec_json(feature_spec(config.images, config.edge_map))
+    write_json(FileSystems.join(folder, "features.json"),
+               tfds_metadata.features_json(spec, config.image_size, config.image_format))
+    write_json(FileSystems.join(folder, "dataset_info.json"),
+               tfds_metadata.dataset_info_json([f for f in written if f["path"].startswith(folder)], DESCRIPTION))
+    return ["tfrecords/dataset_info.json", "tfrecords/features.json"]
 
 
 def write_json(path: str, document: dict) -> None:
@@ -140,7 +171,8 @@ class WriteMetadata(beam.PTransform):
         config = self._config
 
         def write(_, events, input_files, written):
-            document = build_metadata(config, accounting.sum_events(events), input_files, written)
+            tfds_files = write_tfds_files(config, written) if config.compression == "none" else []
+            document = build_metadata(config, accounting.sum_events(events), input_files, written, tfds_files)
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             yield document["counts"]
 

@@ -9,9 +9,11 @@ length, masked CRC32C of the length, data, masked CRC32C of the data.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 BYTES, FLOAT, INT64 = "bytes", "float", "int64"
@@ -81,3 +83,20 @@ def frame(record: bytes) -> bytes:
     """One TFRecord: length, CRC of length, data, CRC of data."""
     length = struct.pack("<Q", len(record))
     return length + _masked_crc(length) + record + _masked_crc(record)
+
+
+class CorruptRecordError(ValueError):
+    pass
+
+
+def read_records(path: str) -> Iterator[bytes]:
+    """Records of one TFRecord file (local or gs://; .gz is decompressed), CRCs verified."""
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        while header := f.read(12):
+            if len(header) < 12 or _masked_crc(header[:8]) != header[8:]:
+                raise CorruptRecordError(f"{path}: corrupt record header")
+            (length,) = struct.unpack("<Q", header[:8])
+            data, crc = f.read(length), f.read(4)
+            if len(data) < length or _masked_crc(data) != crc:
+                raise CorruptRecordError(f"{path}: corrupt record data")
+            yield data

@@ -1,0 +1,87 @@
+"""PyTorch reader: an IterableDataset over a split's shards, without TensorFlow.
+
+    from torch.utils.data import DataLoader
+    from beam_pipeline.readers.pytorch import MimicCxrEdDataset
+    loader = DataLoader(MimicCxrEdDataset("OUTPUT", "train", normalization="imagenet"), batch_size=32,
+                        num_workers=4)
+    for batch in loader:
+        logits = model(batch["image"])            # float32 [B, 3, size, size]
+        loss = masked_bce(logits, batch["labels"], batch["mask"])
+
+Each DataLoader worker of each process reads its own share: whole shards when there are at least as many shards as
+readers (worker ``w`` of ``W`` in process ``r`` of ``R`` takes shards ``r*W + w``, step ``R*W``), else every reader
+walks all shards and keeps every ``R*W``-th record. Processes come from ``torch.distributed`` when it is
+initialised, or from ``rank``/``world_size``. Every record is read by exactly one reader per pass; order within a
+reader is the shard order (shuffle with a buffer or by shard if you need it).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import load_metadata, shard_files
+from beam_pipeline.readers.normalization import mean_std
+
+_TENSORS = {"labels/binary": ("labels", torch.float32), "labels/mask": ("mask", torch.float32),
+            "labels/chexpert": ("labels_raw", torch.float32), "features/values": ("features", torch.float32),
+            "features/missing": ("features_missing", torch.float32)}
+_IDS = ("subject_id", "study_id", "stay_id")
+
+
+class MimicCxrEdDataset(IterableDataset):
+    def __init__(self, output: str, split: str, *, normalization: str = "imagenet", channels: int = 3,
+                 rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        metadata = load_metadata(output)
+        if metadata["image"] is None:
+            raise ValueError(f"{output} was built with --images=false: there is no image to decode")
+        self.files = shard_files(output, split, metadata)
+        self.num_records = metadata["counts"]["per_split"][split]
+        mean, std = mean_std(normalization, channels)
+        self._mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self._std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        self._channels = channels
+        self._rank, self._world_size = rank, world_size
+
+    def _reader(self) -> tuple[int, int]:
+        """(index, count) of this reader among all DataLoader workers of all processes."""
+        if self._world_size is not None:
+            rank, world = self._rank or 0, self._world_size
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return rank * workers + worker, world * workers
+
+    def __iter__(self) -> Iterator[dict]:
+        index, count = self._reader()
+        by_shard = len(self.files) >= count
+        files = self.files[index::count] if by_shard else self.files
+        position = 0
+        for path in files:
+            for raw in read_records(path):
+                if by_shard or position % count == index:
+                    yield self._sample(parse_example(raw))
+                position += 1
+
+    def _sample(self, example: dict) -> dict:
+        pixels = cv2.imdecode(np.frombuffer(example["image/encoded"][0], np.uint8), cv2.IMREAD_GRAYSCALE)
+        image = np.repeat(pixels[None].astype(np.float32) / 255.0, self._channels, axis=0)
+        sample = {"image": torch.from_numpy((image - self._mean) / self._std),
+                  "dicom_id": example["dicom_id"][0].decode(), "split": example["split"][0].decode(),
+                  "note": example["note/text"][0].decode("utf-8")}
+        sample.update({name: example[name][0] for name in _IDS})
+        sample.update({key: torch.tensor(example[name], dtype=dtype) for name, (key, dtype) in _TENSORS.items()})
+        return sample
+
+    def __len__(self) -> int:
+        """Records in the split (all readers together), for progress bars."""
+        return self.num_records
