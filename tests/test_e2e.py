@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import mimic, sample
+from beam_pipeline import mimic, models, sample
 from beam_pipeline.readers.tf_data import dataset
 from beam_pipeline.run import run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import ED_DEMO, IV_DEMO, OPEN_DATA
+from conftest import ED_DEMO, IV_DEMO, OFFLINE_TEXT, OPEN_DATA
 
 BAD_TEXT = re.compile(r"\bNone\b|\bnan\b|\d\.0\b", re.IGNORECASE)
 
@@ -76,18 +76,19 @@ def tf_records(output: Path, metadata: dict) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(tmp_path_factory, kb_index):
     base = tmp_path_factory.mktemp("e2e")
     roots = sample.generate(base / "sample", subjects=80, seed=3)
     output = base / "out"
-    metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}",
-                    f"--mimic_iv_root={roots.iv}", f"--output={output}"])
+    flags = [f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
+             OFFLINE_TEXT, f"--kb_index={kb_index}"]
+    metadata = run(flags + [f"--output={output}"])
     cases = json.loads((base / "sample" / "SAMPLE.json").read_text())["cases"]
-    return roots, output, metadata, cases
+    return roots, output, metadata, cases, flags
 
 
 def test_sample_read_back_with_tf_data_matches_manifest(synthetic):
-    roots, output, metadata, _ = synthetic
+    roots, output, metadata, _, _ = synthetic
     records = tf_records(output, metadata)
     rows = manifest(output)
     assert set(records) == set(rows) and len(rows) == metadata["counts"]["matched"] > 100
@@ -108,8 +109,36 @@ def test_sample_read_back_with_tf_data_matches_manifest(synthetic):
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
 
 
+def test_sample_records_carry_filtered_notes_tokens_and_retrieval(synthetic, kb_index):
+    """The acceptance of the text stage: filtered notes, unpadded tokens, enhanced notes, retrieval ids and scores in
+    the records; tokenizer, embedding model, index checksum and per-rule hit counts in metadata.json."""
+    _, output, metadata, _, _ = synthetic
+    records = tf_records(output, metadata)
+    tokenizer = models.load_tokenizer(models.PACKAGED)
+    passage_ids = {json.loads(line)["id"] for line in Path(kb_index, "passages.jsonl").open()}
+    for record in records.values():
+        note = record["note/text"].decode()
+        assert record["note/input_ids"] == tokenizer(note, truncation=True, max_length=512)["input_ids"]
+        assert record["note/length"] == len(record["note/input_ids"]) and record["note/truncated"] == 0
+        assert record["note/enhanced"].decode().startswith(note + "\n\nRetrieved context:\n[1] ")
+        assert len(record["rag/ids"]) == 3 and {i.decode() for i in record["rag/ids"]} <= passage_ids
+        assert record["rag/scores"] == sorted(record["rag/scores"], reverse=True)
+        assert record["note/enhanced_length"] == len(record["note/enhanced_input_ids"]) > record["note/length"]
+    assert len({tuple(r["rag/ids"]) for r in records.values()}) > len(records) / 4  # context differs per note
+    text = metadata["text"]
+    assert text["tokenizer"]["name"] == models.PACKAGED and len(text["tokenizer"]["sha256"]) == 64
+    retrieval = text["retrieval"]
+    assert retrieval["embedding_model"] == models.PACKAGED and retrieval["top_k"] == 3
+    assert retrieval["index_sha256"] == json.loads(Path(kb_index, "kb.json").read_text())["index_sha256"]
+    counts = metadata["counts"]
+    rejected_later = sum(n for reason, n in counts["rejected_by_reason"].items()
+                         if reason.startswith(("split/", "images/")))  # stages after the text stage
+    assert counts["leakage_hits"] and counts["notes"]["tokenized"] == len(records) + rejected_later
+    assert metadata["features"]["note/input_ids"]["shape"] == [None] and metadata["features"]["rag/ids"]["shape"] == [3]
+
+
 def test_sample_links_equal_brute_force_and_planted_cases(synthetic):
-    roots, output, metadata, cases = synthetic
+    roots, output, metadata, cases, _ = synthetic
     rows = manifest(output)
     expected = brute_force_links(roots)
     duplicated = {c["dicom_id"] for c in cases if c["expected_reject"] == "duplicate_dicom_id"}
@@ -138,7 +167,7 @@ def test_sample_links_equal_brute_force_and_planted_cases(synthetic):
 def test_sample_features_are_as_of_the_xray(synthetic):
     """For every record, the latest-vitals features equal a brute-force 'latest charted value at or before the
     study time' over the raw vitalsign table, and counts of vitals and ED medications agree too."""
-    roots, output, metadata, _ = synthetic
+    roots, output, metadata, _, _ = synthetic
     records = tf_records(output, metadata)
     vitals, pyxis = {}, {}
     for row in table(roots.ed, mimic.VITALSIGN):
@@ -170,10 +199,10 @@ def test_sample_features_are_as_of_the_xray(synthetic):
 
 
 def test_same_input_and_config_give_byte_identical_output(synthetic, tmp_path):
-    """A second run, in Beam's multi-process mode (other workers, other bundles), writes the same bytes."""
-    roots, output, metadata, _ = synthetic
-    again = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                 f"--output={tmp_path}", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    """A second run, in Beam's multi-process mode (other workers, other bundles), writes the same bytes: images,
+    tokens, retrieval scores and all."""
+    _, output, metadata, _, flags = synthetic
+    again = run(flags + [f"--output={tmp_path}", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     for name in metadata["outputs"]["files"]:
         assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == \
             hashlib.sha256((output / name).read_bytes()).digest(), name
@@ -187,7 +216,7 @@ def open_data(tmp_path_factory):
     roots = sample.generate_on_open_data(base / "sample", OPEN_DATA, seed=0)
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                    f"--output={output}"])
+                    f"--output={output}", OFFLINE_TEXT])
     cases = json.loads((base / "sample" / "SAMPLE.json").read_text())["cases"]
     return roots, output, metadata, cases
 

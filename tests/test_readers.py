@@ -12,6 +12,7 @@ import pytest
 from beam_pipeline import mimic, sample
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import run
+from conftest import OFFLINE_TEXT
 
 
 def manifest_by_split(output: Path) -> dict[str, dict[str, dict]]:
@@ -26,7 +27,7 @@ def built(tmp_path_factory):
     roots = sample.generate(base / "sample", subjects=40, seed=5)
     output = base / "out"
     run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-         f"--output={output}", "--image_size=64", "--target_shard_mb=0.05"])
+         f"--output={output}", OFFLINE_TEXT, "--image_size=64", "--target_shard_mb=0.05"])
     with gzip.open(Path(roots.cxr) / mimic.CXR_CHEXPERT.filename, "rt", newline="") as f:
         raw_labels = {int(r["study_id"]): [float(r[k]) if r[k] else np.nan for k in mimic.LABELS]
                       for r in csv.DictReader(f)}
@@ -60,7 +61,8 @@ def test_tf_data_reader_iterates_every_split(built):
 def _dicoms(dataset, **loader_args) -> list[str]:
     from torch.utils.data import DataLoader
 
-    return [d for batch in DataLoader(dataset, batch_size=5, **loader_args) for d in batch["dicom_id"]]
+    loader = DataLoader(dataset, batch_size=5, collate_fn=dataset.collate, **loader_args)
+    return [d for batch in loader for d in batch["dicom_id"]]
 
 
 def test_pytorch_reader_splits_work_across_workers_and_processes(built):
@@ -71,8 +73,12 @@ def test_pytorch_reader_splits_work_across_workers_and_processes(built):
     _, output, manifest, raw_labels = built
     train = MimicCxrEdDataset(str(output), "train", normalization="clip")
     assert len(train) == len(manifest["train"]) and len(train.files) >= 4
-    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4, collate_fn=train.collate)))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float32
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].dtype == torch.long
+    assert lengths.max() == batch["input_ids"].shape[1] and (batch["input_ids"][:, 0] == 101).all()  # [CLS]
+    assert all(batch["input_ids"][i, n:].eq(0).all() for i, n in enumerate(lengths.tolist()))  # BERT pad id
     assert batch["labels"].shape == (4, 14) and batch["mask"].dtype == torch.float32
     for i, dicom_id in enumerate(batch["dicom_id"]):
         study = int(manifest["train"][dicom_id]["study_id"])
@@ -108,6 +114,7 @@ def test_gzip_output_reads_back(built, tmp_path):
 
     roots, _, manifest, _ = built
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--output={tmp_path}",
+                    OFFLINE_TEXT,
                     "--image_size=32", "--compression=gzip", "--image_format=jpeg", "--edge_map"])
     assert not (tmp_path / "tfrecords" / "features.json").exists()  # TFDS reads uncompressed shards only
     assert sorted(_dicoms(MimicCxrEdDataset(str(tmp_path), "test"))) == sorted(manifest["test"])

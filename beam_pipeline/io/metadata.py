@@ -53,6 +53,10 @@ def summarize_counts(events: dict[str, int]) -> dict:
         "studies_per_split": {s: events.get(f"studies/{s}", 0) for s in mimic.SPLITS},
         "labels": _prefixed(events, "labels/"),
         "vitals_implausible_dropped": events.get("vitals_implausible_dropped", 0),
+        "notes": {"tokenized": events.get("notes_tokenized", 0), "truncated": events.get("notes_truncated", 0),
+                  "enhanced_truncated": events.get("enhanced_notes_truncated", 0),
+                  "redacted": events.get("leakage_notes_redacted", 0)},
+        "leakage_hits": _prefixed(events, "leakage/"),
         "rows_read": _prefixed(events, "rows_read/"),
         "rows_rejected": _prefixed(events, "rows_rejected/"),
         "rejects_total": sum(rejects.values()),
@@ -99,7 +103,13 @@ def versions() -> dict[str, str]:
     return found
 
 
-def build_metadata(config: Config, events: dict[str, int], inputs: list[dict], files: list[dict],
+def spec(config: Config, text: dict) -> dict:
+    """The run's feature spec as written to metadata.json."""
+    top_k = text["retrieval"]["top_k"] if text["retrieval"] else 0
+    return feature_spec_json(feature_spec(config.images, config.edge_map, top_k))
+
+
+def build_metadata(config: Config, text: dict, events: dict[str, int], inputs: list[dict], files: list[dict],
                    extra_files: list[str] = ()) -> dict:
     counts = summarize_counts(events)
     outputs = summarize_outputs(files, config.output)
@@ -115,7 +125,8 @@ def build_metadata(config: Config, events: dict[str, int], inputs: list[dict], f
                    for i in sorted(inputs, key=lambda i: i["table"])},
         "label_order": list(mimic.LABELS),
         "feature_names": list(FEATURE_NAMES),
-        "features": feature_spec_json(feature_spec(config.images, config.edge_map)),
+        "features": spec(config, text),
+        "text": text,
         "image": image_section(config),
         "normalization": {name: {"mean": list(mean), "std": list(std)} for name, (mean, std) in NORMALIZATION.items()},
         "manifest_columns": list(MANIFEST_COLUMNS),
@@ -137,12 +148,11 @@ def image_section(config: Config) -> dict | None:
             "normalized": False}
 
 
-def write_tfds_files(config: Config, written: list[dict]) -> list[str]:
+def write_tfds_files(config: Config, text: dict, written: list[dict]) -> list[str]:
     """features.json and dataset_info.json beside the shards; returns their paths relative to --output."""
     folder = FileSystems.join(config.output, "tfrecords")
-    spec = feature_spec_json(feature_spec(config.images, config.edge_map))
     write_json(FileSystems.join(folder, "features.json"),
-               tfds_metadata.features_json(spec, config.image_size, config.image_format))
+               tfds_metadata.features_json(spec(config, text), config.image_size, config.image_format))
     write_json(FileSystems.join(folder, "dataset_info.json"),
                tfds_metadata.dataset_info_json([f for f in written if f["path"].startswith(folder)], DESCRIPTION))
     return ["tfrecords/dataset_info.json", "tfrecords/features.json"]
@@ -160,19 +170,21 @@ def read_json(path: str) -> dict:
 
 
 class WriteMetadata(beam.PTransform):
-    """(events, input file records, written file records) -> metadata.json, after every shard is written."""
+    """(events, input file records, written file records) -> metadata.json, after every shard is written. ``text``
+    is resolve_text's description of the tokenizer, rules and index."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, text: dict):
         super().__init__()
         self._config = config
+        self._text = text
 
     def expand(self, inputs):
         events, input_files, written = inputs
-        config = self._config
+        config, text = self._config, self._text
 
         def write(_, events, input_files, written):
-            tfds_files = write_tfds_files(config, written) if config.compression == "none" else []
-            document = build_metadata(config, accounting.sum_events(events), input_files, written, tfds_files)
+            tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
+            document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files)
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             yield document["counts"]
 

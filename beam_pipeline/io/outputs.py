@@ -3,6 +3,7 @@
     manifest/manifest-SSSSS-of-NNNNN.csv       one row per record, header in every shard
     tfrecords/{split}-SSSSS-of-NNNNN.tfrecord  one tf.train.Example per manifest row (.tfrecord.gz with gzip)
     rejects/rejects-SSSSS-of-NNNNN.jsonl       one JSON object per rejected row or image
+    audit/leakage-audit-SSSSS-of-NNNNN.jsonl   only with --leakage_audit: unfiltered notes, never for training
     metadata.json                              config, versions, feature spec, label order, counts (written last)
 """
 
@@ -23,7 +24,7 @@ from beam_pipeline.transforms.records import Record
 
 MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "study_datetime", "ed_intime",
                     "ed_outtime", "hours_from_arrival")
-LAYOUT = ("manifest", "tfrecords", "rejects", "metadata.json")
+LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")
 TEXT_SHARD_BYTES = 256 * 2 ** 20
 
 
@@ -47,8 +48,12 @@ def manifest_line(record: Record) -> bytes:
     ])
 
 
+def _json_line(row: dict) -> bytes:
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def reject_line(row: dict) -> bytes:
-    return (json.dumps({k: row[k] for k in accounting.REJECT_FIELDS}, ensure_ascii=False) + "\n").encode("utf-8")
+    return _json_line({k: row[k] for k in accounting.REJECT_FIELDS})
 
 
 def _keyed_reject(row: dict) -> tuple[str, str, bytes]:
@@ -57,7 +62,7 @@ def _keyed_reject(row: dict) -> tuple[str, str, bytes]:
 
 
 def existing_outputs(output: str) -> list[str]:
-    patterns = [FileSystems.join(output, name, "*") for name in LAYOUT[:3]] + [FileSystems.join(output, LAYOUT[3])]
+    patterns = [FileSystems.join(output, name, "*") for name in LAYOUT[:-1]] + [FileSystems.join(output, LAYOUT[-1])]
     return sorted(m.path for result in FileSystems.match(patterns) for m in result.metadata_list)
 
 
@@ -72,7 +77,8 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 
 class WriteOutputs(beam.PTransform):
-    """Records and rejects -> manifest, TFRecord and rejects shards; outputs one dict per file written."""
+    """{"records", "rejects"[, "audit"]} -> manifest, TFRecord, rejects (and audit) shards; outputs one dict per
+    file written."""
 
     def __init__(self, output: str, target_shard_mb: float, compression: str):
         super().__init__()
@@ -81,7 +87,7 @@ class WriteOutputs(beam.PTransform):
         self._gzip = compression == "gzip"
 
     def expand(self, inputs):
-        records, rejects = inputs
+        records, rejects = inputs["records"], inputs["rejects"]
         out = self._output
         tfrecords = (records
                      | "ToExample" >> beam.Map(lambda r: (r.split, r.dicom_id, to_example(r)))
@@ -100,4 +106,10 @@ class WriteOutputs(beam.PTransform):
                         | "WriteRejects" >> WriteShards(
                             FileSystems.join(out, "rejects"), ["rejects"], ShardFormat(".jsonl"), TEXT_SHARD_BYTES,
                             unique_keys=False))
-        return (tfrecords, manifest, reject_files) | "AllFiles" >> beam.Flatten()
+        files = [tfrecords, manifest, reject_files]
+        if "audit" in inputs:
+            files.append(inputs["audit"]
+                         | "ToAuditLine" >> beam.Map(lambda row: ("leakage-audit", row["dicom_id"], _json_line(row)))
+                         | "WriteAudit" >> WriteShards(FileSystems.join(out, "audit"), ["leakage-audit"],
+                                                       ShardFormat(".jsonl"), TEXT_SHARD_BYTES))
+        return files | "AllFiles" >> beam.Flatten()

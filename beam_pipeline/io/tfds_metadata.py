@@ -17,7 +17,8 @@ _IMAGE = "tensorflow_datasets.core.features.image_feature.Image"
 
 
 def _shape(dims) -> dict:
-    return {"dimensions": [str(d) for d in dims]} if dims else {}
+    """TFDS shape proto: -1 for a variable dimension (None in our spec)."""
+    return {"dimensions": [str(-1 if d is None else d) for d in dims]} if dims else {}
 
 
 def features_json(spec: dict, image_size: int, image_format: str) -> dict:

@@ -2,11 +2,14 @@
 
     from torch.utils.data import DataLoader
     from beam_pipeline.readers.pytorch import MimicCxrEdDataset
-    loader = DataLoader(MimicCxrEdDataset("OUTPUT", "train", normalization="imagenet"), batch_size=32,
-                        num_workers=4)
+    data = MimicCxrEdDataset("OUTPUT", "train", normalization="imagenet")
+    loader = DataLoader(data, batch_size=32, num_workers=4, collate_fn=data.collate)
     for batch in loader:
-        logits = model(batch["image"])            # float32 [B, 3, size, size]
+        logits = model(batch["image"], batch["input_ids"], batch["attention_mask"])  # image float32 [B,3,size,size]
         loss = masked_bce(logits, batch["labels"], batch["mask"])
+
+``collate`` pads token ids with the tokenizer's pad id and adds attention masks; everything else is stacked by
+PyTorch's default collate.
 
 Each DataLoader worker of each process reads its own share: whole shards when there are at least as many shards as
 readers (worker ``w`` of ``W`` in process ``r`` of ``R`` takes shards ``r*W + w``, step ``R*W``), else every reader
@@ -22,7 +25,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from beam_pipeline.io.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import load_metadata, shard_files
@@ -32,6 +36,7 @@ _TENSORS = {"labels/binary": ("labels", torch.float32), "labels/mask": ("mask", 
             "labels/chexpert": ("labels_raw", torch.float32), "features/values": ("features", torch.float32),
             "features/missing": ("features_missing", torch.float32)}
 _IDS = ("subject_id", "study_id", "stay_id")
+_TOKENS = {"note/input_ids": "input_ids", "note/enhanced_input_ids": "enhanced_input_ids"}
 
 
 class MimicCxrEdDataset(IterableDataset):
@@ -48,6 +53,7 @@ class MimicCxrEdDataset(IterableDataset):
         self._std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         self._channels = channels
         self._rank, self._world_size = rank, world_size
+        self._pad_id = metadata["text"]["tokenizer"]["pad_token_id"] or 0
 
     def _reader(self) -> tuple[int, int]:
         """(index, count) of this reader among all DataLoader workers of all processes."""
@@ -80,7 +86,26 @@ class MimicCxrEdDataset(IterableDataset):
                   "note": example["note/text"][0].decode("utf-8")}
         sample.update({name: example[name][0] for name in _IDS})
         sample.update({key: torch.tensor(example[name], dtype=dtype) for name, (key, dtype) in _TENSORS.items()})
+        sample.update({key: torch.tensor(example[name], dtype=torch.long) for name, key in _TOKENS.items()
+                       if name in example})
+        if "rag/ids" in example:
+            sample.update(enhanced_note=example["note/enhanced"][0].decode("utf-8"),
+                          rag_ids=[i.decode() for i in example["rag/ids"]],
+                          rag_scores=torch.tensor(example["rag/scores"], dtype=torch.float32))
         return sample
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Pad token ids to the longest in the batch (+ attention masks); rag_ids stay a list per sample."""
+        batch = {}
+        for key in (k for k in _TOKENS.values() if k in samples[0]):
+            sequences = [s[key] for s in samples]
+            batch[key] = pad_sequence(sequences, batch_first=True, padding_value=self._pad_id)
+            batch[key.replace("input_ids", "attention_mask")] = pad_sequence(
+                [torch.ones_like(s) for s in sequences], batch_first=True)
+        if "rag_ids" in samples[0]:
+            batch["rag_ids"] = [s["rag_ids"] for s in samples]
+        rest = [{k: v for k, v in s.items() if k not in batch} for s in samples]
+        return {**default_collate(rest), **batch}
 
     def __len__(self) -> int:
         """Records in the split (all readers together), for progress bars."""

