@@ -101,3 +101,19 @@ def test_knowledge_base_build_and_load_checks(tmp_path, kb_index):
     own.write_text('{"id": "a", "title": "t", "text": "", "source": "s"}\n')
     with pytest.raises(kb.KnowledgeBaseError, match="own.jsonl:1: missing text"):
         kb.build(str(tmp_path / "idx"), str(own))
+
+
+def test_bring_your_own_passages_to_a_gs_index(tmp_path, gcs_emulator, embedder):
+    """kb build writes to gs:// and the pipeline-side loader reads it back, checksum-verified."""
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"id": f"own-{i}", "title": title, "text": text, "source": "Our handbook"}) + "\n"
+                           for i, (title, text) in enumerate([
+                               ("Asthma attack", "Wheezing and shortness of breath relieved by albuterol."),
+                               ("Hip fracture", "Elderly fall with a shortened, externally rotated leg."),
+                               ("Sepsis screen", "Fever, tachycardia and hypotension suggest sepsis.")])))
+    gcs_emulator.create_bucket("kb-test")
+    manifest = kb.build("gs://kb-test/index", str(own))
+    loaded = kb.load("gs://kb-test/index")
+    assert loaded.manifest == manifest and [p["id"] for p in loaded.passages] == ["own-0", "own-1", "own-2"]
+    hits = retrieve(loaded, embedder.embed(["Wheezing, short of breath, used inhaler"]), 5)[0]
+    assert len(hits) == 3 and loaded.passages[hits[0][0]]["id"] == "own-0"
