@@ -51,6 +51,9 @@ class Config:
     output: str = _flag("Output folder (local or gs://): manifest/, tfrecords/, rejects/ and metadata.json.", "")
     mimic_iv_root: str = _flag(
         "Optional MIMIC-IV root holding hosp/patients.csv.gz; needed for the patient's age at the X-ray.", "")
+    billing_project: str = _flag(
+        "Google Cloud project billed for reading requester-pays buckets (PhysioNet's MIMIC-CXR-JPG bucket). "
+        "Defaults to --project when that is given; empty: inputs are read through Beam's FileSystems.", "")
     views: tuple[str, ...] = _flag(
         "Comma-separated ViewPosition values to keep (exact match).", mimic.DEFAULT_VIEWS, parse=_csv_list)
     window_start_hours: float = _flag(
@@ -108,6 +111,9 @@ class Config:
         parse=float)
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))
+    dated_output: bool = _flag(
+        "Write this run under OUTPUT/runs/<UTC time>/ and, only after it succeeded, point OUTPUT/LATEST at it (for "
+        "scheduled reruns: a failed run never touches earlier ones).", False, parse=parse_bool)
     overwrite: bool = _flag(
         "Replace the outputs of an earlier run in --output. Without it the job refuses a non-empty output.",
         False, parse=parse_bool)

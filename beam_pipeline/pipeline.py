@@ -22,6 +22,7 @@ from beam_pipeline import accounting, kb, mimic, models
 from beam_pipeline.io.csv_tables import InputError, ReadMimicTable, resolve_and_check
 from beam_pipeline.io.metadata import WriteMetadata
 from beam_pipeline.io.outputs import WriteOutputs
+from beam_pipeline.io.sources import make_source
 from beam_pipeline.options import Config
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages, SelectImages
 from beam_pipeline.transforms.join import LinkImagesToStays
@@ -54,9 +55,11 @@ def tables_needed(config: Config) -> list[mimic.Table]:
 
 
 def resolve_inputs(config: Config) -> dict[str, str]:
-    """Table name -> input path, with every needed column checked; raises InputError naming file and column."""
+    """Table name -> input path, with every needed column checked; raises InputError naming file and column (or
+    RequesterPaysError naming the bucket and the flag)."""
     roots = {"cxr": config.mimic_cxr_root, "ed": config.mimic_ed_root, "iv": config.mimic_iv_root}
-    return {table.name: resolve_and_check(roots[table.module], table) for table in tables_needed(config)}
+    source = make_source(config.billing_project)
+    return {table.name: resolve_and_check(roots[table.module], table, source) for table in tables_needed(config)}
 
 
 def resolve_text(config: Config) -> dict:
@@ -97,9 +100,11 @@ def _stage(pcoll, label: str, dofn: beam.DoFn, main: str = "records"):
     return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, main=main)
 
 
-def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict) -> None:
-    """``paths`` from resolve_inputs, ``text`` from resolve_text."""
-    reads = {name: p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], path) for name, path in paths.items()}
+def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, latest: str = "") -> None:
+    """``paths`` from resolve_inputs, ``text`` from resolve_text; ``latest``: pointer file to update on success."""
+    source = make_source(config.billing_project)
+    reads = {name: p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], path, source)
+             for name, path in paths.items()}
 
     images = _stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
     keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
@@ -121,7 +126,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     if config.images:
         settings = ImageSettings(config.image_size, config.resize_mode, config.image_format, config.jpeg_quality,
                                  config.edge_map)
-        stages.append(_stage(split.records, "ProcessImages", ProcessImages(config.mimic_cxr_root, settings)))
+        stages.append(_stage(split.records, "ProcessImages", ProcessImages(config.mimic_cxr_root, settings, source)))
     final = _stage(stages[-1].records, "CountWritten", accounting.CountWritten())
     stages.append(final)
     disjoint = final.records | "AssertPatientDisjoint" >> AssertPatientDisjoint()
@@ -133,4 +138,4 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     if config.leakage_audit:
         outputs["audit"] = filtered[AUDIT]
     written = outputs | "WriteOutputs" >> WriteOutputs(config.output, config.target_shard_mb, config.compression)
-    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text)
+    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text, latest)

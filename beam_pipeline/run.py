@@ -10,21 +10,24 @@ Flex Templates require.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
 import logging
 import sys
 
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import mimic
 from beam_pipeline.io.csv_tables import InputError
-from beam_pipeline.io.metadata import read_json
 from beam_pipeline.io.outputs import OutputExistsError, prepare_output
+from beam_pipeline.io.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
+from beam_pipeline.readers.common import load_metadata
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
@@ -38,8 +41,10 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
     if unknown:
         parser.error("unknown flags: " + ", ".join("--" + name for name in unknown))
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    values.setdefault("billing_project", options.view_as(GoogleCloudOptions).project or "")
     try:
-        config = Config(**{k: v for k, v in vars(args).items() if v is not None})
+        config = Config(**values)
     except ValueError as err:
         parser.error(str(err))
     return config, options
@@ -70,14 +75,23 @@ def is_local(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
+def dated(config: Config, now: dt.datetime) -> tuple[Config, str]:
+    """(config writing under OUTPUT/runs/<time>, path of OUTPUT/LATEST) with --dated_output; else (config, "")."""
+    if not config.dated_output:
+        return config, ""
+    folder = FileSystems.join(config.output, "runs", now.strftime("%Y%m%dT%H%M%S%fZ"))
+    return dataclasses.replace(config, output=folder), FileSystems.join(config.output, "LATEST")
+
+
 def execute(config: Config, options: PipelineOptions) -> PipelineResult:
     """Check inputs and output, build the graph and start it (local runs on the in-process FnApiRunner)."""
     paths = resolve_inputs(config)
     text = resolve_text(config)
+    config, latest = dated(config, dt.datetime.now(dt.timezone.utc))
     prepare_output(config.output, config.overwrite)
     runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, config, paths, text)
+    build_pipeline(pipeline, config, paths, text, latest)
     return pipeline.run()
 
 
@@ -88,14 +102,14 @@ def run(argv: list[str] | None = None) -> dict | None:
     if not is_local(options):
         return None
     result.wait_until_finish()
-    return read_json(FileSystems.join(config.output, "metadata.json"))
+    return load_metadata(config.output)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         metadata = run(argv)
-    except (InputError, OutputExistsError) as err:
+    except (InputError, OutputExistsError, RequesterPaysError) as err:
         sys.exit(f"error: {err}")
     if metadata is not None:
         config = metadata["config"]

@@ -15,6 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from beam_pipeline import mimic, sample
+from gcs_proxy import RequesterPaysProxy
 
 OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
 ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
@@ -119,33 +120,47 @@ def mini_mimic(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator():
-    """A GCS emulator on a free loopback port for the session; yields a storage client. Beam's credential lookup
-    (a ~25 s stall without credentials) is short-circuited to its anonymous client."""
+def gcs_server():
+    """A GCS emulator on a free loopback port behind a requester-pays enforcing proxy (buckets whose names start
+    with "rp-" are requester pays), for the whole session. Beam's credential lookup (a ~25 s stall without
+    credentials) is short-circuited to its anonymous client. Yields (storage client, proxy)."""
     from apache_beam.internal.gcp import auth
     from gcp_storage_emulator.server import create_server
     from google.cloud import storage
 
     server = create_server("127.0.0.1", 0, in_memory=True)
     server.start()
-    port = server._api._httpd.server_address[1]
+    proxy = RequesterPaysProxy(server._api._httpd.server_address[1]).start()
     patch = pytest.MonkeyPatch()
-    for name, value in {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "GOOGLE_CLOUD_PROJECT": "test-project",
-                        "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:1",
-                        "GCE_METADATA_IP": "127.0.0.1:1"}.items():
+    for name, value in {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy.port}",
+                        "GOOGLE_CLOUD_PROJECT": "test-project", "NO_GCE_CHECK": "true",
+                        "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1"}.items():
         patch.setenv(name, value)
     patch.setattr(auth._Credentials, "_credentials_init", True)
     patch.setattr(auth._Credentials, "_credentials", None)
     try:
-        yield storage.Client()
+        yield storage.Client(), proxy
     finally:
         patch.undo()
+        proxy.stop()
         server.stop()
 
 
-def upload_tree(client, bucket: str, local: Path, prefix: str) -> str:
+@pytest.fixture
+def gcs_emulator(gcs_server):
+    return gcs_server[0]
+
+
+def create_bucket(client, proxy, name: str):
+    """A bucket; requester pays when its name starts with "rp-" (enforced by the proxy)."""
+    if name.startswith("rp-"):
+        proxy.requester_pays.add(name)
+    return client.create_bucket(name)
+
+
+def upload_tree(client, bucket: str, local: Path, prefix: str, user_project: str | None = None) -> str:
     """Copy a local folder to gs://bucket/prefix and return that URL."""
-    target = client.bucket(bucket)
+    target = client.bucket(bucket, user_project=user_project)
     for path in sorted(local.rglob("*")):
         if path.is_file():
             target.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))

@@ -7,8 +7,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
 from beam_pipeline.io.csv_tables import InputError, ReadMimicTable, read_header, resolve_and_check, resolve_table
+from beam_pipeline.io.sources import BeamSource
 from conftest import ED_DEMO, test_pipeline, write_table
 
+SOURCE = BeamSource()
 TRICKY = ['SOB, "can\'t breathe"', "Fever, Cough\nsent from clinic", 'He said "ow", twice', "PNA,\r\nhypoxia"]
 
 
@@ -20,7 +22,7 @@ def _triage_rows():
 @pytest.mark.parametrize("gz", [True, False])
 def test_quoted_commas_quotes_and_newlines_survive(tmp_path, gz):
     path = write_table(tmp_path, mimic.TRIAGE, _triage_rows(), gz=gz)
-    assert resolve_table(str(tmp_path), mimic.TRIAGE) == str(path)
+    assert resolve_table(str(tmp_path), mimic.TRIAGE, SOURCE) == str(path)
     with test_pipeline() as p:
         out = p | ReadMimicTable(mimic.TRIAGE, str(path))
         assert_that(out.rows | beam.Map(lambda r: (r["stay_id"], r["chiefcomplaint"], r["temperature"])),
@@ -30,19 +32,19 @@ def test_quoted_commas_quotes_and_newlines_survive(tmp_path, gz):
 
 def test_prefers_gz_and_falls_back_to_csv(tmp_path):
     plain = write_table(tmp_path, mimic.EDSTAYS, [], gz=False)
-    assert resolve_table(str(tmp_path), mimic.EDSTAYS) == str(plain)
+    assert resolve_table(str(tmp_path), mimic.EDSTAYS, SOURCE) == str(plain)
     gz = write_table(tmp_path, mimic.EDSTAYS, [])
-    assert resolve_table(str(tmp_path), mimic.EDSTAYS) == str(gz)
+    assert resolve_table(str(tmp_path), mimic.EDSTAYS, SOURCE) == str(gz)
 
 
 def test_table_directly_under_the_root_is_found(tmp_path):
     path = write_table(tmp_path, mimic.PATIENTS, [])  # writes into hosp/
-    assert resolve_table(str(tmp_path / "hosp"), mimic.PATIENTS) == str(path)
+    assert resolve_table(str(tmp_path / "hosp"), mimic.PATIENTS, SOURCE) == str(path)
 
 
 def test_missing_file_names_every_path_tried(tmp_path):
     with pytest.raises(InputError) as err:
-        resolve_table(str(tmp_path), mimic.VITALSIGN)
+        resolve_table(str(tmp_path), mimic.VITALSIGN, SOURCE)
     assert "vitalsign" in str(err.value) and str(tmp_path / "ed" / "vitalsign.csv.gz") in str(err.value)
 
 
@@ -52,7 +54,7 @@ def test_missing_column_names_file_and_column(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write("subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,chiefcomplaint\n")
     with pytest.raises(InputError) as err:
-        resolve_and_check(str(tmp_path), mimic.TRIAGE)
+        resolve_and_check(str(tmp_path), mimic.TRIAGE, SOURCE)
     assert str(path) in str(err.value) and "'acuity'" in str(err.value)
 
 
@@ -61,7 +63,7 @@ def test_empty_file_is_an_input_error(tmp_path):
     path.parent.mkdir()
     path.write_text("")
     with pytest.raises(InputError, match="empty"):
-        read_header(str(path))
+        read_header(str(path), SOURCE)
 
 
 def test_bad_rows_are_rejected_with_line_numbers_and_counted(tmp_path):
@@ -95,8 +97,8 @@ def test_real_ed_demo_reads_whole_with_release_checksums():
     expected_rows = {"edstays": 222, "triage": 222, "vitalsign": 1038, "medrecon": 2764, "pyxis": 1082}
     with test_pipeline() as p:
         for name, n in expected_rows.items():
-            out = p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], resolve_table(str(ED_DEMO),
-                                                                                         mimic.TABLES[name]))
+            table = mimic.TABLES[name]
+            out = p | f"Read {name}" >> ReadMimicTable(table, resolve_table(str(ED_DEMO), table, SOURCE))
             assert_that(out.rows | f"Count {name}" >> beam.combiners.Count.Globally(), equal_to([n]),
                         label=f"Rows {name}")
             assert_that(out.rejects, equal_to([]), label=f"NoRejects {name}")

@@ -12,6 +12,7 @@ import pytest
 from beam_pipeline import mimic
 from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.io import tfrecord
+from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 from conftest import OFFLINE_TEXT, metadata_row, radiograph_jpeg, upload_tree
@@ -252,3 +253,19 @@ def test_images_can_be_left_out(mini_mimic, tmp_path):
     assert metadata["counts"]["matched"] == 4 and metadata["image"] is None
     assert not any(name.startswith("image/encoded") for name in metadata["features"])
     assert "image/encoded" not in read_tfrecords(tmp_path / "out")["d-mid"]
+
+
+def test_dated_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
+    base = tmp_path / "out"
+    first = run(argv(mini_mimic(**scenario()), base, "--dated_output"))
+    latest = (base / "LATEST").read_text().strip()
+    assert latest == first["config"]["output"] and Path(latest).parent == base / "runs"
+    assert load_metadata(str(base)) == first  # readers follow LATEST
+    broken = scenario()
+    broken["splits"][0]["split"] = "train"  # the subject is now in train and val: the job must fail
+    with pytest.raises(Exception, match="appears in splits"):
+        run(argv(mini_mimic(**broken), base, "--dated_output", "--split_strategy=official"))
+    assert (base / "LATEST").read_text().strip() == latest
+    others = [r for r in (base / "runs").iterdir() if str(r) != latest]
+    assert all(not (r / "metadata.json").exists() for r in others)  # a failed run is never complete
+    assert load_metadata(latest) == first  # the previous run is intact

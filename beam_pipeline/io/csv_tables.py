@@ -16,10 +16,10 @@ import sys
 from typing import IO, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, mimic
+from beam_pipeline.io.sources import BeamSource
 
 csv.field_size_limit(sys.maxsize)
 
@@ -28,12 +28,12 @@ class InputError(ValueError):
     """A missing input file or column: the job cannot start."""
 
 
-def resolve_table(root: str, table: mimic.Table) -> str:
+def resolve_table(root: str, table: mimic.Table, source: BeamSource) -> str:
     """Find ``<root>/<subdir>/<name>.csv.gz`` or ``.csv`` (also directly under root); fail naming every path tried."""
     folders = [FileSystems.join(root, table.subdir), root] if table.subdir else [root]
     tried = [FileSystems.join(folder, table.basename + ext) for folder in folders for ext in (".csv.gz", ".csv")]
     for path in tried:
-        if FileSystems.exists(path):
+        if source.exists(path):
             return path
     raise InputError(f"{table.name}: no input file found; tried {', '.join(tried)}")
 
@@ -61,16 +61,16 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
-def _open_text(path: str) -> tuple[IO[str], _HashingReader]:
-    raw = _HashingReader(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+def _open_text(path: str, source: BeamSource) -> tuple[IO[str], _HashingReader]:
+    raw = _HashingReader(source.open(path))
     buffered = io.BufferedReader(raw, 1 << 20)
     binary = gzip.GzipFile(fileobj=buffered, mode="rb") if path.endswith(".gz") else buffered
     # MIMIC is UTF-8; an undecodable byte becomes U+FFFD rather than aborting a 3M-row table.
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=""), raw
 
 
-def read_header(path: str) -> list[str]:
-    text, _ = _open_text(path)
+def read_header(path: str, source: BeamSource) -> list[str]:
+    text, _ = _open_text(path, source)
     with text:
         try:
             header = next(csv.reader(text))
@@ -93,21 +93,22 @@ def check_columns(path: str, table: mimic.Table, header: list[str]) -> None:
                              f"(header: {','.join(header)})")
 
 
-def resolve_and_check(root: str, table: mimic.Table) -> str:
-    path = resolve_table(root, table)
-    check_columns(path, table, read_header(path))
+def resolve_and_check(root: str, table: mimic.Table, source: BeamSource) -> str:
+    path = resolve_table(root, table, source)
+    check_columns(path, table, read_header(path, source))
     return path
 
 
 class ReadCsvRows(beam.DoFn):
     """Stream one CSV file into typed row dicts; rows that cannot be typed go to rejects."""
 
-    def __init__(self, table: mimic.Table):
+    def __init__(self, table: mimic.Table, source: BeamSource):
         self._table = table
+        self._source = source
 
     def process(self, path: str):
         table = self._table
-        text, raw = _open_text(path)
+        text, raw = _open_text(path, self._source)
         rows = rejected = 0
         with text:
             reader = csv.reader(text)
@@ -152,13 +153,14 @@ def _maybe_int(fields: list[str], header: list[str], column: str) -> int | None:
 class ReadMimicTable(beam.PTransform):
     """``path`` -> typed rows, plus tagged ``rejects``, ``events`` and ``files`` (one checksum record)."""
 
-    def __init__(self, table: mimic.Table, path: str):
+    def __init__(self, table: mimic.Table, path: str, source: BeamSource = BeamSource()):
         super().__init__()
         self._table = table
         self._path = path
+        self._source = source
 
     def expand(self, pbegin):
         return (pbegin
                 | "Path" >> beam.Create([self._path])
-                | "Parse" >> beam.ParDo(ReadCsvRows(self._table)).with_outputs(
+                | "Parse" >> beam.ParDo(ReadCsvRows(self._table, self._source)).with_outputs(
                     accounting.REJECTS, accounting.EVENTS, "files", main="rows"))

@@ -171,21 +171,26 @@ def read_json(path: str) -> dict:
 
 class WriteMetadata(beam.PTransform):
     """(events, input file records, written file records) -> metadata.json, after every shard is written. ``text``
-    is resolve_text's description of the tokenizer, rules and index."""
+    is resolve_text's description of the tokenizer, rules and index; ``latest``, if set, is a pointer file that is
+    made to name this run's folder once metadata.json exists (so it only ever names complete runs)."""
 
-    def __init__(self, config: Config, text: dict):
+    def __init__(self, config: Config, text: dict, latest: str = ""):
         super().__init__()
         self._config = config
         self._text = text
+        self._latest = latest
 
     def expand(self, inputs):
         events, input_files, written = inputs
-        config, text = self._config, self._text
+        config, text, latest = self._config, self._text, self._latest
 
         def write(_, events, input_files, written):
             tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
             document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files)
             write_json(FileSystems.join(config.output, "metadata.json"), document)
+            if latest:
+                with FileSystems.create(latest, mime_type="text/plain") as f:
+                    f.write((config.output + "\n").encode("utf-8"))
             yield document["counts"]
 
         totals = events | "SumEvents" >> beam.CombinePerKey(sum)

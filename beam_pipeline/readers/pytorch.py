@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from beam_pipeline.io.tfrecord import parse_example, read_records
-from beam_pipeline.readers.common import load_metadata, shard_files
+from beam_pipeline.readers.common import open_run, shard_files
 from beam_pipeline.readers.normalization import mean_std
 
 _TENSORS = {"labels/binary": ("labels", torch.float32), "labels/mask": ("mask", torch.float32),
@@ -43,10 +43,10 @@ class MimicCxrEdDataset(IterableDataset):
     def __init__(self, output: str, split: str, *, normalization: str = "imagenet", channels: int = 3,
                  rank: int | None = None, world_size: int | None = None):
         super().__init__()
-        metadata = load_metadata(output)
+        folder, metadata = open_run(output)
         if metadata["image"] is None:
             raise ValueError(f"{output} was built with --images=false: there is no image to decode")
-        self.files = shard_files(output, split, metadata)
+        self.files = shard_files(folder, split, metadata)
         self.num_records = metadata["counts"]["per_split"][split]
         mean, std = mean_std(normalization, channels)
         self._mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from beam_pipeline.readers.common import load_metadata, shard_files
+from beam_pipeline.readers.common import open_run, shard_files
 from beam_pipeline.readers.normalization import mean_std
 
 _DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
@@ -28,7 +28,7 @@ def parse_spec(metadata: dict) -> dict:
 
 def dataset(output: str, split: str, *, normalization: str = "imagenet", channels: int = 3,
             supervised: bool = False) -> tf.data.Dataset:
-    metadata = load_metadata(output)
+    folder, metadata = open_run(output)
     if metadata["image"] is None:
         raise ValueError(f"{output} was built with --images=false: there is no image to decode")
     spec = parse_spec(metadata)
@@ -49,6 +49,6 @@ def dataset(output: str, split: str, *, normalization: str = "imagenet", channel
         return {**example, "image": image}
 
     compression = "GZIP" if metadata["config"]["compression"] == "gzip" else ""
-    files = shard_files(output, split, metadata)
+    files = shard_files(folder, split, metadata)
     return tf.data.TFRecordDataset(files, compression_type=compression).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

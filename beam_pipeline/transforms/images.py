@@ -13,7 +13,7 @@ import cv2
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.io.byte_source import ByteSource, FileSystemsSource
+from beam_pipeline.io.sources import BeamSource
 from beam_pipeline.transforms import pixels
 from beam_pipeline.transforms.records import Record
 
@@ -50,7 +50,7 @@ class ImageSettings:
 class ProcessImages(beam.DoFn):
     """Record -> record with its preprocessed image; a missing or broken image becomes a reject and the job goes on."""
 
-    def __init__(self, cxr_root: str, settings: ImageSettings, source: ByteSource = FileSystemsSource()):
+    def __init__(self, cxr_root: str, settings: ImageSettings, source: BeamSource = BeamSource()):
         self._root = cxr_root
         self._settings = settings
         self._source = source

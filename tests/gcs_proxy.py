@@ -1,0 +1,83 @@
+"""An HTTP proxy in front of the GCS emulator that enforces requester pays, as real GCS does.
+
+gcp-storage-emulator accepts any request, so a missing ``userProject`` would go unnoticed. This proxy answers
+requests for a requester-pays bucket that lack ``userProject`` with GCS's own 400 error, forwards everything else,
+records every request, and can answer with injected errors (429, 503) to exercise retries.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+REQUESTER_PAYS_MESSAGE = "Bucket is a requester pays bucket but no user project provided."
+_BUCKET = re.compile(r"/b/([^/?]+)")
+
+
+class RequesterPaysProxy:
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.requester_pays: set[str] = set()
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
+        self.inject: dict[str, list[int]] = {}  # path substring -> statuses to answer before forwarding
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> "RequesterPaysProxy":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _answer(self, status: int, body: bytes, headers=()):
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _error(self, status: int, message: str):
+                body = {"error": {"code": status, "message": message,
+                                  "errors": [{"message": message, "domain": "global", "reason": "required"}]}}
+                self._answer(status, json.dumps(body).encode(), [("Content-Type", "application/json")])
+
+            def _forward(self):
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                proxy.requests.append((self.command, url.path, query))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                for fragment, statuses in proxy.inject.items():
+                    if fragment in url.path and statuses:
+                        self._error(statuses.pop(0), "injected failure")
+                        return
+                bucket = _BUCKET.search(url.path)
+                if bucket and bucket.group(1) in proxy.requester_pays and "userProject" not in query:
+                    self._error(400, REQUESTER_PAYS_MESSAGE)
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                upstream.request(self.command, self.path, body=body or None, headers=headers)
+                response = upstream.getresponse()
+                self._answer(response.status, response.read(), response.getheaders())
+                upstream.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+        return Handler

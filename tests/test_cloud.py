@@ -1,0 +1,128 @@
+"""Offline checks of everything that ships to Google Cloud: template metadata, launch request, Terraform, scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from beam_pipeline import cloud, options
+from beam_pipeline.run import parse
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+EXAMPLE = dict(project="YOUR_PROJECT", region="us-central1", bucket="YOUR_BUCKET",
+               image="us-central1-docker.pkg.dev/YOUR_PROJECT/mimic/pipeline:TAG",
+               service_account="mimic-cxr-ed-runner@YOUR_PROJECT.iam.gserviceaccount.com",
+               parameters={"mimic_ed_root": "gs://YOUR_BUCKET/mimic-iv-ed/2.2",
+                           "mimic_iv_root": "gs://YOUR_BUCKET/mimiciv/2.2"})
+
+
+def _sample_values(parameter: dict) -> list[str]:
+    """Values Dataflow could pass for a parameter: every enum option, both booleans, a gs:// path, the default."""
+    if parameter.get("enumOptions"):
+        return [o["value"] for o in parameter["enumOptions"]]
+    if parameter["paramType"] == "BOOLEAN":
+        return ["true", "false"]
+    if parameter.get("regexes"):
+        return [f"gs://bucket/{parameter['name']}"]
+    return [parameter["defaultValue"]] if parameter.get("defaultValue") else ["7" if parameter["paramType"] ==
+                                                                               "NUMBER" else "text"]
+
+
+def test_template_parameters_and_pipeline_options_match_both_ways():
+    metadata = json.loads((TEMPLATES / "metadata.json").read_text())
+    fields = {f.name: f for f in dataclasses.fields(options.Config)}
+    assert [p["name"] for p in metadata["parameters"]] == list(fields)
+    for parameter in metadata["parameters"]:  # each accepted by the parser, as Dataflow passes it: --name=value
+        for value in _sample_values(parameter):
+            argv = [f"--{n}=gs://b/{n}" for n in options.REQUIRED_FLAGS if n != parameter["name"]]
+            config, _ = parse(argv + [f"--{parameter['name']}={value}"])
+            assert getattr(config, parameter["name"]) == fields[parameter["name"]].metadata["parse"](value)
+            assert all(re.fullmatch(r, value) for r in parameter.get("regexes", []))
+        assert parameter["helpText"] and parameter["label"] and parameter["paramType"]
+
+
+def test_launch_request_validates_against_the_dataflow_discovery_schema():
+    from google.auth.credentials import AnonymousCredentials
+    from googleapiclient.discovery import build
+
+    body = cloud.launch_body(**EXAMPLE)
+    assert cloud.launch_errors(body) == []
+    assert json.loads((TEMPLATES / "launch_body.example.json").read_text()) == body  # the committed example is current
+    service = build("dataflow", "v1b3", credentials=AnonymousCredentials(), static_discovery=True)
+    request = service.projects().locations().flexTemplates().launch(projectId="YOUR_PROJECT", location="us-central1",
+                                                                   body=body)
+    assert request.method == "POST" and request.uri.split("?")[0].endswith(
+        "/v1b3/projects/YOUR_PROJECT/locations/us-central1/flexTemplates:launch")
+    assert json.loads(request.body) == body
+    parameters = body["launchParameter"]["parameters"]
+    assert parameters["mimic_cxr_root"] == "gs://mimic-cxr-jpg-2.1.0.physionet.org"
+    assert parameters["billing_project"] == "YOUR_PROJECT" and parameters["dated_output"] == "true"
+
+
+def test_the_validator_catches_what_the_api_would_refuse():
+    body = cloud.launch_body(**EXAMPLE)
+    environment = body["launchParameter"]["environment"]
+    environment.update(maxWorkers="32", autoscalingAlgorithm="THROUGHPUT_BASED")
+    body["launchParameter"]["containerSpec"] = {"image": "x"}
+    body["launchParameter"]["parameters"]["image_size"] = 224
+    errors = cloud.launch_errors(body)
+    assert "body.launchParameter.environment.maxWorkers: expected integer, got str" in errors
+    assert any("THROUGHPUT_BASED" in e and "AUTOSCALING_ALGORITHM_BASIC" in e for e in errors)
+    assert "body.launchParameter: exactly one of containerSpec and containerSpecGcsPath" in errors
+    assert any("parameters.image_size: expected string" in e for e in errors)
+    with pytest.raises(ValueError, match="not pipeline parameters: imag_size"):
+        cloud.launch_body(**{**EXAMPLE, "parameters": {"imag_size": "224"}})
+
+
+def _terraform() -> dict:
+    return hcl2.load((TEMPLATES / "terraform" / "main.tf").open())
+
+
+def test_terraform_schedules_the_same_launch_with_least_privilege():
+    resources = {(kind.strip('"'), name.strip('"')): block for entry in _terraform()["resource"]
+                 for kind, named in entry.items() for name, block in named.items()}
+    job = resources[("google_cloud_scheduler_job", "rerun")]
+    target = job["http_target"][0]
+    assert target["http_method"] == '"POST"' and "flexTemplates:launch" in target["uri"]
+    assert target["body"] == "${base64encode(file(var.launch_body_file))}"
+    assert target["oauth_token"][0]["scope"] == '"https://www.googleapis.com/auth/cloud-platform"'
+    assert "scheduler" in target["oauth_token"][0]["service_account_email"]
+    roles = {(name, block["role"].strip('"')) for (kind, name), block in resources.items() if "iam_member" in kind}
+    assert roles == {("runner_worker", "roles/dataflow.worker"),
+                     ("runner_billing_for_requester_pays", "roles/serviceusage.serviceUsageConsumer"),
+                     ("runner_outputs", "roles/storage.objectAdmin"), ("runner_inputs", "roles/storage.objectViewer"),
+                     ("runner_image", "roles/artifactregistry.reader"),
+                     ("scheduler_launches_jobs", "roles/dataflow.developer"),
+                     ("scheduler_acts_as_runner", "roles/iam.serviceAccountUser"),
+                     ("scheduler_reads_template", "roles/storage.objectViewer")}
+    declared = {name for entry in hcl2.load((TEMPLATES / "terraform" / "variables.tf").open())["variable"]
+                for name in entry}
+    used = set(re.findall(r"var\.(\w+)", (TEMPLATES / "terraform" / "main.tf").read_text()))
+    assert {d.strip('"') for d in declared} == used
+
+
+@pytest.mark.parametrize("script", ["build.sh", "launch.sh", "schedule.sh"])
+def test_scripts_parse_and_use_the_shared_pieces(script):
+    text = (TEMPLATES / script).read_text()
+    subprocess.run(["bash", "-n", str(TEMPLATES / script)], check=True)
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    if script == "build.sh":
+        assert "--metadata-file=templates/metadata.json" in text
+    if script == "launch.sh":
+        assert "beam_pipeline.cloud launch-body" in text and "flexTemplates:launch" in text
+    if script == "schedule.sh":
+        assert "--message-body-from-file" in text and "--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform" in text
+
+
+def test_the_image_bakes_what_the_template_points_at():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"save_pretrained('{cloud.IMAGE_TOKENIZER}')" in dockerfile
+    assert f"beam_pipeline.kb build {cloud.IMAGE_KB_INDEX}" in dockerfile
+    assert "HF_HUB_OFFLINE=1" in dockerfile and "credentials" not in dockerfile.lower().replace("no credentials", "")
