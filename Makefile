@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv browser clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m beam_pipeline.demo
 
-test: $(STAMP)
+# The data card's browser test uses Debian's Chromium (headless, loopback only); install it when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report's browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 clean:

@@ -8,6 +8,9 @@ Beam ``Metrics`` for live monitoring. Rejects never carry note text or free-text
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any, Iterable
 
 import apache_beam as beam
@@ -17,11 +20,39 @@ NAMESPACE = "mimic_cxr_ed"
 REJECTS = "rejects"
 EVENTS = "events"
 REJECT_FIELDS = ("stage", "reason", "subject_id", "study_id", "dicom_id", "detail")
+PROGRESS_SECONDS = 10.0  # at most one progress line per stage and interval, per worker process
+PROGRESS_STAGES = {"rows_read/cxr_metadata": "metadata rows read", "images_kept_view": "kept-view images",
+                   "images_linked": "images linked to a stay", "notes_tokenized": "notes tokenised",
+                   "matched": "records written"}
+_log = logging.getLogger("beam_pipeline.progress")
+_progress: dict[str, list[float]] = {}  # stage -> [count, first seen, last logged]
+_progress_lock = threading.Lock()
+
+
+def _tick(name: str, n: int) -> None:
+    """Log '<stage>: N (R/s)' now and then while a job runs: counts and rates only, never row contents."""
+    now = time.monotonic()
+    with _progress_lock:
+        state = _progress.setdefault(name, [0, now, now])
+        state[0] += n
+        if now - state[2] < PROGRESS_SECONDS:
+            return
+        state[2] = now
+        total, elapsed = state[0], max(now - state[1], 1e-9)
+    _log.info("progress: %s %d (%.1f/s)", PROGRESS_STAGES[name], total, total / elapsed)
+
+
+def reset_progress() -> None:
+    """Start the progress counts afresh (a process may run several jobs, e.g. tests or a notebook)."""
+    with _progress_lock:
+        _progress.clear()
 
 
 def count(name: str, n: int = 1) -> tuple[str, int]:
     """Count ``n`` of ``name``: a Beam counter now, and the (name, n) event to be summed into metadata.json."""
     Metrics.counter(NAMESPACE, name).inc(n)
+    if name in PROGRESS_STAGES:
+        _tick(name, n)
     return name, n
 
 

@@ -64,8 +64,9 @@ def records(root: Path, pool: list[Path], n: int) -> list[Record]:
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(pool[i % len(pool)])
-        out.append(Record(subject, study, dicom, 30000000, "AP", t, t, None, relative, None, None, "", (), (), (), (),
-                          (), None, "train"))
+        out.append(Record(subject, study, dicom, 30000000, "AP", t, t, None, relative, None, None, note="", query="",
+                          features=(), features_missing=(), labels_raw=(), labels_binary=(), labels_mask=(),
+                          split="train"))
     return out
 
 

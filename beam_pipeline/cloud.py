@@ -47,7 +47,8 @@ def launch_body(project: str, region: str, bucket: str, image: str, service_acco
         "containerSpecGcsPath": f"gs://{bucket}/templates/mimic-cxr-ed.json",
         "parameters": {k: str(v) for k, v in sorted(values.items())},
         "environment": {**ENVIRONMENT, "sdkContainerImage": image, "serviceAccountEmail": service_account,
-                        "tempLocation": f"gs://{bucket}/dataflow/tmp", "stagingLocation": f"gs://{bucket}/dataflow/staging",
+                        "tempLocation": f"gs://{bucket}/dataflow/tmp",
+                        "stagingLocation": f"gs://{bucket}/dataflow/staging",
                         "workerRegion": region},
     }}
 
@@ -78,7 +79,8 @@ def schema_errors(value, schema: dict, schemas: dict, path: str = "body") -> lis
     if kind == "array":
         if not isinstance(value, list):
             return [f"{path}: expected a list"]
-        return [e for i, item in enumerate(value) for e in schema_errors(item, schema["items"], schemas, f"{path}[{i}]")]
+        return [error for i, item in enumerate(value)
+                for error in schema_errors(item, schema["items"], schemas, f"{path}[{i}]")]
     checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
               "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
               "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -31,6 +31,7 @@ from beam_pipeline.transforms.text import (CONTEXT_HEADER, DeterministicBatches,
                                            effective_top_k)
 from beam_pipeline.transforms.records import BuildRecord
 from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplit
+from beam_pipeline.transforms.stats import DescribeRecords
 
 JOIN_TABLES = {  # CoGroupByKey tag -> table keyed by subject_id
     "stays": mimic.EDSTAYS,
@@ -128,7 +129,8 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
                                  config.edge_map)
         stages.append(_stage(split.records, "ProcessImages", ProcessImages(config.mimic_cxr_root, settings, source)))
     final = _stage(stages[-1].records, "CountWritten", accounting.CountWritten())
-    stages.append(final)
+    described = _stage(final.records, "DescribeRecords", DescribeRecords())
+    stages += [final, described]
     disjoint = final.records | "AssertPatientDisjoint" >> AssertPatientDisjoint()
 
     rejects = [stage[accounting.REJECTS] for stage in stages] | "AllRejects" >> beam.Flatten()

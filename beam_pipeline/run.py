@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import mimic
+from beam_pipeline import accounting, mimic, report
 from beam_pipeline.io.csv_tables import InputError
 from beam_pipeline.io.outputs import OutputExistsError, prepare_output
 from beam_pipeline.io.sources import RequesterPaysError
@@ -92,6 +92,7 @@ def execute(config: Config, options: PipelineOptions) -> PipelineResult:
     runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, config, paths, text, latest)
+    accounting.reset_progress()
     return pipeline.run()
 
 
@@ -106,7 +107,9 @@ def run(argv: list[str] | None = None) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("beam_pipeline").setLevel(logging.INFO)  # our progress lines; Beam stays at WARNING
     try:
         metadata = run(argv)
     except (InputError, OutputExistsError, RequesterPaysError) as err:
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         config = metadata["config"]
         print(f"Output: {config['output']}")
         print(format_funnel(metadata["counts"], tuple(config["views"])))
+        print(f"Report: {report.build(config['output'])}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ def test_bench_prints_ratio_and_peak_rss(tmp_path, capsys, kb_index):
     out = capsys.readouterr().out
     assert re.search(r"raw full-resolution decode\s+[\d.]+ images/s", out)
     assert re.search(r"image stage, per image\s+[\d.]+ images/s\s+ratio [\d.]+", out)
-    runs = re.findall(r"image stage in Beam,\s+([\d,]+) imgs\s+[\d.]+ images/s\s+ratio [\d.]+\s+peak RSS\s+(\d+) MB", out)
+    runs = re.findall(r"image stage in Beam,\s+([\d,]+) imgs\s+[\d.]+ images/s\s+ratio [\d.]+\s+peak RSS\s+(\d+) MB",
+                      out)
     assert [n for n, _ in runs] == ["3", "6"] and all(int(rss) > 50 for _, rss in runs)
     assert len(list((tmp_path / "tree").rglob("*.jpg"))) == 6  # symlinks into the pool, not copies
     assert re.search(r"raw embedding forward pass\s+[\d.]+ notes/s", out)

@@ -118,7 +118,8 @@ def test_scripts_parse_and_use_the_shared_pieces(script):
     if script == "launch.sh":
         assert "beam_pipeline.cloud launch-body" in text and "flexTemplates:launch" in text
     if script == "schedule.sh":
-        assert "--message-body-from-file" in text and "--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform" in text
+        assert "--message-body-from-file" in text
+        assert "--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform" in text
 
 
 def test_the_image_bakes_what_the_template_points_at():

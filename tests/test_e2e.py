@@ -125,6 +125,12 @@ def test_sample_records_carry_filtered_notes_tokens_and_retrieval(synthetic, kb_
         assert record["rag/scores"] == sorted(record["rag/scores"], reverse=True)
         assert record["note/enhanced_length"] == len(record["note/enhanced_input_ids"]) > record["note/length"]
     assert len({tuple(r["rag/ids"]) for r in records.values()}) > len(records) / 4  # context differs per note
+    top = max(metadata["stats"]["rag"]["passages"].values())
+    assert top < 0.15 * sum(metadata["stats"]["rag"]["passages"].values())  # no passage serves every note
+    for record in records.values():
+        query = record["rag/query"].decode()
+        assert not re.search(r"\b(pna|pneumonia|chf|cxr)\b", query, re.IGNORECASE), query  # filtered like the note
+        assert "acuity" not in query
     text = metadata["text"]
     assert text["tokenizer"]["name"] == models.PACKAGED and len(text["tokenizer"]["sha256"]) == 64
     retrieval = text["retrieval"]
@@ -246,7 +252,8 @@ def test_real_ed_demo_notes_and_checksums(open_data):
         assert not BAD_TEXT.search(note), note
     the_note = records["68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"]["note/text"].decode()
     assert the_note.startswith("52-year-old female arriving by ambulance. Chief complaint: Abdominal distention")
-    for folder, tables in ((ED_DEMO, ("edstays", "triage", "vitalsign", "medrecon", "pyxis")), (IV_DEMO, ("patients",))):
+    for folder, tables in ((ED_DEMO, ("edstays", "triage", "vitalsign", "medrecon", "pyxis")),
+                           (IV_DEMO, ("patients",))):
         sums = dict(reversed(line.split()) for line in (folder / "SHA256SUMS.txt").read_text().splitlines() if line)
         for name in tables:
             t = mimic.TABLES[name]

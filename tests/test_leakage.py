@@ -79,7 +79,8 @@ def test_every_leaking_phrase_is_redacted_and_nothing_else(phrase):
     "Chief complaint: DYSPNEA, LE EDEMA.",  # leg swelling is an examination finding, not pulmonary edema
     "Chief complaint: bilateral leg edema, ankle edema, pedal edema.",
     "Chief complaint: syncope/collapse, s/p Fall, chest pain, SOB, abd pain, transfer.",
-    "Chief complaint: Weakness, Abnormal labs. Triage vitals: temperature 98.4 °F, SpO2 94%, blood pressure 118/65 mmHg.",
+    "Chief complaint: Weakness, Abnormal labs. Triage vitals: temperature 98.4 °F, SpO2 94%, "
+    "blood pressure 118/65 mmHg.",
     "Home medications: Pneumovax, aspirin, atorvastatin. Medications given in the ED so far: Nitroglyce 100mg/250mL "
     "250mL BTL, CefTRIAXone, Albuterol 0.083% Neb Soln, Morphine Sulfat 4mg/1mL 1mL VIAL.",
 ])

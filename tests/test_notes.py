@@ -5,7 +5,7 @@ import pytest
 
 from beam_pipeline import mimic
 from beam_pipeline.transforms.join import Linked
-from beam_pipeline.transforms.notes import format_number, render_note
+from beam_pipeline.transforms.notes import abnormal_findings, format_number, render_note, retrieval_query
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES, feature_vector, parse_pain, take_snapshot
 
 T0 = dt.datetime(2180, 5, 6, 19, 17)
@@ -110,3 +110,15 @@ def test_many_medications_are_capped_in_the_note_but_counted():
     snap = take_snapshot(linked(home=home))
     assert "med19 and 5 more." in render_note(snap) and "med20" not in render_note(snap)
     assert feature_vector(snap)[0][FEATURE_NAMES.index("n_home_meds")] == 25
+
+
+def test_retrieval_query_keeps_the_clinical_content_not_the_template():
+    snap = take_snapshot(linked(
+        triage={**FULL_TRIAGE, "temperature": 101.5, "o2sat": 89.0, "heartrate": 118.0},
+        vitals=[vitals_row(30, heartrate=96.0, sbp=84.0)], home=[{"name": "lisinopril"}],
+        ed=[{"name": "CefTRIAXone"}]))
+    assert retrieval_query(snap) == ("Dyspnea, Cough sent by PCP. fever, low oxygen saturation, hypotension, "
+                                     "severe pain. medications: lisinopril, CefTRIAXone")
+    assert "acuity" not in retrieval_query(snap) and "ESI" not in retrieval_query(snap)
+    assert abnormal_findings(take_snapshot(linked(triage={"temperature": 98.6, "heartrate": 80.0}))) == []
+    assert retrieval_query(take_snapshot(linked())) == ""

@@ -5,11 +5,12 @@ import datetime as dt
 import gzip
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
-from beam_pipeline import mimic
+from beam_pipeline import accounting, mimic, report
 from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.io import tfrecord
 from beam_pipeline.readers.common import load_metadata
@@ -227,6 +228,9 @@ def test_reads_and_writes_gs_paths_with_the_same_result(mini_mimic, tmp_path, gc
         assert bucket.blob(f"out/{name}").download_as_bytes() == (tmp_path / "local" / name).read_bytes(), name
     with pytest.raises(SystemExit, match="already holds the outputs"):
         main(argv(gs_roots, "gs://mimic-test/out"))
+    assert report.build("gs://mimic-test/out") == "gs://mimic-test/out/report/index.html"  # the after-Dataflow step
+    page = bucket.blob("out/report/index.html").download_as_bytes().decode()
+    assert f"{local['counts']['matched']} records" in page and bucket.blob("out/report/funnel.png").exists()
 
 
 def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
@@ -253,6 +257,8 @@ def test_images_can_be_left_out(mini_mimic, tmp_path):
     assert metadata["counts"]["matched"] == 4 and metadata["image"] is None
     assert not any(name.startswith("image/encoded") for name in metadata["features"])
     assert "image/encoded" not in read_tfrecords(tmp_path / "out")["d-mid"]
+    page = Path(report.build(str(tmp_path / "out"))).read_text()
+    assert "Sample validation records (0)" in page and 'id="funnel"' in page
 
 
 def test_dated_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
@@ -269,3 +275,12 @@ def test_dated_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
     others = [r for r in (base / "runs").iterdir() if str(r) != latest]
     assert all(not (r / "metadata.json").exists() for r in others)  # a failed run is never complete
     assert load_metadata(latest) == first  # the previous run is intact
+
+
+def test_progress_is_logged_with_counts_and_rates_only(mini_mimic, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(accounting, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="beam_pipeline.progress"):
+        run(argv(mini_mimic(**scenario()), tmp_path / "out"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "beam_pipeline.progress"]
+    assert "progress: records written 4 (" in "\n".join(lines) and any("kept-view images" in line for line in lines)
+    assert all(re.fullmatch(r"progress: [a-z -]+ \d+ \(\d+\.\d/s\)", line) for line in lines)

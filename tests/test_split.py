@@ -17,7 +17,7 @@ VAL_SUBJECT = 10000003
 
 def record(subject_id, dicom_id, study_id=50000000, official=None, split=None):
     t = dt.datetime(2180, 1, 1)
-    return Record(subject_id, study_id, dicom_id, 30000000, "PA", t, t, None, "p", None, None, "", (), (), (), (),
+    return Record(subject_id, study_id, dicom_id, 30000000, "PA", t, t, None, "p", None, None, "", "", (), (), (), (),
                   (), official, split)
 
 

@@ -23,6 +23,7 @@ from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels
 from beam_pipeline.transforms.examples import feature_spec, feature_spec_json
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
+from beam_pipeline.transforms.stats import summarize_stats
 
 PACKAGES = ("apache-beam", "protobuf", "google-crc32c", "numpy", "opencv-python-headless")
 DESCRIPTION = "MIMIC-CXR-JPG x MIMIC-IV-ED, leakage-safe multimodal records"
@@ -132,6 +133,7 @@ def build_metadata(config: Config, text: dict, events: dict[str, int], inputs: l
         "manifest_columns": list(MANIFEST_COLUMNS),
         "reject_fields": list(accounting.REJECT_FIELDS),
         "counts": counts,
+        "stats": summarize_stats(events),
         "outputs": outputs,
     }
 

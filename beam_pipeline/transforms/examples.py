@@ -54,6 +54,7 @@ RAG_FEATURES = {  # rag/* lengths are the effective top-k, filled in by feature_
     "note/enhanced": (BYTES, (), "note/text, a blank line, 'Retrieved context:', then '[i] title (source): text'"),
     "note/enhanced_input_ids": (INT64, (None,), "tokens of note/enhanced, unpadded"),
     "note/enhanced_length": (INT64, (), "number of note/enhanced_input_ids"),
+    "rag/query": (BYTES, (), "what was embedded for retrieval: complaint, abnormal vitals in words, medications"),
     "rag/ids": (BYTES, ("k",), "ids of the retrieved passages, best first"),
     "rag/scores": (FLOAT, ("k",), "cosine similarity of each retrieved passage to the note"),
 }
@@ -99,6 +100,7 @@ def _values(record: Record) -> dict[str, Any]:
             "note/enhanced": [record.enhanced_note.encode("utf-8")],
             "note/enhanced_input_ids": record.enhanced_input_ids,
             "note/enhanced_length": [len(record.enhanced_input_ids)],
+            "rag/query": [record.query.encode("utf-8")],
             "rag/ids": [i.encode() for i in record.rag_ids],
             "rag/scores": record.rag_scores,
         })

@@ -86,7 +86,8 @@ def redact(text: str, rules: tuple[Rule, ...], token: str) -> tuple[str, dict[st
 
 
 class FilterLeakage(beam.DoFn):
-    """Record -> the same record with its note filtered; counts hits per rule; optional audit rows."""
+    """Record -> the same record with its note and retrieval query filtered; counts hits per rule in the note;
+    optional audit rows."""
 
     def __init__(self, extra_rules: str, token: str, audit: bool):
         self._extra = extra_rules
@@ -107,4 +108,5 @@ class FilterLeakage(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(AUDIT, {
                     "warning": AUDIT_WARNING, "dicom_id": record.dicom_id, "subject_id": record.subject_id,
                     "hits": hits, "original_note": record.note, "filtered_note": filtered})
-        yield dataclasses.replace(record, note=filtered)
+        query, _ = redact(record.query, self._rules, self._token)  # a subset of the note's facts: hits counted once
+        yield dataclasses.replace(record, note=filtered, query=query)

@@ -1,8 +1,8 @@
 """Render a snapshot as a short, readable, deterministic pseudo-note.
 
 Every sentence is optional: a missing value leaves its phrase out, so a note never says "None", "nan" or "92.0".
-Vitals print as integers, temperature and hours with at most one decimal, and never with a ".0". The note has no imaging vocabulary of its own (the
-leakage filter of the text stage must never have to redact our template).
+Vitals print as integers, temperature and hours with at most one decimal, and never with a ".0". The note has no
+imaging vocabulary of its own (the leakage filter of the text stage must never have to redact our template).
 """
 
 from __future__ import annotations
@@ -71,6 +71,36 @@ def _who(snap: Snapshot) -> str:
     if snap.arrival:
         who += " " + TRANSPORT_PHRASES[snap.arrival]
     return who[0].upper() + who[1:]
+
+
+ABNORMAL = (  # (vital, test, words) for the retrieval query
+    ("temperature", lambda v: v >= 100.4, "fever"), ("temperature", lambda v: v < 95.0, "hypothermia"),
+    ("heartrate", lambda v: v > 100, "tachycardia"), ("heartrate", lambda v: v < 50, "bradycardia"),
+    ("resprate", lambda v: v > 20, "tachypnea"), ("o2sat", lambda v: v < 92, "low oxygen saturation"),
+    ("sbp", lambda v: v < 90, "hypotension"), ("sbp", lambda v: v >= 180, "severe hypertension"),
+)
+
+
+def abnormal_findings(snap: Snapshot) -> list[str]:
+    """Words for the abnormal vitals (latest value, else triage) known at the X-ray."""
+    vitals = {name: snap.last_vitals.get(name) if snap.last_vitals.get(name) is not None else
+              snap.triage_vitals.get(name) for name, _, _ in ABNORMAL}
+    return [words for name, test, words in ABNORMAL if vitals[name] is not None and test(vitals[name])]
+
+
+def retrieval_query(snap: Snapshot) -> str:
+    """What retrieval embeds: the complaint, abnormal vitals in words and the medications. The note's template
+    (acuity, vitals labels) is the same in every note and would otherwise pull the same triage passages for all."""
+    parts = [snap.chief_complaint or ""]
+    findings = abnormal_findings(snap)
+    if snap.pain is not None and snap.pain >= 7:
+        findings.append("severe pain")
+    if findings:
+        parts.append(", ".join(findings))
+    meds = snap.home_meds[:MAX_LISTED_MEDS] + snap.ed_meds[:MAX_LISTED_MEDS]
+    if meds:
+        parts.append("medications: " + ", ".join(meds))
+    return ". ".join(p for p in parts if p)
 
 
 def render_note(snap: Snapshot) -> str:

@@ -10,7 +10,7 @@ import apache_beam as beam
 from beam_pipeline import accounting
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.join import Linked
-from beam_pipeline.transforms.notes import render_note
+from beam_pipeline.transforms.notes import render_note, retrieval_query
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.snapshot import feature_vector, take_snapshot
 
@@ -31,6 +31,7 @@ class Record:
     image_rows: int | None
     image_columns: int | None
     note: str
+    query: str  # what retrieval embeds (notes.retrieval_query); leakage-filtered like the note
     features: tuple[float, ...]
     features_missing: tuple[int, ...]
     labels_raw: tuple[float, ...]
@@ -84,6 +85,7 @@ class BuildRecord(beam.DoFn):
             image_rows=image.rows,
             image_columns=image.columns,
             note=render_note(snap),
+            query=retrieval_query(snap),
             features=tuple(values),
             features_missing=tuple(missing),
             labels_raw=tuple(raw),

@@ -113,8 +113,9 @@ class TokenizeAndRetrieve(beam.DoFn):
             yield accounting.event("notes_truncated", sum(truncated))
         extra: list[dict] = [{} for _ in batch]
         if m.knowledge is not None:
-            hits = retrieve(m.knowledge, m.embedder.embed(notes), s.top_k)
-            enhanced = [enhanced_note(note, [m.knowledge.passages[p] for p, _ in row]) for note, row in zip(notes, hits)]
+            hits = retrieve(m.knowledge, m.embedder.embed([r.query for r in batch]), s.top_k)
+            enhanced = [enhanced_note(note, [m.knowledge.passages[p] for p, _ in row])
+                        for note, row in zip(notes, hits)]
             enhanced_ids, enhanced_truncated = models.tokenize(m.tokenizer, enhanced, s.max_tokens)
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))

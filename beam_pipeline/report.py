@@ -1,0 +1,345 @@
+"""The data card: ``python -m beam_pipeline.report OUTPUT [--samples 8]`` writes OUTPUT/report/index.html and its
+PNG figures (local or gs://; follows LATEST).
+
+It reads only what the run wrote: metadata.json (counts, exact statistics, config, versions, checksums), the manifest
+(patients, studies and images per split) and the first few validation records for the sample grid, so it takes
+seconds on any dataset size. Sections: funnel, splits, labels, timing, text, demographics, images, retrieval,
+samples, provenance. The page checks in the browser that every image loaded and says so at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import math
+
+import cv2
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import mimic
+from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import open_run, shard_files
+
+THUMBNAIL = 192
+COLORS = {"positive": "#c0392b", "uncertain": "#e67e22", "negative": "#2e86c1", "blank": "#d5d8dc"}
+
+
+def read_manifest(folder: str) -> list[dict[str, str]]:
+    pattern = FileSystems.join(folder, "manifest", "manifest-*.csv")
+    rows = []
+    for meta in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            rows += list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")))
+    return rows
+
+
+def split_summary(manifest: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    """Images, studies and patients per split, from the manifest."""
+    return {split: {"images": sum(r["split"] == split for r in manifest),
+                    "studies": len({r["study_id"] for r in manifest if r["split"] == split}),
+                    "patients": len({r["subject_id"] for r in manifest if r["split"] == split})}
+            for split in mimic.SPLITS}
+
+
+def passage_titles(metadata: dict) -> dict[str, str]:
+    """Titles of the knowledge-base passages, when the index the run used can still be read (ids otherwise)."""
+    retrieval = metadata["text"]["retrieval"]
+    try:
+        with FileSystems.open(FileSystems.join(retrieval["kb_index"], "passages.jsonl"),
+                              compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return {p["id"]: p["title"] for p in map(json.loads, f.read().decode("utf-8").splitlines()) if p}
+    except (OSError, TypeError, ValueError, KeyError):
+        return {}
+
+
+def sample_records(folder: str, metadata: dict, n: int) -> list[dict]:
+    """The first n validation records (shard order), parsed; bounded reading whatever the split size."""
+    samples = []
+    for path in shard_files(folder, "val", metadata):
+        for raw in read_records(path):
+            if len(samples) == n:
+                return samples
+            samples.append(parse_example(raw))
+    return samples
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bars(ax, counts: dict[str, int], title: str, color: str = "#2e86c1") -> None:
+    names = list(counts)
+    ax.bar(range(len(names)), [counts[k] for k in names], color=color)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+
+
+def funnel_figure(counts: dict) -> bytes:
+    plt = _pyplot()
+    stages = {"images in metadata": counts["images_total"], "kept views": counts["images_kept_view"],
+              "linked to an ED stay": counts["images_kept_view"] - counts["no_ed_stay"],
+              "written": counts["matched"]}
+    reasons = counts["rejected_by_reason"] or {"(none)": 0}
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    left.barh(list(stages)[::-1], list(stages.values())[::-1], color="#2e86c1")
+    for i, value in enumerate(list(stages.values())[::-1]):
+        left.text(value, i, f" {value:,}", va="center", fontsize=8)
+    left.set_title("Stage funnel (images)", fontsize=10)
+    right.barh(list(reasons)[::-1], list(reasons.values())[::-1], color="#c0392b")
+    right.set_title("Rejected kept-view images by reason", fontsize=10)
+    right.tick_params(labelsize=8)
+    return _png(figure)
+
+
+def labels_figure(stats: dict) -> bytes:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(14, 5), sharey=True)
+    for ax, split in zip(axes, mimic.SPLITS):
+        labels = stats["per_split"][split]["labels"]
+        total = max(1, sum(labels[mimic.LABELS[0]].values()))
+        left = np.zeros(len(mimic.LABELS))
+        for state, color in COLORS.items():
+            share = np.array([labels[name][state] / total for name in mimic.LABELS])
+            ax.barh(mimic.LABELS, share, left=left, color=color, label=state)
+            left += share
+        ax.set_title(f"{split} ({total:,} images)", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+    axes[0].legend(fontsize=8, loc="lower right")
+    return _png(figure)
+
+
+def histograms_figure(panels: list[tuple[str, dict[str, int]]]) -> bytes:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
+    for ax, (title, counts) in zip(np.atleast_1d(axes), panels):
+        _bars(ax, counts, title)
+    return _png(figure)
+
+
+def demographics_figure(stats: dict) -> bytes:
+    plt = _pyplot()
+    figure, (age_ax, sex_ax) = plt.subplots(1, 2, figsize=(12, 3.4))
+    width = 0.27
+    for i, split in enumerate(mimic.SPLITS):
+        ages = stats["per_split"][split]["age"]
+        total = max(1, sum(ages.values()))
+        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in ages.values()], width, label=split)
+        sexes = stats["per_split"][split]["sex"]
+        total = max(1, sum(sexes.values()))
+        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in sexes.values()], width, label=split)
+    age_ax.set_xticks(range(len(ages)), list(ages), rotation=45, fontsize=8)
+    sex_ax.set_xticks(range(len(sexes)), list(sexes), fontsize=8)
+    age_ax.set_title("Age at the X-ray (share of images)", fontsize=10)
+    sex_ax.set_title("Sex (share of images)", fontsize=10)
+    age_ax.legend(fontsize=8)
+    return _png(figure)
+
+
+def thumbnail(encoded: bytes) -> bytes:
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_GRAYSCALE)
+    small = cv2.resize(image, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".png", small)[1].tobytes()
+
+
+# --- HTML ----------------------------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.1%}" if 0 <= value <= 1 else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _section(anchor: str, title: str, *parts: str) -> str:
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>'
+
+
+def _figure(name: str, alt: str) -> str:
+    return f'<img src="{name}" alt="{html.escape(alt)}">'
+
+
+def label_rows(stats: dict, split: str) -> list[list]:
+    labels = stats["per_split"][split]["labels"]
+    rows = []
+    for name in mimic.LABELS:
+        states = labels[name]
+        total = max(1, sum(states.values()))
+        rows.append([name, states["positive"], states["positive"] / total, states["uncertain"] / total,
+                     states["blank"] / total])
+    return rows
+
+
+def sample_cards(samples: list[dict], names: list[str]) -> str:
+    cards = []
+    for example, name in zip(samples, names):
+        raw = example["labels/chexpert"]
+        positive = [label for label, v in zip(mimic.LABELS, raw) if v == 1.0]
+        uncertain = [label for label, v in zip(mimic.LABELS, raw) if v == -1.0]
+        labels = ("positive: " + (", ".join(positive) or "none") +
+                  ("; uncertain: " + ", ".join(uncertain) if uncertain else "") if not all(map(math.isnan, raw))
+                  else "no labels")
+        cards.append(
+            f'<figure class="card"><img src="{name}" alt="sample X-ray {html.escape(example["dicom_id"][0].decode())}">'
+            f'<figcaption><b>{html.escape(example["dicom_id"][0].decode()[:17])}…</b> '
+            f'{html.escape(example["view_position"][0].decode())}, '
+            f'{example["hours_from_arrival"][0]:.1f} h after arrival<br><i>{html.escape(labels)}</i>'
+            f'<p>{html.escape(example["note/text"][0].decode("utf-8"))}</p></figcaption></figure>')
+    return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}section{margin-bottom:2em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}.card{margin:0;border:1px solid
+#ddd;padding:8px;font-size:12px}.card img{width:192px;height:192px}.warn{background:#fdf2e9;padding:8px}"""
+CHECK_IMAGES = """<script>window.addEventListener("load",()=>{const all=[...document.images];
+const broken=all.filter(i=>!(i.complete&&i.naturalWidth>0)).length;document.body.dataset.images=all.length;
+document.body.dataset.brokenImages=broken;document.getElementById("image-check").textContent=broken?
+broken+" of "+all.length+" images failed to load":"all "+all.length+" images loaded";});</script>"""
+
+
+def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: list[dict],
+           sample_names: list[str]) -> str:
+    counts, stats, config = metadata["counts"], metadata["stats"], metadata["config"]
+    funnel_rows = [["images in metadata", counts["images_total"]], ["unreadable rows", counts["images_unreadable"]],
+                   ["other views", counts["images_other_view"]],
+                   [f"kept views ({','.join(config['views'])})", counts["images_kept_view"]],
+                   ["no ED stay in window", counts["no_ed_stay"]], ["rejected", counts["rejected"]],
+                   *[[f"rejected: {k}", v] for k, v in counts["rejected_by_reason"].items()],
+                   ["written (matched)", counts["matched"]]]
+    split_rows = [[s, splits[s]["images"], splits[s]["studies"], splits[s]["patients"]] for s in mimic.SPLITS]
+    notes = counts["notes"]
+    text_rows = [["notes tokenised", notes["tokenized"]], ["notes redacted by the leakage filter", notes["redacted"]],
+                 ["notes truncated", notes["truncated"]],
+                 ["truncation rate", notes["truncated"] / max(1, notes["tokenized"])],
+                 *[[f"leakage rule: {k}", v] for k, v in counts["leakage_hits"].items()]]
+    sections = [
+        _section("funnel", "Stage funnel", _table(["stage", "images"], funnel_rows, "funnel"),
+                 _figure("funnel.png", "stage funnel")),
+        _section("splits", "Splits (patient-disjoint)", _table(["split", "images", "studies", "patients"],
+                                                               split_rows, "splits")),
+        _section("labels", "CheXpert labels per split", *[
+            f"<h3>{s}</h3>" + _table(["label", "positive", "positive rate", "uncertain rate", "blank rate"],
+                                     label_rows(stats, s), f"labels-{s}") for s in mimic.SPLITS],
+                 _figure("labels.png", "label prevalence per split")),
+        _section("timing", "Hours from ED arrival to the X-ray",
+                 _table(["hours", "images"], [[k, v] for k, v in stats["hours_from_arrival"].items()], "hours"),
+                 _figure("hours.png", "hours from arrival")),
+        _section("text", "Notes and tokens", _table(["", "count"], text_rows, "text"),
+                 _figure("text.png", "note and token lengths")),
+        _section("demographics", "Age and sex per split", *[
+            f"<h3>{s}</h3>" + _table(["", *stats["per_split"][s]["age"]], [["age", *stats["per_split"][s]["age"]
+                                                                           .values()]], f"age-{s}") +
+            _table(["", *stats["per_split"][s]["sex"]], [["sex", *stats["per_split"][s]["sex"].values()]],
+                   f"sex-{s}") for s in mimic.SPLITS], _figure("demographics.png", "age and sex per split")),
+        _section("images", "Views and source image sizes", _table(
+            ["split", *sorted({v for s in mimic.SPLITS for v in stats["per_split"][s]["view"]})],
+            [[s, *[stats["per_split"][s]["view"].get(v, 0) for v in
+                   sorted({v for t in mimic.SPLITS for v in stats["per_split"][t]["view"]})]] for s in mimic.SPLITS],
+            "views"), _table(["source size (rows x columns)", "images"],
+                             [[k, v] for k, v in list(stats["image_sizes"].items())[:15]], "sizes"),
+                 _figure("images.png", "views and image sizes")),
+    ]
+    rag = stats["rag"]
+    if rag["passages"]:
+        titles = passage_titles(metadata)
+        sections.append(_section("retrieval", "Retrieval", _table(
+            ["passage", "title", "times retrieved"],
+            [[k, titles.get(k, ""), v] for k, v in list(rag["passages"].items())[:15]], "passages"),
+            _table(["cosine score", "retrievals"], [[k, v] for k, v in rag["scores"].items()], "scores"),
+            _figure("retrieval.png", "retrieval scores and most retrieved passages")))
+    else:
+        sections.append(_section("retrieval", "Retrieval", "<p>This run did no retrieval (no --kb_index).</p>"))
+    sections.append(_section("samples", f"Sample validation records ({len(samples)})",
+                             '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same '
+                             'data use agreement as the dataset.</p>', sample_cards(samples, sample_names)))
+    provenance = [
+        "<h3>Config</h3>" + _table(["flag", "value"], [[k, json.dumps(v)] for k, v in config.items()], "config"),
+        "<h3>Versions</h3>" + _table(["package", "version"], list(metadata["versions"].items()), "versions"),
+        "<h3>Inputs</h3>" + _table(["table", "path", "rows", "sha256"], [[k, v["path"], v["rows"], v["sha256"]]
+                                                                         for k, v in metadata["inputs"].items()],
+                                   "inputs"),
+        "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
+    sections.append(_section("provenance", "Config, versions and inputs", *provenance))
+    title = html.escape(config["output"])
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data card: {title}'
+            f'</title><style>{STYLE}</style></head><body><h1>Data card</h1><p>{html.escape(metadata["dataset"])}: '
+            f'<code>{html.escape(config["output"])}</code>, {counts["matched"]:,} records. '
+            f'<span id="image-check">checking images…</span></p>{"".join(sections)}{CHECK_IMAGES}</body></html>')
+
+
+def build(output: str, samples: int = 8, target: str = "") -> str:
+    """Write the report; return the path of index.html."""
+    folder, metadata = open_run(output)
+    target = target or FileSystems.join(folder, "report")
+    stats, counts = metadata["stats"], metadata["counts"]
+    figures = {
+        "funnel.png": funnel_figure(counts),
+        "labels.png": labels_figure(stats),
+        "hours.png": histograms_figure([("hours from ED arrival to the X-ray", stats["hours_from_arrival"])]),
+        "text.png": histograms_figure([("note length (characters)", stats["note_chars"]),
+                                       ("note length (tokens)", stats["note_tokens"])]),
+        "demographics.png": demographics_figure(stats),
+        "images.png": histograms_figure([("view positions", {v: sum(stats["per_split"][s]["view"].get(v, 0)
+                                                                    for s in mimic.SPLITS)
+                                                             for v in {v for s in mimic.SPLITS
+                                                                       for v in stats["per_split"][s]["view"]}}),
+                                         ("source sizes (top 10)", dict(list(stats["image_sizes"].items())[:10]))]),
+    }
+    if stats["rag"]["passages"]:
+        figures["retrieval.png"] = histograms_figure([("retrieval scores", stats["rag"]["scores"]),
+                                                      ("most retrieved passages", dict(list(
+                                                          stats["rag"]["passages"].items())[:10]))])
+    picked = sample_records(folder, metadata, samples) if metadata["image"] else []
+    names = [f"sample-{i:02d}.png" for i in range(len(picked))]
+    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked)})
+    page = render(metadata, split_summary(read_manifest(folder)), figures, picked, names)
+    for name, data in figures.items():
+        with FileSystems.create(FileSystems.join(target, name), mime_type="image/png") as f:
+            f.write(data)
+    index = FileSystems.join(target, "index.html")
+    with FileSystems.create(index, mime_type="text/html") as f:
+        f.write(page.encode("utf-8"))
+    return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", help="a run's output folder (or a --dated_output base with LATEST), local or gs://")
+    parser.add_argument("--samples", type=int, default=8, help="validation records in the sample grid (default 8)")
+    parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
+    args = parser.parse_args(argv)
+    print(f"Report: {build(args.output, args.samples, args.to)}")
+
+
+if __name__ == "__main__":
+    main()
