@@ -5,7 +5,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.join import LinkImagesToStays, as_of, select_stay
+from beam_pipeline.transforms.join import LinkImagesToStays, as_of, in_time_order, select_stay
 from conftest import test_pipeline
 
 T0 = dt.datetime(2180, 7, 22, 16, 24)
@@ -63,7 +63,7 @@ def test_no_arrival_before_study_takes_earliest_intime():
 def test_as_of_keeps_only_rows_charted_by_the_study_time():
     rows = [{"charttime": T0 + 2 * H, "v": 2}, {"charttime": T0, "v": 0}, {"charttime": T0 + H, "v": 1},
             {"charttime": T0 + H + S, "v": 9}]
-    assert [r["v"] for r in as_of(rows, T0 + H)] == [0, 1]
+    assert [r["v"] for r in as_of(in_time_order(rows), T0 + H)] == [0, 1]
 
 
 def _image(dicom_id, when, study_id=50000001, subject_id=10000032, view="AP"):

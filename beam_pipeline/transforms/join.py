@@ -53,10 +53,14 @@ def select_stay(study_time: dt.datetime, stays: Iterable[Row], start_hours: floa
     return min(qualifying, key=lambda s: (s["intime"], s["stay_id"]))
 
 
+def in_time_order(rows: Iterable[Row]) -> list[Row]:
+    """Oldest first, ties in a fixed order (sorted once per stay, not once per image)."""
+    return sorted(rows, key=_row_order)
+
+
 def as_of(rows: Sequence[Row], study_time: dt.datetime) -> tuple[Row, ...]:
-    """Rows charted at or before the study time, oldest first (ties in a fixed order)."""
-    kept = [r for r in rows if r["charttime"] <= study_time]
-    return tuple(sorted(kept, key=_row_order))
+    """The rows (already in time order) charted at or before the study time."""
+    return tuple(r for r in rows if r["charttime"] <= study_time)
 
 
 def _row_order(row: Row) -> tuple:
@@ -83,7 +87,8 @@ class LinkSubject(beam.DoFn):
             return
         stays = list(groups["stays"])
         triage = {stay_id: _first(rows) for stay_id, rows in _group(groups["triage"], "stay_id").items()}
-        vitals, medrecon, pyxis = (_group(groups[name], "stay_id") for name in ("vitals", "medrecon", "pyxis"))
+        vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
+                                   for name in ("vitals", "medrecon", "pyxis"))
         patient = _first(groups.get("patients", ()))
         labels = {study_id: _first(rows) for study_id, rows in _group(groups["labels"], "study_id").items()}
         splits = {row["dicom_id"]: row["split"] for row in groups.get("splits", ())}
