@@ -33,7 +33,7 @@ import numpy as np
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import kb, mimic, models, sample
-from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.transforms import leakage, pixels, text
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages
 from beam_pipeline.transforms.records import Record

@@ -19,10 +19,10 @@ import hashlib
 import json
 
 from beam_pipeline import accounting, kb, mimic, models
-from beam_pipeline.io.csv_tables import InputError, ReadMimicTable, resolve_and_check
-from beam_pipeline.io.metadata import WriteMetadata
-from beam_pipeline.io.outputs import WriteOutputs
-from beam_pipeline.io.sources import make_source
+from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, resolve_and_check
+from beam_pipeline.fileio.metadata import WriteMetadata
+from beam_pipeline.fileio.outputs import WriteOutputs
+from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages, SelectImages
 from beam_pipeline.transforms.join import LinkImagesToStays

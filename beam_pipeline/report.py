@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import mimic
-from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run, shard_files
 
 THUMBNAIL = 192

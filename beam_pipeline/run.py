@@ -22,9 +22,9 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, mimic, report
-from beam_pipeline.io.csv_tables import InputError
-from beam_pipeline.io.outputs import OutputExistsError, prepare_output
-from beam_pipeline.io.sources import RequesterPaysError
+from beam_pipeline.fileio.csv_tables import InputError
+from beam_pipeline.fileio.outputs import OutputExistsError, prepare_output
+from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata

@@ -6,8 +6,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.io.csv_tables import InputError, ReadMimicTable, read_header, resolve_and_check, resolve_table
-from beam_pipeline.io.sources import BeamSource
+from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, read_header, resolve_and_check, resolve_table
+from beam_pipeline.fileio.sources import BeamSource
 from conftest import ED_DEMO, test_pipeline, write_table
 
 SOURCE = BeamSource()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from beam_pipeline import mimic, options
 from beam_pipeline.flex_template import template_metadata
-from beam_pipeline.io.outputs import MANIFEST_COLUMNS
+from beam_pipeline.fileio.outputs import MANIFEST_COLUMNS
 from beam_pipeline.transforms.examples import feature_spec
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 

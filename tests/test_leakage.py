@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from beam_pipeline import mimic, sample
-from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.run import run
 from beam_pipeline.transforms.leakage import load_rules, redact, rules_document
 from beam_pipeline.transforms.notes import render_note

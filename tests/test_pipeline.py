@@ -12,7 +12,7 @@ import pytest
 
 from beam_pipeline import accounting, mimic, report
 from beam_pipeline.accounting import NAMESPACE
-from beam_pipeline.io import tfrecord
+from beam_pipeline.fileio import tfrecord
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipeline import inspect, mimic, report, sample
+from beam_pipeline import mimic, report, sample, show
 from beam_pipeline.run import run
 from conftest import OFFLINE_TEXT
 
@@ -140,11 +140,11 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
 def test_inspect_prints_records_and_saves_images(reported, tmp_path, capsys):
     output, _, _, _, manifest = reported
     wanted = sorted(r["dicom_id"] for r in manifest if r["split"] == "test")[:2]
-    inspect.main([str(output), "--split=test", *[f"--dicom_id={d}" for d in wanted], f"--save_images={tmp_path}"])
+    show.main([str(output), "--split=test", *[f"--dicom_id={d}" for d in wanted], f"--save_images={tmp_path}"])
     out = capsys.readouterr().out
     for dicom_id in wanted:
         assert f"dicom_id {dicom_id}  split test" in out and (tmp_path / f"{dicom_id}.png").stat().st_size > 0
     assert "Chief complaint" in out or "year-old" in out or "Patient" in out
     assert "retrieval for '" in out and "image 128x128 png from" in out
     with pytest.raises(SystemExit):
-        inspect.main([str(output), "--split=test", "--dicom_id=not-a-dicom"])
+        show.main([str(output), "--split=test", "--dicom_id=not-a-dicom"])

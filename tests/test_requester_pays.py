@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipeline.io.sources import BeamSource, RequesterPaysError, RequesterPaysSource
+from beam_pipeline.fileio.sources import BeamSource, RequesterPaysError, RequesterPaysSource
 from beam_pipeline.run import main, run
 from conftest import OFFLINE_TEXT, create_bucket, upload_tree
 from test_pipeline import scenario

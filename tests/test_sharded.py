@@ -5,8 +5,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline.io import tfrecord
-from beam_pipeline.io.sharded import DuplicateKeyError, ShardFormat, WriteShards, num_shards, shard_of
+from beam_pipeline.fileio import tfrecord
+from beam_pipeline.fileio.sharded import DuplicateKeyError, ShardFormat, WriteShards, num_shards, shard_of
 from conftest import test_pipeline
 
 TFRECORD = ShardFormat(".tfrecord", tfrecord.frame)

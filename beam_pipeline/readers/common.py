@@ -6,7 +6,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import mimic
-from beam_pipeline.io.metadata import read_json
+from beam_pipeline.fileio.metadata import read_json
 
 
 def resolve_output(output: str) -> str:

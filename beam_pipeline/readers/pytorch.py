@@ -28,7 +28,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run, shard_files
 from beam_pipeline.readers.normalization import mean_std
 

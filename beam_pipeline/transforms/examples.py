@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from beam_pipeline import mimic
-from beam_pipeline.io.tfrecord import BYTES, FLOAT, INT64, serialize_example
+from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.transforms.records import Record
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 

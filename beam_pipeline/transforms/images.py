@@ -13,7 +13,7 @@ import cv2
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.io.sources import BeamSource
+from beam_pipeline.fileio.sources import BeamSource
 from beam_pipeline.transforms import pixels
 from beam_pipeline.transforms.records import Record
 

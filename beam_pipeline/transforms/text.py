@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.utils import shared
 
 from beam_pipeline import accounting, kb as kb_lib, models
-from beam_pipeline.io.sharded import shard_of
+from beam_pipeline.fileio.sharded import shard_of
 from beam_pipeline.transforms.records import Record
 
 CONTEXT_HEADER = "Retrieved context:"

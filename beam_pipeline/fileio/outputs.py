@@ -17,8 +17,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.io import tfrecord
-from beam_pipeline.io.sharded import ShardFormat, WriteShards
+from beam_pipeline.fileio import tfrecord
+from beam_pipeline.fileio.sharded import ShardFormat, WriteShards
 from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.records import Record
 

@@ -16,8 +16,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import __version__, accounting, mimic
-from beam_pipeline.io import tfds_metadata
-from beam_pipeline.io.outputs import MANIFEST_COLUMNS
+from beam_pipeline.fileio import tfds_metadata
+from beam_pipeline.fileio.outputs import MANIFEST_COLUMNS
 from beam_pipeline.options import Config
 from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels

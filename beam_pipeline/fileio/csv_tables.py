@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.io.sources import BeamSource
+from beam_pipeline.fileio.sources import BeamSource
 
 csv.field_size_limit(sys.maxsize)
 

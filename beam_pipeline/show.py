@@ -1,4 +1,4 @@
-"""Look at records: ``python -m beam_pipeline.inspect OUTPUT [--split val] [--n 5] [--dicom_id ID ...]
+"""Look at records: ``python -m beam_pipeline.show OUTPUT [--split val] [--n 5] [--dicom_id ID ...]
 [--save_images DIR]``.
 
 Prints each record readably (ids, times, labels by name, features with units, the filtered note, what retrieval
@@ -14,7 +14,7 @@ import os
 from typing import Iterator
 
 from beam_pipeline import mimic
-from beam_pipeline.io.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run, shard_files
 
 
@@ -87,7 +87,7 @@ def save_images(example: dict, folder: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.show", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="a run's output folder (or a --dated_output base), local or gs://")
     parser.add_argument("--split", default="val", choices=mimic.SPLITS)
     parser.add_argument("--n", type=int, default=5, help="records to show when no --dicom_id is given")
