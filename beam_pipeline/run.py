@@ -28,6 +28,7 @@ from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata
+from beam_pipeline.staging import stage_package
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
@@ -90,6 +91,8 @@ def execute(config: Config, options: PipelineOptions) -> PipelineResult:
     config, latest = dated(config, dt.datetime.now(dt.timezone.utc))
     prepare_output(config.output, config.overwrite)
     runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
+    if not is_local(options):
+        stage_package(options)  # workers install this exact code (beam_pipeline/staging.py)
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, config, paths, text, latest)
     accounting.reset_progress()
