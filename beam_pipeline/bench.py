@@ -34,6 +34,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import kb, mimic, models, sample
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import resolve_output
 from beam_pipeline.transforms import leakage, pixels, text
 from beam_pipeline.transforms.images import ImageSettings, ProcessImages
 from beam_pipeline.transforms.records import Record
@@ -111,11 +112,12 @@ def sample_notes(workdir: Path, count: int) -> list[str]:
     from beam_pipeline import run
 
     output = workdir / "notes-run"
-    if not (output / "metadata.json").exists():
+    if not (output / "LATEST").exists():
         roots = sample.generate(workdir / "notes-sample", subjects=max(30, count // 2), seed=11)
         run.run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                  f"--output={output}", f"--tokenizer={models.PACKAGED}", "--images=false", "--overwrite"])
-    notes = [parse_example(raw)["note/text"][0].decode() for path in sorted((output / "tfrecords").glob("*.tfrecord"))
+    folder = Path(resolve_output(str(output)))
+    notes = [parse_example(raw)["note/text"][0].decode() for path in sorted((folder / "tfrecords").glob("*.tfrecord"))
              for raw in read_records(str(path))]
     return (notes * (count // len(notes) + 1))[:count]
 

@@ -8,8 +8,8 @@ against Dataflow's own API schema (the v1b3 discovery document shipped in google
 
 Recommended settings (see the README's Dataflow section for the reasoning and the cost model): n2-standard-4
 workers (one SDK process per vCPU, each holding OpenCV, torch and the embedding model), throughput-based
-autoscaling up to 32 workers, 50 GB disks, the template's own image as the worker image, and dated outputs with a
-LATEST pointer so a scheduled rerun never touches the previous result.
+autoscaling up to 32 workers, 50 GB disks, the template's own image as the worker image, and --keep_runs so a
+scheduled rerun adds a run beside the previous ones and publishes it (LATEST) only once complete.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ ENVIRONMENT = {
 def launch_body(project: str, region: str, bucket: str, image: str, service_account: str,
                 parameters: dict[str, str], job_name: str = "mimic-cxr-ed") -> dict:
     """A LaunchFlexTemplateRequest. A fixed job name means an overlapping scheduled launch is refused (409) rather
-    than run twice; every run still gets its own dated output folder."""
+    than run twice; every run still gets its own run folder under the output."""
     values = {"mimic_cxr_root": PHYSIONET_CXR_BUCKET, "output": f"gs://{bucket}/mimic-cxr-ed",
               "billing_project": project, "tokenizer": IMAGE_TOKENIZER, "kb_index": IMAGE_KB_INDEX,
-              "dated_output": "true", **parameters}
+              "keep_runs": "true", **parameters}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(options.Config)})
     if unknown:
         raise ValueError(f"not pipeline parameters: {', '.join(unknown)}")

@@ -111,12 +111,14 @@ class Config:
         parse=float)
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))
-    dated_output: bool = _flag(
-        "Write this run under OUTPUT/runs/<UTC time>/ and, only after it succeeded, point OUTPUT/LATEST at it (for "
-        "scheduled reruns: a failed run never touches earlier ones).", False, parse=parse_bool)
     overwrite: bool = _flag(
-        "Replace the outputs of an earlier run in --output. Without it the job refuses a non-empty output.",
-        False, parse=parse_bool)
+        "Replace the run already published in --output: the new run is written beside it, published (LATEST) only "
+        "once complete, and the earlier runs are deleted after that. Without it (or --keep_runs) the job refuses "
+        "an output that holds a run.", False, parse=parse_bool)
+    keep_runs: bool = _flag(
+        "Add this run beside the earlier ones in --output and publish it (LATEST) once complete, keeping every "
+        "complete earlier run (scheduled reruns); incomplete ones left by failed jobs are deleted.", False,
+        parse=parse_bool)
 
     def __post_init__(self):
         problems = []

@@ -101,8 +101,9 @@ def _stage(pcoll, label: str, dofn: beam.DoFn, main: str = "records"):
     return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, main=main)
 
 
-def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, latest: str = "") -> None:
-    """``paths`` from resolve_inputs, ``text`` from resolve_text; ``latest``: pointer file to update on success."""
+def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, base: str) -> None:
+    """``paths`` from resolve_inputs, ``text`` from resolve_text; the job writes into its run folder
+    (``config.output``) and publishes it as ``base``/LATEST when complete."""
     source = make_source(config.billing_project)
     reads = {name: p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], path, source)
              for name, path in paths.items()}
@@ -140,4 +141,4 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     if config.leakage_audit:
         outputs["audit"] = filtered[AUDIT]
     written = outputs | "WriteOutputs" >> WriteOutputs(config.output, config.target_shard_mb, config.compression)
-    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text, latest)
+    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)

@@ -334,7 +334,7 @@ def build(output: str, samples: int = 8, target: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", help="a run's output folder (or a --dated_output base with LATEST), local or gs://")
+    parser.add_argument("output", help="the --output folder (follows its LATEST) or one run folder, local or gs://")
     parser.add_argument("--samples", type=int, default=8, help="validation records in the sample grid (default 8)")
     parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
     args = parser.parse_args(argv)

@@ -17,13 +17,12 @@ import sys
 
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, mimic, report
 from beam_pipeline.fileio.csv_tables import InputError
-from beam_pipeline.fileio.outputs import OutputExistsError, prepare_output
+from beam_pipeline.fileio.outputs import OutputExistsError, check_output, run_folder
 from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
@@ -76,25 +75,22 @@ def is_local(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
-def dated(config: Config, now: dt.datetime) -> tuple[Config, str]:
-    """(config writing under OUTPUT/runs/<time>, path of OUTPUT/LATEST) with --dated_output; else (config, "")."""
-    if not config.dated_output:
-        return config, ""
-    folder = FileSystems.join(config.output, "runs", now.strftime("%Y%m%dT%H%M%S%fZ"))
-    return dataclasses.replace(config, output=folder), FileSystems.join(config.output, "LATEST")
+def in_run_folder(config: Config, now: dt.datetime) -> Config:
+    """The config with --output replaced by this run's own new folder, OUTPUT/runs/<UTC start time>."""
+    return dataclasses.replace(config, output=run_folder(config.output, now))
 
 
 def execute(config: Config, options: PipelineOptions) -> PipelineResult:
     """Check inputs and output, build the graph and start it (local runs on the in-process FnApiRunner)."""
     paths = resolve_inputs(config)
     text = resolve_text(config)
-    config, latest = dated(config, dt.datetime.now(dt.timezone.utc))
-    prepare_output(config.output, config.overwrite)
+    check_output(config.output, config.overwrite or config.keep_runs)
+    base, config = config.output, in_run_folder(config, dt.datetime.now(dt.timezone.utc))
     runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
     if not is_local(options):
         stage_package(options)  # workers install this exact code (beam_pipeline/staging.py)
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, config, paths, text, latest)
+    build_pipeline(pipeline, config, paths, text, base)
     accounting.reset_progress()
     return pipeline.run()
 

@@ -88,7 +88,7 @@ def save_images(example: dict, folder: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.show", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", help="a run's output folder (or a --dated_output base), local or gs://")
+    parser.add_argument("output", help="the --output folder (follows its LATEST) or one run folder, local or gs://")
     parser.add_argument("--split", default="val", choices=mimic.SPLITS)
     parser.add_argument("--n", type=int, default=5, help="records to show when no --dicom_id is given")
     parser.add_argument("--dicom_id", action="append", default=[], help="show this record (repeatable)")

@@ -15,6 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from beam_pipeline import mimic, sample
+from beam_pipeline.readers.common import resolve_output
 from gcs_proxy import RequesterPaysProxy
 
 OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
@@ -62,6 +63,11 @@ def test_pipeline() -> TestPipeline:
 
 
 test_pipeline.__test__ = False  # a helper, not a test
+
+
+def published(output) -> Path:
+    """The run folder an --output folder's LATEST names (where a finished run's files are)."""
+    return Path(resolve_output(str(output)))
 
 
 def write_table(root: Path, table: mimic.Table, rows: list[dict], *, gz: bool = True) -> Path:

@@ -63,7 +63,7 @@ def test_launch_request_validates_against_the_dataflow_discovery_schema():
     assert json.loads(request.body) == body
     parameters = body["launchParameter"]["parameters"]
     assert parameters["mimic_cxr_root"] == "gs://mimic-cxr-jpg-2.1.0.physionet.org"
-    assert parameters["billing_project"] == "YOUR_PROJECT" and parameters["dated_output"] == "true"
+    assert parameters["billing_project"] == "YOUR_PROJECT" and parameters["keep_runs"] == "true"
 
 
 def test_the_validator_catches_what_the_api_would_refuse():

@@ -17,7 +17,7 @@ from beam_pipeline import mimic, models, sample
 from beam_pipeline.readers.tf_data import dataset
 from beam_pipeline.run import run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import ED_DEMO, IV_DEMO, OFFLINE_TEXT, OPEN_DATA
+from conftest import ED_DEMO, IV_DEMO, OFFLINE_TEXT, OPEN_DATA, published
 
 BAD_TEXT = re.compile(r"\bNone\b|\bnan\b|\d\.0\b", re.IGNORECASE)
 
@@ -33,7 +33,7 @@ def table(root: str, t: mimic.Table) -> list[dict[str, str]]:
 
 
 def manifest(output: Path) -> dict[str, dict[str, str]]:
-    rows = [row for path in sorted((output / "manifest").glob("*.csv")) for row in read_csv(path)]
+    rows = [row for path in sorted((published(output) / "manifest").glob("*.csv")) for row in read_csv(path)]
     return {row["dicom_id"]: row for row in rows}
 
 
@@ -153,7 +153,7 @@ def test_sample_links_equal_brute_force_and_planted_cases(synthetic):
                                                               if s and d not in broken}
     assert metadata["counts"]["no_ed_stay"] == sum(s is None for s in expected.values())
     kept = {r["dicom_id"] for r in table(roots.cxr, mimic.CXR_METADATA) if r["ViewPosition"] in ("AP", "PA")}
-    rejects = [json.loads(line) for p in (output / "rejects").glob("*.jsonl") for line in p.open()]
+    rejects = [json.loads(line) for p in (published(output) / "rejects").glob("*.jsonl") for line in p.open()]
     by_reason = {}
     for reject in rejects:
         by_reason.setdefault(reject["reason"], set()).add(reject["dicom_id"])
@@ -210,8 +210,8 @@ def test_same_input_and_config_give_byte_identical_output(synthetic, tmp_path):
     _, output, metadata, _, flags = synthetic
     again = run(flags + [f"--output={tmp_path}", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     for name in metadata["outputs"]["files"]:
-        assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == \
-            hashlib.sha256((output / name).read_bytes()).digest(), name
+        assert hashlib.sha256((published(tmp_path) / name).read_bytes()).digest() == \
+            hashlib.sha256((published(output) / name).read_bytes()).digest(), name
     strip = lambda m: {**m, "config": {**m["config"], "output": None}}  # noqa: E731
     assert strip(again) == strip(metadata)
 

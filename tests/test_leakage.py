@@ -14,7 +14,7 @@ from beam_pipeline.run import run
 from beam_pipeline.transforms.leakage import load_rules, redact, rules_document
 from beam_pipeline.transforms.notes import render_note
 from beam_pipeline.transforms.snapshot import Snapshot
-from conftest import OFFLINE_TEXT, write_table
+from conftest import OFFLINE_TEXT, published, write_table
 
 RULES = load_rules()
 TOKEN = "[REDACTED]"
@@ -139,7 +139,7 @@ def _run_with_labels(roots, base, name, relabel, *flags):
     metadata = run([f"--mimic_cxr_root={cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                     f"--output={output}", OFFLINE_TEXT, "--images=false", *flags])
     notes, labels = {}, {}
-    for path in (output / "tfrecords").glob("*.tfrecord"):
+    for path in (published(output) / "tfrecords").glob("*.tfrecord"):
         for raw in read_records(str(path)):
             example = parse_example(raw)
             notes[example["dicom_id"][0]] = example["note/text"][0].decode()
@@ -181,7 +181,7 @@ def test_filtered_notes_never_depend_on_the_labels(sample_roots, tmp_path):
 
 def test_audit_keeps_the_unfiltered_notes_outside_the_training_records(sample_roots, tmp_path):
     notes, _, metadata, output = _run_with_labels(sample_roots, tmp_path, "audit", list, "--leakage_audit")
-    audit = [json.loads(line) for path in (output / "audit").glob("*.jsonl") for line in path.open()]
+    audit = [json.loads(line) for path in (published(output) / "audit").glob("*.jsonl") for line in path.open()]
     assert audit and len(audit) == metadata["counts"]["notes"]["redacted"]
     for row in audit:
         assert row["warning"].startswith("UNFILTERED NOTE") and TOKEN in row["filtered_note"]

@@ -16,7 +16,7 @@ from beam_pipeline.fileio import tfrecord
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import OFFLINE_TEXT, metadata_row, radiograph_jpeg, upload_tree
+from conftest import OFFLINE_TEXT, metadata_row, published, radiograph_jpeg, upload_tree
 
 SUBJECT, OTHER = 10000001, 10000002
 T0 = dt.datetime(2150, 3, 1, 10, 0)
@@ -67,6 +67,7 @@ def argv(roots, output, *extra):
 
 
 def read_tfrecords(output: Path) -> dict[str, dict]:
+    output = published(output)
     records = {}
     for path in sorted((output / "tfrecords").glob("*.tfrecord")):
         data, offset = path.read_bytes(), 0
@@ -79,6 +80,7 @@ def read_tfrecords(output: Path) -> dict[str, dict]:
 
 
 def read_manifest(output: Path) -> list[dict]:
+    output = published(output)
     rows = []
     for path in sorted((output / "manifest").glob("manifest-*.csv")):
         with open(path, newline="") as f:
@@ -93,7 +95,7 @@ def scenario_run(mini_mimic, tmp_path):
     config, options = parse(argv(roots, output))
     result = execute(config, options)
     result.wait_until_finish()
-    return roots, output, result, json.loads((output / "metadata.json").read_text())
+    return roots, output, result, json.loads((published(output) / "metadata.json").read_text())
 
 
 def test_outcome_of_every_image(scenario_run):
@@ -113,7 +115,7 @@ def test_outcome_of_every_image(scenario_run):
     assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1}
     assert counts["labels"] == {"labeled": 1, "all_blank": 1, "no_label_row": 2}
     assert sum(counts["per_split"].values()) == 4 and sum(counts["patients_per_split"].values()) == 1
-    rejects = [json.loads(line) for path in (output / "rejects").glob("*.jsonl") for line in path.open()]
+    rejects = [json.loads(line) for path in (published(output) / "rejects").glob("*.jsonl") for line in path.open()]
     assert rejects == [{"stage": "metadata", "reason": "bad_study_time", "subject_id": SUBJECT, "study_id": 50000006,
                         "dicom_id": "d-bad-time", "detail": "cxr_metadata: StudyTime is not HHMMSS[.ffffff]: '25xx'"}]
 
@@ -145,7 +147,10 @@ def test_labels_and_feature_names_in_records(scenario_run):
 
 def test_layout_is_exact_and_counts_match_beam_metrics(scenario_run):
     _, output, result, metadata = scenario_run
-    files = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
+    folder = published(output)
+    assert sorted(str(p.relative_to(output)) for p in output.iterdir()) == ["LATEST", "runs"]
+    assert (output / "LATEST").read_text() == f"runs/{folder.name}\n" and list((output / "runs").iterdir()) == [folder]
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert files == ["manifest/manifest-00000-of-00001.csv", "metadata.json", "rejects/rejects-00000-of-00001.jsonl",
                      "tfrecords/dataset_info.json", "tfrecords/features.json",
                      "tfrecords/test-00000-of-00001.tfrecord", "tfrecords/train-00000-of-00001.tfrecord",
@@ -186,9 +191,10 @@ def test_existing_output_is_refused_then_overwritten(mini_mimic, tmp_path, capsy
     run(argv(roots, tmp_path / "out"))
     with pytest.raises(SystemExit, match="already holds the outputs of a run.*--overwrite"):
         main(argv(roots, tmp_path / "out"))
-    (tmp_path / "out" / "tfrecords" / "stale-00000-of-00009.tfrecord").write_bytes(b"old")
+    first = published(tmp_path / "out")
+    (first / "tfrecords" / "stale-00000-of-00009.tfrecord").write_bytes(b"old")
     main(argv(roots, tmp_path / "out", "--overwrite"))
-    assert not (tmp_path / "out" / "tfrecords" / "stale-00000-of-00009.tfrecord").exists()
+    assert not first.exists() and list((tmp_path / "out" / "runs").iterdir()) == [published(tmp_path / "out")]
     assert "matched and written" in capsys.readouterr().out
 
 
@@ -224,13 +230,21 @@ def test_reads_and_writes_gs_paths_with_the_same_result(mini_mimic, tmp_path, gc
     assert remote["counts"] == local["counts"]
     assert remote["inputs"]["edstays"]["sha256"] == local["inputs"]["edstays"]["sha256"]
     bucket = gcs_emulator.bucket("mimic-test")
+    run_id = remote["config"]["output"].split("/")[-1]
+    assert bucket.blob("out/LATEST").download_as_bytes() == f"runs/{run_id}\n".encode()
     for name in local["outputs"]["files"]:
-        assert bucket.blob(f"out/{name}").download_as_bytes() == (tmp_path / "local" / name).read_bytes(), name
+        assert bucket.blob(f"out/runs/{run_id}/{name}").download_as_bytes() == \
+            (published(tmp_path / "local") / name).read_bytes(), name
     with pytest.raises(SystemExit, match="already holds the outputs"):
         main(argv(gs_roots, "gs://mimic-test/out"))
-    assert report.build("gs://mimic-test/out") == "gs://mimic-test/out/report/index.html"  # the after-Dataflow step
-    page = bucket.blob("out/report/index.html").download_as_bytes().decode()
-    assert f"{local['counts']['matched']} records" in page and bucket.blob("out/report/funnel.png").exists()
+    again = run(argv(gs_roots, "gs://mimic-test/out", "--overwrite"))  # replaced: only the new run is left
+    assert [b.name for b in bucket.list_blobs(prefix="out/") if "/metadata.json" in b.name] == \
+        [f"out/runs/{again['config']['output'].split('/')[-1]}/metadata.json"]
+    assert not list(bucket.list_blobs(prefix=f"out/runs/{run_id}/"))
+    page_path = f"{again['config']['output']}/report/index.html"
+    assert report.build("gs://mimic-test/out") == page_path  # the after-Dataflow step
+    page = bucket.blob(page_path[len("gs://mimic-test/"):]).download_as_bytes().decode()
+    assert f"{local['counts']['matched']} records" in page
 
 
 def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
@@ -245,7 +259,7 @@ def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
                                             "images/empty_image": 1, "images/truncated_image": 1,
                                             "images/not_a_jpeg": 1}
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
-    rejects = {r["dicom_id"]: r for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
+    rejects = {r["dicom_id"]: r for path in (published(tmp_path / "out") / "rejects").glob("*.jsonl")
                for r in map(json.loads, path.open())}
     assert rejects["d-mid"]["stage"] == "images" and rejects["d-mid"]["subject_id"] == SUBJECT
     assert "files/p10/p10000001/s50000001/d-at-intime.jpg" in rejects["d-at-intime"]["detail"]
@@ -261,20 +275,28 @@ def test_images_can_be_left_out(mini_mimic, tmp_path):
     assert "Sample validation records (0)" in page and 'id="funnel"' in page
 
 
-def test_dated_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
+def test_kept_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
+    """--keep_runs: a failed rerun leaves LATEST and the previous run alone; a successful one moves LATEST, keeps
+    the earlier complete run and deletes what the failed one left behind."""
     base = tmp_path / "out"
-    first = run(argv(mini_mimic(**scenario()), base, "--dated_output"))
-    latest = (base / "LATEST").read_text().strip()
-    assert latest == first["config"]["output"] and Path(latest).parent == base / "runs"
+    roots = mini_mimic(**scenario())
+    first = run(argv(roots, base))
+    latest = (base / "LATEST").read_text()
+    assert latest == f"runs/{Path(first['config']['output']).name}\n" and Path(first["config"]["output"]).parent == \
+        base / "runs"
     assert load_metadata(str(base)) == first  # readers follow LATEST
     broken = scenario()
     broken["splits"][0]["split"] = "train"  # the subject is now in train and val: the job must fail
     with pytest.raises(Exception, match="appears in splits"):
-        run(argv(mini_mimic(**broken), base, "--dated_output", "--split_strategy=official"))
-    assert (base / "LATEST").read_text().strip() == latest
-    others = [r for r in (base / "runs").iterdir() if str(r) != latest]
-    assert all(not (r / "metadata.json").exists() for r in others)  # a failed run is never complete
-    assert load_metadata(latest) == first  # the previous run is intact
+        run(argv(mini_mimic(**broken), base, "--keep_runs", "--split_strategy=official"))
+    assert (base / "LATEST").read_text() == latest
+    failed = [r for r in (base / "runs").iterdir() if r.name != Path(first["config"]["output"]).name]
+    assert not any((r / "metadata.json").exists() for r in failed)  # a failed run is never complete
+    assert load_metadata(str(base)) == first  # the previous run is intact
+    second = run(argv(mini_mimic(**scenario()), base, "--keep_runs"))
+    assert load_metadata(str(base)) == second and load_metadata(first["config"]["output"]) == first
+    assert sorted(r.name for r in (base / "runs").iterdir()) == sorted(
+        Path(m["config"]["output"]).name for m in (first, second))
 
 
 def test_progress_is_logged_with_counts_and_rates_only(mini_mimic, tmp_path, caplog, monkeypatch):

@@ -12,11 +12,11 @@ import pytest
 from beam_pipeline import mimic, sample
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import run
-from conftest import OFFLINE_TEXT
+from conftest import OFFLINE_TEXT, published
 
 
 def manifest_by_split(output: Path) -> dict[str, dict[str, dict]]:
-    rows = [r for p in sorted((output / "manifest").glob("*.csv")) for r in csv.DictReader(p.open(newline=""))]
+    rows = [r for p in sorted((published(output) / "manifest").glob("*.csv")) for r in csv.DictReader(p.open(newline=""))]
     return {split: {r["dicom_id"]: r for r in rows if r["split"] == split} for split in mimic.SPLITS}
 
 
@@ -100,7 +100,7 @@ def test_tensorflow_datasets_opens_the_output_in_place(built):
     import tensorflow_datasets as tfds
 
     _, output, manifest, _ = built
-    builder = tfds.builder_from_directory(str(output / "tfrecords"))
+    builder = tfds.builder_from_directory(str(published(output) / "tfrecords"))
     for split in mimic.SPLITS:
         assert builder.info.splits[split].num_examples == len(manifest[split])
     examples = list(builder.as_dataset(split="val"))

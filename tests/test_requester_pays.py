@@ -10,7 +10,7 @@ import pytest
 
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysError, RequesterPaysSource
 from beam_pipeline.run import main, run
-from conftest import OFFLINE_TEXT, create_bucket, upload_tree
+from conftest import OFFLINE_TEXT, create_bucket, published, upload_tree
 from test_pipeline import scenario
 
 BILLING = "billing-proj"
@@ -87,7 +87,9 @@ def test_whole_pipeline_from_requester_pays_inputs_to_gs_outputs(mini_mimic, tmp
     assert remote["counts"] == local["counts"] and remote["counts"]["matched"] == 4
     assert {k: v["sha256"] for k, v in remote["inputs"].items()} == {k: v["sha256"] for k, v in local["inputs"].items()}
     out = client.bucket("user-outputs")
+    folder = remote["config"]["output"][len("gs://user-outputs/"):]
     for name in local["outputs"]["files"]:
-        assert out.blob(f"run/{name}").download_as_bytes() == (tmp_path / "local" / name).read_bytes(), name
+        assert out.blob(f"{folder}/{name}").download_as_bytes() == (published(tmp_path / "local") / name).read_bytes(), \
+            name
     image_reads = [q for _, path, q in proxy.requests if ".jpg" in path and bucket.name in path]
     assert image_reads and all(q.get("userProject") == [BILLING] for q in image_reads)

@@ -1,7 +1,7 @@
 """metadata.json: config, versions, feature spec, label order, input checksums, outputs and the counts that add up.
 
-Written by the pipeline itself as its last step (after every shard), so it exists only for a complete run and works
-the same on Dataflow. Counts come from the events every stage emits; if they do not add up the job fails rather
+Written by the pipeline itself after every shard, so it exists only for a complete run and works the same on
+Dataflow; the same step then publishes the run (LATEST) and removes earlier ones (beam_pipeline.fileio.outputs). Counts come from the events every stage emits; if they do not add up the job fails rather
 than publish a dataset that lost records silently.
 """
 
@@ -15,9 +15,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import __version__, accounting, mimic
+from beam_pipeline import __version__, accounting, failpoints, mimic
 from beam_pipeline.fileio import tfds_metadata
-from beam_pipeline.fileio.outputs import MANIFEST_COLUMNS
+from beam_pipeline.fileio.outputs import MANIFEST_COLUMNS, previous_runs, publish, remove_run, write_atomically
 from beam_pipeline.options import Config
 from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels
@@ -161,9 +161,7 @@ def write_tfds_files(config: Config, text: dict, written: list[dict]) -> list[st
 
 
 def write_json(path: str, document: dict) -> None:
-    with FileSystems.create(path, mime_type="application/json",
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write((json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_atomically(path, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_json(path: str) -> dict:
@@ -172,27 +170,31 @@ def read_json(path: str) -> dict:
 
 
 class WriteMetadata(beam.PTransform):
-    """(events, input file records, written file records) -> metadata.json, after every shard is written. ``text``
-    is resolve_text's description of the tokenizer, rules and index; ``latest``, if set, is a pointer file that is
-    made to name this run's folder once metadata.json exists (so it only ever names complete runs)."""
+    """(events, input file records, written file records) -> metadata.json in the run folder (config.output) after
+    every shard is written; then the run is published as ``base``/LATEST and the other runs under ``base`` are
+    removed (complete ones only unless ``keep_runs``). Outputs the counts."""
 
-    def __init__(self, config: Config, text: dict, latest: str = ""):
+    def __init__(self, config: Config, text: dict, base: str, keep_runs: bool = False):
         super().__init__()
         self._config = config
         self._text = text
-        self._latest = latest
+        self._base = base
+        self._keep_runs = keep_runs
 
     def expand(self, inputs):
         events, input_files, written = inputs
-        config, text, latest = self._config, self._text, self._latest
+        config, text, base, keep_runs = self._config, self._text, self._base, self._keep_runs
 
         def write(_, events, input_files, written):
             tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
             document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files)
+            failpoints.reached("before_metadata")
             write_json(FileSystems.join(config.output, "metadata.json"), document)
-            if latest:
-                with FileSystems.create(latest, mime_type="text/plain") as f:
-                    f.write((config.output + "\n").encode("utf-8"))
+            failpoints.reached("metadata_written")
+            publish(base, config.output)
+            failpoints.reached("published")
+            for folder, files, above in previous_runs(base, config.output, keep_complete=keep_runs):
+                remove_run(folder, files, above)
             yield document["counts"]
 
         totals = events | "SumEvents" >> beam.CombinePerKey(sum)

@@ -1,10 +1,18 @@
-"""The output layout under --output and the line formats of the manifest and rejects.
+"""The output layout under --output, how a run is published atomically, and the manifest and rejects formats.
 
-    manifest/manifest-SSSSS-of-NNNNN.csv       one row per record, header in every shard
-    tfrecords/{split}-SSSSS-of-NNNNN.tfrecord  one tf.train.Example per manifest row (.tfrecord.gz with gzip)
-    rejects/rejects-SSSSS-of-NNNNN.jsonl       one JSON object per rejected row or image
-    audit/leakage-audit-SSSSS-of-NNNNN.jsonl   only with --leakage_audit: unfiltered notes, never for training
-    metadata.json                              config, versions, feature spec, label order, counts (written last)
+    LATEST                                          "runs/<run id>": the published run (written last, atomically)
+    runs/<run id>/manifest/manifest-SSSSS-of-NNNNN.csv       one row per record, header in every shard
+    runs/<run id>/tfrecords/{split}-SSSSS-of-NNNNN.tfrecord  one tf.train.Example per manifest row (.gz with gzip)
+    runs/<run id>/rejects/rejects-SSSSS-of-NNNNN.jsonl       one JSON object per rejected row or image
+    runs/<run id>/audit/leakage-audit-SSSSS-of-NNNNN.jsonl   only with --leakage_audit: unfiltered notes
+    runs/<run id>/metadata.json                              config, versions, spec, counts (written after every shard)
+
+A run writes only inside its own, new run folder, which nothing points at until the job's last step: metadata.json
+(atomically), then LATEST (one object write on GCS, a rename locally), then the previous runs are deleted (with
+--overwrite; kept with --keep_runs), each run's metadata.json first. GCS cannot rename a folder atomically, so
+moving shards into fixed names could always be interrupted half-way; a pointer cannot. Killed at any point, the
+output therefore holds the previous published run or the new one, never a mix, and no metadata.json ever names a
+missing file. One job per --output at a time.
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import tempfile
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import accounting, mimic
+from beam_pipeline import accounting, failpoints, mimic
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline.fileio.sharded import ShardFormat, WriteShards
 from beam_pipeline.transforms.examples import to_example
@@ -24,7 +35,9 @@ from beam_pipeline.transforms.records import Record
 
 MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "study_datetime", "ed_intime",
                     "ed_outtime", "hours_from_arrival")
-LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")
+LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")  # inside a run folder
+LATEST = "LATEST"
+RUNS = "runs"
 TEXT_SHARD_BYTES = 256 * 2 ** 20
 
 
@@ -61,19 +74,89 @@ def _keyed_reject(row: dict) -> tuple[str, str, bytes]:
     return "rejects", line.decode("utf-8"), line
 
 
-def existing_outputs(output: str) -> list[str]:
-    patterns = [FileSystems.join(output, name, "*") for name in LAYOUT[:-1]] + [FileSystems.join(output, LAYOUT[-1])]
+def _files(patterns: list[str]) -> list[str]:
     return sorted(m.path for result in FileSystems.match(patterns) for m in result.metadata_list)
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; with overwrite, delete the previous run's files (nothing else)."""
-    existing = existing_outputs(output)
-    if existing and not overwrite:
-        raise OutputExistsError(f"{output} already holds the outputs of a run ({len(existing)} files, e.g. "
-                                f"{existing[0]}); pass --overwrite to replace them or choose another --output")
-    if existing:
-        FileSystems.delete(existing)
+def legacy_outputs(output: str) -> list[str]:
+    """Files of a run written straight into --output by versions before run folders existed."""
+    return _files([FileSystems.join(output, name, "*") for name in LAYOUT[:-1]] + [FileSystems.join(output, LAYOUT[-1])])
+
+
+def run_folder(output: str, now) -> str:
+    """A new run folder under OUTPUT/runs/, named by UTC start time (sortable)."""
+    return FileSystems.join(output, RUNS, now.strftime("%Y%m%dT%H%M%S%fZ"))
+
+
+def check_output(output: str, replace: bool) -> None:
+    """Refuse to start over a published run unless the user asked to replace it (--overwrite or --keep_runs)."""
+    latest = FileSystems.join(output, LATEST)
+    existing = ([latest] if FileSystems.exists(latest) else []) + legacy_outputs(output)
+    if existing and not replace:
+        raise OutputExistsError(f"{output} already holds the outputs of a run ({existing[0]}); pass --overwrite to "
+                                f"replace it, --keep_runs to add a run beside it, or choose another --output")
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Readers see the old file or the whole new one: a local file is written beside and renamed over; a GCS
+    object only becomes visible once its upload is complete."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path, mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+        return
+    local = path[len("file://"):] if path.startswith("file://") else path
+    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(local) or ".")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, local)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def publish(output: str, folder: str) -> None:
+    """Point OUTPUT/LATEST at a complete run folder (relative, so a copied output folder still works)."""
+    write_atomically(FileSystems.join(output, LATEST), (folder[len(output):].strip("/") + "\n").encode("utf-8"))
+
+
+def remove_run(folder: str, files: list[str], above: str) -> None:
+    """Delete one run: its metadata.json first, so a run is never half-deleted yet still marked complete. Locally
+    the folders it leaves empty are removed too, up to (not including) ``above``."""
+    marker = FileSystems.join(folder, LAYOUT[-1])
+    if marker in files:
+        FileSystems.delete([marker])
+        failpoints.reached("removed_marker")
+    rest = [f for f in files if f != marker]
+    if rest:
+        FileSystems.delete(rest)
+    if FileSystems.get_scheme(folder) in (None, "file"):
+        for directory in sorted({os.path.dirname(f) for f in files}, key=len, reverse=True):
+            while directory.startswith(above + os.sep):
+                try:
+                    os.rmdir(directory)
+                except OSError:  # not empty
+                    break
+                directory = os.path.dirname(directory)
+
+
+def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:
+    """(folder, files, folder above it) of every run under --output other than ``keep``, the legacy layout
+    included; complete runs are skipped when ``keep_complete``, incomplete ones (failed or killed jobs) never are."""
+    runs_dir = FileSystems.join(output, RUNS)
+    runs: dict[str, list[str]] = {}
+    for path in _files([FileSystems.join(runs_dir, "**")]):
+        runs.setdefault(FileSystems.join(runs_dir, path[len(runs_dir):].strip("/").split("/")[0]), []).append(path)
+    found = [(folder, files, runs_dir) for folder, files in sorted(runs.items())]
+    legacy = legacy_outputs(output)
+    if legacy:
+        found.append((output, legacy, output))
+    return [(folder, files, above) for folder, files, above in found if folder != keep and not (
+        keep_complete and FileSystems.join(folder, LAYOUT[-1]) in files)]
 
 
 class WriteOutputs(beam.PTransform):

@@ -19,6 +19,8 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline import failpoints
+
 
 @dataclasses.dataclass(frozen=True)
 class ShardFormat:
@@ -76,6 +78,7 @@ class _WriteShard(beam.DoFn):
         path = shard_path(self._directory, group, index, shards, self._fmt.suffix)
         chunks = [self._fmt.header] + [self._fmt.frame(payload) for _, payload in items]
         size = write_file(path, chunks, self._fmt.gzip)
+        failpoints.reached("shard_written")
         yield {"group": group, "path": path, "shard": index, "records": len(items), "bytes": size}
 
 

@@ -7,20 +7,25 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import mimic
 from beam_pipeline.fileio.metadata import read_json
+from beam_pipeline.fileio.outputs import LATEST
 
 
 def resolve_output(output: str) -> str:
-    """A run folder: ``output`` itself, or the run its LATEST pointer names (runs made with --dated_output)."""
-    if not FileSystems.exists(FileSystems.join(output, "metadata.json")) and \
-            FileSystems.exists(FileSystems.join(output, "LATEST")):
-        with FileSystems.open(FileSystems.join(output, "LATEST"), compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return f.read().decode("utf-8").strip()
-    return output
+    """The run folder to read: the run ``output``/LATEST names (the published one), or ``output`` itself when it
+    is a run folder. A folder with neither holds no complete run yet (the job failed or is still running)."""
+    latest = FileSystems.join(output, LATEST)
+    if FileSystems.exists(latest):
+        with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return FileSystems.join(output, f.read().decode("utf-8").strip())
+    if FileSystems.exists(FileSystems.join(output, "metadata.json")):
+        return output
+    raise FileNotFoundError(f"{output} holds no complete run: no LATEST and no metadata.json (the job failed, was "
+                            "stopped, or is still running)")
 
 
 def open_run(output: str) -> tuple[str, dict]:
-    """(run folder, its metadata.json) of a finished run: metadata.json is written last, so its presence means the
-    run completed. Follows LATEST; works wherever the folder was copied to."""
+    """(run folder, its metadata.json) of the published run: LATEST is written only after the run's metadata.json,
+    which is written only after every shard. Works wherever the output folder was copied to (LATEST is relative)."""
     folder = resolve_output(output)
     return folder, read_json(FileSystems.join(folder, "metadata.json"))
 
