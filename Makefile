@@ -1,6 +1,8 @@
 # The two README commands: `make demo` runs the pipeline on generated sample data, `make test` runs the tests.
 # `make bench` measures the image stage (not part of CI).
-# Each (re)creates .venv when requirements change. Everything runs offline.
+# Each (re)creates .venv when requirements change: the development set (requirements-dev.txt = the runtime
+# requirements.txt that the image installs, plus tests and user-side tools), pinned by constraints.txt.
+# Everything runs offline.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,9 +10,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench venv browser clean
 
-$(STAMP): requirements.txt constraints.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
