@@ -27,7 +27,7 @@ from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata
-from beam_pipeline.staging import stage_package
+from beam_pipeline.staging import StagingError, stage_package
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("beam_pipeline").setLevel(logging.INFO)  # our progress lines; Beam stays at WARNING
     try:
         metadata = run(argv)
-    except (InputError, OutputExistsError, RequesterPaysError) as err:
+    except (InputError, OutputExistsError, RequesterPaysError, StagingError) as err:
         sys.exit(f"error: {err}")
     if metadata is not None:
         config = metadata["config"]
