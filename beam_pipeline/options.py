@@ -107,7 +107,8 @@ class Config:
         "Also store a saliency map: CLAHE + Canny edges at the output size, as a uint8 PNG.", False,
         parse=parse_bool)
     target_shard_mb: float = _flag(
-        "Target size of one TFRecord shard in MB; the shard count per split follows from the data size.", 200.0,
+        "Target size of one TFRecord shard in MB; the shard count per split follows from the record count and an "
+        "estimate of a record's size (at least 16 shards of 32+ records).", 200.0,
         parse=float)
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))

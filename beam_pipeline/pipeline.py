@@ -3,8 +3,9 @@
     Read* ──► SelectImages ──► LinkImagesToStays (CoGroupByKey on subject_id) ──► BuildRecord ──► FilterLeakage
                                                                                                       │
     AssignSplit ◄── TokenizeAndRetrieve ◄── DeterministicBatches ◄────────────────────────────────────┘
-        │
-        └──► ProcessImages (JPEG bytes) ──► CountWritten ──► WriteOutputs: manifest/, tfrecords/, rejects/, audit/
+        │  AssertPatientDisjoint, AssertUniqueKeys (must pass before any image is read)
+        └──► WriteExamples: tfrecords/ (each shard's writer reads, preprocesses and appends one image at a time)
+                  └──► written records ──► CountWritten ──► WriteOutputs: manifest/, rejects/, audit/
     metadata.json ◄── WriteMetadata (events of every stage, input checksums, model identities, files written)
 
 Inputs, models and the retrieval index are resolved before anything runs (``resolve_inputs``, ``resolve_text``), so
@@ -21,16 +22,17 @@ import json
 from beam_pipeline import accounting, kb, mimic, models
 from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, resolve_and_check
 from beam_pipeline.fileio.metadata import WriteMetadata
-from beam_pipeline.fileio.outputs import WriteOutputs
+from beam_pipeline.fileio.outputs import WRITTEN, WriteExamples, WriteOutputs
+from beam_pipeline.fileio.sharded import AssertUniqueKeys
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
-from beam_pipeline.transforms.images import ImageSettings, ProcessImages, SelectImages
+from beam_pipeline.transforms.images import ImageLoader, ImageSettings, SelectImages
 from beam_pipeline.transforms.join import LinkImagesToStays
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage, rules_document
 from beam_pipeline.transforms.text import (CONTEXT_HEADER, DeterministicBatches, TextSettings, TokenizeAndRetrieve,
                                            effective_top_k)
 from beam_pipeline.transforms.records import BuildRecord
-from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplit
+from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplit, CountPatientsAndStudies
 from beam_pipeline.transforms.stats import DescribeRecords
 
 JOIN_TABLES = {  # CoGroupByKey tag -> table keyed by subject_id
@@ -124,21 +126,27 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
     split = _stage(tokenized.records, "AssignSplits",
                    AssignSplit(config.split_strategy, config.split_salt, config.split_fractions))
-    stages = list(reads.values()) + [images, linked, built, filtered, tokenized, split]
+    checked = ((split.records | "AssertPatientDisjoint" >> AssertPatientDisjoint(),
+                split.records | "RecordKeys" >> beam.Map(lambda r: r.dicom_id)
+                | "AssertUniqueKeys" >> AssertUniqueKeys())
+               | "ChecksBeforeImages" >> beam.Flatten())
+    image_settings = loader = None
     if config.images:
-        settings = ImageSettings(config.image_size, config.resize_mode, config.image_format, config.jpeg_quality,
-                                 config.edge_map)
-        stages.append(_stage(split.records, "ProcessImages", ProcessImages(config.mimic_cxr_root, settings, source)))
-    final = _stage(stages[-1].records, "CountWritten", accounting.CountWritten())
+        image_settings = ImageSettings(config.image_size, config.resize_mode, config.image_format,
+                                       config.jpeg_quality, config.edge_map)
+        loader = ImageLoader(config.mimic_cxr_root, image_settings, source)
+    examples = split.records | "WriteExamples" >> WriteExamples(
+        config.output, config.target_shard_mb, config.compression, loader, image_settings, after=checked)
+    final = _stage(examples[WRITTEN], "CountWritten", accounting.CountWritten())
     described = _stage(final.records, "DescribeRecords", DescribeRecords())
-    stages += [final, described]
-    disjoint = final.records | "AssertPatientDisjoint" >> AssertPatientDisjoint()
+    stages = list(reads.values()) + [images, linked, built, filtered, tokenized, split, examples, final, described]
+    patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
 
     rejects = [stage[accounting.REJECTS] for stage in stages] | "AllRejects" >> beam.Flatten()
-    events = [stage[accounting.EVENTS] for stage in stages] + [disjoint] | "AllEvents" >> beam.Flatten()
+    events = [stage[accounting.EVENTS] for stage in stages] + [patients] | "AllEvents" >> beam.Flatten()
     input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
     outputs = {"records": final.records, "rejects": rejects}
     if config.leakage_audit:
         outputs["audit"] = filtered[AUDIT]
-    written = outputs | "WriteOutputs" >> WriteOutputs(config.output, config.target_shard_mb, config.compression)
-    (events, input_files, written) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)
+    files = (examples["files"], outputs | "WriteOutputs" >> WriteOutputs(config.output)) | "Written" >> beam.Flatten()
+    (events, input_files, files) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)

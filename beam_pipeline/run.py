@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
+import os
 import sys
 
 import apache_beam as beam
@@ -38,6 +39,8 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)
+    if is_local(options):
+        options = PipelineOptions(beam_args + local_parallelism(beam_args, os.cpu_count() or 1))
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
     if unknown:
         parser.error("unknown flags: " + ", ".join("--" + name for name in unknown))
@@ -48,6 +51,15 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     except ValueError as err:
         parser.error(str(err))
     return config, options
+
+
+def local_parallelism(beam_args: list[str], cores: int) -> list[str]:
+    """Flags that make a local run use every core (one worker process per core) unless the user set the worker
+    count or mode (``--direct_num_workers=1`` caps it to one in-process worker)."""
+    given = {arg.split("=", 1)[0] for arg in beam_args}
+    if "--direct_num_workers" in given or "--direct_running_mode" in given or cores < 2:
+        return []
+    return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"]
 
 
 def format_funnel(counts: dict, views: tuple[str, ...]) -> str:

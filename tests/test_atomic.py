@@ -21,10 +21,11 @@ from beam_pipeline import failpoints, sample
 from beam_pipeline.fileio.tfrecord import read_records
 from beam_pipeline.readers.common import open_run, shard_files
 from beam_pipeline.run import run
-from conftest import OFFLINE_TEXT
+from conftest import ONE_WORKER, OFFLINE_TEXT
 
-# Small shards, so a kill after the first one leaves a run folder with some shards written and others not.
-FLAGS = [OFFLINE_TEXT, "--target_shard_mb=0.05"]
+# Small shards, so a kill after the first one leaves a run folder with some shards written and others not; one
+# in-process worker, so the process that reaches a kill point is the job itself.
+FLAGS = [OFFLINE_TEXT, ONE_WORKER, "--target_shard_mb=0.05"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from beam_pipeline import mimic, models, sample
 from beam_pipeline.readers.tf_data import dataset
 from beam_pipeline.run import run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import ED_DEMO, IV_DEMO, OFFLINE_TEXT, OPEN_DATA, published
+from conftest import ED_DEMO, IV_DEMO, ONE_WORKER, OFFLINE_TEXT, OPEN_DATA, published
 
 BAD_TEXT = re.compile(r"\bNone\b|\bnan\b|\d\.0\b", re.IGNORECASE)
 
@@ -205,10 +205,10 @@ def test_sample_features_are_as_of_the_xray(synthetic):
 
 
 def test_same_input_and_config_give_byte_identical_output(synthetic, tmp_path):
-    """A second run, in Beam's multi-process mode (other workers, other bundles), writes the same bytes: images,
-    tokens, retrieval scores and all."""
+    """A second run, in one in-process worker instead of the default worker process per core (other bundles,
+    other processes), writes the same bytes: images, tokens, retrieval scores and all."""
     _, output, metadata, _, flags = synthetic
-    again = run(flags + [f"--output={tmp_path}", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    again = run(flags + [f"--output={tmp_path}", ONE_WORKER])
     for name in metadata["outputs"]["files"]:
         assert hashlib.sha256((published(tmp_path) / name).read_bytes()).digest() == \
             hashlib.sha256((published(output) / name).read_bytes()).digest(), name
@@ -222,7 +222,7 @@ def open_data(tmp_path_factory):
     roots = sample.generate_on_open_data(base / "sample", OPEN_DATA, seed=0)
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                    f"--output={output}", OFFLINE_TEXT])
+                    f"--output={output}", OFFLINE_TEXT, ONE_WORKER])
     cases = json.loads((base / "sample" / "SAMPLE.json").read_text())["cases"]
     return roots, output, metadata, cases
 

@@ -32,7 +32,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from beam_pipeline import sample
-from conftest import OFFLINE_TEXT
+from conftest import ONE_WORKER, OFFLINE_TEXT
 from dockerfile import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +191,7 @@ def probe(tmp_path_factory):
     args = {"site": str(site), "imports": statements, "kb_index": str(base / "kb"),
             "report": str(base / "report.json"),
             "flags": [f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                      f"--output={base / 'output'}", OFFLINE_TEXT, f"--kb_index={base / 'kb'}"]}
+                      f"--output={base / 'output'}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={base / 'kb'}"]}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(base / "mpl")}
     done = subprocess.run([sys.executable, "-S", "-c", PROBE, json.dumps(args)], cwd=base, env=env,
                           capture_output=True, text=True, timeout=900)

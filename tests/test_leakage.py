@@ -14,7 +14,7 @@ from beam_pipeline.run import run
 from beam_pipeline.transforms.leakage import load_rules, redact, rules_document
 from beam_pipeline.transforms.notes import render_note
 from beam_pipeline.transforms.snapshot import Snapshot
-from conftest import OFFLINE_TEXT, published, write_table
+from conftest import ONE_WORKER, OFFLINE_TEXT, published, write_table
 
 RULES = load_rules()
 TOKEN = "[REDACTED]"
@@ -137,7 +137,7 @@ def _run_with_labels(roots, base, name, relabel, *flags):
     write_table(cxr, mimic.CXR_CHEXPERT, relabel(rows))
     output = base / name / "out"
     metadata = run([f"--mimic_cxr_root={cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                    f"--output={output}", OFFLINE_TEXT, "--images=false", *flags])
+                    f"--output={output}", OFFLINE_TEXT, ONE_WORKER, "--images=false", *flags])
     notes, labels = {}, {}
     for path in (published(output) / "tfrecords").glob("*.tfrecord"):
         for raw in read_records(str(path)):

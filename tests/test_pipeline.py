@@ -16,7 +16,7 @@ from beam_pipeline.fileio import tfrecord
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
-from conftest import OFFLINE_TEXT, metadata_row, published, radiograph_jpeg, upload_tree
+from conftest import ONE_WORKER, OFFLINE_TEXT, metadata_row, published, radiograph_jpeg, upload_tree
 
 SUBJECT, OTHER = 10000001, 10000002
 T0 = dt.datetime(2150, 3, 1, 10, 0)
@@ -63,7 +63,7 @@ def scenario():
 def argv(roots, output, *extra):
     cxr, ed, iv = roots
     return [f"--mimic_cxr_root={cxr}", f"--mimic_ed_root={ed}", f"--mimic_iv_root={iv}", f"--output={output}",
-            OFFLINE_TEXT, *extra]
+            OFFLINE_TEXT, ONE_WORKER, *extra]
 
 
 def read_tfrecords(output: Path) -> dict[str, dict]:

@@ -12,7 +12,7 @@ import pytest
 from beam_pipeline import mimic, sample
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import run
-from conftest import OFFLINE_TEXT, published
+from conftest import ONE_WORKER, OFFLINE_TEXT, published
 
 
 def manifest_by_split(output: Path) -> dict[str, dict[str, dict]]:
@@ -27,7 +27,7 @@ def built(tmp_path_factory):
     roots = sample.generate(base / "sample", subjects=40, seed=5)
     output = base / "out"
     run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-         f"--output={output}", OFFLINE_TEXT, "--image_size=64", "--target_shard_mb=0.05"])
+         f"--output={output}", OFFLINE_TEXT, ONE_WORKER, "--image_size=64", "--target_shard_mb=0.1"])
     with gzip.open(Path(roots.cxr) / mimic.CXR_CHEXPERT.filename, "rt", newline="") as f:
         raw_labels = {int(r["study_id"]): [float(r[k]) if r[k] else np.nan for k in mimic.LABELS]
                       for r in csv.DictReader(f)}
@@ -114,9 +114,9 @@ def test_gzip_output_reads_back(built, tmp_path):
 
     roots, _, manifest, _ = built
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--output={tmp_path}",
-                    OFFLINE_TEXT,
+                    OFFLINE_TEXT, ONE_WORKER,
                     "--image_size=32", "--compression=gzip", "--image_format=jpeg", "--edge_map"])
-    assert not (tmp_path / "tfrecords" / "features.json").exists()  # TFDS reads uncompressed shards only
+    assert not (published(tmp_path) / "tfrecords" / "features.json").exists()  # TFDS reads uncompressed only
     assert sorted(_dicoms(MimicCxrEdDataset(str(tmp_path), "test"))) == sorted(manifest["test"])
     examples = list(dataset(str(tmp_path), "test", channels=1))
     assert len(examples) == metadata["counts"]["per_split"]["test"] == len(manifest["test"])

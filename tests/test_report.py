@@ -16,7 +16,7 @@ import pytest
 
 from beam_pipeline import mimic, report, sample, show
 from beam_pipeline.run import run
-from conftest import OFFLINE_TEXT, published
+from conftest import ONE_WORKER, OFFLINE_TEXT, published
 
 SECTIONS = ["funnel", "splits", "labels", "timing", "text", "demographics", "images", "retrieval", "samples",
             "provenance"]
@@ -64,7 +64,7 @@ def reported(tmp_path_factory, kb_index):
     roots = sample.generate(base / "sample", subjects=60, seed=9)
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                    f"--output={output}", OFFLINE_TEXT, f"--kb_index={kb_index}", "--image_size=128"])
+                    f"--output={output}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={kb_index}", "--image_size=128"])
     index = Path(report.build(str(output), samples=6))
     manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv")) for row in csv.DictReader(p.open())]
     return output, metadata, index, Page(index.read_text()), manifest

@@ -10,7 +10,7 @@ import pytest
 
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysError, RequesterPaysSource
 from beam_pipeline.run import main, run
-from conftest import OFFLINE_TEXT, create_bucket, published, upload_tree
+from conftest import ONE_WORKER, OFFLINE_TEXT, create_bucket, published, upload_tree
 from test_pipeline import scenario
 
 BILLING = "billing-proj"
@@ -77,7 +77,7 @@ def test_whole_pipeline_from_requester_pays_inputs_to_gs_outputs(mini_mimic, tmp
 
     def flags(cxr, ed, iv, output, *extra):
         return [f"--mimic_cxr_root={cxr}", f"--mimic_ed_root={ed}", f"--mimic_iv_root={iv}", f"--output={output}",
-                OFFLINE_TEXT, *extra]
+                OFFLINE_TEXT, ONE_WORKER, *extra]
 
     local = run(flags(*roots, tmp_path / "local"))
     assert local["inputs"]["triage"]["path"].endswith("triage.csv")

@@ -6,7 +6,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.fileio import tfrecord
-from beam_pipeline.fileio.sharded import DuplicateKeyError, ShardFormat, WriteShards, num_shards, shard_of
+from beam_pipeline import accounting
+from beam_pipeline.fileio.sharded import (AssertUniqueKeys, DuplicateKeyError, ShardFormat, ShardPlan, WriteShards,
+                                          num_shards, shard_of)
 from conftest import test_pipeline
 
 TFRECORD = ShardFormat(".tfrecord", tfrecord.frame)
@@ -20,7 +22,7 @@ def _elements(n, group="train"):
 
 def _write(directory, elements, fmt=TFRECORD, target=400, groups=("train", "val"), unique=True):
     with test_pipeline() as p:
-        files = p | beam.Create(elements) | WriteShards(str(directory), groups, fmt, target, unique)
+        files = p | beam.Create(elements) | WriteShards(str(directory), groups, fmt, ShardPlan(target), unique)
         assert_that(files | beam.Map(lambda f: (f["group"], f["records"])) | beam.CombinePerKey(sum),
                     equal_to(sorted({(g, sum(e[0] == g for e in elements)) for g in groups})))
 
@@ -103,3 +105,48 @@ def test_example_round_trip_without_tensorflow():
     parsed = tfrecord.parse_example(data)
     assert parsed["b"] == [b"x"] and parsed["i"] == [-3, 2 ** 40] and parsed["f"][0] == 1.5
     assert parsed["f"][1] != parsed["f"][1]  # NaN survives
+
+
+def test_shard_plan_spreads_small_groups_but_keeps_shards_full():
+    plan = ShardPlan(1000, item_bytes=10, min_shards=16, min_items=32)
+    assert plan.size(b"whatever the payload") == 10
+    assert plan.shards(0, 0) == 1 and plan.shards(31, 310) == 1  # too few items for a second shard
+    assert plan.shards(100, 1000) == 3  # 100 // 32: at least 32 items per shard
+    assert plan.shards(10_000, 100_000) == 100  # big groups follow the byte target
+    assert plan.shards(1000, 10_000) == 16  # the floor, not the 10 the bytes alone would give
+
+
+class _Halves:
+    """A renderer that writes even items, rejects odd ones and reports every item it wrote."""
+
+    def setup(self):
+        self.ready = True
+
+    def render(self, item):
+        assert self.ready  # setup ran in the worker before any item
+        if item % 2:
+            return None, list(accounting.reject("test", "odd", detail=str(item)))
+        return str(item).encode(), [beam.pvalue.TaggedOutput("written", item)]
+
+
+def test_a_renderer_writes_one_item_at_a_time_and_reports_what_it_skipped(tmp_path):
+    elements = [("train", f"k{i:03d}", i) for i in range(40)]
+    with test_pipeline() as p:
+        checks = p | "Checks" >> beam.Create([])
+        out = p | beam.Create(elements) | WriteShards(
+            str(tmp_path), ["train"], ShardFormat(".txt", frame=lambda b: b + b"\n"),
+            ShardPlan(100, item_bytes=10, min_shards=4, min_items=5), renderer=_Halves(),
+            tags=("written", accounting.REJECTS, accounting.EVENTS), after=checks)
+        assert_that(out["written"], equal_to(list(range(0, 40, 2))), label="Written")
+        assert_that(out[accounting.REJECTS] | beam.Map(lambda r: r["detail"]),
+                    equal_to([str(i) for i in range(1, 40, 2)]), label="Rejects")
+        assert_that(out["files"] | beam.Map(lambda f: f["records"]) | beam.CombineGlobally(sum), equal_to([20]),
+                    label="Files")
+    lines = [line for path in sorted(tmp_path.glob("train-*-of-00004.txt")) for line in path.read_text().split()]
+    assert sorted(map(int, lines)) == list(range(0, 40, 2)) and len(list(tmp_path.iterdir())) == 4
+
+
+def test_unique_keys_are_checked_before_the_writer(tmp_path):
+    with pytest.raises(Exception, match="duplicate record key 'b'"):
+        with test_pipeline() as p:
+            _ = p | beam.Create(["a", "b", "c", "b"]) | AssertUniqueKeys()

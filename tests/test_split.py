@@ -7,8 +7,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.transforms.records import Record
-from beam_pipeline.transforms.split import (AssertPatientDisjoint, AssignSplit, PatientOverlapError, hash_split,
-                                           unit_interval)
+from beam_pipeline.transforms.split import (AssertPatientDisjoint, AssignSplit, CountPatientsAndStudies,
+                                            PatientOverlapError, hash_split, unit_interval)
 from conftest import test_pipeline
 
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -64,13 +64,15 @@ def test_official_split_maps_validate_and_rejects_missing():
                     equal_to([("d", "not_in_official_split"), ("e", "unknown_official_split")]), label="Rejects")
 
 
-def test_disjointness_counts_patients_and_studies():
+def test_written_records_count_patients_and_studies_and_pass_the_disjointness_check():
     records = [record(1, "a", 51, split="train"), record(1, "b", 51, split="train"), record(1, "c", 52, split="train"),
                record(2, "d", 53, split="test")]
     with test_pipeline() as p:
-        events = p | beam.Create(records) | AssertPatientDisjoint() | beam.CombinePerKey(sum)
+        created = p | beam.Create(records)
+        events = created | CountPatientsAndStudies() | beam.CombinePerKey(sum)
         assert_that(events, equal_to([("patients/train", 1), ("patients/test", 1), ("studies/train", 2),
-                                      ("studies/test", 1)]))
+                                      ("studies/test", 1)]), label="Counts")
+        assert_that(created | AssertPatientDisjoint(), equal_to([]), label="Checked")
 
 
 def test_patient_in_two_splits_fails_the_job():

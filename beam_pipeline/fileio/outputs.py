@@ -29,8 +29,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting, failpoints, mimic
 from beam_pipeline.fileio import tfrecord
-from beam_pipeline.fileio.sharded import ShardFormat, WriteShards
+from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
 from beam_pipeline.transforms.examples import to_example
+from beam_pipeline.transforms.images import ImageLoader, ImageSettings, without_pixels
 from beam_pipeline.transforms.records import Record
 
 MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "study_datetime", "ed_intime",
@@ -159,40 +160,101 @@ def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str
         keep_complete and FileSystems.join(folder, LAYOUT[-1]) in files)]
 
 
-class WriteOutputs(beam.PTransform):
-    """{"records", "rejects"[, "audit"]} -> manifest, TFRecord, rejects (and audit) shards; outputs one dict per
-    file written."""
+WRITTEN = "written"
+# Shard sizing for TFRecords is decided before any image is read, from the record count and this estimate of a
+# record's bytes: text, tokens and features (~6 KB) plus the image, per output pixel (measured on MIMIC-size
+# radiographs: PNG ~0.6 B/px, JPEG q95 ~0.3 B/px, an edge map PNG ~0.15 B/px). metadata.json records the real sizes.
+TEXT_BYTES = 6 * 2 ** 10
+BYTES_PER_PIXEL = {"png": 0.6, "jpeg": 0.3, "edge_map": 0.15}
+MIN_SHARDS = 16  # so a small run still spreads the image work over every core, and readers over files...
+MIN_RECORDS_PER_SHARD = 32  # ...but never shards of a handful of records
 
-    def __init__(self, output: str, target_shard_mb: float, compression: str):
+
+def estimated_record_bytes(images: ImageSettings | None) -> int:
+    if images is None:
+        return TEXT_BYTES
+    pixels = images.size * images.size
+    per_pixel = BYTES_PER_PIXEL[images.fmt] + (BYTES_PER_PIXEL["edge_map"] if images.edge_map else 0.0)
+    return TEXT_BYTES + int(pixels * per_pixel)
+
+
+def example_plan(target_shard_mb: float, images: ImageSettings | None) -> ShardPlan:
+    return ShardPlan(target_shard_mb * 2 ** 20, item_bytes=estimated_record_bytes(images), min_shards=MIN_SHARDS,
+                     min_items=MIN_RECORDS_PER_SHARD)
+
+
+class _Examples:
+    """The TFRecord renderer: record -> its image read and preprocessed (if any) -> serialised tf.train.Example.
+    A record whose image fails is not written; it becomes a reject. Every written record is emitted again
+    without its pixels (tag ``written``) for the manifest and the counts."""
+
+    def __init__(self, images: ImageLoader | None):
+        self._images = images
+
+    def setup(self):
+        if self._images is not None:
+            self._images.setup()
+
+    def render(self, record: Record):
+        outputs: list = []
+        if self._images is not None:
+            record, outputs = self._images.load(record)
+            if record is None:
+                return None, outputs
+        return to_example(record), outputs + [beam.pvalue.TaggedOutput(WRITTEN, without_pixels(record))]
+
+
+class WriteExamples(beam.PTransform):
+    """Records (no pixels) -> TFRecord shards per split, the image work done inside the shard writer. Outputs
+    {"files", "written" (records actually written, without pixels), "rejects", "events"}. ``after``: checks that
+    must pass before any image is read."""
+
+    def __init__(self, output: str, target_shard_mb: float, compression: str, images: ImageLoader | None,
+                 image_settings: ImageSettings | None, after: beam.PCollection):
         super().__init__()
         self._output = output
-        self._target = target_shard_mb * 2 ** 20
+        self._plan = example_plan(target_shard_mb, image_settings)
         self._gzip = compression == "gzip"
+        self._images = images
+        self._after = after
+
+    def expand(self, records):
+        fmt = ShardFormat(".tfrecord.gz" if self._gzip else ".tfrecord", tfrecord.frame, gzip=self._gzip)
+        return (records
+                | "KeyBySplit" >> beam.Map(lambda r: (r.split, r.dicom_id, r))
+                | "WriteTFRecords" >> WriteShards(
+                    FileSystems.join(self._output, "tfrecords"), mimic.SPLITS, fmt, self._plan,
+                    renderer=_Examples(self._images), tags=(WRITTEN, accounting.REJECTS, accounting.EVENTS),
+                    after=self._after))
+
+
+class WriteOutputs(beam.PTransform):
+    """{"records" (as written), "rejects"[, "audit"]} -> manifest, rejects (and audit) shards; outputs one dict per
+    file written."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
 
     def expand(self, inputs):
         records, rejects = inputs["records"], inputs["rejects"]
         out = self._output
-        tfrecords = (records
-                     | "ToExample" >> beam.Map(lambda r: (r.split, r.dicom_id, to_example(r)))
-                     | "WriteTFRecords" >> WriteShards(
-                         FileSystems.join(out, "tfrecords"), mimic.SPLITS,
-                         ShardFormat(".tfrecord.gz" if self._gzip else ".tfrecord", tfrecord.frame, gzip=self._gzip),
-                         self._target))
+        text_plan = ShardPlan(TEXT_SHARD_BYTES)
         manifest = (records
                     | "ToManifestRow" >> beam.Map(
                         lambda r: ("manifest", f"{r.subject_id:09d}/{r.study_id:09d}/{r.dicom_id}", manifest_line(r)))
                     | "WriteManifest" >> WriteShards(
                         FileSystems.join(out, "manifest"), ["manifest"],
-                        ShardFormat(".csv", header=_csv_line(MANIFEST_COLUMNS)), TEXT_SHARD_BYTES))
+                        ShardFormat(".csv", header=_csv_line(MANIFEST_COLUMNS)), text_plan))
         reject_files = (rejects
                         | "ToRejectLine" >> beam.Map(_keyed_reject)
                         | "WriteRejects" >> WriteShards(
-                            FileSystems.join(out, "rejects"), ["rejects"], ShardFormat(".jsonl"), TEXT_SHARD_BYTES,
+                            FileSystems.join(out, "rejects"), ["rejects"], ShardFormat(".jsonl"), text_plan,
                             unique_keys=False))
-        files = [tfrecords, manifest, reject_files]
+        files = [manifest, reject_files]
         if "audit" in inputs:
             files.append(inputs["audit"]
                          | "ToAuditLine" >> beam.Map(lambda row: ("leakage-audit", row["dicom_id"], _json_line(row)))
                          | "WriteAudit" >> WriteShards(FileSystems.join(out, "audit"), ["leakage-audit"],
-                                                       ShardFormat(".jsonl"), TEXT_SHARD_BYTES))
+                                                       ShardFormat(".jsonl"), text_plan))
         return files | "AllFiles" >> beam.Flatten()

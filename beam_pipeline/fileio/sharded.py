@@ -1,10 +1,15 @@
 """Deterministic sharded files: the same records always give the same bytes in the same file names.
 
-Each element is ``(group, key, payload)``. Per group the shard count is ``ceil(total payload bytes / target)``, a
-record's shard is a pure function of its key (sha256 scaled into the shard range, as TensorFlow Datasets does), and
-records are sorted by key inside a shard. Files are ``<dir>/<group>-SSSSS-of-NNNNN<suffix>``; every shard of every
-expected group exists, empty ones included, so readers can rely on the pattern. Duplicate keys fail the job when
-keys must be unique (two records for one dicom_id mean a bug upstream).
+Each element is ``(group, key, item)``. Per group the shard count follows from the group's size (``ShardPlan``:
+``ceil(total bytes / target)``, where an item's bytes are its payload's length or an estimate, with an optional
+floor so a small dataset still spreads over several shards), a record's shard is a pure function of its key (sha256
+scaled into the shard range, as TensorFlow Datasets does), and items are written sorted by key inside a shard. Files
+are ``<dir>/<group>-SSSSS-of-NNNNN<suffix>``; every shard of every expected group exists, empty ones included, so
+readers can rely on the pattern. Duplicate keys fail the job when keys must be unique (two records for one dicom_id
+mean a bug upstream).
+
+An item is its payload bytes, or, with a ``Renderer``, whatever the renderer turns into a payload inside the
+writer, one item at a time, as it appends to the file: the image stage runs there, so pixels are never shuffled.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import itertools
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -30,8 +36,50 @@ class ShardFormat:
     gzip: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """How many shards a group gets: ``ceil(bytes / target_bytes)``, but at least ``min_shards`` as long as each
+    still holds ``min_items`` items. ``item_bytes`` (when set) is the size estimate used for every item instead
+    of its payload length."""
+    target_bytes: float
+    item_bytes: int = 0
+    min_shards: int = 1
+    min_items: int = 1
+
+    def size(self, item) -> int:
+        return self.item_bytes or len(item)
+
+    def shards(self, items: int, total_bytes: int) -> int:
+        floor = min(self.min_shards, items // self.min_items)
+        return max(1, num_shards(total_bytes, self.target_bytes), floor)
+
+
+class Renderer(Protocol):
+    """Turns an item into its payload inside the writer. ``render`` returns (payload, or None to skip the item;
+    tagged outputs to emit, e.g. rejects, events, the item as written)."""
+
+    def setup(self) -> None: ...
+
+    def render(self, item) -> tuple[bytes | None, list[Any]]: ...
+
+
 class DuplicateKeyError(RuntimeError):
     pass
+
+
+class AssertUniqueKeys(beam.PTransform):
+    """Keys -> nothing; fails the job on a key seen twice (run it before expensive per-record work)."""
+
+    def expand(self, keys):
+        def check(key_and_count):
+            if key_and_count[1] > 1:
+                raise DuplicateKeyError(f"duplicate record key {key_and_count[0]!r}: keys must be unique")
+            return []
+
+        return (keys
+                | "One" >> beam.Map(lambda key: (key, 1))
+                | "CountPerKey" >> beam.CombinePerKey(sum)
+                | "AtMostOnce" >> beam.FlatMap(check))
 
 
 def num_shards(total_bytes: int, target_bytes: float) -> int:
@@ -63,28 +111,47 @@ def write_file(path: str, chunks: Iterable[bytes], compress: bool) -> int:
 
 
 class _WriteShard(beam.DoFn):
-    def __init__(self, directory: str, fmt: ShardFormat, unique_keys: bool):
+    def __init__(self, directory: str, fmt: ShardFormat, unique_keys: bool, renderer: Renderer | None):
         self._directory = directory
         self._fmt = fmt
         self._unique = unique_keys
+        self._renderer = renderer
 
-    def process(self, element):
+    def setup(self):
+        if self._renderer is not None:
+            self._renderer.setup()
+
+    def process(self, element, *after):
         (group, index, shards), items = element
-        items = sorted(items)
+        items = sorted(items, key=lambda pair: pair[0])
         if self._unique:
             for (key, _), (next_key, _) in zip(items, items[1:]):
                 if key == next_key:
                     raise DuplicateKeyError(f"duplicate record key {key!r} in {group}: keys must be unique")
+        emitted: list = []
+        written = [0]
+
+        def frames():
+            for _, item in items:
+                payload = item
+                if self._renderer is not None:
+                    payload, outputs = self._renderer.render(item)
+                    emitted.extend(outputs)
+                if payload is not None:
+                    written[0] += 1
+                    yield self._fmt.frame(payload)
+
         path = shard_path(self._directory, group, index, shards, self._fmt.suffix)
-        chunks = [self._fmt.header] + [self._fmt.frame(payload) for _, payload in items]
-        size = write_file(path, chunks, self._fmt.gzip)
+        size = write_file(path, itertools.chain([self._fmt.header], frames()), self._fmt.gzip)
         failpoints.reached("shard_written")
-        yield {"group": group, "path": path, "shard": index, "records": len(items), "bytes": size}
+        yield {"group": group, "path": path, "shard": index, "records": written[0], "bytes": size}
+        yield from emitted
 
 
-def _fill_missing(group, directory, fmt, target_bytes, totals, written):
-    """Write the empty shards of a group (no record hashed there, or no records at all)."""
-    shards = num_shards(totals.get(group, (0, 0))[1], target_bytes)
+def _fill_missing(group, directory, fmt, plan, totals, written):
+    """Write the empty shards of a group (no item hashed there, or no items at all)."""
+    count, size = totals.get(group, (0, 0))
+    shards = plan.shards(count, size)
     done = {w["shard"] for w in written if w["group"] == group}
     for index in range(shards):
         if index not in done:
@@ -99,35 +166,47 @@ def _sum_pairs(pairs):
 
 
 class WriteShards(beam.PTransform):
-    """(group, key, payload) -> files; outputs one dict per file written (group, path, shard, records, bytes)."""
+    """(group, key, item) -> files. Outputs the file records (group, path, shard, records, bytes) and, with a
+    renderer, a dict {"files": ..., <each tag the renderer emits>: ...}. ``after``: a PCollection that must be
+    complete before any shard is written (checks that must pass before the renderer reads anything)."""
 
-    def __init__(self, directory: str, groups: Iterable[str], fmt: ShardFormat, target_bytes: float,
-                 unique_keys: bool = True):
+    def __init__(self, directory: str, groups: Iterable[str], fmt: ShardFormat, plan: ShardPlan,
+                 unique_keys: bool = True, renderer: Renderer | None = None, tags: tuple[str, ...] = (),
+                 after: beam.PCollection | None = None):
         super().__init__()
         self._directory = directory
         self._groups = tuple(groups)
         self._fmt = fmt
-        self._target = target_bytes
+        self._plan = plan
         self._unique = unique_keys
+        self._renderer = renderer
+        self._tags = tags
+        self._after = after
 
     def expand(self, pcoll):
-        target = self._target
+        plan = self._plan
         totals = beam.pvalue.AsDict(
             pcoll
-            | "SizeOf" >> beam.Map(lambda e: (e[0], (1, len(e[2]))))
+            | "SizeOf" >> beam.Map(lambda e: (e[0], (1, plan.size(e[2]))))
             | "SumSizes" >> beam.CombinePerKey(_sum_pairs))
 
         def assign(element, totals):
-            group, key, payload = element
-            shards = num_shards(totals[group][1], target)
-            return (group, shard_of(key, shards), shards), (key, payload)
+            group, key, item = element
+            shards = plan.shards(*totals[group])
+            return (group, shard_of(key, shards), shards), (key, item)
 
-        written = (pcoll
+        after = [beam.pvalue.AsList(self._after)] if self._after is not None else []
+        results = (pcoll
                    | "AssignShard" >> beam.Map(assign, totals=totals)
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._fmt, self._unique)))
+                   | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._fmt, self._unique,
+                                                            self._renderer), *after).with_outputs(
+                       *self._tags, main="files"))
         filled = (pcoll.pipeline
                   | "Groups" >> beam.Create(self._groups)
-                  | "WriteEmptyShards" >> beam.FlatMap(_fill_missing, self._directory, self._fmt, target, totals,
-                                                       beam.pvalue.AsList(written)))
-        return (written, filled) | "Files" >> beam.Flatten()
+                  | "WriteEmptyShards" >> beam.FlatMap(_fill_missing, self._directory, self._fmt, plan, totals,
+                                                       beam.pvalue.AsList(results.files)))
+        files = (results.files, filled) | "Files" >> beam.Flatten()
+        if self._renderer is None:
+            return files
+        return {"files": files, **{tag: results[tag] for tag in self._tags}}

@@ -1,7 +1,7 @@
-"""Images: which enter the join (view filter on the metadata) and, after it, their pixels.
+"""Images: which enter the join (view filter on the metadata) and, inside the shard writer, their pixels.
 
-Image bytes are read only here, after the CoGroupByKey, once per record; nothing heavier than metadata is shuffled
-before the output shards.
+Image bytes are read by ``ImageLoader`` only, one record at a time, inside the TFRecord shard writer
+(beam_pipeline.fileio.outputs): no raw or processed pixels are ever shuffled or held beyond the record being written.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class ImageSettings:
     edge_map: bool
 
 
-class ProcessImages(beam.DoFn):
-    """Record -> record with its preprocessed image; a missing or broken image becomes a reject and the job goes on."""
+class ImageLoader:
+    """Reads and preprocesses one record's image. ``load`` returns the record with its image, or None, and the
+    events and rejects to emit: a missing, unreadable or broken image is a reject and the job goes on."""
 
     def __init__(self, cxr_root: str, settings: ImageSettings, source: BeamSource = BeamSource()):
         self._root = cxr_root
@@ -58,23 +59,28 @@ class ProcessImages(beam.DoFn):
     def setup(self):
         cv2.setNumThreads(1)  # Beam already runs one bundle per core; OpenCV threads would only oversubscribe
 
-    def process(self, record: Record):
+    def load(self, record: Record) -> tuple[Record | None, list]:
         s = self._settings
         try:
             data = self._source.read(FileSystems.join(self._root, record.image_path))
             image = pixels.preprocess(data, s.size, s.mode, s.fmt, s.jpeg_quality, s.edge_map)
         except FileNotFoundError:
-            yield from self._reject(record, "missing_image", f"no file at {record.image_path}")
-            return
+            return None, self._reject(record, "missing_image", f"no file at {record.image_path}")
         except pixels.ImageError as err:
-            yield from self._reject(record, err.reason, f"{record.image_path}: {err.detail}")
-            return
-        yield accounting.event(f"images_decoded_at_1/{image.reduction}")
+            return None, self._reject(record, err.reason, f"{record.image_path}: {err.detail}")
+        events = [accounting.event(f"images_decoded_at_1/{image.reduction}")]
         if (record.image_rows, record.image_columns) != (image.original_height, image.original_width):
-            yield accounting.event("images_size_differs_from_metadata")
-        yield dataclasses.replace(record, image=image)
+            events.append(accounting.event("images_size_differs_from_metadata"))
+        return dataclasses.replace(record, image=image), events
 
     @staticmethod
-    def _reject(record: Record, reason: str, detail: str):
-        yield from accounting.reject("images", reason, subject_id=record.subject_id, study_id=record.study_id,
-                                     dicom_id=record.dicom_id, detail=detail, counter="rejected")
+    def _reject(record: Record, reason: str, detail: str) -> list:
+        return list(accounting.reject("images", reason, subject_id=record.subject_id, study_id=record.study_id,
+                                      dicom_id=record.dicom_id, detail=detail, counter="rejected"))
+
+
+def without_pixels(record: Record) -> Record:
+    """The record as the later stages need it once written: image geometry kept, encoded bytes dropped."""
+    if record.image is None:
+        return record
+    return dataclasses.replace(record, image=dataclasses.replace(record.image, encoded=b"", edge_map=None))

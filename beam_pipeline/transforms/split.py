@@ -65,20 +65,28 @@ def _check_one_split(subject_and_splits):
     splits = sorted(set(splits))
     if len(splits) > 1:
         raise PatientOverlapError(f"subject {subject_id} appears in splits {splits}: splits must be patient-disjoint")
-    yield accounting.count(f"patients/{splits[0]}")
+    return []
 
 
 class AssertPatientDisjoint(beam.PTransform):
-    """Records -> events ``patients/<split>`` and ``studies/<split>``; fails the job on any patient overlap."""
+    """Records -> nothing; fails the job if a patient has records in two splits. Runs before any image is read."""
 
     def expand(self, records):
-        patients = (records
-                    | "SubjectSplit" >> beam.Map(lambda r: (r.subject_id, r.split))
-                    | "DistinctSubjectSplit" >> beam.Distinct()
-                    | "GroupBySubject" >> beam.GroupByKey()
-                    | "OneSplitPerSubject" >> beam.FlatMap(_check_one_split))
-        studies = (records
-                   | "StudySplit" >> beam.Map(lambda r: (r.study_id, r.split))
-                   | "DistinctStudySplit" >> beam.Distinct()
-                   | "CountStudies" >> beam.Map(lambda s: accounting.count(f"studies/{s[1]}")))
-        return (patients, studies) | "Events" >> beam.Flatten()
+        return (records
+                | "SubjectSplit" >> beam.Map(lambda r: (r.subject_id, r.split))
+                | "DistinctSubjectSplit" >> beam.Distinct()
+                | "GroupBySubject" >> beam.GroupByKey()
+                | "OneSplitPerSubject" >> beam.FlatMap(_check_one_split))
+
+
+class CountPatientsAndStudies(beam.PTransform):
+    """Written records -> events ``patients/<split>`` and ``studies/<split>``."""
+
+    def expand(self, records):
+        counted = []
+        for name, key in (("Patients", lambda r: (r.subject_id, r.split)), ("Studies", lambda r: (r.study_id, r.split))):
+            counted.append(records
+                           | f"{name}Split" >> beam.Map(key)
+                           | f"Distinct{name}" >> beam.Distinct()
+                           | f"Count{name}" >> beam.Map(lambda s, n=name.lower(): accounting.count(f"{n}/{s[1]}")))
+        return counted | "Events" >> beam.Flatten()
