@@ -18,7 +18,8 @@ from beam_pipeline import mimic, sample
 from beam_pipeline.readers.common import resolve_output
 from gcs_proxy import RequesterPaysProxy
 
-OPEN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "open-data"
+# The small real open-data files the core tests read, committed with their licences (tests/data/open-data/README.md).
+OPEN_DATA = Path(__file__).resolve().parent / "data" / "open-data"
 ED_DEMO = OPEN_DATA / "mimic-iv-ed-demo-2.2"
 IV_DEMO = OPEN_DATA / "mimic-iv-demo-2.2"
 

@@ -7,8 +7,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.transforms.records import Record
-from beam_pipeline.transforms.split import (AssertPatientDisjoint, AssignSplit, CountPatientsAndStudies,
-                                            PatientOverlapError, hash_split, unit_interval)
+from beam_pipeline.transforms.split import (AssertPatientDisjoint, AssignSplits, CountPatientsAndStudies,
+                                            PatientOverlapError, hash_split, most_held_out, unit_interval)
 from conftest import test_pipeline
 
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -42,7 +42,7 @@ def test_hash_assignment_keeps_a_patients_images_together():
     records = [record(10000000 + i % 50, f"d{i}") for i in range(500)]
     with test_pipeline() as p:
         out = (p | beam.Create(records)
-               | beam.ParDo(AssignSplit("hash", "s", FRACTIONS)).with_outputs("rejects", "events", main="records"))
+               | AssignSplits("hash", "s", FRACTIONS))
         splits_per_patient = (out.records
                               | beam.Map(lambda r: (r.subject_id, r.split))
                               | "DistinctPairs" >> beam.Distinct()
@@ -56,12 +56,29 @@ def test_official_split_maps_validate_and_rejects_missing():
     records = [record(1, "a", official="train"), record(2, "b", official="validate"), record(3, "c", official="test"),
                record(4, "d", official=None), record(5, "e", official="holdout")]
     with test_pipeline() as p:
-        out = (p | beam.Create(records)
-               | beam.ParDo(AssignSplit("official", "s", FRACTIONS)).with_outputs("rejects", "events", main="records"))
+        out = p | beam.Create(records) | AssignSplits("official", "s", FRACTIONS)
         assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
                     equal_to([("a", "train"), ("b", "val"), ("c", "test")]))
         assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"])),
                     equal_to([("d", "not_in_official_split"), ("e", "unknown_official_split")]), label="Rejects")
+        assert_that(out.events, equal_to([("rejected", 1), ("rejected", 1), ("rejects/split/not_in_official_split", 1),
+                                          ("rejects/split/unknown_official_split", 1)]), label="Events")
+
+
+def test_a_patient_in_several_official_splits_moves_to_the_most_held_out_one():
+    assert most_held_out({"train", "val"}) == "val" and most_held_out({"val", "test", "train"}) == "test"
+    records = [record(1, "a", official="train"), record(1, "b", official="test"), record(1, "c", official="train"),
+               record(2, "d", official="validate"), record(2, "e", official="train"), record(2, "f"),
+               record(3, "g", official="train")]
+    with test_pipeline() as p:
+        out = p | beam.Create(records) | AssignSplits("official", "s", FRACTIONS)
+        assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
+                    equal_to([("a", "test"), ("b", "test"), ("c", "test"), ("d", "val"), ("e", "val"),
+                              ("g", "train")]))
+        assert_that(out.events | beam.CombinePerKey(sum),
+                    equal_to([("split_reassigned_patients", 2), ("split_reassigned_records", 3), ("rejected", 1),
+                              ("rejects/split/not_in_official_split", 1)]), label="Events")
+        assert_that(out.records | AssertPatientDisjoint(), equal_to([]), label="Disjoint")
 
 
 def test_written_records_count_patients_and_studies_and_pass_the_disjointness_check():

@@ -1,9 +1,12 @@
 """Patient-level splits, and a check in the pipeline that no patient is in two splits.
 
-``hash``: the split is a pure function of (salt, subject_id) via sha256, so it is the same on every worker and every
-rerun, and a patient's images always land together. ``official``: the MIMIC-CXR split file, per image
-(``validate`` -> ``val``); images missing from it are rejected. Either way the job fails if a subject_id ends up in
-more than one split.
+``official`` (the default): the MIMIC-CXR split file, per image (``validate`` -> ``val``), so results compare with
+published models; an image missing from the file is rejected (``not_in_official_split``, counted). A patient whose
+images sit in more than one official split has all of them moved to the most held-out of those splits (test, then
+val), so no patient straddles splits and no official test image ever becomes training data; the moves are counted
+(``split_reassigned_records`` / ``_patients``). ``hash``: a pure function of (salt, subject_id) via sha256, the same
+on every worker and rerun. Records are grouped by subject_id first, so a patient's images are assigned together;
+the job still verifies before writing anything that no subject_id is in two splits.
 """
 
 from __future__ import annotations
@@ -35,16 +38,30 @@ def hash_split(subject_id: int, salt: str, fractions: Sequence[float]) -> str:
     return mimic.SPLITS[-1]  # u within rounding of 1.0
 
 
-class AssignSplit(beam.DoFn):
+HELD_OUT_ORDER = ("train", "val", "test")  # a patient in several official splits goes to the last one present
+
+
+def most_held_out(splits) -> str:
+    return max(splits, key=HELD_OUT_ORDER.index)
+
+
+class _AssignSubject(beam.DoFn):
+    """(subject_id, records) -> the records with their split; images missing from the official file are rejected."""
+
     def __init__(self, strategy: str, salt: str, fractions: Sequence[float]):
         self._strategy = strategy
         self._salt = salt
         self._fractions = tuple(fractions)
 
-    def process(self, record: Record):
+    def process(self, element):
+        subject_id, records = element
         if self._strategy == "hash":
-            split = hash_split(record.subject_id, self._salt, self._fractions)
-        else:
+            split = hash_split(subject_id, self._salt, self._fractions)
+            for record in records:
+                yield dataclasses.replace(record, split=split)
+            return
+        kept = []
+        for record in records:
             split = mimic.OFFICIAL_SPLITS.get(record.official_split or "")
             if split is None:
                 reason = "not_in_official_split" if record.official_split is None else "unknown_official_split"
@@ -52,8 +69,32 @@ class AssignSplit(beam.DoFn):
                                              study_id=record.study_id, dicom_id=record.dicom_id,
                                              detail=f"cxr_split: split={record.official_split!r}",
                                              counter="rejected")
-                return
-        yield dataclasses.replace(record, split=split)
+            else:
+                kept.append((record, split))
+        if not kept:
+            return
+        target = most_held_out({split for _, split in kept})
+        moved = sum(split != target for _, split in kept)
+        if moved:
+            yield accounting.event("split_reassigned_patients")
+            yield accounting.event("split_reassigned_records", moved)
+        for record, _ in kept:
+            yield dataclasses.replace(record, split=target)
+
+
+class AssignSplits(beam.PTransform):
+    """Records -> records with their split (patient by patient), plus the rejects and events every stage has."""
+
+    def __init__(self, strategy: str, salt: str, fractions: Sequence[float]):
+        super().__init__()
+        self._dofn = _AssignSubject(strategy, salt, fractions)
+
+    def expand(self, records):
+        return (records
+                | "KeyBySubject" >> beam.Map(lambda r: (r.subject_id, r))
+                | "GroupBySubject" >> beam.GroupByKey()
+                | "AssignPerSubject" >> beam.ParDo(self._dofn).with_outputs(
+                    accounting.REJECTS, accounting.EVENTS, main="records"))
 
 
 class PatientOverlapError(RuntimeError):
