@@ -1,10 +1,15 @@
 """The data card: ``python -m beam_pipeline.report OUTPUT [--samples 8]`` writes OUTPUT/report/index.html and its
 PNG figures (local or gs://; follows LATEST).
 
-It reads only what the run wrote: metadata.json (counts, exact statistics, config, versions, checksums), the manifest
-(patients, studies and images per split) and the first few validation records for the sample grid, so it takes
-seconds on any dataset size. Sections: funnel, splits, labels, timing, text, demographics, images, retrieval,
-samples, provenance. The page checks in the browser that every image loaded and says so at the top.
+It reads only what the run wrote: metadata.json (counts, exact statistics, the leakage probe, config, versions,
+checksums) and the manifest (patients, studies and images per split), so it takes seconds on any dataset size.
+Sections: funnel, splits, labels, timing, text, leakage, demographics, images, retrieval, samples, provenance. The
+page checks in the browser that every image loaded and says so at the top.
+
+Safe to look at by default: aggregates only, and every count from 1 to 10 is shown as "<11" (small-cell
+suppression, as CMS and most data use agreements ask), in tables, figure bars and annotations alike; no note text
+and no record images. ``--samples N`` opts into N validation records (filtered note, labels, thumbnail) and marks the
+page "contains patient data, do not share".
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run, shard_files
 
 THUMBNAIL = 192
+SMALL_CELL = 10  # counts 1..SMALL_CELL are never shown
+SUPPRESSED = f"<{SMALL_CELL + 1}"
+PHI_BANNER = "Contains patient data, do not share"
 COLORS = {"positive": "#c0392b", "uncertain": "#e67e22", "negative": "#2e86c1", "blank": "#d5d8dc"}
 
 
@@ -68,6 +76,45 @@ def sample_records(folder: str, metadata: dict, n: int) -> list[dict]:
     return samples
 
 
+# --- small-cell suppression ----------------------------------------------------------------------------------
+
+def small(n) -> bool:
+    """A count that must not be shown (1 to 10)."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= SMALL_CELL
+
+
+class Count(int):
+    """A count as displayed: "<11" when small, else with thousands separators."""
+
+    def __str__(self) -> str:
+        return SUPPRESSED if small(int(self)) else f"{int(self):,}"
+
+
+def cells(values: list[int]) -> list:
+    """A row of counts that add up to a shown total: small ones become "<11", and when that hides just one cell the
+    smallest other non-zero cell becomes "suppressed" too, so no small count follows by subtraction."""
+    hidden = {i for i, v in enumerate(values) if small(v)}
+    if len(hidden) == 1:
+        rest = sorted((v, i) for i, v in enumerate(values) if v and i not in hidden)
+        if rest:
+            hidden.add(rest[0][1])
+    return [SUPPRESSED if small(v) else "suppressed" if i in hidden else Count(v) for i, v in enumerate(values)]
+
+
+def rate(count: int, total: int):
+    """count / total, or "<11" when the count is small (a rate of a known total would reveal it)."""
+    return SUPPRESSED if small(count) else count / max(1, total)
+
+
+def drawn(counts: dict[str, int]) -> dict[str, int]:
+    """Bar heights: small counts are not drawn (0; the axis label says "<11")."""
+    return {k: 0 if small(v) else v for k, v in counts.items()}
+
+
+def tick_names(counts: dict[str, int]) -> list[str]:
+    return [f"{k} ({SUPPRESSED})" if small(v) else k for k, v in counts.items()]
+
+
 # --- figures -------------------------------------------------------------------------------------------------
 
 def _png(figure) -> bytes:
@@ -89,9 +136,9 @@ def _pyplot():
 
 
 def _bars(ax, counts: dict[str, int], title: str, color: str = "#2e86c1") -> None:
-    names = list(counts)
-    ax.bar(range(len(names)), [counts[k] for k in names], color=color)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    heights = drawn(counts)  # a small count is not drawn, its tick says "<11"
+    ax.bar(range(len(heights)), list(heights.values()), color=color)
+    ax.set_xticks(range(len(heights)), tick_names(counts), rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)
 
 
@@ -102,11 +149,11 @@ def funnel_figure(counts: dict) -> bytes:
               "written": counts["matched"]}
     reasons = counts["rejected_by_reason"] or {"(none)": 0}
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]})
-    left.barh(list(stages)[::-1], list(stages.values())[::-1], color="#2e86c1")
+    left.barh(list(stages)[::-1], list(drawn(stages).values())[::-1], color="#2e86c1")
     for i, value in enumerate(list(stages.values())[::-1]):
-        left.text(value, i, f" {value:,}", va="center", fontsize=8)
+        left.text(0 if small(value) else value, i, f" {Count(value)}", va="center", fontsize=8)
     left.set_title("Stage funnel (images)", fontsize=10)
-    right.barh(list(reasons)[::-1], list(reasons.values())[::-1], color="#c0392b")
+    right.barh(tick_names(reasons)[::-1], list(drawn(reasons).values())[::-1], color="#c0392b")
     right.set_title("Rejected kept-view images by reason", fontsize=10)
     right.tick_params(labelsize=8)
     return _png(figure)
@@ -120,10 +167,11 @@ def labels_figure(stats: dict) -> bytes:
         total = max(1, sum(labels[mimic.LABELS[0]].values()))
         left = np.zeros(len(mimic.LABELS))
         for state, color in COLORS.items():
-            share = np.array([labels[name][state] / total for name in mimic.LABELS])
+            share = np.array([0.0 if small(labels[name][state]) else labels[name][state] / total
+                              for name in mimic.LABELS])  # small cells are gaps
             ax.barh(mimic.LABELS, share, left=left, color=color, label=state)
             left += share
-        ax.set_title(f"{split} ({total:,} images)", fontsize=10)
+        ax.set_title(f"{split} ({Count(total)} images; gaps: cells {SUPPRESSED})", fontsize=10)
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
     axes[0].legend(fontsize=8, loc="lower right")
@@ -145,14 +193,16 @@ def demographics_figure(stats: dict) -> bytes:
     for i, split in enumerate(mimic.SPLITS):
         ages = stats["per_split"][split]["age"]
         total = max(1, sum(ages.values()))
-        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in ages.values()], width, label=split)
+        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in drawn(ages).values()], width,
+                   label=split)
         sexes = stats["per_split"][split]["sex"]
         total = max(1, sum(sexes.values()))
-        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in sexes.values()], width, label=split)
+        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in drawn(sexes).values()], width,
+                   label=split)
     age_ax.set_xticks(range(len(ages)), list(ages), rotation=45, fontsize=8)
     sex_ax.set_xticks(range(len(sexes)), list(sexes), fontsize=8)
-    age_ax.set_title("Age at the X-ray (share of images)", fontsize=10)
-    sex_ax.set_title("Sex (share of images)", fontsize=10)
+    age_ax.set_title(f"Age at the X-ray (share of images; cells {SUPPRESSED} not drawn)", fontsize=10)
+    sex_ax.set_title(f"Sex (share of images; cells {SUPPRESSED} not drawn)", fontsize=10)
     age_ax.legend(fontsize=8)
     return _png(figure)
 
@@ -174,8 +224,8 @@ def _table(header: list[str], rows: list[list], css: str = "") -> str:
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.1%}" if 0 <= value <= 1 else f"{value:,.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
+    if isinstance(value, int):  # every count on the page goes through here
+        return str(Count(value))
     return str(value)
 
 
@@ -193,12 +243,41 @@ def label_rows(stats: dict, split: str) -> list[list]:
     for name in mimic.LABELS:
         states = labels[name]
         total = max(1, sum(states.values()))
-        rows.append([name, states["positive"], states["positive"] / total, states["uncertain"] / total,
-                     states["blank"] / total])
+        rows.append([name, states["positive"], rate(states["positive"], total), rate(states["uncertain"], total),
+                     rate(states["blank"], total)])
     return rows
 
 
+PROBE_TITLES = {"filtered_note": "filtered note", "filtered_note_without_marker": "filtered note, marker deleted",
+                "unfiltered_note": "unfiltered note", "structured": "structured features"}
+
+
+def probe_part(probe: dict | None) -> str:
+    """The leakage probe: per label, validation AUROC of the same classifier on each input."""
+    if not probe:
+        return "<p>This run has no leakage probe (metadata.json written by an older version).</p>"
+    inputs = probe["inputs"]
+    rows = []
+    for label, entry in probe["labels"].items():
+        aurocs = [f"{entry[name]:.3f}" if name in entry else "–" for name in inputs]
+        rows.append([label, *aurocs, entry["n_train"], entry["n_val"], entry["positives_val"],
+                     f"skipped: fewer than {probe.get('min_class', 5)} positives or negatives"
+                     if "skipped" in entry else ""])
+    method = probe["method"]
+    return (f"<p>Validation AUROC of one simple classifier per label ({html.escape(method['classifier'])}; text: "
+            f"{html.escape(method['text_features'])}), trained on {Count(probe['n_train'])} train and scored on "
+            f"{Count(probe['n_val'])} val records ({html.escape(method['subsample'])}). "
+            f"{html.escape(method['how_to_read'][0].upper() + method['how_to_read'][1:])}. 0.5 is chance. The "
+            "unfiltered note is never written; only these numbers are kept.</p>" +
+            _table(["label", *[PROBE_TITLES.get(name, name) for name in inputs], "train records", "val records",
+                    "val positives", ""], rows, "probe"))
+
+
 def sample_cards(samples: list[dict], names: list[str]) -> str:
+    if not samples:
+        return ("<p>Aggregate only: no note text and no record images on this page. <code>python -m "
+                "beam_pipeline.report OUTPUT --samples N</code> adds N validation records (filtered note, labels, "
+                f"thumbnail) and marks the page \"{PHI_BANNER.lower()}\".</p>")
     cards = []
     for example, name in zip(samples, names):
         raw = example["labels/chexpert"]
@@ -220,7 +299,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200p
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}section{margin-bottom:2em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}.card{margin:0;border:1px solid
-#ddd;padding:8px;font-size:12px}.card img{width:192px;height:192px}.warn{background:#fdf2e9;padding:8px}"""
+#ddd;padding:8px;font-size:12px}.card img{width:192px;height:192px}.warn{background:#fdf2e9;padding:8px}
+.phi{background:#c0392b;color:#fff;font-size:1.4em;font-weight:bold;padding:12px;text-align:center}"""
 CHECK_IMAGES = """<script>window.addEventListener("load",()=>{const all=[...document.images];
 const broken=all.filter(i=>!(i.complete&&i.naturalWidth>0)).length;document.body.dataset.images=all.length;
 document.body.dataset.brokenImages=broken;document.getElementById("image-check").textContent=broken?
@@ -233,14 +313,19 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
     funnel_rows = [["images in metadata", counts["images_total"]], ["unreadable rows", counts["images_unreadable"]],
                    ["other views", counts["images_other_view"]],
                    [f"kept views ({','.join(config['views'])})", counts["images_kept_view"]],
-                   ["no ED stay in window", counts["no_ed_stay"]], ["rejected", counts["rejected"]],
+                   ["no ED stay in window", counts["no_ed_stay"]],
+                   ["after ED departure, dropped (--within_ed_stay)", counts.get("dropped_after_ed_departure", 0)],
+                   ["rejected", counts["rejected"]],
                    *[[f"rejected: {k}", v] for k, v in counts["rejected_by_reason"].items()],
-                   ["written (matched)", counts["matched"]]]
+                   ["written (matched)", counts["matched"]],
+                   ["written: without labels", counts["labels"].get("no_label_row", 0) +
+                    counts["labels"].get("all_blank", 0)],
+                   ["written: after ED departure", counts.get("after_ed_departure", 0)]]
     split_rows = [[s, splits[s]["images"], splits[s]["studies"], splits[s]["patients"]] for s in mimic.SPLITS]
     notes = counts["notes"]
     text_rows = [["notes tokenised", notes["tokenized"]], ["notes redacted by the leakage filter", notes["redacted"]],
                  ["notes truncated", notes["truncated"]],
-                 ["truncation rate", notes["truncated"] / max(1, notes["tokenized"])],
+                 ["truncation rate", rate(notes["truncated"], notes["tokenized"])],
                  *[[f"leakage rule: {k}", v] for k, v in counts["leakage_hits"].items()]]
     sections = [
         _section("funnel", "Stage funnel", _table(["stage", "images"], funnel_rows, "funnel"),
@@ -252,19 +337,24 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
                                      label_rows(stats, s), f"labels-{s}") for s in mimic.SPLITS],
                  _figure("labels.png", "label prevalence per split")),
         _section("timing", "Hours from ED arrival to the X-ray",
-                 _table(["hours", "images"], [[k, v] for k, v in stats["hours_from_arrival"].items()], "hours"),
+                 _table(["hours", "images"], [[k, v] for k, v in zip(stats["hours_from_arrival"],
+                                                                    cells(list(stats["hours_from_arrival"].values())))],
+                        "hours"),
                  _figure("hours.png", "hours from arrival")),
         _section("text", "Notes and tokens", _table(["", "count"], text_rows, "text"),
                  _figure("text.png", "note and token lengths")),
+        _section("leakage", "Leakage probe: what a classifier learns from the notes", probe_part(
+            metadata.get("leakage_probe"))),
         _section("demographics", "Age and sex per split", *[
-            f"<h3>{s}</h3>" + _table(["", *stats["per_split"][s]["age"]], [["age", *stats["per_split"][s]["age"]
-                                                                           .values()]], f"age-{s}") +
-            _table(["", *stats["per_split"][s]["sex"]], [["sex", *stats["per_split"][s]["sex"].values()]],
+            f"<h3>{s}</h3>" + _table(["", *stats["per_split"][s]["age"]],
+                                     [["age", *cells(list(stats["per_split"][s]["age"].values()))]], f"age-{s}") +
+            _table(["", *stats["per_split"][s]["sex"]], [["sex", *cells(list(stats["per_split"][s]["sex"].values()))]],
                    f"sex-{s}") for s in mimic.SPLITS], _figure("demographics.png", "age and sex per split")),
         _section("images", "Views and source image sizes", _table(
             ["split", *sorted({v for s in mimic.SPLITS for v in stats["per_split"][s]["view"]})],
-            [[s, *[stats["per_split"][s]["view"].get(v, 0) for v in
-                   sorted({v for t in mimic.SPLITS for v in stats["per_split"][t]["view"]})]] for s in mimic.SPLITS],
+            [[s, *cells([stats["per_split"][s]["view"].get(v, 0) for v in
+                         sorted({v for t in mimic.SPLITS for v in stats["per_split"][t]["view"]})])]
+             for s in mimic.SPLITS],
             "views"), _table(["source size (rows x columns)", "images"],
                              [[k, v] for k, v in list(stats["image_sizes"].items())[:15]], "sizes"),
                  _figure("images.png", "views and image sizes")),
@@ -282,6 +372,10 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
     sections.append(_section("samples", f"Sample validation records ({len(samples)})",
                              '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same '
                              'data use agreement as the dataset.</p>', sample_cards(samples, sample_names)))
+    banner = f'<p class="phi" id="phi-banner">{PHI_BANNER}: {len(samples)} sample records with note text and ' \
+             'images below.</p>' if samples else ""
+    aggregate = "" if samples else f'<p id="aggregate">Aggregate only; counts from 1 to {SMALL_CELL} are shown as ' \
+                                   f'"{SUPPRESSED}".</p>'
     provenance = [
         "<h3>Config</h3>" + _table(["flag", "value"], [[k, json.dumps(v)] for k, v in config.items()], "config"),
         "<h3>Versions</h3>" + _table(["package", "version"], list(metadata["versions"].items()), "versions"),
@@ -291,14 +385,17 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
         "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
     sections.append(_section("provenance", "Config, versions and inputs", *provenance))
     title = html.escape(config["output"])
+    title = (f"{PHI_BANNER}: " if samples else "") + title
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data card: {title}'
-            f'</title><style>{STYLE}</style></head><body><h1>Data card</h1><p>{html.escape(metadata["dataset"])}: '
-            f'<code>{html.escape(config["output"])}</code>, {counts["matched"]:,} records. '
-            f'<span id="image-check">checking images…</span></p>{"".join(sections)}{CHECK_IMAGES}</body></html>')
+            f'</title><style>{STYLE}</style></head><body>{banner}<h1>Data card</h1><p>'
+            f'{html.escape(metadata["dataset"])}: <code>{html.escape(config["output"])}</code>, '
+            f'{Count(counts["matched"])} records. <span id="image-check">checking images…</span></p>{aggregate}'
+            f'{"".join(sections)}{CHECK_IMAGES}</body></html>')
 
 
-def build(output: str, samples: int = 8, target: str = "") -> str:
-    """Write the report; return the path of index.html."""
+def build(output: str, samples: int = 0, target: str = "") -> str:
+    """Write the report; return the path of index.html. ``samples`` > 0 adds that many validation records (note
+    text and thumbnails) and the "contains patient data" banner; the default page is aggregate only."""
     folder, metadata = open_run(output)
     target = target or FileSystems.join(folder, "report")
     stats, counts = metadata["stats"], metadata["counts"]
@@ -319,7 +416,7 @@ def build(output: str, samples: int = 8, target: str = "") -> str:
         figures["retrieval.png"] = histograms_figure([("retrieval scores", stats["rag"]["scores"]),
                                                       ("most retrieved passages", dict(list(
                                                           stats["rag"]["passages"].items())[:10]))])
-    picked = sample_records(folder, metadata, samples) if metadata["image"] else []
+    picked = sample_records(folder, metadata, samples) if metadata["image"] and samples > 0 else []
     names = [f"sample-{i:02d}.png" for i in range(len(picked))]
     figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked)})
     page = render(metadata, split_summary(read_manifest(folder)), figures, picked, names)
@@ -335,7 +432,9 @@ def build(output: str, samples: int = 8, target: str = "") -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="the --output folder (follows its LATEST) or one run folder, local or gs://")
-    parser.add_argument("--samples", type=int, default=8, help="validation records in the sample grid (default 8)")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="add N validation records (note text and thumbnail) and mark the page 'contains "
+                             "patient data, do not share' (default 0: aggregate only, counts 1-10 shown as <11)")
     parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
     args = parser.parse_args(argv)
     print(f"Report: {build(args.output, args.samples, args.to)}")

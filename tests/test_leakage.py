@@ -88,6 +88,26 @@ def test_known_false_positives_of_the_original_survive(text):
     assert redact(text, RULES, TOKEN) == (text, {})
 
 
+NON_CHEST = [  # rules are scoped to chest findings: these must survive untouched
+    "hip fx", "L hip fx", "R wrist fx", "ankle fracture", "nasal fx", "fx of the left hip", "CT head", "head CT",
+    "CT abd/pelvis", "abnormal CT head", "MRI brain", "renal ultrasound", "L ankle swelling", "knee effusion",
+    "R knee effusion", "elbow effusion", "abdominal mass", "breast mass", "thyroid nodule", "LLE edema",
+]
+CHEST_COUNTERPARTS = ["rib fx", "clavicle fx", "CT chest", "chest CT", "CT", "abnormal CT", "effusion",
+                      "pleural effusion", "lung mass", "lung nodule", "pulmonary edema", "edema"]
+
+
+@pytest.mark.parametrize("phrase", NON_CHEST)
+def test_non_chest_phrases_survive_the_filter(phrase):
+    assert redact(leak(phrase), RULES, TOKEN) == (leak(phrase), {})
+
+
+@pytest.mark.parametrize("phrase", CHEST_COUNTERPARTS)
+def test_their_chest_counterparts_are_still_redacted(phrase):
+    filtered, hits = redact(leak(phrase), RULES, TOKEN)
+    assert hits and TOKEN in filtered
+
+
 def test_our_note_template_is_never_redacted():
     """Every sentence our note template can produce, fully populated, passes the filter untouched."""
     vitals = {"temperature": 101.3, "heartrate": 112.0, "resprate": 24.0, "o2sat": 91.0, "sbp": 150.0, "dbp": 92.0}
@@ -111,7 +131,7 @@ def test_rules_cover_all_fourteen_findings_and_are_documented():
     document = rules_document()
     findings = {rule["finding"] for rule in document["rules"]} - {None}
     assert findings == set(mimic.LABELS)
-    assert "word boundaries" in document["description"]
+    assert "word boundaries" in document["description"] and "except_before" in document["description"]
     assert len({rule["id"] for rule in document["rules"]}) == len(document["rules"])
 
 

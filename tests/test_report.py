@@ -18,8 +18,9 @@ from beam_pipeline import mimic, report, sample, show
 from beam_pipeline.run import run
 from conftest import ONE_WORKER, OFFLINE_TEXT, published
 
-SECTIONS = ["funnel", "splits", "labels", "timing", "text", "demographics", "images", "retrieval", "samples",
-            "provenance"]
+SECTIONS = ["funnel", "splits", "labels", "timing", "text", "leakage", "demographics", "images", "retrieval",
+            "samples", "provenance"]
+NOT_COUNTS = {"config", "versions", "probe"}  # tables whose cells are not counts (flags, versions, AUROCs)
 
 
 class Page(HTMLParser):
@@ -58,6 +59,11 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+def shown(n: int) -> str:
+    """How the data card shows a count: 1 to 10 as "<11"."""
+    return "<11" if 1 <= n <= 10 else f"{n:,}"
+
+
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory, kb_index):
     base = tmp_path_factory.mktemp("report")
@@ -65,54 +71,115 @@ def reported(tmp_path_factory, kb_index):
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                     f"--output={output}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={kb_index}", "--image_size=128"])
-    index = Path(report.build(str(output), samples=6))
+    index = Path(report.build(str(output)))  # the default: aggregate only
     manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv")) for row in csv.DictReader(p.open())]
     return output, metadata, index, Page(index.read_text()), manifest
+
+
+@pytest.fixture(scope="module")
+def with_samples(reported):
+    output = reported[0]
+    index = Path(report.build(str(output), samples=6, target=str(output.parent / "report-with-samples")))
+    return index, Page(index.read_text())
 
 
 def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
     output, metadata, index, page, manifest = reported
     counts, stats = metadata["counts"], metadata["stats"]
     assert page.sections == SECTIONS
-    funnel = {row[0]: number(row[1]) for row in page.tables["funnel"][1:]}
-    assert funnel["images in metadata"] == counts["images_total"] and funnel["written (matched)"] == counts["matched"]
-    assert funnel["no ED stay in window"] == counts["no_ed_stay"] and funnel["rejected"] == counts["rejected"]
+    funnel = {row[0]: row[1] for row in page.tables["funnel"][1:]}
+    assert funnel["images in metadata"] == shown(counts["images_total"])
+    assert funnel["written (matched)"] == shown(counts["matched"])
+    assert funnel["no ED stay in window"] == shown(counts["no_ed_stay"]) and funnel["rejected"] == shown(
+        counts["rejected"])
     assert {k[len("rejected: "):]: v for k, v in funnel.items() if k.startswith("rejected: ")} == \
-        counts["rejected_by_reason"]
+        {k: shown(v) for k, v in counts["rejected_by_reason"].items()}
     for row in page.tables["splits"][1:]:
-        split, images, studies, patients = row[0], *map(number, row[1:])
+        split, images, studies, patients = row
         rows = [r for r in manifest if r["split"] == split]
-        assert images == len(rows) == counts["per_split"][split]
-        assert studies == len({r["study_id"] for r in rows}) == counts["studies_per_split"][split]
-        assert patients == len({r["subject_id"] for r in rows}) == counts["patients_per_split"][split]
+        assert images == shown(len(rows)) == shown(counts["per_split"][split])
+        assert studies == shown(len({r["study_id"] for r in rows})) == shown(counts["studies_per_split"][split])
+        assert patients == shown(len({r["subject_id"] for r in rows})) == shown(counts["patients_per_split"][split])
     for split in mimic.SPLITS:
-        table = {row[0]: number(row[1]) for row in page.tables[f"labels-{split}"][1:]}
-        assert table == {label: stats["per_split"][split]["labels"][label]["positive"] for label in mimic.LABELS}
-        sexes = page.tables[f"sex-{split}"]
-        assert sum(map(number, sexes[1][1:])) == counts["per_split"][split]
-    hours = {row[0]: number(row[1]) for row in page.tables["hours"][1:]}
-    assert hours == stats["hours_from_arrival"] and sum(hours.values()) == counts["matched"]
+        table = {row[0]: row[1] for row in page.tables[f"labels-{split}"][1:]}
+        assert table == {label: shown(stats["per_split"][split]["labels"][label]["positive"])
+                         for label in mimic.LABELS}
+        sexes = stats["per_split"][split]["sex"]
+        assert page.tables[f"sex-{split}"][1][1:] == [str(c) for c in report.cells(list(sexes.values()))]
+    hours = {row[0]: row[1] for row in page.tables["hours"][1:]}
+    assert list(hours) == list(stats["hours_from_arrival"]) and sum(stats["hours_from_arrival"].values()) == \
+        counts["matched"]
+    assert list(hours.values()) == [str(c) for c in report.cells(list(stats["hours_from_arrival"].values()))]
     text = {row[0]: row[1] for row in page.tables["text"][1:]}
-    assert number(text["notes redacted by the leakage filter"]) == counts["notes"]["redacted"]
+    assert text["notes redacted by the leakage filter"] == shown(counts["notes"]["redacted"])
     passages = page.tables["passages"][1:]
     assert passages and all(row[1] for row in passages)  # ids with their titles
-    assert number(passages[0][2]) == max(stats["rag"]["passages"].values())
+    assert passages[0][2] == shown(max(stats["rag"]["passages"].values()))
     inputs = {row[0]: row[3] for row in page.tables["inputs"][1:]}
     assert inputs == {k: v["sha256"] for k, v in metadata["inputs"].items()}
 
 
-def test_samples_come_from_the_validation_split_and_every_image_exists(reported):
+def test_default_page_is_aggregate_only_with_small_cells_suppressed(reported):
     output, metadata, index, page, manifest = reported
+    text = index.read_text()
+    assert page.images == [name for name in page.images if not name.startswith("sample-")]  # figures only
+    assert "sample X-ray" not in text and "Chief complaint" not in text and "year-old" not in text
+    assert report.PHI_BANNER not in text and 'id="aggregate"' in text
+    small = [(name, row) for name, rows in page.tables.items() if name not in NOT_COUNTS
+             for row in rows[1:] for cell in row[1:] if re.fullmatch(r"\d+", cell) and 1 <= int(cell) <= 10]
+    assert not small, small  # not one count from 1 to 10 anywhere on the page
+    assert any("<11" in cell for rows in page.tables.values() for row in rows for cell in row)  # there were some
+    stats = metadata["stats"]["per_split"]["val"]["labels"]
+    rare = [label for label in mimic.LABELS if 1 <= stats[label]["positive"] <= 10]
+    assert rare and all(row[1] == "<11" and row[2] == "<11" for row in page.tables["labels-val"][1:]
+                        if row[0] in rare)  # count and rate both hidden
+
+
+def test_the_leakage_probe_table_shows_every_label(reported):
+    _, metadata, _, page, _ = reported
+    probe = metadata["leakage_probe"]
+    assert probe["inputs"] == ["filtered_note", "filtered_note_without_marker", "unfiltered_note", "structured"]
+    header, *rows = page.tables["probe"]
+    assert header[:5] == ["label", "filtered note", "filtered note, marker deleted", "unfiltered note",
+                          "structured features"]
+    assert [row[0] for row in rows] == list(mimic.LABELS)
+    fitted = 0
+    for row in rows:
+        entry = probe["labels"][row[0]]
+        if "skipped" in entry:
+            assert row[1:5] == ["–"] * 4 and row[-1].startswith("skipped")
+        else:
+            fitted += 1
+            assert row[1:5] == [f"{entry[name]:.3f}" for name in probe["inputs"]]
+            assert all(0.0 <= entry[name] <= 1.0 for name in probe["inputs"])
+        assert row[5:8] == [shown(entry["n_train"]), shown(entry["n_val"]), shown(entry["positives_val"])]
+    assert probe["n_train"] > 0 and fitted == sum("skipped" not in e for e in probe["labels"].values())
+
+
+def test_suppression_helpers_hide_small_cells_and_their_complement():
+    assert [str(report.Count(n)) for n in (0, 1, 10, 11, 12345)] == ["0", "<11", "<11", "11", "12,345"]
+    assert [str(c) for c in report.cells([500, 3, 40, 0])] == ["500", "<11", "suppressed", "0"]  # 3 = total - rest
+    assert [str(c) for c in report.cells([500, 3, 4, 40])] == ["500", "<11", "<11", "40"]
+    assert report.drawn({"a": 5, "b": 50, "c": 0}) == {"a": 0, "b": 50, "c": 0}
+    assert report.rate(3, 100) == "<11" and report.rate(30, 100) == 0.3
+
+
+def test_samples_opt_in_with_the_patient_data_banner(reported, with_samples):
+    output, metadata, _, _, manifest = reported
+    index, page = with_samples
+    text = index.read_text()
     val = {r["dicom_id"] for r in manifest if r["split"] == "val"}
-    shown = re.findall(r'alt="sample X-ray ([0-9a-f-]+)"', index.read_text())
-    assert len(shown) == min(6, len(val)) and set(shown) <= val
+    shown_ids = re.findall(r'alt="sample X-ray ([0-9a-f-]+)"', text)
+    assert len(shown_ids) == min(6, len(val)) and set(shown_ids) <= val
     assert all((index.parent / src).stat().st_size > 1000 for src in page.images)
-    assert "data use agreement" in index.read_text()
+    assert text.index(report.PHI_BANNER) < text.index("<h1>") and "do not share" in text.split("</title>")[0]
+    assert "data use agreement" in text and ("Chief complaint" in text or "year-old" in text)
 
 
-def test_report_renders_in_headless_chromium(reported, tmp_path):
-    """Served on loopback and opened in Debian's Chromium: no broken image, the funnel is on the page."""
-    _, _, index, page, _ = reported
+def test_report_renders_in_headless_chromium(with_samples, tmp_path):
+    """Served on loopback and opened in Debian's Chromium: no broken image (figures and thumbnails), the funnel is on
+    the page."""
+    index, page = with_samples
     browser = shutil.which("chromium")
     assert browser, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(index.parent))
@@ -133,7 +200,7 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
         server.shutdown()
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert f'data-images="{len(page.images)}"' in body and 'data-broken-images="0"' in body
-    assert f"all {len(page.images)} images loaded" in dom and "Stage funnel" in dom
+    assert f"all {len(page.images)} images loaded" in dom and "Stage funnel" in dom and "Leakage probe" in dom
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
 
 

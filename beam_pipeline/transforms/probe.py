@@ -1,0 +1,294 @@
+"""Leakage probe: how much a simple text classifier learns about each CheXpert label from the notes we write.
+
+For every label, an L2-regularised logistic regression is fitted on the train split and scored (AUROC) on the val
+split, on four inputs of the same records:
+
+* ``filtered_note``: the note as written (leakage-filtered, with the redaction marker where a span was removed);
+* ``filtered_note_without_marker``: the same note with every redaction marker deleted (only when the marker is not
+  empty): if it scores lower than ``filtered_note``, the marker itself tells the classifier a finding word was there;
+* ``unfiltered_note``: the note before the filter. It is never written anywhere: ``FilterLeakage`` hands the probe
+  only the hashed bag-of-words of a note it redacted (``UNFILTERED_TERMS``), keyed by dicom_id, and the probe keeps
+  nothing but the AUROC;
+* ``structured``: the structured features only (``features/values`` and ``features/missing``, standardised).
+
+A filter that works brings ``filtered_note`` down from ``unfiltered_note`` toward ``structured`` (what the ED data
+says about the label without any note wording); what remains above ``structured`` is signal carried by words the
+filter keeps (chief complaints such as "fever, cough" legitimately predict pneumonia).
+
+Method (fixed, so the same records give the same numbers byte for byte): notes are lower-cased and split into runs of
+letters and digits; every unigram and bigram (two words joined by one space) is hashed with CRC-32 of its UTF-8 bytes
+modulo 2^18, and a note is the binary set of its buckets. The model is logistic regression with an intercept and an
+L2 penalty of 1 on the weights (C = 1), fitted by Newton's method with conjugate-gradient steps and a backtracking
+line search in numpy; AUROCs are rounded to 4 decimals. Targets are ``labels/binary`` where
+``labels/mask`` is 1; a label is skipped, with the reason, when train or val has fewer than ``MIN_CLASS`` positives
+or negatives. AUROC is the Mann-Whitney statistic with ties counted half.
+
+Scale: the probe uses a deterministic subsample, the ``MAX_TRAIN`` train and ``MAX_VAL`` val records with the
+smallest sha256("probe:" + dicom_id) (``Top.PerKey``, so no worker holds more than that), and fits in one worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import zlib
+
+import apache_beam as beam
+import numpy as np
+
+from beam_pipeline import mimic
+
+UNFILTERED_TERMS = "probe_unfiltered"  # FilterLeakage output: (dicom_id, hashed terms) of notes it changed
+BUCKETS = 2 ** 18
+MAX_TRAIN = 20_000
+MAX_VAL = 5_000
+MIN_CLASS = 5
+L2 = 1.0
+NEWTON_STEPS = 30
+CG_STEPS = 60
+INPUTS = ("filtered_note", "filtered_note_without_marker", "unfiltered_note", "structured")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def hashed_terms(text: str) -> tuple[int, ...]:
+    """Sorted distinct buckets of the text's unigrams and bigrams (CRC-32 of the UTF-8 term mod 2^18)."""
+    words = _WORD.findall(text.lower())
+    terms = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    return tuple(sorted({zlib.crc32(term.encode("utf-8")) % BUCKETS for term in terms}))
+
+
+def without_marker(text: str, token: str) -> str:
+    return text.replace(token, " ") if token else text
+
+
+def rank(dicom_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"probe:{dicom_id}".encode("utf-8")).digest()[:8], "big")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeRow:
+    """What the probe keeps of one record: no text, only hashed terms, features and labels."""
+    rank: int
+    dicom_id: str
+    split: str
+    filtered: tuple[int, ...]
+    without_marker: tuple[int, ...]
+    unfiltered: tuple[int, ...] | None  # None: the filter did not change the note (then it equals ``filtered``)
+    structured: tuple[float, ...]
+    labels: tuple[int, ...]
+    mask: tuple[int, ...]
+
+
+def probe_row(record, token: str) -> ProbeRow:
+    return ProbeRow(rank(record.dicom_id), record.dicom_id, record.split, hashed_terms(record.note),
+                    hashed_terms(without_marker(record.note, token)), None,
+                    tuple(float(v) for v in record.features) + tuple(float(m) for m in record.features_missing),
+                    tuple(record.labels_binary), tuple(record.labels_mask))
+
+
+# --- model ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Design:
+    """A sparse matrix as parallel arrays (row, column, value); the last column is the intercept (all ones)."""
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    n: int
+    d: int
+
+    def dot(self, w: np.ndarray) -> np.ndarray:
+        return np.bincount(self.rows, weights=self.vals * w[self.cols], minlength=self.n)
+
+    def tdot(self, z: np.ndarray) -> np.ndarray:
+        return np.bincount(self.cols, weights=self.vals * z[self.rows], minlength=self.d)
+
+
+def _with_intercept(rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray], n: int, d: int) -> Design:
+    rows.append(np.arange(n))
+    cols.append(np.full(n, d))
+    vals.append(np.ones(n))
+    return Design(np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64),
+                  np.concatenate(vals).astype(np.float64), n, d + 1)
+
+
+def term_designs(train: list[tuple[int, ...]], val: list[tuple[int, ...]]) -> tuple[Design, Design]:
+    """Binary term matrices over the buckets seen in train (a bucket only in val has weight 0 anyway)."""
+    vocab = np.unique(np.fromiter((b for terms in train for b in terms), np.int64)) if train else np.zeros(0, np.int64)
+
+    def design(notes):
+        rows, cols = [], []
+        for i, terms in enumerate(notes):
+            buckets = np.asarray(terms, np.int64)
+            at = np.searchsorted(vocab, buckets)
+            known = (at < len(vocab)) & (vocab[np.minimum(at, len(vocab) - 1)] == buckets) if len(vocab) else \
+                np.zeros(len(buckets), bool)
+            cols.append(at[known])
+            rows.append(np.full(int(known.sum()), i))
+        return _with_intercept(rows, cols, [np.ones(len(c)) for c in cols], len(notes), len(vocab))
+
+    return design(train), design(val)
+
+
+def dense_designs(train: np.ndarray, val: np.ndarray) -> tuple[Design, Design]:
+    """Standardised (train mean and standard deviation) dense features."""
+    mean = train.mean(axis=0) if len(train) else 0.0
+    std = train.std(axis=0) if len(train) else 1.0
+    std = np.where(std > 0, std, 1.0)
+
+    def design(x):
+        x = (x - mean) / std
+        n, d = x.shape
+        return _with_intercept([np.repeat(np.arange(n), d)], [np.tile(np.arange(d), n)], [x.ravel()], n, d)
+
+    return design(train), design(val)
+
+
+def _loss(design: Design, y: np.ndarray, w: np.ndarray, penalty: np.ndarray) -> float:
+    z = design.dot(w)
+    return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(penalty * w * w))
+
+
+def fit_logistic(design: Design, y: np.ndarray, l2: float = L2) -> np.ndarray:
+    """Weights (intercept last) minimising the logistic loss + l2/2 ||w||^2 (intercept not penalised)."""
+    penalty = np.full(design.d, l2)
+    penalty[-1] = 0.0
+    w = np.zeros(design.d)
+    for _ in range(NEWTON_STEPS):
+        p = 1.0 / (1.0 + np.exp(-design.dot(w)))
+        grad = design.tdot(p - y) + penalty * w
+        if np.sqrt(grad @ grad) <= 1e-8 * max(1.0, len(y)):
+            break
+        s = p * (1.0 - p) + 1e-12
+
+        def hess(v):
+            return design.tdot(s * design.dot(v)) + penalty * v + 1e-10 * v
+
+        step, r = np.zeros(design.d), -grad  # conjugate gradient for H step = -grad
+        direction, rr = r.copy(), r @ r
+        for _ in range(CG_STEPS):
+            hd = hess(direction)
+            alpha = rr / (direction @ hd)
+            step += alpha * direction
+            r = r - alpha * hd
+            rr_next = r @ r
+            if np.sqrt(rr_next) <= 1e-3 * np.sqrt(grad @ grad):
+                break
+            direction = r + (rr_next / rr) * direction
+            rr = rr_next
+        loss, t, slope = _loss(design, y, w, penalty), 1.0, grad @ step
+        while t > 1e-8 and _loss(design, y, w + t * step, penalty) > loss + 1e-4 * t * slope:
+            t *= 0.5
+        w = w + t * step
+    return w
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half)."""
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score))
+    sorted_scores = score[order]
+    start = 0
+    while start < len(score):  # average ranks over ties
+        end = start
+        while end + 1 < len(score) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+# --- the probe -----------------------------------------------------------------------------------------------
+
+METHOD = {
+    "classifier": f"logistic regression, intercept + L2 penalty {L2} on the weights, Newton-CG (numpy), fitted on "
+                  "train, AUROC on val (labels/binary where labels/mask == 1)",
+    "text_features": f"binary hashed unigrams and bigrams: runs of [a-z0-9] in the lower-cased note, CRC-32 of the "
+                     f"UTF-8 term mod {BUCKETS}",
+    "structured_features": "features/values and features/missing, standardised with train mean and std",
+    "inputs": {
+        "filtered_note": "the note as written (leakage-filtered, with the redaction marker)",
+        "filtered_note_without_marker": "the written note with every redaction marker deleted",
+        "unfiltered_note": "the note before the leakage filter (never written; only its AUROC is kept)",
+        "structured": "the structured features only",
+    },
+    "subsample": f"at most {MAX_TRAIN} train and {MAX_VAL} val records: those with the smallest "
+                 "sha256('probe:' + dicom_id)",
+    "min_class": f"a label needs at least {MIN_CLASS} positives and {MIN_CLASS} negatives in train and in val",
+    "how_to_read": "filtered_note near structured: the notes say little beyond the structured data; near "
+                   "unfiltered_note: the filter removed little of what predicts the label; filtered_note above "
+                   "filtered_note_without_marker: the redaction marker itself reveals a finding",
+}
+
+
+def probe(rows: list[ProbeRow], token: str) -> dict:
+    """The ``leakage_probe`` block of metadata.json from the (subsampled) rows; order of ``rows`` is irrelevant."""
+    rows = sorted(rows, key=lambda r: (r.rank, r.dicom_id))
+    train = [r for r in rows if r.split == "train"]
+    val = [r for r in rows if r.split == "val"]
+    inputs = [name for name in INPUTS if token or name != "filtered_note_without_marker"]
+    labels: dict[str, dict] = {}
+    for index, label in enumerate(mimic.LABELS):
+        tr = [r for r in train if r.mask[index] == 1]
+        va = [r for r in val if r.mask[index] == 1]
+        y_train = np.array([r.labels[index] for r in tr], np.float64)
+        y_val = np.array([r.labels[index] for r in va], np.int64)
+        entry = {"n_train": len(tr), "n_val": len(va), "positives_train": int(y_train.sum()),
+                 "positives_val": int(y_val.sum())}
+        short = [f"{n} {kind} in {split}" for split, y in (("train", y_train), ("val", y_val))
+                 for kind, n in (("positives", int(y.sum())), ("negatives", int(len(y) - y.sum())))
+                 if n < MIN_CLASS]
+        if short:
+            labels[label] = {**entry, "skipped": f"fewer than {MIN_CLASS} of a class: " + ", ".join(short)}
+            continue
+        for name in inputs:
+            train_x, val_x = _designs(name, tr, va)
+            w = fit_logistic(train_x, y_train)
+            entry[name] = round(auroc(y_val, val_x.dot(w)), 4)
+        labels[label] = entry
+    return {"method": METHOD, "redaction_token": token, "min_class": MIN_CLASS, "n_train": len(train),
+            "n_val": len(val), "inputs": inputs, "labels": labels}
+
+
+def _designs(name: str, train: list[ProbeRow], val: list[ProbeRow]) -> tuple[Design, Design]:
+    if name == "structured":
+        return dense_designs(np.array([r.structured for r in train], np.float64),
+                             np.array([r.structured for r in val], np.float64))
+    pick = {"filtered_note": lambda r: r.filtered, "filtered_note_without_marker": lambda r: r.without_marker,
+            "unfiltered_note": lambda r: r.filtered if r.unfiltered is None else r.unfiltered}[name]
+    return term_designs([pick(r) for r in train], [pick(r) for r in val])
+
+
+class LeakageProbe(beam.PTransform):
+    """(written records, UNFILTERED_TERMS of FilterLeakage) -> one dict, metadata.json's ``leakage_probe``."""
+
+    def __init__(self, token: str, max_train: int = MAX_TRAIN, max_val: int = MAX_VAL):
+        super().__init__()
+        self._token = token
+        self._limits = {"train": max_train, "val": max_val}
+
+    def expand(self, inputs):
+        records, unfiltered = inputs
+        token, limits = self._token, self._limits
+        rows = records | "ProbeRows" >> beam.FlatMap(
+            lambda r: [(r.split, probe_row(r, token))] if r.split in limits else [])
+        picked = [rows | f"Pick {split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
+                  | f"Smallest {split}" >> beam.combiners.Top.PerKey(n, key=lambda row: (row.rank, row.dicom_id),
+                                                                     reverse=True)
+                  for split, n in limits.items()]
+        keyed = (picked | "Picked" >> beam.Flatten()
+                 | "Rows" >> beam.FlatMap(lambda kv: [(row.dicom_id, row) for row in kv[1]]))
+
+        def attach(item):
+            _, grouped = item
+            for row in grouped["rows"]:
+                terms = list(grouped["unfiltered"])
+                yield dataclasses.replace(row, unfiltered=tuple(terms[0]) if terms else None)
+
+        joined = ({"rows": keyed, "unfiltered": unfiltered} | "JoinUnfiltered" >> beam.CoGroupByKey()
+                  | "Attach" >> beam.FlatMap(attach))
+        return (joined | "AllRows" >> beam.combiners.ToList()
+                | "Fit" >> beam.Map(lambda rows: probe(rows, token)))

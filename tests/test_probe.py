@@ -1,0 +1,125 @@
+"""The leakage probe: hashed features, the classifier, AUROC, the marker question, determinism and the Beam wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import zlib
+
+import numpy as np
+import pytest
+import apache_beam as beam
+from apache_beam.testing.util import assert_that
+
+from beam_pipeline import mimic
+from beam_pipeline.transforms import probe as P
+from beam_pipeline.transforms.leakage import load_rules, redact
+from conftest import test_pipeline
+
+RULES = load_rules()
+MARKER = "[REDACTED]"
+PNEUMONIA = mimic.LABELS.index("Pneumonia")
+COMPLAINTS = ("Dyspnea", "Fever, Cough", "Chest pain", "s/p Fall", "Weakness", "Abd pain, N/V", "Syncope", "Cough")
+
+
+def test_terms_are_crc32_buckets_of_unigrams_and_bigrams_never_pythons_hash():
+    terms = P.hashed_terms("Fever, COUGH.")
+    expected = {zlib.crc32(t.encode()) % 2 ** 18 for t in ("fever", "cough", "fever cough")}
+    assert terms == tuple(sorted(expected)) and P.BUCKETS == 2 ** 18
+    assert P.hashed_terms("") == () and P.hashed_terms(f"a {MARKER} b") != P.hashed_terms(
+        P.without_marker(f"a {MARKER} b", MARKER))
+    assert P.without_marker(f"a {MARKER} b", "") == f"a {MARKER} b"
+
+
+def test_auroc_counts_ties_half():
+    assert P.auroc(np.array([0, 1, 0, 1, 1, 0]), np.array([.1, .1, .5, .5, .9, .2])) == pytest.approx(2 / 3)
+    assert P.auroc(np.array([0, 0, 1, 1]), np.array([1., 2., 3., 4.])) == 1.0
+    assert P.auroc(np.array([0, 1]), np.array([3., 3.])) == 0.5
+
+
+def test_logistic_regression_reaches_the_penalised_optimum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    y = (x[:, 0] - x[:, 2] + rng.normal(size=400) > 0).astype(float)
+    design, _ = P.dense_designs(x, x[:5])
+    w = P.fit_logistic(design, y)
+    p = 1 / (1 + np.exp(-design.dot(w)))
+    penalty = np.r_[np.full(6, P.L2), 0.0]
+    assert np.abs(design.tdot(p - y) + penalty * w).max() < 1e-5  # gradient of the objective vanishes
+    assert w[0] > 0.5 and w[2] < -0.5 and abs(w[4]) < 0.3
+
+
+def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
+    """Notes where only a finding word tells positives apart: a positive's complaint has "PNA" added, which the
+    filter replaces by ``token`` (deletes it when token is ""); the structured features are noise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = rng.random() < 0.3
+        complaint = rng.choice(COMPLAINTS) + (", PNA" if positive else "")
+        note = f"Patient, {rng.randint(20, 90)}-year-old, walking in. Chief complaint: {complaint}."
+        filtered, hits = redact(note, RULES, token)
+        labels = [0] * len(mimic.LABELS)
+        labels[PNEUMONIA] = int(positive)
+        split = "train" if i % 4 else "val"
+        rows.append(dataclasses.replace(
+            P.ProbeRow(P.rank(f"d{i}"), f"d{i}", split, P.hashed_terms(filtered),
+                       P.hashed_terms(P.without_marker(filtered, token)), None,
+                       tuple(rng.gauss(0, 1) for _ in range(4)), tuple(labels), (1,) * len(mimic.LABELS)),
+            unfiltered=P.hashed_terms(note) if hits else None))
+    return rows
+
+
+def test_a_marker_present_only_where_a_finding_was_is_itself_a_label_signal_and_the_probe_shows_it():
+    """The evidence for the redaction-marker decision: with a marker, the filtered note predicts the label as well
+    as the unfiltered one; deleting the marker brings it to chance, like the structured noise."""
+    result = P.probe(_rows(800, MARKER), MARKER)
+    pneumonia = result["labels"]["Pneumonia"]
+    assert pneumonia["unfiltered_note"] > 0.99 and pneumonia["filtered_note"] > 0.99
+    assert 0.35 < pneumonia["filtered_note_without_marker"] < 0.65 and 0.35 < pneumonia["structured"] < 0.65
+    deleted = P.probe(_rows(800, ""), "")["labels"]["Pneumonia"]  # no marker at all: spans simply removed
+    assert "filtered_note_without_marker" not in deleted and 0.35 < deleted["filtered_note"] < 0.65
+    assert result["labels"]["Atelectasis"]["skipped"].startswith("fewer than 5 of a class: 0 positives in train")
+
+
+def test_the_probe_is_deterministic_whatever_the_row_order():
+    rows = _rows(300, MARKER, seed=3)
+    first = json.dumps(P.probe(rows, MARKER), sort_keys=True)
+    assert json.dumps(P.probe(list(reversed(rows)), MARKER), sort_keys=True) == first
+    assert json.dumps(P.probe(random.Random(1).sample(rows, len(rows)), MARKER), sort_keys=True) == first
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeRecord:
+    dicom_id: str
+    split: str
+    note: str
+    features: tuple = (1.0, 2.0)
+    features_missing: tuple = (0, 0)
+    labels_binary: tuple = (0,) * len(mimic.LABELS)
+    labels_mask: tuple = (1,) * len(mimic.LABELS)
+
+
+def test_beam_transform_subsamples_by_hash_and_joins_the_unfiltered_terms():
+    """Every note reads "[REDACTED], cough"; only the unfiltered terms (joined by dicom_id) say which was "PNA"."""
+    labels = [tuple(int(i % 2 and n == PNEUMONIA) for n in range(len(mimic.LABELS))) for i in range(150)]
+    records = [FakeRecord(f"d{i}", ("train", "val", "test")[i % 3], f"Chief complaint: {MARKER}, cough.",
+                          labels_binary=labels[i]) for i in range(150)]
+    unfiltered = [(r.dicom_id, P.hashed_terms("Chief complaint: " + ("PNA" if i % 2 else "SOB") + ", cough."))
+                  for i, r in enumerate(records)]
+    rows = [dataclasses.replace(P.probe_row(r, MARKER), unfiltered=dict(unfiltered)[r.dicom_id]) for r in records]
+    picked = [r for split, n in (("train", 30), ("val", 20))
+              for r in sorted((r for r in rows if r.split == split), key=lambda r: r.rank)[:n]]
+    expected = P.probe(picked, MARKER)
+    pneumonia = expected["labels"]["Pneumonia"]
+    assert pneumonia["unfiltered_note"] == 1.0 and pneumonia["filtered_note"] == 0.5 == pneumonia["structured"]
+    assert expected["n_train"] == 30 and expected["n_val"] == 20 and expected["redaction_token"] == MARKER
+
+    def check(results):
+        assert results == [expected]  # the smallest sha256 ranks of each split, with their unfiltered terms
+
+    with test_pipeline() as p:
+        out = ((p | "Records" >> beam.Create(records), p | "Unfiltered" >> beam.Create(unfiltered))
+               | P.LeakageProbe(MARKER, max_train=30, max_val=20))
+        assert_that(out, check)
