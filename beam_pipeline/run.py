@@ -63,21 +63,26 @@ def local_parallelism(beam_args: list[str], cores: int) -> list[str]:
 
 
 def format_funnel(counts: dict, views: tuple[str, ...]) -> str:
-    """The stage funnel as a small aligned table."""
+    """The stage funnel as a small aligned table. The lines under "kept views" add up to it; every line from
+    "matched and written" down counts written records only (records rejected at a later stage are not in them)."""
     split_text = " / ".join(f"{s} {counts['per_split'][s]}" for s in mimic.SPLITS)
     labels = counts["labels"]
+    written_notes = counts["written_notes"]
     rows = [
         ("images in metadata", counts["images_total"], ""),
         ("  unreadable rows", counts["images_unreadable"], ""),
         ("  other views", counts["images_other_view"], ""),
         (f"  kept views ({','.join(views)})", counts["images_kept_view"], ""),
         ("    no ED stay in window", counts["no_ed_stay"], ""),
+        ("    after ED departure, dropped", counts["dropped_after_ed_departure"], "only with --within_ed_stay"),
         ("    rejected", counts["rejected"], ""),
         *((f"      {reason}", n, "") for reason, n in counts["rejected_by_reason"].items()),
         ("    matched and written", counts["matched"], split_text),
-        ("      of which without labels", labels.get("no_label_row", 0) + labels.get("all_blank", 0), ""),
-        ("notes redacted by the leakage filter", counts["notes"]["redacted"], ""),
-        ("notes truncated at --max_tokens", counts["notes"]["truncated"], ""),
+        ("      of which without labels", labels.get("no_label_row", 0) + labels.get("all_blank", 0),
+         "no CheXpert row {} / all blank {}".format(labels.get("no_label_row", 0), labels.get("all_blank", 0))),
+        ("      of which after ED departure", counts["after_ed_departure"], ""),
+        ("      of which notes redacted", written_notes["redacted"], "by the leakage filter"),
+        ("      of which notes truncated", written_notes["truncated"], "at --max_tokens"),
         ("rejects written (all stages)", counts["rejects_total"], ""),
     ]
     return "\n".join(f"{name:<36}{n:>9}  {extra}".rstrip() for name, n, extra in rows)

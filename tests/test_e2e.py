@@ -98,7 +98,7 @@ def test_sample_read_back_with_tf_data_matches_manifest(synthetic):
         assert record["split"] == row["split"].encode()
         assert record["study_datetime"] == row["study_datetime"].encode()
         assert len(record["labels/chexpert"]) == 14 and len(record["features/values"]) == len(FEATURE_NAMES)
-        assert set(record["labels/mask"]) <= {0, 1} and set(record["labels/binary"]) <= {0, 1}
+        assert set(record["labels/mask"]) <= {0, 1} and set(record["labels/binary"]) <= {-1, 0, 1}
         assert record["image"].shape == (518, 518, 1) and record["image"].dtype == np.float32
         assert 0.0 <= record["image"].min() and record["image"].max() <= 1.0 and record["image"].std() > 0.05
         note = record["note/text"].decode()
@@ -107,6 +107,44 @@ def test_sample_read_back_with_tf_data_matches_manifest(synthetic):
     assert counts["images_total"] == counts["images_unreadable"] + counts["images_other_view"] + \
         counts["images_kept_view"]
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
+    assert counts["dropped_after_ed_departure"] == 0  # kept and flagged without --within_ed_stay
+
+
+def brute_force_departures(roots: sample.SampleRoots) -> dict[int, dt.datetime]:
+    return {int(s["stay_id"]): mimic.parse_datetime(s["outtime"]) for s in table(roots.ed, mimic.EDSTAYS)}
+
+
+def test_sample_ed_departure_and_label_counts_are_of_written_records(synthetic):
+    """after_ed_departure in manifest and TFRecords equals study time > the stay's outtime from edstays; notes of
+    X-rays after departure never say the patient is in the ED; every funnel count under "matched and written"
+    equals a count over the records actually read back."""
+    roots, output, metadata, _, _ = synthetic
+    records, rows = tf_records(output, metadata), manifest(output)
+    outtimes = brute_force_departures(roots)
+    metadata_times = {}
+    for row in table(roots.cxr, mimic.CXR_METADATA):
+        try:
+            metadata_times[row["dicom_id"]] = mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
+        except ValueError:
+            continue  # the planted bad StudyTime is a reject
+    after = set()
+    for dicom_id, record in records.items():
+        outtime = outtimes[record["stay_id"]]
+        expected = metadata_times[dicom_id] > outtime
+        after |= {dicom_id} if expected else set()
+        assert record["after_ed_departure"] == int(expected) and rows[dicom_id]["after_ed_departure"] == str(
+            int(expected))
+        assert record["ed_outtime"] == mimic.format_datetime(outtime).encode() == rows[dicom_id]["ed_outtime"].encode()
+        note = record["note/text"].decode()
+        assert ("In the ED for" not in note and "Left the ED" in note) if expected else "Left the ED" not in note
+    counts = metadata["counts"]
+    assert 10 < len(after) == counts["after_ed_departure"] < len(records)
+    statuses = [r["labels/status"].decode() for r in records.values()]
+    assert counts["labels"] == {s: statuses.count(s) for s in ("labeled", "all_blank", "no_label_row")}
+    assert sum(counts["labels"].values()) == counts["matched"] and counts["labels"]["no_label_row"] > 0
+    assert counts["written_notes"]["truncated"] == sum(r["note/truncated"] for r in records.values())
+    assert counts["written_notes"]["redacted"] == sum("[REDACTED]" in r["note/text"].decode()
+                                                      for r in records.values()) > 0
 
 
 def test_sample_records_carry_filtered_notes_tokens_and_retrieval(synthetic, kb_index):

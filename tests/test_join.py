@@ -5,7 +5,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.join import LinkImagesToStays, as_of, in_time_order, select_stay
+from beam_pipeline.transforms.join import LinkImagesToStays, after_departure, as_of, in_time_order, select_stay
 from conftest import test_pipeline
 
 T0 = dt.datetime(2180, 7, 22, 16, 24)
@@ -70,13 +70,13 @@ def _image(dicom_id, when, study_id=50000001, subject_id=10000032, view="AP"):
     return mimic.Image(dicom_id, subject_id, study_id, view, 3056, 2544, when)
 
 
-def _link(p, start=0, end=24, **tables):
+def _link(p, start=0, end=24, within_ed_stay=False, **tables):
     keyed = {tag: [(row.subject_id if tag == "images" else row["subject_id"], row) for row in rows]
              for tag, rows in tables.items()}
     for tag in ("images", "stays", "triage", "vitals", "medrecon", "pyxis", "labels"):
         keyed.setdefault(tag, [])
     pcolls = {tag: p | f"Create {tag}" >> beam.Create(rows) for tag, rows in keyed.items()}
-    return pcolls | LinkImagesToStays(start, end)
+    return pcolls | LinkImagesToStays(start, end, within_ed_stay)
 
 
 def test_link_keeps_only_what_was_known_at_the_study_time():
@@ -119,3 +119,28 @@ def test_link_counts_unmatched_and_rejects_duplicate_images():
                               ("rejects/join/duplicate_dicom_id", 1)]), label="Events")
         assert_that(out.rejects | beam.Map(lambda r: (r["reason"], r["dicom_id"])),
                     equal_to([("duplicate_dicom_id", "d1")]), label="Rejects")
+
+
+@pytest.mark.parametrize("offset, outtime, expected", [
+    (5 * H, T0 + 6 * H, False),  # in the ED
+    (6 * H, T0 + 6 * H, False),  # at outtime: still counted as in the ED
+    (6 * H + dt.timedelta(microseconds=1), T0 + 6 * H, True),  # any time after outtime
+    (20 * H, T0 + 6 * H, True),
+    (20 * H, None, False),  # unknown departure is never "after"
+])
+def test_after_departure(offset, outtime, expected):
+    assert after_departure(T0 + offset, outtime) is expected
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_within_ed_stay_drops_and_counts_xrays_after_departure(within):
+    """Off: X-rays after outtime (inside the 24 h window) are linked like any other; on: they are dropped and
+    counted as dropped_after_ed_departure (at outtime exactly they are kept)."""
+    images = [_image("d-in", T0 + H, 50000001), _image("d-at-out", T0 + 6 * H, 50000002),
+              _image("d-after", T0 + 6 * H + S, 50000003), _image("d-late", T0 + 20 * H, 50000004)]
+    kept = ["d-in", "d-at-out"] + ([] if within else ["d-after", "d-late"])
+    events = [("images_linked", len(kept))] + ([("dropped_after_ed_departure", 2)] if within else [])
+    with test_pipeline() as p:
+        out = _link(p, within_ed_stay=within, images=images, stays=[stay(30000001, T0, T0 + 6 * H)])
+        assert_that(out.linked | beam.Map(lambda lk: lk.image.dicom_id), equal_to(kept))
+        assert_that(out.events | beam.CombinePerKey(sum), equal_to(events), label="Events")

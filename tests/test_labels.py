@@ -3,14 +3,14 @@ import math
 import pytest
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.labels import LabelError, label_vectors
+from beam_pipeline.transforms.labels import NO_TARGET, LabelError, label_vectors
 
 
 def row(**values):
     return {name: values.get(name.replace(" ", "_")) for name in mimic.LABELS}
 
 
-@pytest.mark.parametrize("policy, uncertain", [("zeros", (0, 1)), ("ones", (1, 1)), ("ignore", (0, 0))])
+@pytest.mark.parametrize("policy, uncertain", [("zeros", (0, 1)), ("ones", (1, 1)), ("ignore", (-1, 0))])
 def test_policies(policy, uncertain):
     raw, binary, mask, status = label_vectors(row(Atelectasis=1.0, Cardiomegaly=0.0, Edema=-1.0), policy)
     assert status == "labeled"
@@ -23,11 +23,21 @@ def test_policies(policy, uncertain):
     assert (binary[i["Pneumonia"]], mask[i["Pneumonia"]]) == (0, 1)  # blank: not mentioned = negative
 
 
-def test_missing_and_all_blank_rows_are_fully_masked():
+@pytest.mark.parametrize("policy", ["zeros", "ones", "ignore"])
+def test_a_masked_target_is_never_zero(policy):
+    """Wherever the mask is 0 the target is NO_TARGET (-1), so ignoring the mask cannot train on a silent 0."""
+    for label_row in (None, row(), row(Edema=-1.0, Pneumonia=-1.0, Atelectasis=0.0), row(**{
+            name.replace(" ", "_"): -1.0 for name in mimic.LABELS})):
+        _, binary, mask, _ = label_vectors(label_row, policy)
+        assert all((b in (0, 1)) if m else (b == NO_TARGET == -1) for b, m in zip(binary, mask))
+
+
+def test_missing_and_all_blank_rows_are_unlabelled_not_negative():
     for label_row, status in ((None, "no_label_row"), (row(), "all_blank")):
-        raw, binary, mask, got = label_vectors(label_row, "zeros")
-        assert got == status and all(math.isnan(v) for v in raw)
-        assert binary == [0] * 14 and mask == [0] * 14
+        for policy in ("zeros", "ones", "ignore"):
+            raw, binary, mask, got = label_vectors(label_row, policy)
+            assert got == status and all(math.isnan(v) for v in raw)
+            assert binary == [-1] * 14 and mask == [0] * 14
 
 
 def test_unexpected_value_is_an_error():

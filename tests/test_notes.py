@@ -122,3 +122,27 @@ def test_retrieval_query_keeps_the_clinical_content_not_the_template():
     assert "acuity" not in retrieval_query(snap) and "ESI" not in retrieval_query(snap)
     assert abnormal_findings(take_snapshot(linked(triage={"temperature": 98.6, "heartrate": 80.0}))) == []
     assert retrieval_query(take_snapshot(linked())) == ""
+
+
+def test_xray_after_ed_departure_never_says_in_the_ed():
+    """Stay T0..T0+4 h; an X-ray 6.5 h after arrival was taken 2.5 h after the patient left the ED."""
+    after = take_snapshot(linked(study_time=T0 + 6.5 * H, ed=[{"name": "Aspirin"}]))
+    note = render_note(after)
+    assert after.after_ed_departure and after.hours_since_departure == 2.5 and after.ed_stay_hours == 4
+    assert "Left the ED 2.5 h ago, after 4 h in the ED." in note
+    assert "In the ED for" not in note and "so far" not in note and "Medications given in the ED: Aspirin." in note
+    assert not FORBIDDEN.search(note)
+    for study_time in (T0 + 2 * H, T0 + 4 * H):  # in the ED, and exactly at departure: the stay's end is unknown
+        snap = take_snapshot(linked(study_time=study_time))
+        assert not snap.after_ed_departure and snap.hours_since_departure is None and snap.ed_stay_hours is None
+        assert "In the ED for" in render_note(snap) and "Left the ED" not in render_note(snap)
+    no_outtime = take_snapshot(linked(study_time=T0 + 20 * H, stay={
+        "subject_id": 1, "stay_id": 2, "intime": T0, "outtime": None, "gender": "F", "arrival_transport": None}))
+    assert not no_outtime.after_ed_departure and "In the ED for 20 h" in render_note(no_outtime)
+
+
+def test_departure_sentence_survives_the_leakage_filter():
+    from beam_pipeline.transforms.leakage import load_rules, redact
+
+    note = render_note(take_snapshot(linked(study_time=T0 + 6.5 * H, ed=[{"name": "Aspirin"}])))
+    assert redact(note, load_rules(""), "[REDACTED]") == (note, {})

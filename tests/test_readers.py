@@ -1,4 +1,5 @@
-"""Both readers iterate whole splits of a real pipeline output; TFDS opens it in place."""
+"""Both readers iterate whole splits of a real pipeline output; TFDS opens it in place. Labels, masks and the
+labelled flag read back through both readers equal the CheXpert table of the sample, under --uncertain_policy=ignore."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ from beam_pipeline.run import run
 from conftest import ONE_WORKER, OFFLINE_TEXT, published
 
 
+def expected_targets(raw: list[float] | None) -> tuple[list[int], list[int], int]:
+    """(binary, mask, present) from a CheXpert CSV row under --uncertain_policy=ignore, written out by hand: a study
+    without a row or with an all-blank row is unlabelled (-1 / 0 everywhere); blank is a valid negative; uncertain
+    has no target (-1, mask 0), never 0."""
+    if raw is None or all(np.isnan(v) for v in raw):
+        return [-1] * 14, [0] * 14, 0
+    pairs = [(0, 1) if np.isnan(v) else {1.0: (1, 1), 0.0: (0, 1), -1.0: (-1, 0)}[v] for v in raw]
+    return [b for b, _ in pairs], [m for _, m in pairs], 1
+
+
 def manifest_by_split(output: Path) -> dict[str, dict[str, dict]]:
     rows = [r for p in sorted((published(output) / "manifest").glob("*.csv")) for r in csv.DictReader(p.open(newline=""))]
     return {split: {r["dicom_id"]: r for r in rows if r["split"] == split} for split in mimic.SPLITS}
@@ -27,7 +38,8 @@ def built(tmp_path_factory):
     roots = sample.generate(base / "sample", subjects=40, seed=5)
     output = base / "out"
     run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-         f"--output={output}", OFFLINE_TEXT, ONE_WORKER, "--image_size=64", "--target_shard_mb=0.1"])
+         f"--output={output}", OFFLINE_TEXT, ONE_WORKER, "--image_size=64", "--target_shard_mb=0.1",
+         "--uncertain_policy=ignore"])
     with gzip.open(Path(roots.cxr) / mimic.CXR_CHEXPERT.filename, "rt", newline="") as f:
         raw_labels = {int(r["study_id"]): [float(r[k]) if r[k] else np.nan for k in mimic.LABELS]
                       for r in csv.DictReader(f)}
@@ -52,10 +64,61 @@ def test_tf_data_reader_iterates_every_split(built):
             assert int(example["study_id"]) == int(row["study_id"]) and int(example["stay_id"]) == int(row["stay_id"])
             np.testing.assert_array_equal(example["labels/chexpert"].numpy(), raw_labels.get(
                 int(row["study_id"]), [np.nan] * 14))
-    images, labels = next(iter(dataset(str(output), "train", supervised=True, channels=1).batch(8)))
-    assert images.shape == (8, 64, 64, 1) and labels.shape == (8, 14) and labels.dtype == tf.float32
+    images, labels, mask = next(iter(dataset(str(output), "train", supervised=True, channels=1).batch(8)))
+    assert images.shape == (8, 64, 64, 1) and labels.shape == mask.shape == (8, 14)
+    assert labels.dtype == mask.dtype == tf.float32
     pixels = next(iter(dataset(str(output), "train", normalization="none")))["image"].numpy()
     assert 0.0 <= pixels.min() and pixels.max() <= 1.0  # imagenet-normalised values above are not in [0, 1]
+
+
+def test_tf_data_labels_and_masks_equal_the_chexpert_table(built):
+    """Every record of every split, in both tf.data forms, against the CheXpert CSV rows."""
+    from beam_pipeline.readers.tf_data import dataset
+
+    _, output, manifest, raw_labels = built
+    states = {"uncertain_masked": 0, "unlabelled": 0, "blank_negative": 0}
+    for split in mimic.SPLITS:
+        records = list(dataset(str(output), split, normalization="none", channels=1))
+        supervised = list(dataset(str(output), split, normalization="none", channels=1, supervised=True))
+        assert len(records) == len(supervised) == len(manifest[split])
+        for example, (image, labels, mask) in zip(records, supervised):
+            raw = raw_labels.get(int(example["study_id"]))
+            binary, expected_mask, present = expected_targets(raw)
+            assert example["labels/binary"].numpy().tolist() == binary == labels.numpy().tolist()
+            assert example["labels/mask"].numpy().tolist() == expected_mask == mask.numpy().tolist()
+            assert int(example["labels/present"]) == present
+            status = example["labels/status"].numpy().decode()
+            assert status == ("no_label_row" if raw is None else "all_blank" if not present else "labeled")
+            np.testing.assert_array_equal(image.numpy(), example["image"].numpy())
+            states["unlabelled"] += not present
+            if present:
+                states["uncertain_masked"] += sum(v == -1.0 for v in raw)
+                states["blank_negative"] += sum(np.isnan(v) for v in raw)
+    assert all(n > 0 for n in states.values()), states  # the sample exercises every case
+
+
+def test_keras_trains_on_the_supervised_form_with_the_masked_loss(built):
+    """(image, labels, mask) is Keras's (x, y, sample_weight): with MaskedBinaryCrossentropy the loss is the mean
+    binary cross-entropy over the valid labels only (checked against numpy), and model.fit trains on it."""
+    import keras
+    import tensorflow as tf
+
+    from beam_pipeline.readers.tf_data import MaskedBinaryCrossentropy, dataset
+
+    _, output, manifest, _ = built
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.AveragePooling2D(8), keras.layers.Flatten(),
+                              keras.layers.Dense(14)])
+    model.compile(optimizer="sgd", loss=MaskedBinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.AUC(multi_label=True, num_labels=14, from_logits=True)])
+    val = dataset(str(output), "val", channels=1, supervised=True).batch(len(manifest["val"]))  # one batch
+    images, labels, mask = next(iter(val))
+    logits = model.predict(images, verbose=0)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.maximum(labels, 0.0), logits).numpy()
+    expected = (bce * mask.numpy()).sum() / mask.numpy().sum()
+    assert (labels.numpy() == -1).any() and model.evaluate(val, verbose=0)[0] == pytest.approx(expected, rel=1e-5)
+    history = model.fit(dataset(str(output), "train", channels=1, supervised=True).batch(16), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
 
 
 def _dicoms(dataset, **loader_args) -> list[str]:
@@ -88,12 +151,47 @@ def test_pytorch_reader_splits_work_across_workers_and_processes(built):
     # by shard: 2 DataLoader workers, fewer readers than shards
     by_workers = _dicoms(train, num_workers=2)
     assert sorted(by_workers) == sorted(manifest["train"])
-    # more readers (4 processes x 2 workers) than shards: records are strided, still each exactly once
-    strided = [d for rank in range(4) for d in _dicoms(
-        MimicCxrEdDataset(str(output), "train", rank=rank, world_size=4), num_workers=2)]
-    assert len(train.files) < 8 and sorted(strided) == sorted(manifest["train"])
+    # more readers (one process per shard x 2 workers) than shards: records are strided, still each exactly once
+    world = len(train.files)
+    strided = [d for rank in range(world) for d in _dicoms(
+        MimicCxrEdDataset(str(output), "train", rank=rank, world_size=world), num_workers=2)]
+    assert sorted(strided) == sorted(manifest["train"])
     halves = [set(_dicoms(MimicCxrEdDataset(str(output), "val", rank=r, world_size=2))) for r in (0, 1)]
     assert not halves[0] & halves[1] and halves[0] | halves[1] == set(manifest["val"])
+
+
+def test_pytorch_labels_and_masks_equal_the_chexpert_table(built):
+    """Every record of every split, as dict batches and as supervised (image, labels, mask) batches, against the
+    CheXpert CSV rows; masked_bce_with_logits averages over the valid labels only."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from beam_pipeline.readers.pytorch import MimicCxrEdDataset, masked_bce_with_logits
+
+    _, output, manifest, raw_labels = built
+    unlabelled = 0
+    for split in mimic.SPLITS:
+        data = MimicCxrEdDataset(str(output), split, channels=1)
+        pairs = zip(DataLoader(data, batch_size=7, collate_fn=data.collate),
+                    DataLoader(MimicCxrEdDataset(str(output), split, channels=1, supervised=True), batch_size=7))
+        seen = 0
+        for batch, (images, labels, mask) in pairs:
+            assert torch.equal(images, batch["image"]) and labels.dtype == mask.dtype == torch.float32
+            for i, study in enumerate(batch["study_id"].tolist()):
+                binary, expected_mask, present = expected_targets(raw_labels.get(study))
+                assert batch["labels"][i].tolist() == binary == labels[i].tolist()
+                assert batch["mask"][i].tolist() == expected_mask == mask[i].tolist()
+                assert int(batch["labels_present"][i]) == present and batch["after_ed_departure"][i] in (0, 1)
+                unlabelled += not present
+                seen += 1
+        assert seen == len(manifest[split])
+    assert unlabelled
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    labels, mask = torch.tensor([[1.0, -1.0, 0.0], [-1.0, -1.0, 1.0]]), torch.tensor([[1.0, 0, 1], [0, 0, 1]])
+    valid = mask.bool()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], labels[valid])
+    assert torch.isclose(masked_bce_with_logits(logits, labels, mask), expected)
+    assert masked_bce_with_logits(logits, labels, torch.zeros_like(mask)) == 0
 
 
 def test_tensorflow_datasets_opens_the_output_in_place(built):

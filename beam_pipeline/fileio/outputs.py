@@ -35,7 +35,7 @@ from beam_pipeline.transforms.images import ImageLoader, ImageSettings, without_
 from beam_pipeline.transforms.records import Record
 
 MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "study_datetime", "ed_intime",
-                    "ed_outtime", "hours_from_arrival")
+                    "ed_outtime", "hours_from_arrival", "after_ed_departure")
 LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")  # inside a run folder
 LATEST = "LATEST"
 RUNS = "runs"
@@ -59,6 +59,7 @@ def manifest_line(record: Record) -> bytes:
         mimic.format_datetime(record.study_time), mimic.format_datetime(record.ed_intime),
         mimic.format_datetime(record.ed_outtime) if record.ed_outtime else "",
         "0.000" if hours == "-0.000" else hours,
+        int(record.after_ed_departure),
     ])
 
 

@@ -6,10 +6,14 @@
     loader = DataLoader(data, batch_size=32, num_workers=4, collate_fn=data.collate)
     for batch in loader:
         logits = model(batch["image"], batch["input_ids"], batch["attention_mask"])  # image float32 [B,3,size,size]
-        loss = masked_bce(logits, batch["labels"], batch["mask"])
+        loss = masked_bce_with_logits(logits, batch["labels"], batch["mask"])
 
 ``collate`` pads token ids with the tokenizer's pad id and adds attention masks; everything else is stacked by
-PyTorch's default collate.
+PyTorch's default collate. ``labels`` and ``mask`` are float32 [B, 14] in ``label_order``: ``labels`` is 1 or 0 where
+``mask`` is 1 and -1 where it is 0 (an uncertain label under ``--uncertain_policy=ignore``; every label of an
+unlabelled study, whose ``labels_present`` is 0), so a loss that ignores the mask never trains on a silent 0.
+``masked_bce_with_logits`` averages over the valid labels only. ``supervised=True`` yields ``(image, labels, mask)``
+tuples instead of dicts (PyTorch's default collate batches them).
 
 Each DataLoader worker of each process reads its own share: whole shards when there are at least as many shards as
 readers (worker ``w`` of ``W`` in process ``r`` of ``R`` takes shards ``r*W + w``, step ``R*W``), else every reader
@@ -36,12 +40,22 @@ _TENSORS = {"labels/binary": ("labels", torch.float32), "labels/mask": ("mask", 
             "labels/chexpert": ("labels_raw", torch.float32), "features/values": ("features", torch.float32),
             "features/missing": ("features_missing", torch.float32)}
 _IDS = ("subject_id", "study_id", "stay_id")
+_SCALARS = {"labels/present": "labels_present", "after_ed_departure": "after_ed_departure",
+            "hours_from_arrival": "hours_from_arrival"}
+_TEXT = {"labels/status": "labels_status", "study_datetime": "study_datetime", "ed_outtime": "ed_outtime"}
+
+
+def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits averaged over the labels whose mask is 1 (0 when there are none). The -1
+    stored where the mask is 0 never enters the loss."""
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
 _TOKENS = {"note/input_ids": "input_ids", "note/enhanced_input_ids": "enhanced_input_ids"}
 
 
 class MimicCxrEdDataset(IterableDataset):
     def __init__(self, output: str, split: str, *, normalization: str = "imagenet", channels: int = 3,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, supervised: bool = False):
         super().__init__()
         folder, metadata = open_run(output)
         if metadata["image"] is None:
@@ -53,6 +67,7 @@ class MimicCxrEdDataset(IterableDataset):
         self._std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         self._channels = channels
         self._rank, self._world_size = rank, world_size
+        self._supervised = supervised
         self._pad_id = metadata["text"]["tokenizer"]["pad_token_id"] or 0
 
     def _reader(self) -> tuple[int, int]:
@@ -75,7 +90,8 @@ class MimicCxrEdDataset(IterableDataset):
         for path in files:
             for raw in read_records(path):
                 if by_shard or position % count == index:
-                    yield self._sample(parse_example(raw))
+                    sample = self._sample(parse_example(raw))
+                    yield (sample["image"], sample["labels"], sample["mask"]) if self._supervised else sample
                 position += 1
 
     def _sample(self, example: dict) -> dict:
@@ -85,6 +101,8 @@ class MimicCxrEdDataset(IterableDataset):
                   "dicom_id": example["dicom_id"][0].decode(), "split": example["split"][0].decode(),
                   "note": example["note/text"][0].decode("utf-8")}
         sample.update({name: example[name][0] for name in _IDS})
+        sample.update({key: example[name][0] for name, key in _SCALARS.items() if name in example})
+        sample.update({key: example[name][0].decode() for name, key in _TEXT.items() if name in example})
         sample.update({key: torch.tensor(example[name], dtype=dtype) for name, (key, dtype) in _TENSORS.items()})
         sample.update({key: torch.tensor(example[name], dtype=torch.long) for name, key in _TOKENS.items()
                        if name in example})
@@ -95,7 +113,10 @@ class MimicCxrEdDataset(IterableDataset):
         return sample
 
     def collate(self, samples: list[dict]) -> dict:
-        """Pad token ids to the longest in the batch (+ attention masks); rag_ids stay a list per sample."""
+        """Pad token ids to the longest in the batch (+ attention masks); rag_ids stay a list per sample.
+        Supervised (image, labels, mask) tuples are simply stacked."""
+        if isinstance(samples[0], tuple):
+            return default_collate(samples)
         batch = {}
         for key in (k for k in _TOKENS.values() if k in samples[0]):
             sequences = [s[key] for s in samples]

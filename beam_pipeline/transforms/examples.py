@@ -11,6 +11,7 @@ from typing import Any
 
 from beam_pipeline import mimic
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
+from beam_pipeline.transforms.labels import LABELED
 from beam_pipeline.transforms.records import Record
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 
@@ -27,14 +28,22 @@ RECORD_FEATURES: Spec = {
     "view_position": (BYTES, (), "DICOM ViewPosition, e.g. AP or PA"),
     "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
     "hours_from_arrival": (FLOAT, (), "hours from ED intime to the study (negative before arrival)"),
+    "ed_outtime": (BYTES, (), "ED departure of the matched stay, YYYY-MM-DD HH:MM:SS, empty if unknown; for "
+                              "filtering and analysis only, not a model input (for an X-ray taken in the ED it "
+                              "is in the future)"),
+    "after_ed_departure": (INT64, (), "1 when the study was taken after ED departure (study time > ed_outtime)"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
     "note/text": (BYTES, (), "pseudo-note from data known at the study time, leakage-filtered (UTF-8)"),
     "note/input_ids": (INT64, (None,), "tokens of note/text, special tokens included, unpadded"),
     "note/length": (INT64, (), "number of note/input_ids"),
     "note/truncated": (INT64, (), "1 when note/text was cut at --max_tokens"),
     "labels/chexpert": (FLOAT, (N_LABELS,), "raw CheXpert values in label_order: 1, 0, -1 or NaN (blank)"),
-    "labels/binary": (INT64, (N_LABELS,), "binary targets under the uncertain policy"),
+    "labels/binary": (INT64, (N_LABELS,), "targets under the uncertain policy: 1 or 0 where labels/mask is 1, "
+                                          "-1 (no target) where it is 0"),
     "labels/mask": (INT64, (N_LABELS,), "1 where the binary target is valid"),
+    "labels/present": (INT64, (), "1 when the study has CheXpert labels; 0 when unlabelled (no row, or an "
+                                  "all-blank row): then labels/mask is all 0"),
+    "labels/status": (BYTES, (), "labeled, all_blank or no_label_row"),
     "features/values": (FLOAT, (N_FEATURES,), "structured features in feature_names order, 0 where missing"),
     "features/missing": (INT64, (N_FEATURES,), "1 where the feature is missing"),
 }
@@ -84,6 +93,8 @@ def _values(record: Record) -> dict[str, Any]:
         "view_position": [record.view_position.encode()],
         "study_datetime": [mimic.format_datetime(record.study_time).encode()],
         "hours_from_arrival": [record.hours_from_arrival],
+        "ed_outtime": [mimic.format_datetime(record.ed_outtime).encode() if record.ed_outtime else b""],
+        "after_ed_departure": [int(record.after_ed_departure)],
         "image/path": [record.image_path.encode()],
         "note/text": [record.note.encode("utf-8")],
         "note/input_ids": record.input_ids,
@@ -92,6 +103,8 @@ def _values(record: Record) -> dict[str, Any]:
         "labels/chexpert": record.labels_raw,
         "labels/binary": record.labels_binary,
         "labels/mask": record.labels_mask,
+        "labels/present": [int(record.labels_status == LABELED)],
+        "labels/status": [record.labels_status.encode()],
         "features/values": record.features,
         "features/missing": record.features_missing,
     }

@@ -9,6 +9,10 @@ Matching rule (README "Matching and as-of rules"): a study matches a stay when
 study wins, else (negative window start) the earliest intime; remaining ties go to the smallest stay_id.
 As-of rule: only rows with ``charttime <= study_time`` of the chosen stay are kept; triage and the arrival mode are
 timestamped at intime, so they are dropped when the X-ray precedes arrival.
+ED departure: an X-ray is *after ED departure* when ``study_time > outtime`` of its stay (at outtime the patient is
+still counted as in the ED; a stay without an outtime is never after departure, since departure is not known).
+``outtime`` does not limit the window; with ``within_ed_stay`` the X-rays after departure are dropped and counted
+(``dropped_after_ed_departure``), otherwise they are kept and flagged.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ def select_stay(study_time: dt.datetime, stays: Iterable[Row], start_hours: floa
     return min(qualifying, key=lambda s: (s["intime"], s["stay_id"]))
 
 
+def after_departure(study_time: dt.datetime, outtime: dt.datetime | None) -> bool:
+    """True when the X-ray was taken after the patient left the ED (strictly after outtime; unknown outtime: False)."""
+    return outtime is not None and study_time > outtime
+
+
 def in_time_order(rows: Iterable[Row]) -> list[Row]:
     """Oldest first, ties in a fixed order (sorted once per stay, not once per image)."""
     return sorted(rows, key=_row_order)
@@ -74,11 +83,13 @@ def _first(rows: Iterable[Row]) -> Row | None:
 
 
 class LinkSubject(beam.DoFn):
-    """(subject_id, co-grouped rows) -> Linked per matched image; counts no_ed_stay and duplicate images."""
+    """(subject_id, co-grouped rows) -> Linked per matched image; counts no_ed_stay and duplicate images, and with
+    ``within_ed_stay`` drops (and counts) images taken after the matched stay's ED departure."""
 
-    def __init__(self, window_start_hours: float, window_end_hours: float):
+    def __init__(self, window_start_hours: float, window_end_hours: float, within_ed_stay: bool = False):
         self._start = window_start_hours
         self._end = window_end_hours
+        self._within = within_ed_stay
 
     def process(self, element):
         _, groups = element
@@ -104,6 +115,9 @@ class LinkSubject(beam.DoFn):
             stay = select_stay(image.study_time, stays, self._start, self._end)
             if stay is None:
                 yield accounting.event("no_ed_stay")
+                continue
+            if self._within and after_departure(image.study_time, stay.get("outtime")):
+                yield accounting.event("dropped_after_ed_departure")
                 continue
             t = image.study_time
             arrived = stay["intime"] <= t
@@ -131,13 +145,14 @@ def _group(rows: Iterable[Row], key: str) -> dict[Any, list[Row]]:
 class LinkImagesToStays(beam.PTransform):
     """{tag: PCollection of rows keyed by subject_id} -> Linked, with rejects and events tagged."""
 
-    def __init__(self, window_start_hours: float, window_end_hours: float):
+    def __init__(self, window_start_hours: float, window_end_hours: float, within_ed_stay: bool = False):
         super().__init__()
         self._start = window_start_hours
         self._end = window_end_hours
+        self._within = within_ed_stay
 
     def expand(self, keyed: dict[str, beam.PCollection]):
         return (keyed
                 | "CoGroupBySubject" >> beam.CoGroupByKey()
-                | "MatchStays" >> beam.ParDo(LinkSubject(self._start, self._end)).with_outputs(
+                | "MatchStays" >> beam.ParDo(LinkSubject(self._start, self._end, self._within)).with_outputs(
                     accounting.REJECTS, accounting.EVENTS, main="linked"))

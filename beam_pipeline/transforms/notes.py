@@ -1,8 +1,10 @@
 """Render a snapshot as a short, readable, deterministic pseudo-note.
 
 Every sentence is optional: a missing value leaves its phrase out, so a note never says "None", "nan" or "92.0".
-Vitals print as integers, temperature and hours with at most one decimal, and never with a ".0". The note has no
-imaging vocabulary of its own (the leakage filter of the text stage must never have to redact our template).
+Vitals print as integers, temperature and hours with at most one decimal, and never with a ".0". An X-ray taken
+after the patient left the ED says so ("Left the ED 3 h ago, after 5 h in the ED") instead of "In the ED for N h".
+The note has no imaging vocabulary of its own (the leakage filter of the text stage must never have to redact our
+template).
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ def render_note(snap: Snapshot) -> str:
     triage = vitals_phrase(snap.triage_vitals)
     if triage:
         sentences.append(f"Triage vitals: {triage}")
-    if snap.arrival_known:
+    if snap.after_ed_departure:  # never "in the ED" once the patient has left it
+        sentences.append(f"Left the ED {format_number(snap.hours_since_departure, 1)} h ago, after "
+                         f"{format_number(snap.ed_stay_hours, 1)} h in the ED")
+    elif snap.arrival_known:
         sentences.append(f"In the ED for {format_number(snap.hours_from_arrival, 1)} h")
     latest = vitals_phrase(snap.last_vitals)
     if latest:
@@ -126,5 +131,6 @@ def render_note(snap: Snapshot) -> str:
     if snap.home_meds:
         sentences.append(f"Home medications: {_list(snap.home_meds)}")
     if snap.ed_meds:
-        sentences.append(f"Medications given in the ED so far: {_list(snap.ed_meds)}")
+        sentences.append(f"Medications given in the ED{'' if snap.after_ed_departure else ' so far'}: "
+                         f"{_list(snap.ed_meds)}")
     return " ".join(_sentence(s) for s in sentences)

@@ -46,6 +46,9 @@ class Record:
     enhanced_input_ids: tuple[int, ...] = ()
     rag_ids: tuple[str, ...] = ()
     rag_scores: tuple[float, ...] = ()
+    labels_status: str = labels_lib.LABELED  # labeled, all_blank or no_label_row (unlabelled: mask all 0)
+    after_ed_departure: bool = False  # study time > ed_outtime (join.after_departure)
+    redacted: bool = False  # the leakage filter replaced at least one span of the note
 
     @property
     def hours_from_arrival(self) -> float:
@@ -53,7 +56,8 @@ class Record:
 
 
 class BuildRecord(beam.DoFn):
-    """Linked -> Record; counts label status and implausible vitals; bad label values are rejected."""
+    """Linked -> Record; counts implausible vitals; bad label values are rejected. (Label status and ED departure
+    are counted on written records only, by accounting.CountWritten.)"""
 
     def __init__(self, uncertain_policy: str):
         self._policy = uncertain_policy
@@ -67,7 +71,6 @@ class BuildRecord(beam.DoFn):
                                          study_id=image.study_id, dicom_id=image.dicom_id,
                                          detail=f"cxr_chexpert: {err}", counter="rejected")
             return
-        yield accounting.event(f"labels/{status}")
         snap = take_snapshot(linked)
         if snap.implausible_values:
             yield accounting.event("vitals_implausible_dropped", snap.implausible_values)
@@ -92,4 +95,6 @@ class BuildRecord(beam.DoFn):
             labels_binary=tuple(binary),
             labels_mask=tuple(mask),
             official_split=linked.official_split,
+            labels_status=status,
+            after_ed_departure=snap.after_ed_departure,
         )

@@ -11,7 +11,7 @@ import math
 import re
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.join import Linked
+from beam_pipeline.transforms.join import Linked, after_departure
 
 PLAUSIBLE = {  # outside these ranges a charted vital is treated as missing (typos, wrong units)
     "temperature": (86.0, 113.0),  # degF: 30-45 degC
@@ -51,10 +51,18 @@ class Snapshot:
     home_meds: tuple[str, ...]
     ed_meds: tuple[str, ...]
     implausible_values: int  # vitals dropped as implausible (counted, not shown)
+    # Only when the X-ray was taken after ED departure (then the departure and the stay's length are known at the
+    # X-ray's time); None otherwise, so an X-ray in the ED never learns when its stay will end.
+    hours_since_departure: float | None = None
+    ed_stay_hours: float | None = None
 
     @property
     def arrival_known(self) -> bool:
         return self.hours_from_arrival >= 0
+
+    @property
+    def after_ed_departure(self) -> bool:
+        return self.hours_since_departure is not None
 
 
 def clean_text(text: str | None) -> str | None:
@@ -126,6 +134,7 @@ def take_snapshot(linked: Linked) -> Snapshot:
     pain, unassessable = parse_pain(triage.get("pain"))
     acuity = triage.get("acuity")
     transport = (stay.get("arrival_transport") or "").strip().upper()
+    departed = after_departure(image.study_time, stay.get("outtime"))
     return Snapshot(
         age=age,
         sex={"F": "female", "M": "male"}.get((stay.get("gender") or "").strip().upper()),
@@ -143,7 +152,13 @@ def take_snapshot(linked: Linked) -> Snapshot:
         home_meds=medication_names(linked.home_meds, sort=True),
         ed_meds=medication_names(linked.ed_meds, sort=False),
         implausible_values=triage_implausible + vitals_implausible,
+        hours_since_departure=_hours(stay["outtime"], image.study_time) if departed else None,
+        ed_stay_hours=_hours(stay["intime"], stay["outtime"]) if departed else None,
     )
+
+
+def _hours(start, end) -> float:
+    return (end - start).total_seconds() / 3600.0
 
 
 def feature_vector(snap: Snapshot) -> tuple[list[float], list[int]]:
