@@ -7,10 +7,14 @@ Images, on MIMIC-sized JPEGs (3056 x 2544 etc., quality 95, made by the sample g
 - the image stage inside Beam (``ProcessImages``) over N records, each N in a fresh process, with its peak RSS.
   A pool of distinct JPEGs is generated once; the N records point at them through symlinks (no disk cost).
 
-Text, on the pseudo-notes of a generated sample (torch single-threaded, batches of 32):
+Text, on the notes and retrieval queries of a generated sample (torch single-threaded, batches of 32, rates per
+CPU-second of the process, so per core), before 2026-11-30 (one padded forward pass per batch) and now (queries sorted
+by token length, sub-batches of ``models.EMBED_SUB_BATCH``):
 
-- the raw embedding forward pass of the notes (tokenise + encoder + pooling, what retrieval cannot avoid);
-- the text stage: leakage filter + tokenisation (note and enhanced note) + embedding + FAISS search + enhanced note.
+- the embedding of the retrieval queries (tokenise + encoder + pooling);
+- the text stage: leakage filter + ``TokenizeAndRetrieve`` (tokenisation of the note and of the enhanced note,
+  embedding, FAISS search, enhanced note);
+- how often both retrieve the same top-3 passage set, each with its own build of the packaged knowledge base.
 
 Ratios above 1 mean the stage beats the raw limit (reduced DCT decoding skips work).
 """
@@ -18,6 +22,7 @@ Ratios above 1 mean the stage beats the raw limit (reduced DCT decoding skips wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -107,45 +112,86 @@ def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings) ->
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def sample_notes(workdir: Path, count: int) -> list[str]:
-    """Pseudo-notes of a generated sample (the pipeline run with --images=false), repeated up to ``count``."""
+def sample_notes(workdir: Path, count: int, index: str) -> list[tuple[str, str]]:
+    """(note, retrieval query) pairs of a generated sample (the pipeline run with --images=false and retrieval),
+    repeated up to ``count``."""
     from beam_pipeline import run
 
-    output = workdir / "notes-run"
+    output = workdir / "text-run"
     if not (output / "LATEST").exists():
         roots = sample.generate(workdir / "notes-sample", subjects=max(30, count // 2), seed=11)
         run.run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                 f"--output={output}", f"--tokenizer={models.PACKAGED}", "--images=false", "--overwrite"])
+                 f"--output={output}", f"--tokenizer={models.PACKAGED}", "--images=false", f"--kb_index={index}",
+                 "--overwrite"])
     folder = Path(resolve_output(str(output)))
-    notes = [parse_example(raw)["note/text"][0].decode() for path in sorted((folder / "tfrecords").glob("*.tfrecord"))
-             for raw in read_records(str(path))]
-    return (notes * (count // len(notes) + 1))[:count]
+    examples = [parse_example(raw) for path in sorted((folder / "tfrecords").glob("*.tfrecord"))
+                for raw in read_records(str(path))]
+    pairs = [(e["note/text"][0].decode(), e["rag/query"][0].decode()) for e in examples]
+    return (pairs * (count // len(pairs) + 1))[:count]
+
+
+def cpu_rate(fn, items, seconds: float) -> float:
+    """Items per CPU-second of this process (all its threads): a per-core rate that other load barely moves."""
+    done, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
+        for item in items:
+            fn(item)
+        done += len(items)
+    return done / (time.process_time() - start)
+
+
+def text_stage(index: str, sub_batch: int) -> text.TokenizeAndRetrieve:
+    """The pipeline's text DoFn, set up, embedding in sub-batches of ``sub_batch`` (0 = before 2026-11-30)."""
+    stage = text.TokenizeAndRetrieve(text.TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3,
+                                                       sub_batch))
+    stage.setup()
+    return stage
+
+
+def top_k_agreement(before: list[list[Record]], after: list[list[Record]]) -> float:
+    """Share of records whose retrieved passage sets are identical."""
+    pairs = [(b.rag_ids, a.rag_ids) for bb, ab in zip(before, after) for b, a in zip(bb, ab)]
+    return sum(set(b) == set(a) for b, a in pairs) / len(pairs)
 
 
 def text_micro(workdir: Path, count: int, seconds: float, index: str = "", batch_size: int = 32) -> dict:
-    """Raw embedding forward pass vs the whole text stage on the same notes, interleaved three times (median)."""
-    notes = sample_notes(workdir, count)
-    if not index:
-        index = str(workdir / "kb")
-        if not (workdir / "kb" / "kb.json").exists():
-            kb.build(index)
-    knowledge, embedder = kb.load(index), models.Embedder(models.PACKAGED)
-    tokenizer, rules = models.load_tokenizer(models.PACKAGED), leakage.load_rules()
-    batches = [notes[i:i + batch_size] for i in range(0, len(notes), batch_size)]
+    """The embedding of the retrieval queries and the whole text stage (``TokenizeAndRetrieve`` after the leakage
+    filter), as before 2026-11-30 (one padded forward pass per batch, with an index built that way) and now (sorted
+    by length, sub-batches), interleaved five times (best: other load only slows), in notes per CPU-second; and how
+    often both retrieve the same passage set."""
+    sub_batches = {"before": 0, "after": models.EMBED_SUB_BATCH}
+    indexes = {"before": str(workdir / "kb-before"), "after": index or str(workdir / "kb")}
+    for name, sub_batch in sub_batches.items():
+        if not Path(indexes[name], "kb.json").exists():
+            kb.build(indexes[name], sub_batch=sub_batch)
+    pairs = sample_notes(workdir, count, indexes["after"])
+    rules = leakage.load_rules()
+    t = dt.datetime(2150, 1, 1)
+    items = [Record(10000000 + i, 50000000 + i, f"bench-{i:06d}", 30000000, "AP", t, t, None, "", None, None,
+                    note=note, query=query, features=(), features_missing=(), labels_raw=(), labels_binary=(),
+                    labels_mask=(), split="train") for i, (note, query) in enumerate(pairs)]
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    stages = {name: text_stage(indexes[name], sub_batch) for name, sub_batch in sub_batches.items()}
+    embedders = {name: models.Embedder(models.PACKAGED, sub_batch) for name, sub_batch in sub_batches.items()}
 
-    def stage(batch):
-        filtered = [leakage.redact(note, rules, "[REDACTED]")[0] for note in batch]
-        models.tokenize(tokenizer, filtered, 512)
-        hits = text.retrieve(knowledge, embedder.embed(filtered), 3)
-        enhanced = [text.enhanced_note(n, [knowledge.passages[p] for p, _ in row]) for n, row in zip(filtered, hits)]
-        models.tokenize(tokenizer, enhanced, 512)
+    def run_stage(stage, batch):
+        filtered = [dataclasses.replace(r, note=leakage.redact(r.note, rules, "[REDACTED]")[0],
+                                        query=leakage.redact(r.query, rules, "[REDACTED]")[0]) for r in batch]
+        return [out for out in stage.process(filtered) if isinstance(out, Record)]
 
-    raw, full = [], []
-    for _ in range(3):
-        raw.append(rate(embedder.embed, batches, seconds) * batch_size)
-        full.append(rate(stage, batches, seconds) * batch_size)
-    return {"raw_embed": float(np.median(raw)), "stage": float(np.median(full)), "notes": len(notes),
-            "mean_chars": float(np.mean([len(n) for n in notes]))}
+    results = {name: [run_stage(stage, batch) for batch in batches] for name, stage in stages.items()}
+    measured: dict[str, list[float]] = {}
+    for _ in range(5):
+        for name, stage in stages.items():
+            measured.setdefault(f"embed_{name}", []).append(
+                cpu_rate(lambda batch: embedders[name].embed([r.query for r in batch]), batches, seconds) * batch_size)
+            measured.setdefault(f"stage_{name}", []).append(
+                cpu_rate(lambda batch: run_stage(stage, batch), batches, seconds) * batch_size)
+    return {**{name: max(values) for name, values in measured.items()},
+            "agreement": top_k_agreement(results["before"], results["after"]),
+            "notes": len(items), "distinct": len(set(pairs)),
+            "mean_chars": float(np.mean([len(n) for n, _ in pairs])),
+            "mean_query_chars": float(np.mean([len(q) for _, q in pairs]))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,10 +211,17 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.workdir).resolve()
     if args.only != "images" and not args.child:
         t = text_micro(workdir, args.notes, args.seconds, args.kb_index)
-        print(f"text stage benchmark: {t['notes']} sample notes (mean {t['mean_chars']:.0f} characters), batches "
-              f"of 32, one core")
-        print(f"  raw embedding forward pass      {t['raw_embed']:7.1f} notes/s")
-        print(f"  filter + tokenise + retrieve    {t['stage']:7.1f} notes/s   ratio {t['stage'] / t['raw_embed']:.2f}")
+        print(f"text stage benchmark: {t['notes']} sample notes ({t['distinct']} distinct; mean {t['mean_chars']:.0f} "
+              f"characters, retrieval query {t['mean_query_chars']:.0f}), batches of 32, per core (CPU time)")
+        for name, how in (("before", "before 2026-11-30: one padded embedding pass per batch"),
+                          ("after", f"now: queries sorted by length, sub-batches of {models.EMBED_SUB_BATCH}")):
+            gain = (f"   x{t['embed_after'] / t['embed_before']:.2f}", f"   x{t['stage_after'] / t['stage_before']:.2f}"
+                    ) if name == "after" else ("", "")
+            print(f"  {how}")
+            print(f"    raw embedding forward pass    {t['embed_' + name]:7.1f} notes/s{gain[0]}")
+            print(f"    filter + tokenise + retrieve  {t['stage_' + name]:7.1f} notes/s   ratio "
+                  f"{t['stage_' + name] / t['embed_' + name]:.2f}{gain[1]}")
+        print(f"  top-3 passage sets identical    {t['agreement']:7.1%} of the notes")
         if args.only == "text":
             return
     pool = make_pool(workdir / "pool", args.pool)

@@ -69,11 +69,12 @@ def passage_text(passage: dict) -> str:
 
 
 def build(output: str, passages_path: str = PACKAGED_PASSAGES, embedding_model: str = models.PACKAGED,
-          batch_size: int = 64) -> dict:
+          batch_size: int = 64, sub_batch: int = models.EMBED_SUB_BATCH) -> dict:
+    """``sub_batch`` as in ``models.Embedder`` (0 = the pre-2026-11-30 embedding, for agreement checks)."""
     import faiss
 
     passages = parse_passages(_read(passages_path), passages_path)
-    embedder = models.Embedder(embedding_model)
+    embedder = models.Embedder(embedding_model, sub_batch)
     texts = [passage_text(p) for p in passages]
     vectors = np.concatenate([embedder.embed(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
     index = faiss.IndexFlatIP(embedder.dim)

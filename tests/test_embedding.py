@@ -1,0 +1,74 @@
+"""The retrieval embedding in length-sorted sub-batches: the same retrievals as the one padded pass per batch it
+replaced, outputs that depend only on a batch's content, and stored token ids exactly the tokenizer's (speed is
+measured by ``make bench``, not here)."""
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from beam_pipeline import bench, kb, models
+from beam_pipeline.transforms.records import Record
+from beam_pipeline.transforms.text import TextSettings, TokenizeAndRetrieve
+
+
+@pytest.fixture(scope="module")
+def sample_records(tmp_path_factory, kb_index):
+    """Notes and retrieval queries of a generated sample, as the text stage receives them, in batches of 32."""
+    pairs = sorted(set(bench.sample_notes(tmp_path_factory.mktemp("text"), 96, kb_index)))
+    t = dt.datetime(2150, 1, 1)
+    records = [Record(1, 2, f"d{i:03d}", 3, "AP", t, t, None, "p", None, None, note, query, (), (), (), (), ())
+               for i, (note, query) in enumerate(pairs)]
+    return [records[i:i + 32] for i in range(0, len(records), 32)]
+
+
+def _stage(index: str, sub_batch: int) -> TokenizeAndRetrieve:
+    stage = TokenizeAndRetrieve(TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3, sub_batch))
+    stage.setup()
+    return stage
+
+
+def _outputs(stage, batches) -> list[Record]:
+    return [out for batch in batches for out in stage.process(batch) if isinstance(out, Record)]
+
+
+def test_same_passages_as_the_padded_embedding_and_exact_token_ids(sample_records, kb_index, tmp_path):
+    reference_index = str(tmp_path / "kb-before")
+    kb.build(reference_index, sub_batch=0)  # the knowledge base as the previous embedding built it
+    before = _outputs(_stage(reference_index, 0), sample_records)
+    after = _outputs(_stage(kb_index, models.EMBED_SUB_BATCH), sample_records)
+    assert len(after) == len(before) >= 60
+    same = [set(b.rag_ids) == set(a.rag_ids) for b, a in zip(before, after)]
+    assert sum(same) / len(same) >= 0.95
+    tokenizer = models.load_tokenizer(models.PACKAGED)
+    for record in after:
+        assert list(record.input_ids) == tokenizer(record.note, truncation=True, max_length=512)["input_ids"]
+        assert list(record.enhanced_input_ids) == tokenizer(record.enhanced_note, truncation=True,
+                                                            max_length=512)["input_ids"]
+
+
+def test_length_groups_are_a_function_of_the_content():
+    texts = ["bb", "a", "ccc", "a", "dd"]
+    lengths = [len(t) for t in texts]
+    groups = models.length_groups(lengths, texts, 2)
+    assert [[texts[i] for i in g] for g in groups] == [["a", "a"], ["bb", "dd"], ["ccc"]]
+    assert sorted(i for g in groups for i in g) == list(range(len(texts)))
+    assert models.length_groups(lengths, texts, 0) == [list(range(len(texts)))]
+    assert models.length_groups([], [], 8) == [] and models.length_groups([], [], 0) == []
+
+
+def test_embeddings_do_not_depend_on_the_order_within_a_batch(sample_records):
+    embedder = models.Embedder(models.PACKAGED)
+    queries = [r.query for r in sample_records[0]]
+    permuted = queries[1::2] + queries[::2]
+    vectors, again = embedder.embed(queries), embedder.embed(permuted)
+    position = {q: i for i, q in enumerate(queries)}
+    assert again.tobytes() == vectors[[position[q] for q in permuted]].tobytes()
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_the_stage_is_deterministic(sample_records, kb_index):
+    first = _outputs(_stage(kb_index, models.EMBED_SUB_BATCH), sample_records[:1])
+    again = _outputs(_stage(kb_index, models.EMBED_SUB_BATCH), sample_records[:1])
+    assert [dataclasses.astuple(r) for r in first] == [dataclasses.astuple(r) for r in again]
