@@ -4,7 +4,8 @@ Images, on MIMIC-sized JPEGs (3056 x 2544 etc., quality 95, made by the sample g
 
 - the raw decode limit: plain full-resolution ``cv2.imdecode`` of the same bytes;
 - the image stage per image: read the file, inspect, reduced decode, resize, pad, encode (``pixels.preprocess``);
-- the image stage inside Beam (``ProcessImages``) over N records, each N in a fresh process, with its peak RSS.
+- the image stage inside Beam (the TFRecord shard writer, ``WriteExamples``) over N records, each N in a fresh
+  process, with its peak RSS.
   A pool of distinct JPEGs is generated once; the N records point at them through symlinks (no disk cost).
 
 Text, on the notes and retrieval queries of a generated sample (torch single-threaded, batches of 32, rates per
@@ -27,6 +28,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -38,10 +40,11 @@ import numpy as np
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import kb, mimic, models, sample
+from beam_pipeline.fileio.outputs import WriteExamples
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import resolve_output
 from beam_pipeline.transforms import leakage, pixels, text
-from beam_pipeline.transforms.images import ImageSettings, ProcessImages
+from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from beam_pipeline.transforms.records import Record
 
 
@@ -100,13 +103,16 @@ def micro(pool: list[Path], settings: ImageSettings, seconds: float) -> dict:
 
 
 def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings) -> dict:
-    """The ProcessImages DoFn over n records in Beam's in-process runner (one worker); outputs are only counted."""
+    """The image stage as the job runs it: the TFRecord shard writer reading, preprocessing, serialising and
+    appending n records (``WriteExamples``), in Beam's in-process runner (one worker)."""
     items = records(root, pool, n)
+    output = root.parent / f"beam-out-{n}"
+    shutil.rmtree(output, ignore_errors=True)
     start = time.perf_counter()
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        processed = (p | beam.Create(items, reshuffle=False)
-                     | beam.ParDo(ProcessImages(str(root), settings)).with_outputs("rejects", "events", main="records"))
-        _ = processed.records | beam.Map(lambda r: len(r.image.encoded)) | beam.combiners.Count.Globally()
+        _ = (p | beam.Create(items, reshuffle=False)
+             | WriteExamples(str(output), 200.0, "none", ImageLoader(str(root), settings), settings,
+                             after=p | "NoChecks" >> beam.Create([])))
     seconds = time.perf_counter() - start
     return {"n": n, "seconds": seconds, "rate": n / seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

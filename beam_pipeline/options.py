@@ -61,12 +61,19 @@ class Config:
         "Negative start admits X-rays taken before arrival.", 0.0, parse=float)
     window_end_hours: float = _flag("End of the matching window in hours after ED intime (inclusive).", 24.0,
                                     parse=float)
+    within_ed_stay: bool = _flag(
+        "Keep only X-rays taken before the matched stay's ED departure (study time <= outtime). X-rays taken after "
+        "the patient left the ED (e.g. on a ward after admission) are dropped and counted "
+        "(dropped_after_ed_departure); without it they are kept and flagged after_ed_departure.", False,
+        parse=parse_bool)
     uncertain_policy: str = _flag(
         "How uncertain (-1) CheXpert labels become binary targets: zeros (-1 -> 0), ones (-1 -> 1) or ignore "
-        "(-1 -> masked out). Raw values are always stored too.", "zeros", choices=("zeros", "ones", "ignore"))
+        "(-1 -> no target: stored as -1 with mask 0, never 0). Raw values are always stored too.", "zeros",
+        choices=("zeros", "ones", "ignore"))
     split_strategy: str = _flag(
-        "hash: patient-level split by salted sha256 of subject_id; official: the MIMIC-CXR split file "
-        "(validate -> val).", "hash", choices=("hash", "official"))
+        "official: the MIMIC-CXR split file (validate -> val; images missing from it are rejected; a patient in "
+        "several official splits goes to the most held-out one); hash: patient-level split by salted sha256 of "
+        "subject_id.", "official", choices=("official", "hash"))
     split_fractions: tuple[float, ...] = _flag(
         "train,val,test fractions for --split_strategy=hash; must sum to 1.", (0.7, 0.15, 0.15), parse=_fractions)
     split_salt: str = _flag(

@@ -2,11 +2,12 @@
 
     Read* ──► SelectImages ──► LinkImagesToStays (CoGroupByKey on subject_id) ──► BuildRecord ──► FilterLeakage
                                                                                                       │
-    AssignSplit ◄── TokenizeAndRetrieve ◄── DeterministicBatches ◄────────────────────────────────────┘
+    AssignSplits ◄─ TokenizeAndRetrieve ◄── DeterministicBatches ◄────────────────────────────────────┘
         │  AssertPatientDisjoint, AssertUniqueKeys (must pass before any image is read)
         └──► WriteExamples: tfrecords/ (each shard's writer reads, preprocesses and appends one image at a time)
                   └──► written records ──► CountWritten ──► WriteOutputs: manifest/, rejects/, audit/
-    metadata.json ◄── WriteMetadata (events of every stage, input checksums, model identities, files written)
+    metadata.json ◄── WriteMetadata (events of every stage, input checksums, model identities, files written,
+                                     LeakageProbe: per-label AUROC of filtered/unfiltered notes vs structured data)
 
 Inputs, models and the retrieval index are resolved before anything runs (``resolve_inputs``, ``resolve_text``), so
 a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message.
@@ -29,10 +30,11 @@ from beam_pipeline.options import Config
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings, SelectImages
 from beam_pipeline.transforms.join import LinkImagesToStays
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage, rules_document
+from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
 from beam_pipeline.transforms.text import (CONTEXT_HEADER, DeterministicBatches, TextSettings, TokenizeAndRetrieve,
                                            effective_top_k)
 from beam_pipeline.transforms.records import BuildRecord
-from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplit, CountPatientsAndStudies
+from beam_pipeline.transforms.split import AssertPatientDisjoint, AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.stats import DescribeRecords
 
 JOIN_TABLES = {  # CoGroupByKey tag -> table keyed by subject_id
@@ -115,17 +117,18 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     for tag, table in JOIN_TABLES.items():
         if table.name in reads:
             keyed[tag] = _key_by_subject(f"Key {tag}", reads[table.name].rows)
-    linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours)
+    linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours,
+                                                                     config.within_ed_stay)
     built = _stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))
     filtered = built.records | "FilterLeakage" >> beam.ParDo(FilterLeakage(
         config.leakage_rules, config.redaction_token, config.leakage_audit)).with_outputs(
-        accounting.REJECTS, accounting.EVENTS, AUDIT, main="records")
+        accounting.REJECTS, accounting.EVENTS, AUDIT, UNFILTERED_TERMS, main="records")
     settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens, config.kb_index,
                             config.embedding_model, config.rag_top_k)
     tokenized = _stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
-    split = _stage(tokenized.records, "AssignSplits",
-                   AssignSplit(config.split_strategy, config.split_salt, config.split_fractions))
+    split = tokenized.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
+                                                                config.split_fractions)
     checked = ((split.records | "AssertPatientDisjoint" >> AssertPatientDisjoint(),
                 split.records | "RecordKeys" >> beam.Map(lambda r: r.dicom_id)
                 | "AssertUniqueKeys" >> AssertUniqueKeys())
@@ -149,4 +152,5 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     if config.leakage_audit:
         outputs["audit"] = filtered[AUDIT]
     files = (examples["files"], outputs | "WriteOutputs" >> WriteOutputs(config.output)) | "Written" >> beam.Flatten()
-    (events, input_files, files) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)
+    probe = (final.records, filtered[UNFILTERED_TERMS]) | "LeakageProbe" >> LeakageProbe(config.redaction_token)
+    (events, input_files, files, probe) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipeline import accounting, mimic, report
+from beam_pipeline import accounting, failpoints, mimic, report
 from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline.readers.common import load_metadata
-from beam_pipeline.run import execute, main, parse, run
+from beam_pipeline.run import execute, format_funnel, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 from conftest import ONE_WORKER, OFFLINE_TEXT, metadata_row, published, radiograph_jpeg, upload_tree
 
@@ -55,7 +55,7 @@ def scenario():
               {"subject_id": SUBJECT, "study_id": 50000003}]  # all blank
     patients = [{"subject_id": SUBJECT, "gender": "F", "anchor_age": 70, "anchor_year": 2148}]
     splits = [{"dicom_id": d["dicom_id"], "study_id": d["study_id"], "subject_id": d["subject_id"],
-               "split": "validate"} for d in images if d["dicom_id"] != "d-24h"]
+               "split": "validate"} for d in images]
     return dict(images=images, stays=stays, triage=triage, vitals=vital_rows, labels=labels, patients=patients,
                 splits=splits)
 
@@ -106,7 +106,10 @@ def test_outcome_of_every_image(scenario_run):
     assert manifest["d-mid"] == {
         "subject_id": str(SUBJECT), "study_id": "50000002", "dicom_id": "d-mid", "stay_id": "30000001",
         "split": manifest["d-mid"]["split"], "study_datetime": "2150-03-01 12:00:00",
-        "ed_intime": "2150-03-01 10:00:00", "ed_outtime": "2150-03-01 15:00:00", "hours_from_arrival": "2.000"}
+        "ed_intime": "2150-03-01 10:00:00", "ed_outtime": "2150-03-01 15:00:00", "hours_from_arrival": "2.000",
+        "after_ed_departure": "0"}
+    assert {d: r["after_ed_departure"] for d, r in manifest.items()} == {
+        "d-at-intime": "0", "d-mid": "0", "d-24h": "1", "d-stay-b": "0"}  # d-24h: 19 h after its stay's outtime
     counts = metadata["counts"]
     assert {k: counts[k] for k in ("images_total", "images_unreadable", "images_other_view", "images_kept_view",
                                    "matched", "no_ed_stay", "rejected")} == {
@@ -114,6 +117,7 @@ def test_outcome_of_every_image(scenario_run):
         "no_ed_stay": 2, "rejected": 1}
     assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1}
     assert counts["labels"] == {"labeled": 1, "all_blank": 1, "no_label_row": 2}
+    assert counts["after_ed_departure"] == 1 and counts["dropped_after_ed_departure"] == 0
     assert sum(counts["per_split"].values()) == 4 and sum(counts["patients_per_split"].values()) == 1
     rejects = [json.loads(line) for path in (published(output) / "rejects").glob("*.jsonl") for line in path.open()]
     assert rejects == [{"stage": "metadata", "reason": "bad_study_time", "subject_id": SUBJECT, "study_id": 50000006,
@@ -139,7 +143,11 @@ def test_labels_and_feature_names_in_records(scenario_run):
     mid = records["d-mid"]
     assert mid["labels/chexpert"][edema] == 1.0 and mid["labels/chexpert"][pneumonia] == -1.0
     assert mid["labels/binary"][edema] == 1 and mid["labels/binary"][pneumonia] == 0  # default policy: zeros
-    assert mid["labels/mask"] == [1] * 14 and records["d-24h"]["labels/mask"] == [0] * 14
+    assert mid["labels/mask"] == [1] * 14 and mid["labels/present"] == [1] and mid["labels/status"] == [b"labeled"]
+    for dicom_id, status in (("d-24h", b"all_blank"), ("d-at-intime", b"no_label_row")):  # unlabelled, not negative
+        record = records[dicom_id]
+        assert record["labels/mask"] == [0] * 14 and record["labels/binary"] == [-1] * 14
+        assert record["labels/present"] == [0] and record["labels/status"] == [status]
     assert metadata["label_order"] == list(mimic.LABELS)
     assert metadata["feature_names"] == list(FEATURE_NAMES)
     assert set(metadata["features"]) == set(mid)
@@ -164,10 +172,13 @@ def test_layout_is_exact_and_counts_match_beam_metrics(scenario_run):
     assert metrics["rows_read/cxr_metadata"] == counts["images_total"]
 
 
-def test_official_split_rejects_images_missing_from_the_split_file(mini_mimic, tmp_path):
-    roots = mini_mimic(**scenario())
-    metadata = run(argv(roots, tmp_path / "out", "--split_strategy=official", "--uncertain_policy=ones"))
+def test_official_split_is_the_default_and_rejects_images_missing_from_the_split_file(mini_mimic, tmp_path):
+    tables = scenario()
+    tables["splits"] = [row for row in tables["splits"] if row["dicom_id"] != "d-24h"]
+    roots = mini_mimic(**tables)
+    metadata = run(argv(roots, tmp_path / "out", "--uncertain_policy=ones"))
     counts = metadata["counts"]
+    assert metadata["config"]["split_strategy"] == "official" and metadata["split"]["strategy"] == "official"
     assert counts["per_split"] == {"train": 0, "val": 3, "test": 0}
     assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1, "split/not_in_official_split": 1}
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
@@ -244,7 +255,7 @@ def test_reads_and_writes_gs_paths_with_the_same_result(mini_mimic, tmp_path, gc
     page_path = f"{again['config']['output']}/report/index.html"
     assert report.build("gs://mimic-test/out") == page_path  # the after-Dataflow step
     page = bucket.blob(page_path[len("gs://mimic-test/"):]).download_as_bytes().decode()
-    assert f"{local['counts']['matched']} records" in page
+    assert f"{report.Count(local['counts']['matched'])} records" in page  # 4: shown as a suppressed small cell
 
 
 def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
@@ -255,6 +266,10 @@ def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
     metadata = run(argv(roots, tmp_path / "out"))
     counts = metadata["counts"]
     assert counts["matched"] == 0 and counts["rejected"] == 5
+    # funnel numbers are of written records: the four records built (with label status, one after departure) and
+    # then rejected at the image stage are in none of them
+    assert counts["labels"] == {"labeled": 0, "all_blank": 0, "no_label_row": 0}
+    assert counts["after_ed_departure"] == 0 and counts["written_notes"] == {"redacted": 0, "truncated": 0}
     assert counts["rejected_by_reason"] == {"metadata/bad_study_time": 1, "images/missing_image": 1,
                                             "images/empty_image": 1, "images/truncated_image": 1,
                                             "images/not_a_jpeg": 1}
@@ -275,7 +290,7 @@ def test_images_can_be_left_out(mini_mimic, tmp_path):
     assert "Sample validation records (0)" in page and 'id="funnel"' in page
 
 
-def test_kept_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
+def test_kept_runs_publish_latest_only_after_success(mini_mimic, tmp_path, monkeypatch):
     """--keep_runs: a failed rerun leaves LATEST and the previous run alone; a successful one moves LATEST, keeps
     the earlier complete run and deletes what the failed one left behind."""
     base = tmp_path / "out"
@@ -285,15 +300,16 @@ def test_kept_runs_publish_latest_only_after_success(mini_mimic, tmp_path):
     assert latest == f"runs/{Path(first['config']['output']).name}\n" and Path(first["config"]["output"]).parent == \
         base / "runs"
     assert load_metadata(str(base)) == first  # readers follow LATEST
-    broken = scenario()
-    broken["splits"][0]["split"] = "train"  # the subject is now in train and val: the job must fail
-    with pytest.raises(Exception, match="appears in splits"):
-        run(argv(mini_mimic(**broken), base, "--keep_runs", "--split_strategy=official"))
+    monkeypatch.setenv(failpoints.ENV, "before_metadata:raise")  # every shard written, then the job fails
+    with pytest.raises(Exception, match=failpoints.ENV):
+        run(argv(roots, base, "--keep_runs"))
+    monkeypatch.delenv(failpoints.ENV)
     assert (base / "LATEST").read_text() == latest
     failed = [r for r in (base / "runs").iterdir() if r.name != Path(first["config"]["output"]).name]
-    assert not any((r / "metadata.json").exists() for r in failed)  # a failed run is never complete
+    assert len(failed) == 1 and list(failed[0].glob("tfrecords/*.tfrecord"))  # shards, but...
+    assert not (failed[0] / "metadata.json").exists()  # ...a failed run is never complete
     assert load_metadata(str(base)) == first  # the previous run is intact
-    second = run(argv(mini_mimic(**scenario()), base, "--keep_runs"))
+    second = run(argv(roots, base, "--keep_runs"))
     assert load_metadata(str(base)) == second and load_metadata(first["config"]["output"]) == first
     assert sorted(r.name for r in (base / "runs").iterdir()) == sorted(
         Path(m["config"]["output"]).name for m in (first, second))
@@ -306,3 +322,46 @@ def test_progress_is_logged_with_counts_and_rates_only(mini_mimic, tmp_path, cap
     lines = [r.getMessage() for r in caplog.records if r.name == "beam_pipeline.progress"]
     assert "progress: records written 4 (" in "\n".join(lines) and any("kept-view images" in line for line in lines)
     assert all(re.fullmatch(r"progress: [a-z -]+ \d+ \(\d+\.\d/s\)", line) for line in lines)
+
+
+def test_ed_departure_in_records_notes_and_the_within_ed_stay_flag(scenario_run, mini_mimic, tmp_path):
+    """d-24h is taken 19 h after its stay ended (outtime 15:00): flagged in manifest and TFRecord, and its note says
+    the patient left; --within_ed_stay drops it and counts it, and the funnel still adds up."""
+    _, output, _, _ = scenario_run
+    records = read_tfrecords(output)
+    late, mid = records["d-24h"], records["d-mid"]
+    assert late["after_ed_departure"] == [1] and late["ed_outtime"] == [b"2150-03-01 15:00:00"]
+    assert mid["after_ed_departure"] == [0] and mid["ed_outtime"] == [b""]  # in the ED: its departure is the future
+    assert "Left the ED 19 h ago, after 5 h in the ED." in late["note/text"][0].decode()
+    assert "In the ED for" not in late["note/text"][0].decode()
+    assert "In the ED for 2 h." in mid["note/text"][0].decode()
+    metadata = run(argv(mini_mimic(**scenario()), tmp_path / "within", "--within_ed_stay"))
+    counts = metadata["counts"]
+    assert {r["dicom_id"] for r in read_manifest(tmp_path / "within")} == {"d-at-intime", "d-mid", "d-stay-b"}
+    assert counts["matched"] == 3 and counts["dropped_after_ed_departure"] == 1 and counts["after_ed_departure"] == 0
+    assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + \
+        counts["dropped_after_ed_departure"] + counts["rejected"]
+    assert counts["labels"] == {"labeled": 1, "all_blank": 0, "no_label_row": 2}  # d-24h (all blank) is not written
+    funnel = format_funnel(counts, ("AP", "PA"))
+    assert re.search(r"after ED departure, dropped +1  only with --within_ed_stay", funnel)
+    assert re.search(r"of which after ED departure +0$", funnel, re.MULTILINE)
+
+
+def test_funnel_lines_add_up_and_count_written_records(scenario_run):
+    _, _, _, metadata = scenario_run
+    counts = metadata["counts"]
+    funnel = format_funnel(counts, ("AP", "PA"))
+    number = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^(.{36}) *(\d+)", funnel, re.MULTILINE)}
+    assert number["kept views (AP,PA)"] == sum(number[k] for k in (
+        "no ED stay in window", "after ED departure, dropped", "rejected", "matched and written"))
+    assert number["of which without labels"] == 3 and number["of which after ED departure"] == 1
+    assert "no CheXpert row 2 / all blank 1" in funnel
+
+
+def test_ignore_policy_never_turns_uncertain_into_zero(mini_mimic, tmp_path):
+    run(argv(mini_mimic(**scenario()), tmp_path / "out", "--uncertain_policy=ignore"))
+    mid = read_tfrecords(tmp_path / "out")["d-mid"]
+    edema, pneumonia = mimic.LABELS.index("Edema"), mimic.LABELS.index("Pneumonia")
+    assert (mid["labels/binary"][pneumonia], mid["labels/mask"][pneumonia]) == (-1, 0)  # uncertain
+    assert (mid["labels/binary"][edema], mid["labels/mask"][edema]) == (1, 1)
+    assert sum(mid["labels/mask"]) == 13 and mid["labels/present"] == [1]

@@ -22,6 +22,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels
 from beam_pipeline.transforms.examples import feature_spec, feature_spec_json
+from beam_pipeline.transforms.labels import STATUSES
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 from beam_pipeline.transforms.stats import summarize_stats
 
@@ -47,12 +48,16 @@ def summarize_counts(events: dict[str, int]) -> dict:
         "images_kept_view": events.get("images_kept_view", 0),
         "matched": events.get("matched", 0),
         "no_ed_stay": events.get("no_ed_stay", 0),
+        "dropped_after_ed_departure": events.get("dropped_after_ed_departure", 0),
         "rejected": events.get("rejected", 0),
         "rejected_by_reason": {k: v for k, v in rejects.items() if not k.startswith("read/")},
         "per_split": {s: events.get(f"per_split/{s}", 0) for s in mimic.SPLITS},
         "patients_per_split": {s: events.get(f"patients/{s}", 0) for s in mimic.SPLITS},
         "studies_per_split": {s: events.get(f"studies/{s}", 0) for s in mimic.SPLITS},
-        "labels": _prefixed(events, "labels/"),
+        "labels": {status: events.get(f"labels/{status}", 0) for status in STATUSES},
+        "after_ed_departure": events.get("written/after_ed_departure", 0),
+        "written_notes": {"redacted": events.get("written/notes_redacted", 0),
+                          "truncated": events.get("written/notes_truncated", 0)},
         "vitals_implausible_dropped": events.get("vitals_implausible_dropped", 0),
         "notes": {"tokenized": events.get("notes_tokenized", 0), "truncated": events.get("notes_truncated", 0),
                   "enhanced_truncated": events.get("enhanced_notes_truncated", 0),
@@ -78,23 +83,32 @@ def summarize_outputs(files: list[dict], output: str) -> dict:
     return summary
 
 
-def check_counts(counts: dict, outputs: dict) -> list[str]:
+def check_counts(counts: dict, outputs: dict, within_ed_stay: bool = False) -> list[str]:
     """Every identity the funnel promises; an empty list means nothing was lost."""
     c = counts
     written = {split: outputs.get("tfrecords", {}).get(split, {}).get("records", 0) for split in mimic.SPLITS}
     checks = [
         ("images_total == images_unreadable + images_other_view + images_kept_view",
          c["images_total"], c["images_unreadable"] + c["images_other_view"] + c["images_kept_view"]),
-        ("images_kept_view == matched + no_ed_stay + rejected",
-         c["images_kept_view"], c["matched"] + c["no_ed_stay"] + c["rejected"]),
+        ("images_kept_view == matched + no_ed_stay + dropped_after_ed_departure + rejected",
+         c["images_kept_view"], c["matched"] + c["no_ed_stay"] + c["dropped_after_ed_departure"] + c["rejected"]),
         ("rejected == sum(rejected_by_reason)", c["rejected"], sum(c["rejected_by_reason"].values())),
         ("matched == sum(per_split)", c["matched"], sum(c["per_split"].values())),
+        ("matched == sum(labels)", c["matched"], sum(c["labels"].values())),
         ("tfrecord records == per_split", written, c["per_split"]),
         ("manifest rows == matched", outputs.get("manifest", {}).get("manifest", {}).get("records", 0), c["matched"]),
         ("reject lines == rejects_total", outputs.get("rejects", {}).get("rejects", {}).get("records", 0),
          c["rejects_total"]),
     ]
-    return [f"{name}: {left} != {right}" for name, left, right in checks if left != right]
+    problems = [f"{name}: {left} != {right}" for name, left, right in checks if left != right]
+    parts = {"after_ed_departure": c["after_ed_departure"],
+             **{f"written_notes.{k}": v for k, v in c["written_notes"].items()}}  # subsets of the written records
+    problems += [f"{name} <= matched: {n} > {c['matched']}" for name, n in parts.items() if n > c["matched"]]
+    if within_ed_stay and c["after_ed_departure"]:
+        problems.append(f"--within_ed_stay but after_ed_departure == {c['after_ed_departure']}")
+    if not within_ed_stay and c["dropped_after_ed_departure"]:
+        problems.append(f"dropped_after_ed_departure == {c['dropped_after_ed_departure']} without --within_ed_stay")
+    return problems
 
 
 def versions() -> dict[str, str]:
@@ -111,11 +125,11 @@ def spec(config: Config, text: dict) -> dict:
 
 
 def build_metadata(config: Config, text: dict, events: dict[str, int], inputs: list[dict], files: list[dict],
-                   extra_files: list[str] = ()) -> dict:
+                   extra_files: list[str] = (), leakage_probe: dict | None = None) -> dict:
     counts = summarize_counts(events)
     outputs = summarize_outputs(files, config.output)
     outputs["files"] = sorted(outputs["files"] + list(extra_files))
-    problems = check_counts(counts, outputs)
+    problems = check_counts(counts, outputs, config.within_ed_stay)
     if problems:
         raise CountsError("counts do not add up: " + "; ".join(problems))
     return {
@@ -133,9 +147,25 @@ def build_metadata(config: Config, text: dict, events: dict[str, int], inputs: l
         "manifest_columns": list(MANIFEST_COLUMNS),
         "reject_fields": list(accounting.REJECT_FIELDS),
         "counts": counts,
+        "split": split_section(config, events, counts),
         "stats": summarize_stats(events),
+        "leakage_probe": leakage_probe,
         "outputs": outputs,
     }
+
+
+def split_section(config: Config, events: dict[str, int], counts: dict) -> dict:
+    """How the split was made, and what its rules did (beam_pipeline.transforms.split)."""
+    official = config.split_strategy == "official"
+    return {"strategy": config.split_strategy,
+            "rule": "MIMIC-CXR split file per image (validate -> val)" if official else
+                    f"sha256('{config.split_salt}:<subject_id>') against fractions {list(config.split_fractions)}",
+            "missing_from_official_file": "rejected (not_in_official_split)" if official else None,
+            "patient_in_several_official_splits": "all of the patient's images go to the most held-out of those "
+                                                  "splits (test, then val)" if official else None,
+            "reassigned_patients": events.get("split_reassigned_patients", 0),
+            "reassigned_records": events.get("split_reassigned_records", 0),
+            "patients_per_split": counts["patients_per_split"]}
 
 
 def image_section(config: Config) -> dict | None:
@@ -182,12 +212,13 @@ class WriteMetadata(beam.PTransform):
         self._keep_runs = keep_runs
 
     def expand(self, inputs):
-        events, input_files, written = inputs
+        events, input_files, written, *probe = inputs  # probe: optional one-element LeakageProbe output
         config, text, base, keep_runs = self._config, self._text, self._base, self._keep_runs
 
-        def write(_, events, input_files, written):
+        def write(_, events, input_files, written, probe=None):
             tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
-            document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files)
+            document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files,
+                                      probe)
             failpoints.reached("before_metadata")
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             failpoints.reached("metadata_written")
@@ -201,4 +232,5 @@ class WriteMetadata(beam.PTransform):
         return (events.pipeline
                 | "Once" >> beam.Create([None])
                 | "WriteMetadataJson" >> beam.FlatMap(write, beam.pvalue.AsList(totals),
-                                                      beam.pvalue.AsList(input_files), beam.pvalue.AsList(written)))
+                                                      beam.pvalue.AsList(input_files), beam.pvalue.AsList(written),
+                                                      *[beam.pvalue.AsSingleton(p) for p in probe]))

@@ -28,9 +28,9 @@ RECORD_FEATURES: Spec = {
     "view_position": (BYTES, (), "DICOM ViewPosition, e.g. AP or PA"),
     "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
     "hours_from_arrival": (FLOAT, (), "hours from ED intime to the study (negative before arrival)"),
-    "ed_outtime": (BYTES, (), "ED departure of the matched stay, YYYY-MM-DD HH:MM:SS, empty if unknown; for "
-                              "filtering and analysis only, not a model input (for an X-ray taken in the ED it "
-                              "is in the future)"),
+    "ed_outtime": (BYTES, (), "ED departure of the matched stay, YYYY-MM-DD HH:MM:SS, only once it has happened "
+                              "(after_ed_departure = 1); empty for an X-ray taken in the ED, whose departure lies in "
+                              "the future (the manifest has it for every record, for filtering)"),
     "after_ed_departure": (INT64, (), "1 when the study was taken after ED departure (study time > ed_outtime)"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
     "note/text": (BYTES, (), "pseudo-note from data known at the study time, leakage-filtered (UTF-8)"),
@@ -93,7 +93,7 @@ def _values(record: Record) -> dict[str, Any]:
         "view_position": [record.view_position.encode()],
         "study_datetime": [mimic.format_datetime(record.study_time).encode()],
         "hours_from_arrival": [record.hours_from_arrival],
-        "ed_outtime": [mimic.format_datetime(record.ed_outtime).encode() if record.ed_outtime else b""],
+        "ed_outtime": [mimic.format_datetime(record.ed_outtime).encode() if record.after_ed_departure else b""],
         "after_ed_departure": [int(record.after_ed_departure)],
         "image/path": [record.image_path.encode()],
         "note/text": [record.note.encode("utf-8")],

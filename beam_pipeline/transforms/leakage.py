@@ -5,7 +5,8 @@ original pipeline chose patterns from each record's own positive labels). Rules 
 documented there) are regular expressions matched case-insensitively at word boundaries, so "ct" never fires inside
 "activity" and "98.4" is never split. Only the matching span is replaced by the redaction token; overlapping or
 adjacent spans become one token. The unfiltered note never reaches a training record: an opt-in audit output keeps
-it, clearly marked.
+it, clearly marked. For the leakage probe (``probe.py``) a redacted note's unfiltered text leaves only as hashed
+bag-of-words buckets (``UNFILTERED_TERMS``), which nothing writes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import accounting
+from beam_pipeline.transforms.probe import UNFILTERED_TERMS, hashed_terms
 from beam_pipeline.transforms.records import Record
 
 AUDIT = "audit"
@@ -33,6 +35,7 @@ class Rule:
     finding: str | None
     pattern: re.Pattern
     except_after: re.Pattern | None
+    except_before: re.Pattern | None = None
 
 
 def _compile(entry: dict) -> Rule:
@@ -41,7 +44,11 @@ def _compile(entry: dict) -> Rule:
     words = entry.get("except_after") or []
     except_after = re.compile(rf"(?:^|[^{_WORD_CHAR}])(?:{'|'.join(re.escape(w) for w in words)})\s+$",
                               re.IGNORECASE) if words else None
-    return Rule(entry["id"], entry.get("finding"), pattern, except_after)
+    words = entry.get("except_before") or []
+    except_before = re.compile(rf"\s+(?:of\s+)?(?:the\s+)?(?:(?:l|r|left|right|bilat|bilateral)\s+)?"
+                               rf"(?:{'|'.join(re.escape(w) for w in words)})(?![{_WORD_CHAR}])",
+                               re.IGNORECASE) if words else None
+    return Rule(entry["id"], entry.get("finding"), pattern, except_after, except_before)
 
 
 def rules_document(extra_path: str = "") -> dict:
@@ -67,6 +74,8 @@ def redact(text: str, rules: tuple[Rule, ...], token: str) -> tuple[str, dict[st
         for match in rule.pattern.finditer(text):
             if rule.except_after and rule.except_after.search(text[max(0, match.start() - 40):match.start()]):
                 continue
+            if rule.except_before and rule.except_before.match(text, match.end()):
+                continue
             spans.append((match.start(), match.end()))
             hits[rule.id] += 1
     if not spans:
@@ -87,7 +96,7 @@ def redact(text: str, rules: tuple[Rule, ...], token: str) -> tuple[str, dict[st
 
 class FilterLeakage(beam.DoFn):
     """Record -> the same record with its note and retrieval query filtered; counts hits per rule in the note;
-    optional audit rows."""
+    optional audit rows; (dicom_id, hashed terms of the unfiltered note) of every redacted note for the probe."""
 
     def __init__(self, extra_rules: str, token: str, audit: bool):
         self._extra = extra_rules
@@ -104,9 +113,10 @@ class FilterLeakage(beam.DoFn):
             yield accounting.event(f"leakage/{rule_id}", n)
         if hits:
             yield accounting.event("leakage_notes_redacted")
+            yield beam.pvalue.TaggedOutput(UNFILTERED_TERMS, (record.dicom_id, hashed_terms(record.note)))
             if self._audit:
                 yield beam.pvalue.TaggedOutput(AUDIT, {
                     "warning": AUDIT_WARNING, "dicom_id": record.dicom_id, "subject_id": record.subject_id,
                     "hits": hits, "original_note": record.note, "filtered_note": filtered})
         query, _ = redact(record.query, self._rules, self._token)  # a subset of the note's facts: hits counted once
-        yield dataclasses.replace(record, note=filtered, query=query)
+        yield dataclasses.replace(record, note=filtered, query=query, redacted=bool(hits))
