@@ -149,7 +149,7 @@ def cpu_rate(fn, items, seconds: float) -> float:
 def text_stage(index: str, sub_batch: int) -> text.TokenizeAndRetrieve:
     """The pipeline's text DoFn, set up, embedding in sub-batches of ``sub_batch`` (0 = before 2026-11-30)."""
     stage = text.TokenizeAndRetrieve(text.TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3,
-                                                       sub_batch))
+                                                       sub_batch, kb.read_manifest(index)["index_sha256"]))
     stage.setup()
     return stage
 

@@ -21,7 +21,6 @@ import json
 from beam_pipeline import options
 
 PHYSIONET_CXR_BUCKET = "gs://mimic-cxr-jpg-2.1.0.physionet.org"
-IMAGE_TOKENIZER = "/template/models/ModernBERT-base"  # baked into the image by the Dockerfile
 IMAGE_KB_INDEX = "/template/kb"  # the packaged knowledge base, indexed at image build time
 ENVIRONMENT = {
     "machineType": "n2-standard-4",
@@ -37,7 +36,7 @@ def launch_body(project: str, region: str, bucket: str, image: str, service_acco
     """A LaunchFlexTemplateRequest. A fixed job name means an overlapping scheduled launch is refused (409) rather
     than run twice; every run still gets its own run folder under the output."""
     values = {"mimic_cxr_root": PHYSIONET_CXR_BUCKET, "output": f"gs://{bucket}/mimic-cxr-ed",
-              "billing_project": project, "tokenizer": IMAGE_TOKENIZER, "kb_index": IMAGE_KB_INDEX,
+              "billing_project": project, "kb_index": IMAGE_KB_INDEX,
               "keep_runs": "true", **parameters}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(options.Config)})
     if unknown:

@@ -7,6 +7,12 @@ OUT_DIR (local or gs://) gets ``index.faiss`` (exact inner-product index of unit
 The default passages are ours (``resources/kb/passages.jsonl``): short texts on ED presentations, chest conditions,
 vital signs and common ED medications, each citing the public guideline or textbook it agrees with. Bring your own
 as JSONL with ``id``, ``title``, ``text`` and ``source`` per line.
+
+The pipeline's default, ``--kb_index=packaged``, is the packaged passages indexed on first use into a local cache
+(``packaged_index``): ``$MIMIC_CXR_ED_CACHE``, else ``$XDG_CACHE_HOME/mimic-cxr-ed-beam``, else
+``~/.cache/mimic-cxr-ed-beam``), keyed by the passages, the embedding model and the embedding settings, and reused.
+Every process that needs it (the launcher, each worker) builds or finds the same index; the pipeline checks that
+its checksum is the one recorded in metadata.json.
 """
 
 from __future__ import annotations
@@ -14,8 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
+import os
+import shutil
+import tempfile
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -26,6 +37,9 @@ from beam_pipeline import models
 FIELDS = ("id", "title", "text", "source")
 FILES = ("index.faiss", "passages.jsonl", "kb.json")
 PACKAGED_PASSAGES = "packaged"
+PACKAGED_INDEX = "packaged"  # --kb_index value: the packaged passages, indexed into the cache on first use
+NO_INDEX = ("none", "")  # --kb_index values that turn retrieval off
+CACHE_ENV = "MIMIC_CXR_ED_CACHE"
 
 
 class KnowledgeBaseError(ValueError):
@@ -89,6 +103,36 @@ def build(output: str, passages_path: str = PACKAGED_PASSAGES, embedding_model: 
     _write(FileSystems.join(output, "passages.jsonl"), passages_bytes)
     _write(FileSystems.join(output, "kb.json"), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return manifest
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mimic-cxr-ed-beam"
+
+
+def packaged_index(embedding_model: str = models.PACKAGED) -> str:
+    """The directory of the packaged passages' index for ``embedding_model``: built into the cache on first use
+    (into a temporary folder renamed into place, so processes building at once never see half an index)."""
+    stack = [importlib.metadata.version(name) for name in ("torch", "transformers", "faiss-cpu")]
+    key = hashlib.sha256(_read(PACKAGED_PASSAGES) + repr((embedding_model, models.EMBED_SUB_BATCH, stack)).encode())
+    final = cache_root() / "kb" / key.hexdigest()[:16]
+    if not (final / "kb.json").exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        building = tempfile.mkdtemp(prefix=".building-", dir=final.parent)
+        build(building, PACKAGED_PASSAGES, embedding_model)
+        try:
+            os.rename(building, final)
+        except OSError:  # another process got there first: use its index
+            shutil.rmtree(building, ignore_errors=True)
+    return str(final)
+
+
+def index_directory(kb_index: str, embedding_model: str) -> str | None:
+    """--kb_index -> the index directory to load, or None for no retrieval."""
+    if kb_index in NO_INDEX:
+        return None
+    return packaged_index(embedding_model) if kb_index == PACKAGED_INDEX else kb_index
 
 
 @dataclasses.dataclass(frozen=True)

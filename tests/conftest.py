@@ -42,6 +42,18 @@ def _loopback(host) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kb_cache(tmp_path_factory):
+    """The packaged knowledge base's index cache (--kb_index=packaged) in a session folder, not the user's ~/.cache:
+    the first run of the session builds it, later ones reuse it."""
+    from beam_pipeline import kb
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv(kb.CACHE_ENV, str(tmp_path_factory.mktemp("kb-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Every test runs with connections beyond loopback refused, so nothing can quietly reach the internet."""

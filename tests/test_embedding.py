@@ -4,6 +4,7 @@ measured by ``make bench``, not here)."""
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def sample_records(tmp_path_factory, kb_index):
 
 
 def _stage(index: str, sub_batch: int) -> TokenizeAndRetrieve:
-    stage = TokenizeAndRetrieve(TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3, sub_batch))
+    stage = TokenizeAndRetrieve(TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3, sub_batch,
+                                             kb.read_manifest(index)["index_sha256"]))
     stage.setup()
     return stage
 
@@ -72,3 +74,21 @@ def test_the_stage_is_deterministic(sample_records, kb_index):
     first = _outputs(_stage(kb_index, models.EMBED_SUB_BATCH), sample_records[:1])
     again = _outputs(_stage(kb_index, models.EMBED_SUB_BATCH), sample_records[:1])
     assert [dataclasses.astuple(r) for r in first] == [dataclasses.astuple(r) for r in again]
+
+
+def test_a_worker_refuses_an_index_other_than_the_one_checked_at_launch(kb_index):
+    settings = TextSettings(models.PACKAGED, "main", 512, kb_index, models.PACKAGED, 3, index_sha256="0" * 64)
+    with pytest.raises(kb.KnowledgeBaseError, match="is not the index checked at launch"):
+        TokenizeAndRetrieve(settings).setup()
+
+
+def test_the_packaged_index_is_built_once_into_the_cache_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv(kb.CACHE_ENV, str(tmp_path))
+    first = kb.packaged_index()
+    assert first.startswith(str(tmp_path)) and kb.read_manifest(first)["count"] == 222
+    stamp = (tmp_path / first / "index.faiss").stat().st_mtime_ns
+    assert kb.packaged_index() == first and (tmp_path / first / "index.faiss").stat().st_mtime_ns == stamp
+    assert kb.index_directory("packaged", models.PACKAGED) == first
+    assert kb.index_directory("none", models.PACKAGED) is None and kb.index_directory("", models.PACKAGED) is None
+    assert kb.index_directory("gs://b/kb", models.PACKAGED) == "gs://b/kb"
+    assert [p.name for p in (tmp_path / "kb").iterdir()] == [Path(first).name]  # no half-built folder left

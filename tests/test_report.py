@@ -94,6 +94,9 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
         counts["rejected"])
     assert {k[len("rejected: "):]: v for k, v in funnel.items() if k.startswith("rejected: ")} == \
         {k: shown(v) for k, v in counts["rejected_by_reason"].items()}
+    assert metadata["split"]["strategy"] == metadata["config"]["split_strategy"] == "official"
+    assert "Strategy: <b>official</b>: MIMIC-CXR split file" in index.read_text()
+    assert "most held-out" in index.read_text()  # the rule for a patient in several official splits
     for row in page.tables["splits"][1:]:
         split, images, studies, patients = row
         rows = [r for r in manifest if r["split"] == split]

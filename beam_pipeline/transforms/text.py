@@ -77,10 +77,11 @@ class TextSettings:
     tokenizer: str
     tokenizer_revision: str
     max_tokens: int
-    kb_index: str  # "" = no retrieval
+    kb_index: str  # --kb_index: "packaged", an index directory, or "none"/"" (no retrieval)
     embedding_model: str
     top_k: int
     embed_sub_batch: int = models.EMBED_SUB_BATCH  # 0 = one padded forward pass per batch (the benchmark's reference)
+    index_sha256: str = ""  # the index resolved at launch: every worker must load exactly this one
 
 
 class _Models:
@@ -88,9 +89,13 @@ class _Models:
 
     def __init__(self, settings: TextSettings):
         self.tokenizer = models.load_tokenizer(settings.tokenizer, settings.tokenizer_revision)
-        self.embedder = (models.Embedder(settings.embedding_model, settings.embed_sub_batch) if settings.kb_index
-                         else None)
-        self.knowledge = kb_lib.load(settings.kb_index) if settings.kb_index else None
+        directory = kb_lib.index_directory(settings.kb_index, settings.embedding_model)
+        self.embedder = models.Embedder(settings.embedding_model, settings.embed_sub_batch) if directory else None
+        self.knowledge = kb_lib.load(directory) if directory else None
+        if self.knowledge is not None and self.knowledge.manifest["index_sha256"] != settings.index_sha256:
+            raise kb_lib.KnowledgeBaseError(
+                f"{directory}: index_sha256 {self.knowledge.manifest['index_sha256']} is not the index checked at "
+                f"launch ({settings.index_sha256}); the index changed, or this worker embeds differently")
 
 
 class TokenizeAndRetrieve(beam.DoFn):
