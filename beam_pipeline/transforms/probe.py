@@ -24,7 +24,8 @@ line search in numpy; AUROCs are rounded to 4 decimals. Targets are ``labels/bin
 or negatives. AUROC is the Mann-Whitney statistic with ties counted half.
 
 Scale: the probe uses a deterministic subsample, the ``MAX_TRAIN`` train and ``MAX_VAL`` val records with the
-smallest sha256("probe:" + dicom_id) (``Top.PerKey``, so no worker holds more than that), and fits in one worker.
+smallest sha256("probe:" + dicom_id) (``Top.PerKey``, so no worker holds more than that); the label x input
+classifiers (up to 56) are fitted in parallel, each worker reading the subsample as a side input.
 """
 
 from __future__ import annotations
@@ -224,33 +225,64 @@ METHOD = {
 }
 
 
-def probe(rows: list[ProbeRow], token: str) -> dict:
-    """The ``leakage_probe`` block of metadata.json from the (subsampled) rows; order of ``rows`` is irrelevant."""
-    rows = sorted(rows, key=lambda r: (r.rank, r.dicom_id))
-    train = [r for r in rows if r.split == "train"]
-    val = [r for r in rows if r.split == "val"]
-    inputs = [name for name in INPUTS if token or name != "filtered_note_without_marker"]
-    labels: dict[str, dict] = {}
+def prepared(rows: list[ProbeRow]) -> list[ProbeRow]:
+    """Rows in their fixed order (so the order they arrive in never matters)."""
+    return sorted(rows, key=lambda r: (r.rank, r.dicom_id))
+
+
+def inputs_for(token: str) -> list[str]:
+    return [name for name in INPUTS if token or name != "filtered_note_without_marker"]
+
+
+def _label_rows(rows: list[ProbeRow], index: int):
+    """(train rows, val rows, y_train, y_val) of the records whose label ``index`` is valid."""
+    tr = [r for r in rows if r.split == "train" and r.mask[index] == 1]
+    va = [r for r in rows if r.split == "val" and r.mask[index] == 1]
+    return (tr, va, np.array([r.labels[index] for r in tr], np.float64),
+            np.array([r.labels[index] for r in va], np.int64))
+
+
+def label_entry(rows: list[ProbeRow], index: int) -> dict:
+    """Counts of one label, and why it is skipped when a class is too rare."""
+    _, _, y_train, y_val = _label_rows(rows, index)
+    entry = {"n_train": len(y_train), "n_val": len(y_val), "positives_train": int(y_train.sum()),
+             "positives_val": int(y_val.sum())}
+    short = [f"{n} {kind} in {split}" for split, y in (("train", y_train), ("val", y_val))
+             for kind, n in (("positives", int(y.sum())), ("negatives", int(len(y) - y.sum()))) if n < MIN_CLASS]
+    if short:
+        entry["skipped"] = f"fewer than {MIN_CLASS} of a class: " + ", ".join(short)
+    return entry
+
+
+def fit_one(rows: list[ProbeRow], index: int, name: str) -> tuple[int, str, float | None]:
+    """(label index, input, val AUROC) of one classifier; None when the label is skipped."""
+    if "skipped" in label_entry(rows, index):
+        return index, name, None
+    tr, va, y_train, y_val = _label_rows(rows, index)
+    train_x, val_x = _designs(name, tr, va)
+    return index, name, round(auroc(y_val, val_x.dot(fit_logistic(train_x, y_train))), 4)
+
+
+def assemble(rows: list[ProbeRow], fits: list[tuple[int, str, float | None]], token: str) -> dict:
+    """The ``leakage_probe`` block of metadata.json from the rows and every (label, input) fit."""
+    scores = {(index, name): value for index, name, value in fits}
+    labels = {}
     for index, label in enumerate(mimic.LABELS):
-        tr = [r for r in train if r.mask[index] == 1]
-        va = [r for r in val if r.mask[index] == 1]
-        y_train = np.array([r.labels[index] for r in tr], np.float64)
-        y_val = np.array([r.labels[index] for r in va], np.int64)
-        entry = {"n_train": len(tr), "n_val": len(va), "positives_train": int(y_train.sum()),
-                 "positives_val": int(y_val.sum())}
-        short = [f"{n} {kind} in {split}" for split, y in (("train", y_train), ("val", y_val))
-                 for kind, n in (("positives", int(y.sum())), ("negatives", int(len(y) - y.sum())))
-                 if n < MIN_CLASS]
-        if short:
-            labels[label] = {**entry, "skipped": f"fewer than {MIN_CLASS} of a class: " + ", ".join(short)}
-            continue
-        for name in inputs:
-            train_x, val_x = _designs(name, tr, va)
-            w = fit_logistic(train_x, y_train)
-            entry[name] = round(auroc(y_val, val_x.dot(w)), 4)
+        entry = label_entry(rows, index)
+        if "skipped" not in entry:
+            entry.update({name: scores[index, name] for name in inputs_for(token)})
         labels[label] = entry
-    return {"method": METHOD, "redaction_token": token, "min_class": MIN_CLASS, "n_train": len(train),
-            "n_val": len(val), "inputs": inputs, "labels": labels}
+    return {"method": METHOD, "redaction_token": token, "min_class": MIN_CLASS,
+            "n_train": sum(r.split == "train" for r in rows), "n_val": sum(r.split == "val" for r in rows),
+            "inputs": inputs_for(token), "labels": labels}
+
+
+def probe(rows: list[ProbeRow], token: str) -> dict:
+    """The whole probe in one process (the pipeline runs the same fits in parallel); order of ``rows`` is
+    irrelevant."""
+    rows = prepared(rows)
+    return assemble(rows, [fit_one(rows, i, name) for i in range(len(mimic.LABELS)) for name in inputs_for(token)],
+                    token)
 
 
 def _designs(name: str, train: list[ProbeRow], val: list[ProbeRow]) -> tuple[Design, Design]:
@@ -290,5 +322,14 @@ class LeakageProbe(beam.PTransform):
 
         joined = ({"rows": keyed, "unfiltered": unfiltered} | "JoinUnfiltered" >> beam.CoGroupByKey()
                   | "Attach" >> beam.FlatMap(attach))
-        return (joined | "AllRows" >> beam.combiners.ToList()
-                | "Fit" >> beam.Map(lambda rows: probe(rows, token)))
+        rows = beam.pvalue.AsSingleton(joined | "AllRows" >> beam.combiners.ToList()
+                                       | "Order" >> beam.Map(prepared))
+        fits = (records.pipeline
+                | "Classifiers" >> beam.Create([(i, name) for i in range(len(mimic.LABELS))
+                                                for name in inputs_for(token)])
+                | "Spread" >> beam.Reshuffle()
+                | "Fit" >> beam.Map(lambda task, rows: fit_one(rows, *task), rows=rows))
+        return (records.pipeline
+                | "Once" >> beam.Create([None])
+                | "Assemble" >> beam.Map(lambda _, rows, fits: assemble(rows, fits, token), rows=rows,
+                                         fits=beam.pvalue.AsList(fits)))
