@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("beam_pipeline").setLevel(logging.INFO)  # our progress lines; Beam stays at WARNING
+    # Every local worker process warns once that it has no semi-persistent directory (a Dataflow-only feature).
+    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(
+        lambda record: "No semi_persistent_directory found" not in record.getMessage())
     try:
         metadata = run(argv)
     except (InputError, OutputExistsError, RequesterPaysError, StagingError) as err:
