@@ -8,7 +8,9 @@ import textwrap
 
 from beam_pipeline import bench_e2e
 
-# A parent that starts two children, each holding ~150 MB and burning CPU, and waits for them.
+# A parent that starts two children, each holding ~150 MB and burning CPU, and waits for them. The children keep
+# their memory for 2.5 s, more than two of the monitor's 1 s PSS sampling intervals, so a PSS sample always falls
+# while both hold it (RSS is sampled every 0.05 s here).
 TREE = textwrap.dedent("""
     import subprocess, sys, time
     if sys.argv[1:] == ["leaf"]:
@@ -18,7 +20,7 @@ TREE = textwrap.dedent("""
         end = time.process_time() + 0.4
         while time.process_time() < end:
             pass
-        time.sleep(0.5)
+        time.sleep(2.5)
     else:
         leaves = [subprocess.Popen([sys.executable, __file__, "leaf"]) for _ in range(2)]
         for leaf in leaves:
