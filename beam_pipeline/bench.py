@@ -79,14 +79,14 @@ def records(root: Path, pool: list[Path], n: int) -> list[Record]:
     return out
 
 
-def rate(fn, items, seconds: float) -> float:
-    """Items per second of fn over items, repeated until at least ``seconds`` have passed."""
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def rate(fn, items, seconds: float, clock=time.perf_counter) -> float:
+    """Items per second of ``clock`` (wall by default) of fn over items, repeated until ``seconds`` have passed."""
+    done, start = 0, clock()
+    while clock() - start < seconds:
         for item in items:
             fn(item)
         done += len(items)
-    return done / (time.perf_counter() - start)
+    return done / (clock() - start)
 
 
 def micro(pool: list[Path], settings: ImageSettings, seconds: float) -> dict:
@@ -138,12 +138,7 @@ def sample_notes(workdir: Path, count: int, index: str) -> list[tuple[str, str]]
 
 def cpu_rate(fn, items, seconds: float) -> float:
     """Items per CPU-second of this process (all its threads): a per-core rate that other load barely moves."""
-    done, start = 0, time.process_time()
-    while time.process_time() - start < seconds:
-        for item in items:
-            fn(item)
-        done += len(items)
-    return done / (time.process_time() - start)
+    return rate(fn, items, seconds, clock=time.process_time)
 
 
 def text_stage(index: str, sub_batch: int) -> text.TokenizeAndRetrieve:

@@ -242,9 +242,8 @@ def _label_rows(rows: list[ProbeRow], index: int):
             np.array([r.labels[index] for r in va], np.int64))
 
 
-def label_entry(rows: list[ProbeRow], index: int) -> dict:
+def _entry(y_train: np.ndarray, y_val: np.ndarray) -> dict:
     """Counts of one label, and why it is skipped when a class is too rare."""
-    _, _, y_train, y_val = _label_rows(rows, index)
     entry = {"n_train": len(y_train), "n_val": len(y_val), "positives_train": int(y_train.sum()),
              "positives_val": int(y_val.sum())}
     short = [f"{n} {kind} in {split}" for split, y in (("train", y_train), ("val", y_val))
@@ -254,11 +253,15 @@ def label_entry(rows: list[ProbeRow], index: int) -> dict:
     return entry
 
 
+def label_entry(rows: list[ProbeRow], index: int) -> dict:
+    return _entry(*_label_rows(rows, index)[2:])
+
+
 def fit_one(rows: list[ProbeRow], index: int, name: str) -> tuple[int, str, float | None]:
     """(label index, input, val AUROC) of one classifier; None when the label is skipped."""
-    if "skipped" in label_entry(rows, index):
-        return index, name, None
     tr, va, y_train, y_val = _label_rows(rows, index)
+    if "skipped" in _entry(y_train, y_val):
+        return index, name, None
     train_x, val_x = _designs(name, tr, va)
     return index, name, round(auroc(y_val, val_x.dot(fit_logistic(train_x, y_train))), 4)
 
