@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +124,34 @@ def test_keras_trains_on_the_supervised_form_with_the_masked_loss(built):
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
 
 
-def _dicoms(dataset, **loader_args) -> list[str]:
-    from torch.utils.data import DataLoader
-
+_READ_WITH_WORKERS = """
+import json, sys
+from torch.utils.data import DataLoader
+from beam_pipeline.readers.pytorch import MimicCxrEdDataset
+output, world = sys.argv[1], int(sys.argv[2])
+def dicoms(dataset, **loader_args):
     loader = DataLoader(dataset, batch_size=5, collate_fn=dataset.collate, **loader_args)
     return [d for batch in loader for d in batch["dicom_id"]]
+print(json.dumps({
+    "by_workers": dicoms(MimicCxrEdDataset(output, "train"), num_workers=2),
+    "strided": [d for rank in range(world) for d in dicoms(
+        MimicCxrEdDataset(output, "train", rank=rank, world_size=world), num_workers=2)],
+    "halves": [dicoms(MimicCxrEdDataset(output, "val", rank=r, world_size=2)) for r in (0, 1)],
+    "tensorflow_loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def _dicoms(dataset) -> list[str]:
+    from torch.utils.data import DataLoader
+
+    return [d for batch in DataLoader(dataset, batch_size=5, collate_fn=dataset.collate) for d in batch["dicom_id"]]
 
 
 def test_pytorch_reader_splits_work_across_workers_and_processes(built):
+    """Batches carry padded ids, masks and the CSV's labels; DataLoader workers and processes each read a share,
+    every record exactly once. The worker runs are in a fresh interpreter, as in a training script: DataLoader
+    workers are forked, and forking this test process (TensorFlow and gRPC threads loaded by other tests) can abort
+    a child in abseil's mutex code, which says nothing about the reader."""
     import torch
 
     from beam_pipeline.readers.pytorch import MimicCxrEdDataset
@@ -148,15 +171,16 @@ def test_pytorch_reader_splits_work_across_workers_and_processes(built):
         assert int(batch["study_id"][i]) == study
         np.testing.assert_array_equal(batch["labels_raw"][i].numpy(),
                                       np.asarray(raw_labels.get(study, [np.nan] * 14), np.float32))
+    done = subprocess.run([sys.executable, "-c", _READ_WITH_WORKERS, str(output), str(len(train.files))],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not read["tensorflow_loaded"]  # the PyTorch reader stays TensorFlow-free
     # by shard: 2 DataLoader workers, fewer readers than shards
-    by_workers = _dicoms(train, num_workers=2)
-    assert sorted(by_workers) == sorted(manifest["train"])
+    assert sorted(read["by_workers"]) == sorted(manifest["train"])
     # more readers (one process per shard x 2 workers) than shards: records are strided, still each exactly once
-    world = len(train.files)
-    strided = [d for rank in range(world) for d in _dicoms(
-        MimicCxrEdDataset(str(output), "train", rank=rank, world_size=world), num_workers=2)]
-    assert sorted(strided) == sorted(manifest["train"])
-    halves = [set(_dicoms(MimicCxrEdDataset(str(output), "val", rank=r, world_size=2))) for r in (0, 1)]
+    assert sorted(read["strided"]) == sorted(manifest["train"])
+    halves = [set(h) for h in read["halves"]]
     assert not halves[0] & halves[1] and halves[0] | halves[1] == set(manifest["val"])
 
 

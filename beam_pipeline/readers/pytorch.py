@@ -19,7 +19,9 @@ Each DataLoader worker of each process reads its own share: whole shards when th
 readers (worker ``w`` of ``W`` in process ``r`` of ``R`` takes shards ``r*W + w``, step ``R*W``), else every reader
 walks all shards and keeps every ``R*W``-th record. Processes come from ``torch.distributed`` when it is
 initialised, or from ``rank``/``world_size``. Every record is read by exactly one reader per pass; order within a
-reader is the shard order (shuffle with a buffer or by shard if you need it).
+reader is the shard order (shuffle with a buffer or by shard if you need it). DataLoader workers are forked: in a
+process that has also loaded TensorFlow or gRPC, pass ``multiprocessing_context="spawn"`` (a forked child can abort in
+their thread code).
 """
 
 from __future__ import annotations
