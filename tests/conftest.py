@@ -198,3 +198,20 @@ def kb_index(tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("kb") / "index"
     kb.build(str(directory))
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def clean_tree(tmp_path_factory):
+    """The fault suite's small sample tree (tests/faults.py); tests copy it with faults.fresh_tree, never edit it."""
+    from faults import make_clean_tree
+
+    return make_clean_tree(tmp_path_factory.mktemp("faults") / "clean")
+
+
+@pytest.fixture(scope="session")
+def clean_run(clean_tree, tmp_path_factory):
+    """(output, metadata) of the job on the untouched fault tree: what each faulty run is compared with."""
+    from faults import run_job
+
+    output = tmp_path_factory.mktemp("faults-clean") / "out"
+    return output, run_job(clean_tree, output)
