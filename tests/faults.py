@@ -38,7 +38,8 @@ def fresh_tree(clean: sample.SampleRoots, tmp_path: Path) -> sample.SampleRoots:
     source = Path(clean.cxr).parent
     target = tmp_path / "tree"
     shutil.copytree(source, target)
-    return sample.SampleRoots(*(str(target / Path(root).relative_to(source)) for root in clean))
+    return sample.SampleRoots(*(str(target / Path(root).relative_to(source))
+                                for root in (clean.cxr, clean.ed, clean.iv)))
 
 
 def table_path(root: str, table: mimic.Table) -> Path:
