@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 # --------------------------------------------------------------------------------------------------------------
 # Tables
 
 INT, FLOAT, STR, DATETIME = "int", "float", "str", "datetime"
+LABEL_VALUE = "label_value"  # a CheXpert cell: 1, 0, -1 or blank (any other value rejects the row: bad_label_value)
+LABEL_VALUES = (1.0, 0.0, -1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +29,9 @@ class Table:
     subdir: str  # folder under that root ("" for the CXR root)
     basename: str  # file name without .csv / .csv.gz
     header: tuple[str, ...]  # the published column order (the sample generator writes exactly this)
-    types: Mapping[str, str]  # columns the pipeline reads -> INT/FLOAT/STR/DATETIME; all must be in the header
+    types: Mapping[str, str]  # columns the pipeline reads -> INT/FLOAT/STR/DATETIME/LABEL_VALUE; all in the header
     required: tuple[str, ...] = ()  # columns that may not be empty
+    check: Callable[[Mapping[str, Any]], None] | None = None  # a rule across the typed row's columns (RowError)
 
     @property
     def filename(self) -> str:
@@ -77,7 +80,7 @@ CXR_CHEXPERT = Table(
     subdir="",
     basename="mimic-cxr-2.0.0-chexpert",
     header=("subject_id", "study_id") + LABELS,
-    types={"subject_id": INT, "study_id": INT, **{label: FLOAT for label in LABELS}},
+    types={"subject_id": INT, "study_id": INT, **{label: LABEL_VALUE for label in LABELS}},
     required=("subject_id", "study_id"),
 )
 CXR_NEGBIO = dataclasses.replace(CXR_CHEXPERT, name="cxr_negbio", basename="mimic-cxr-2.0.0-negbio")
@@ -90,6 +93,14 @@ CXR_SPLIT = Table(
     types={"dicom_id": STR, "study_id": INT, "subject_id": INT, "split": STR},
     required=("dicom_id", "study_id", "subject_id", "split"),
 )
+
+
+def _check_stay_times(row: Mapping[str, Any]) -> None:
+    """A stay that ends before it begins cannot place an X-ray in its window or say whether the patient had left."""
+    if row["outtime"] is not None and row["outtime"] < row["intime"]:
+        raise RowError("outtime_before_intime", f"edstays.outtime={row['outtime']} < intime={row['intime']}")
+
+
 EDSTAYS = Table(
     name="edstays",
     module="ed",
@@ -102,6 +113,7 @@ EDSTAYS = Table(
     types={"subject_id": INT, "stay_id": INT, "intime": DATETIME, "outtime": DATETIME, "gender": STR,
            "arrival_transport": STR},
     required=("subject_id", "stay_id", "intime"),
+    check=_check_stay_times,
 )
 TRIAGE = Table(
     name="triage",
@@ -270,6 +282,11 @@ def type_value(kind: str, text: str) -> Any:
         return value
     if kind == DATETIME:
         return parse_datetime(text)
+    if kind == LABEL_VALUE:
+        value = float(text)
+        if value not in LABEL_VALUES:
+            raise ValueError("not a CheXpert label value")
+        return value
     raise AssertionError(kind)
 
 
@@ -285,6 +302,8 @@ def type_row(table: Table, raw: Mapping[str, str]) -> dict[str, Any]:
         except ValueError:
             reason = "bad_timestamp" if kind == DATETIME else f"bad_{kind}"
             raise RowError(reason, f"{table.name}.{column}={_short(text)}") from None
+    if table.check:
+        table.check(row)
     return row
 
 

@@ -28,7 +28,7 @@ from beam_pipeline.fileio.sharded import AssertUniqueKeys
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings, SelectImages
-from beam_pipeline.transforms.join import LinkImagesToStays
+from beam_pipeline.transforms.join import REJECTED_LABELS, REJECTED_STAYS, LinkImagesToStays
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage, rules_document
 from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
 from beam_pipeline.transforms.text import (CONTEXT_HEADER, DeterministicBatches, TextSettings, TokenizeAndRetrieve,
@@ -47,6 +47,9 @@ JOIN_TABLES = {  # CoGroupByKey tag -> table keyed by subject_id
     "patients": mimic.PATIENTS,
     "splits": mimic.CXR_SPLIT,
 }
+# CoGroupByKey tag -> table whose read rejects (with a subject_id) the join sees: their images are rejected for
+# them, never counted as no_ed_stay or written unlabelled.
+JOIN_REJECTS = {REJECTED_STAYS: mimic.EDSTAYS, REJECTED_LABELS: mimic.CXR_CHEXPERT}
 
 
 def tables_needed(config: Config) -> list[mimic.Table]:
@@ -119,6 +122,9 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
     for tag, table in JOIN_TABLES.items():
         if table.name in reads:
             keyed[tag] = _key_by_subject(f"Key {tag}", reads[table.name].rows)
+    for tag, table in JOIN_REJECTS.items():
+        keyed[tag] = _key_by_subject(f"Key {tag}", reads[table.name][accounting.REJECTS]
+                                     | f"Attributable {tag}" >> beam.Filter(lambda r: r["subject_id"] is not None))
     linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours,
                                                                      config.within_ed_stay)
     built = _stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))

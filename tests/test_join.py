@@ -5,7 +5,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.join import LinkImagesToStays, after_departure, as_of, in_time_order, select_stay
+from beam_pipeline.transforms.join import (LinkImagesToStays, after_departure, as_of, in_time_order, select_stay,
+                                          unique_rows)
 from conftest import test_pipeline
 
 T0 = dt.datetime(2180, 7, 22, 16, 24)
@@ -144,3 +145,134 @@ def test_within_ed_stay_drops_and_counts_xrays_after_departure(within):
         out = _link(p, within_ed_stay=within, images=images, stays=[stay(30000001, T0, T0 + 6 * H)])
         assert_that(out.linked | beam.Map(lambda lk: lk.image.dicom_id), equal_to(kept))
         assert_that(out.events | beam.CombinePerKey(sum), equal_to(events), label="Events")
+
+
+def test_outtime_before_intime_rejects_the_stay_row():
+    """Checked when the row is typed: read/outtime_before_intime, with both times; equal times are a valid stay."""
+    raw = {"subject_id": "10000032", "stay_id": "30000001", "intime": "2180-07-22 16:24:00", "gender": "F",
+           "arrival_transport": "WALK IN"}
+    for outtime in ("", "2180-07-22 16:24:00", "2180-07-22 16:24:01"):
+        assert mimic.type_row(mimic.EDSTAYS, {**raw, "outtime": outtime})["intime"] == T0
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.EDSTAYS, {**raw, "outtime": "2180-07-22 16:23:59.5"})
+    assert err.value.reason == "outtime_before_intime"
+    assert err.value.detail == "edstays.outtime=2180-07-22 16:23:59.500000 < intime=2180-07-22 16:24:00"
+
+
+def test_unique_rows_merges_copies_and_sets_conflicts_aside():
+    a, b = stay(30000001, T0), stay(30000002, T0 + H)
+    b_later = {**b, "intime": T0 + 2 * H, "arrival_transport": "WALK IN"}
+    for order in ([a, b, a, b_later, a], [b_later, a, a, b, a]):
+        unique = unique_rows(order, "edstays", "stay_id")
+        assert unique.rows == {30000001: a} and unique.copies == 2
+        assert unique.conflicts == {30000002: (b, b_later)}  # a fixed order, whatever the input order
+    assert unique.conflict(30000001) is None
+    assert unique.conflict(30000002) == ("conflicting_edstays",
+                                         "edstays stay_id=30000002: 2 rows differ in arrival_transport,intime")
+
+
+def _events(out):
+    return out.events | beam.CombinePerKey(sum)
+
+
+def _rejects(out):
+    return out.rejects | beam.Map(lambda r: (r["dicom_id"], r["stage"], r["reason"]))
+
+
+def _ids(out):
+    return out.linked | beam.Map(lambda lk: lk.image.dicom_id)
+
+
+def test_a_conflicting_stay_rejects_the_images_any_of_its_versions_would_take():
+    """Stay 2 has two versions (intime +2 h / +4 h): an X-ray one of them would be chosen for is rejected; one
+    that stay 1 wins against every version keeps it; one no version reaches is no_ed_stay as before. Duplicates are
+    counted for every subject, also one without images."""
+    first, second, imageless = stay(30000001, T0), stay(30000002, T0 + 2 * H), stay(30000005, T0, subject_id=10000055)
+    with test_pipeline() as p:
+        out = _link(p, images=[_image("d-first", T0 + H, 50000001), _image("d-version", T0 + 3 * H, 50000002),
+                               _image("d-none", T0 + 30 * H, 50000003)],
+                    stays=[first, first, second, {**second, "intime": T0 + 4 * H}, imageless, imageless])
+        assert_that(_ids(out), equal_to(["d-first"]))
+        assert_that(_rejects(out), equal_to([("d-version", "join", "conflicting_edstays")]), label="Rejects")
+        assert_that(_events(out), equal_to([
+            ("duplicates/identical_rows/edstays", 2), ("duplicates/conflicting_keys/edstays", 1),
+            ("images_linked", 1), ("no_ed_stay", 1), ("rejected", 1), ("rejects/join/conflicting_edstays", 1)]),
+            label="Events")
+
+
+def _read_reject(reason, subject_id=10000032, study_id=None):
+    return {"stage": "read", "reason": reason, "subject_id": subject_id, "study_id": study_id, "dicom_id": None,
+            "detail": "edstays.csv.gz:7: ..."}
+
+
+def test_images_of_a_subject_with_a_rejected_stay_row_are_not_no_ed_stay():
+    """Subject 10000032 had an edstays row rejected at read: its X-ray that a valid stay matches keeps it, the one
+    with no valid stay in window is stay_row_rejected; another subject's unmatched X-ray stays no_ed_stay."""
+    with test_pipeline() as p:
+        out = _link(p, images=[_image("d-valid", T0 + H, 50000001), _image("d-lost", T0 + 48 * H, 50000002),
+                               _image("d-other", T0 + H, 50000003, subject_id=10000099)],
+                    stays=[stay(30000001, T0)],
+                    rejected_stays=[_read_reject("outtime_before_intime"), _read_reject("bad_timestamp")])
+        assert_that(_ids(out), equal_to(["d-valid"]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"], r["detail"])), equal_to([
+            ("d-lost", "stay_row_rejected", "no valid edstays row in window; edstays rows of this subject rejected "
+                                            "at read: bad_timestamp,outtime_before_intime")]), label="Rejects")
+        assert_that(_events(out), equal_to([("images_linked", 1), ("no_ed_stay", 1), ("rejected", 1),
+                                            ("rejects/join/stay_row_rejected", 1)]), label="Events")
+
+
+def _labels(study_id, **values):
+    return {"subject_id": 10000032, "study_id": study_id,
+            **{name: values.get(name.replace(" ", "_")) for name in mimic.LABELS}}
+
+
+def test_rejected_or_conflicting_label_rows_reject_the_image_never_unlabelled():
+    """Study 1: a valid row and a row rejected at read; 2: two differing rows; 3: no row while a row of the subject
+    with an unreadable study_id was rejected; 4: a valid row (stays labelled, the unattributed reject is not its)."""
+    images = [_image(f"d{n}", T0 + H, 50000000 + n) for n in (1, 2, 3, 4)]
+    with test_pipeline() as p:
+        out = _link(p, images=images, stays=[stay(30000001, T0)],
+                    labels=[_labels(50000001, Edema=1.0), _labels(50000002, Edema=1.0),
+                            _labels(50000002, Edema=0.0), _labels(50000002, Edema=0.0), _labels(50000004, Edema=1.0)],
+                    rejected_labels=[_read_reject("bad_label_value", study_id=50000001),
+                                     _read_reject("wrong_field_count")])
+        assert_that(out.linked | beam.Map(lambda lk: (lk.image.dicom_id, lk.labels["Edema"])), equal_to([("d4", 1.0)]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"], r["detail"])), equal_to([
+            ("d1", "label_row_rejected", "cxr_chexpert row of study_id=50000001 rejected at read: bad_label_value"),
+            ("d2", "conflicting_cxr_chexpert", "cxr_chexpert study_id=50000002: 2 rows differ in Edema"),
+            ("d3", "label_row_rejected", "no cxr_chexpert row of study_id=50000003; a row of this subject with an "
+                                         "unreadable study_id rejected at read: wrong_field_count")]), label="Rejects")
+        assert_that(_events(out), equal_to([
+            ("duplicates/identical_rows/cxr_chexpert", 1), ("duplicates/conflicting_keys/cxr_chexpert", 1),
+            ("images_linked", 1), ("rejected", 3), ("rejects/join/conflicting_cxr_chexpert", 1),
+            ("rejects/join/label_row_rejected", 2)]), label="Events")
+
+
+def test_conflicting_triage_patient_and_split_rows_reject_the_images_that_use_them():
+    """Triage of stay 1 conflicts: the X-ray after arrival is rejected, the one before arrival (which never uses
+    triage) is linked. Subject 10000099's patients rows conflict; d-split's official split rows conflict (one of
+    them twice: an identical copy, counted)."""
+    triage = {"subject_id": 10000032, "stay_id": 30000001, "acuity": 2.0, "chiefcomplaint": "Dyspnea"}
+    split = {"subject_id": 10000077, "study_id": 50000003, "dicom_id": "d-split", "split": "train"}
+    patient = {"subject_id": 10000099, "anchor_age": 60, "anchor_year": 2180}
+    with test_pipeline() as p:
+        out = _link(p, start=-2,
+                    images=[_image("d-triage", T0 + H, 50000001), _image("d-before", T0 - H, 50000002),
+                            _image("d-split", T0 + 2 * H, 50000003, subject_id=10000077),
+                            _image("d-patient", T0 + H, 50000004, subject_id=10000099)],
+                    stays=[stay(30000001, T0), stay(30000009, T0, subject_id=10000099),
+                           stay(30000007, T0, subject_id=10000077)],
+                    triage=[triage, {**triage, "chiefcomplaint": "Chest pain"}],
+                    patients=[patient, {**patient, "anchor_age": 61}],
+                    splits=[split, {**split, "split": "test"}, {**split, "split": "test"}])
+        assert_that(_ids(out), equal_to(["d-before"]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"], r["detail"])), equal_to([
+            ("d-triage", "conflicting_triage", "triage stay_id=30000001: 2 rows differ in chiefcomplaint"),
+            ("d-patient", "conflicting_patients", "patients subject_id=10000099: 2 rows differ in anchor_age"),
+            ("d-split", "conflicting_cxr_split", "cxr_split dicom_id=d-split: 2 rows differ in split")]),
+            label="Rejects")
+        assert_that(_events(out), equal_to([
+            ("duplicates/identical_rows/cxr_split", 1), ("duplicates/conflicting_keys/cxr_split", 1),
+            ("duplicates/conflicting_keys/patients", 1), ("duplicates/conflicting_keys/triage", 1),
+            ("images_linked", 1), ("rejected", 3), ("rejects/join/conflicting_cxr_split", 1),
+            ("rejects/join/conflicting_patients", 1), ("rejects/join/conflicting_triage", 1)]), label="Events")

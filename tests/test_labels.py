@@ -3,7 +3,7 @@ import math
 import pytest
 
 from beam_pipeline import mimic
-from beam_pipeline.transforms.labels import NO_TARGET, LabelError, label_vectors
+from beam_pipeline.transforms.labels import NO_TARGET, label_vectors
 
 
 def row(**values):
@@ -40,6 +40,19 @@ def test_missing_and_all_blank_rows_are_unlabelled_not_negative():
             assert binary == [-1] * 14 and mask == [0] * 14
 
 
-def test_unexpected_value_is_an_error():
-    with pytest.raises(LabelError, match="Edema=2.0"):
-        label_vectors(row(Edema=2.0), "zeros")
+def chexpert_cells(**cells):
+    return {"subject_id": "10000032", "study_id": "50414267", **{name: cells.get(name, "") for name in mimic.LABELS}}
+
+
+@pytest.mark.parametrize("text, value", [("1.0", 1.0), ("0", 0.0), ("-1.0", -1.0), ("", None)])
+def test_label_cells_are_typed_at_read(text, value):
+    assert mimic.type_row(mimic.CXR_CHEXPERT, chexpert_cells(Edema=text))["Edema"] == value
+
+
+@pytest.mark.parametrize("text", ["2.0", "0.5", "x", "nan", "inf", "positive"])
+def test_a_value_other_than_1_0_minus_1_or_blank_rejects_the_row(text):
+    """At read time, so the join can reject the study's images (label_row_rejected): never written unlabelled."""
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.CXR_CHEXPERT, chexpert_cells(Edema=text))
+    assert err.value.reason == "bad_label_value"
+    assert err.value.detail == f"cxr_chexpert.Edema={text!r}"

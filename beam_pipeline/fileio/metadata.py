@@ -65,6 +65,8 @@ def summarize_counts(events: dict[str, int]) -> dict:
         "leakage_hits": _prefixed(events, "leakage/"),
         "rows_read": _prefixed(events, "rows_read/"),
         "rows_rejected": _prefixed(events, "rows_rejected/"),
+        "duplicates": {"identical_rows": _prefixed(events, "duplicates/identical_rows/"),
+                       "conflicting_keys": _prefixed(events, "duplicates/conflicting_keys/")},
         "rejects_total": sum(rejects.values()),
         "rejects_by_stage_reason": rejects,
     }

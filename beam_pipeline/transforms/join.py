@@ -13,6 +13,15 @@ ED departure: an X-ray is *after ED departure* when ``study_time > outtime`` of 
 still counted as in the ED; a stay without an outtime is never after departure, since departure is not known).
 ``outtime`` does not limit the window; with ``within_ed_stay`` the X-rays after departure are dropped and counted
 (``dropped_after_ed_departure``), otherwise they are kept and flagged.
+
+Conflicts (README "Bad input"): in the tables with one row per key (``ONE_ROW_PER``) exact copies count as one row
+(``duplicates/identical_rows/<table>``); a key whose rows differ is counted (``duplicates/conflicting_keys/<table>``)
+and never used: every image that would use it is rejected (``conflicting_<table>``); a conflicting stay takes part in
+stay selection with each of its versions, and an image for which any version would be chosen is rejected. Rows
+rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``): an image with no valid stay
+in its window whose subject had an edstays row rejected is ``stay_row_rejected``, not ``no_ed_stay``; an image whose
+study had a CheXpert row rejected (or that has no label row while a row of its subject with an unreadable study_id
+was rejected) is ``label_row_rejected``, never unlabelled. These rejects come before the ``within_ed_stay`` drop.
 """
 
 from __future__ import annotations
@@ -28,6 +37,14 @@ from beam_pipeline import accounting, mimic
 
 Row = Mapping[str, Any]
 STAGE = "join"
+ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row per key
+    "stays": (mimic.EDSTAYS.name, "stay_id"),
+    "triage": (mimic.TRIAGE.name, "stay_id"),
+    "patients": (mimic.PATIENTS.name, "subject_id"),
+    "labels": (mimic.CXR_CHEXPERT.name, "study_id"),
+    "splits": (mimic.CXR_SPLIT.name, "dicom_id"),
+}
+REJECTED_STAYS, REJECTED_LABELS = "rejected_stays", "rejected_labels"  # tags: read rejects of edstays, chexpert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +90,66 @@ def as_of(rows: Sequence[Row], study_time: dt.datetime) -> tuple[Row, ...]:
 
 
 def _row_order(row: Row) -> tuple:
-    return row["charttime"], tuple(sorted((k, str(v)) for k, v in row.items()))
+    return row["charttime"], _fingerprint(row)
 
 
-def _first(rows: Iterable[Row]) -> Row | None:
-    """A deterministic pick when a table that should have one row per key has several."""
-    rows = list(rows)
-    return min(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items())) if rows else None
+def _fingerprint(row: Row) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in row.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Unique:
+    """One table's rows of a subject by key: exact copies merged, keys whose rows differ set aside."""
+
+    table: str
+    key: str
+    rows: dict[Any, Row]  # key -> its one row
+    conflicts: dict[Any, tuple[Row, ...]]  # key -> its differing versions, in a fixed order
+    copies: int  # rows dropped as exact copies of another row
+
+    def conflict(self, value: Any) -> tuple[str, str] | None:
+        """(reason, detail) of the reject of an image that needs ``value``'s row, if its rows differ."""
+        versions = self.conflicts.get(value)
+        if versions is None:
+            return None
+        columns = sorted(c for c in versions[0] if len({v.get(c) for v in versions}) > 1)
+        return (f"conflicting_{self.table}",
+                f"{self.table} {self.key}={value}: {len(versions)} rows differ in {','.join(columns)}")
+
+
+def unique_rows(rows: Iterable[Row], table: str, key: str) -> Unique:
+    """Group rows by ``key``; rows equal in every typed column are one row, a key with differing rows a conflict."""
+    versions: dict[Any, list[Row]] = defaultdict(list)
+    copies = 0
+    for row in rows:
+        same_key = versions[row[key]]
+        if row in same_key:
+            copies += 1
+        else:
+            same_key.append(row)
+    return Unique(table, key, {k: v[0] for k, v in versions.items() if len(v) == 1},
+                  {k: tuple(sorted(v, key=_fingerprint)) for k, v in versions.items() if len(v) > 1}, copies)
+
+
+def rejected_reasons(rejects: Iterable[Row]) -> str:
+    """The reasons of read-stage rejects, sorted and comma-separated ("" for none)."""
+    return ",".join(sorted({reject["reason"] for reject in rejects}))
+
+
+def label_problem(study_id: int, labels: Unique, rejected: Mapping[Any, str]) -> tuple[str, str] | None:
+    """Why an image of this study cannot take its labels: a CheXpert row of the study was rejected when read, or the
+    study has no row while a row of the subject whose study_id could not be read was rejected, or its rows differ."""
+    if study_id in rejected:
+        return "label_row_rejected", f"cxr_chexpert row of study_id={study_id} rejected at read: {rejected[study_id]}"
+    if None in rejected and study_id not in labels.rows and study_id not in labels.conflicts:
+        return "label_row_rejected", f"no cxr_chexpert row of study_id={study_id}; a row of this subject with an " \
+                                     f"unreadable study_id rejected at read: {rejected[None]}"
+    return labels.conflict(study_id)
 
 
 class LinkSubject(beam.DoFn):
-    """(subject_id, co-grouped rows) -> Linked per matched image; counts no_ed_stay and duplicate images, and with
+    """(subject_id, co-grouped rows) -> Linked per matched image; counts no_ed_stay, duplicate rows and images;
+    rejects images whose stay, triage, patient, label or split rows conflict or were rejected when read; with
     ``within_ed_stay`` drops (and counts) images taken after the matched stay's ED departure."""
 
     def __init__(self, window_start_hours: float, window_end_hours: float, within_ed_stay: bool = False):
@@ -93,16 +159,23 @@ class LinkSubject(beam.DoFn):
 
     def process(self, element):
         _, groups = element
+        unique = {tag: unique_rows(groups.get(tag, ()), table, key) for tag, (table, key) in ONE_ROW_PER.items()}
+        for table in unique.values():
+            if table.copies:
+                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
+            if table.conflicts:
+                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
         images = sorted(groups["images"], key=lambda im: (im.dicom_id, im.study_id, im.study_time))
         if not images:
             return
-        stays = list(groups["stays"])
-        triage = {stay_id: _first(rows) for stay_id, rows in _group(groups["triage"], "stay_id").items()}
+        stays, triage, patients, labels, splits = (unique[t] for t in ("stays", "triage", "patients", "labels",
+                                                                       "splits"))
+        candidates = [*stays.rows.values(), *(v for versions in stays.conflicts.values() for v in versions)]
+        stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
+        labels_rejected = {study: rejected_reasons(rows)
+                           for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
         vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
                                    for name in ("vitals", "medrecon", "pyxis"))
-        patient = _first(groups.get("patients", ()))
-        labels = {study_id: _first(rows) for study_id, rows in _group(groups["labels"], "study_id").items()}
-        splits = {row["dicom_id"]: row["split"] for row in groups.get("splits", ())}
         seen = set()
         for image in images:
             if image.dicom_id in seen:
@@ -112,26 +185,41 @@ class LinkSubject(beam.DoFn):
                                              counter="rejected")
                 continue
             seen.add(image.dicom_id)
-            stay = select_stay(image.study_time, stays, self._start, self._end)
-            if stay is None:
+            t = image.study_time
+            stay = select_stay(t, candidates, self._start, self._end)
+            if stay is None and not stays_rejected:
                 yield accounting.event("no_ed_stay")
                 continue
-            if self._within and after_departure(image.study_time, stay.get("outtime")):
+            if stay is None:
+                problem = ("stay_row_rejected",
+                           f"no valid edstays row in window; edstays rows of this subject rejected at read: "
+                           f"{stays_rejected}")
+            else:
+                arrived = stay["intime"] <= t
+                problem = (stays.conflict(stay["stay_id"])
+                           or label_problem(image.study_id, labels, labels_rejected)
+                           or (triage.conflict(stay["stay_id"]) if arrived else None)
+                           or patients.conflict(image.subject_id)
+                           or splits.conflict(image.dicom_id))
+            if problem:
+                yield from accounting.reject(STAGE, problem[0], subject_id=image.subject_id, study_id=image.study_id,
+                                             dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
+                continue
+            if self._within and after_departure(t, stay.get("outtime")):
                 yield accounting.event("dropped_after_ed_departure")
                 continue
-            t = image.study_time
-            arrived = stay["intime"] <= t
             yield accounting.event("images_linked")
+            split = splits.rows.get(image.dicom_id)
             yield Linked(
                 image=image,
                 stay=stay if arrived else {**stay, "arrival_transport": None},
-                triage=triage.get(stay["stay_id"]) if arrived else None,
+                triage=triage.rows.get(stay["stay_id"]) if arrived else None,
                 vitals=as_of(vitals.get(stay["stay_id"], ()), t),
                 home_meds=as_of(medrecon.get(stay["stay_id"], ()), t),
                 ed_meds=as_of(pyxis.get(stay["stay_id"], ()), t),
-                patient=patient,
-                labels=labels.get(image.study_id),
-                official_split=splits.get(image.dicom_id),
+                patient=patients.rows.get(image.subject_id),
+                labels=labels.rows.get(image.study_id),
+                official_split=split and split["split"],
             )
 
 

@@ -14,8 +14,6 @@ from beam_pipeline.transforms.notes import render_note, retrieval_query
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.snapshot import feature_vector, take_snapshot
 
-STAGE = "record"
-
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -56,21 +54,15 @@ class Record:
 
 
 class BuildRecord(beam.DoFn):
-    """Linked -> Record; counts implausible vitals; bad label values are rejected. (Label status and ED departure
-    are counted on written records only, by accounting.CountWritten.)"""
+    """Linked -> Record; counts implausible vitals. (Label status and ED departure are counted on written records
+    only, by accounting.CountWritten; bad label values were rejected at read and their images at the join.)"""
 
     def __init__(self, uncertain_policy: str):
         self._policy = uncertain_policy
 
     def process(self, linked: Linked):
         image = linked.image
-        try:
-            raw, binary, mask, status = labels_lib.label_vectors(linked.labels, self._policy)
-        except labels_lib.LabelError as err:
-            yield from accounting.reject(STAGE, "bad_label_value", subject_id=image.subject_id,
-                                         study_id=image.study_id, dicom_id=image.dicom_id,
-                                         detail=f"cxr_chexpert: {err}", counter="rejected")
-            return
+        raw, binary, mask, status = labels_lib.label_vectors(linked.labels, self._policy)
         snap = take_snapshot(linked)
         if snap.implausible_values:
             yield accounting.event("vitals_implausible_dropped", snap.implausible_values)
