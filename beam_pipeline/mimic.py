@@ -174,6 +174,13 @@ PATIENTS = Table(
 TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,
                                                 TRIAGE, VITALSIGN, MEDRECON, PYXIS, DIAGNOSIS, PATIENTS)}
 
+# The longest record any of these tables can hold. Their free-text columns are VARCHAR(255) (triage.chiefcomplaint,
+# medrecon/pyxis.name, medrecon.etcdescription) or short TEXT codes (pain, rhythm), so a real row is under 2 KiB and
+# keeps its line breaks to a few (none in the demos). 64 physical lines and 64 Ki characters are 30x that, yet stop a
+# quote that never closes within 64 lines instead of letting it swallow the rest of a multi-GB table into one record.
+MAX_RECORD_LINES = 64
+MAX_RECORD_CHARS = 64 * 1024
+
 # --------------------------------------------------------------------------------------------------------------
 # Values and paths
 

@@ -1,12 +1,14 @@
 import gzip
 import hashlib
+import io
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, read_header, resolve_and_check, resolve_table
+from beam_pipeline.fileio.csv_tables import (FileCounts, InputError, ReadMimicTable, read_header, record_too_long,
+                                             records, resolve_and_check, resolve_table)
 from beam_pipeline.fileio.sources import BeamSource
 from conftest import ED_DEMO, test_pipeline, write_table
 
@@ -66,6 +68,15 @@ def test_empty_file_is_an_input_error(tmp_path):
         read_header(str(path), SOURCE)
 
 
+def test_truncated_gzip_fails_naming_the_file_and_rows_read(tmp_path):
+    rows = [{"subject_id": 10000000 + i, "stay_id": 30000000 + i, "intime": "2180-01-01 00:00:00"} for i in range(5000)]
+    path = write_table(tmp_path, mimic.EDSTAYS, rows)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read after \d+ rows \(Compressed file ended"):
+        with test_pipeline() as p:
+            p | ReadMimicTable(mimic.EDSTAYS, str(path))
+
+
 def test_bad_rows_are_rejected_with_line_numbers_and_counted(tmp_path):
     path = tmp_path / "vitalsign.csv"
     path.write_text(
@@ -85,7 +96,7 @@ def test_bad_rows_are_rejected_with_line_numbers_and_counted(tmp_path):
                               ("read", "wrong_field_count", 10000032, f"{path}:6"),
                               ("read", "bad_float", 10000032, f"{path}:7")]), label="Rejects")
         assert_that(out.events | beam.CombinePerKey(sum),
-                    equal_to([("rows_read/vitalsign", 5), ("rows_rejected/vitalsign", 3),
+                    equal_to([("rows_read/vitalsign", 5), ("lines_read/vitalsign", 7), ("rows_rejected/vitalsign", 3),
                               ("rejects/read/bad_timestamp", 1), ("rejects/read/wrong_field_count", 1),
                               ("rejects/read/bad_float", 1)]), label="Events")
 
@@ -112,3 +123,106 @@ def test_checksum_is_of_the_file_bytes(tmp_path):
         out = p | ReadMimicTable(mimic.EDSTAYS, str(path))
         assert_that(out.files | beam.Map(lambda f: (f["sha256"], f["bytes"])),
                     equal_to([(hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)]))
+
+
+def _records(text: str, counts: FileCounts | None = None) -> list[tuple]:
+    return list(records(io.StringIO(text, newline=""), "t.csv", counts or FileCounts()))
+
+
+def test_records_start_on_their_first_physical_line_and_lines_are_counted():
+    counts = FileCounts()
+    text = 'a,b\n1,"x\ny"\n2,"say ""hi"", twice"\r\n3,z'
+    assert _records(text, counts) == [(1, ["a", "b"], 0), (2, ["1", "x\ny"], 0), (4, ["2", 'say "hi", twice'], 0),
+                                      (5, ["3", "z"], 0)]
+    assert counts == FileCounts(lines=5)
+
+
+def test_a_quote_that_never_closes_stops_the_read_at_the_line_limit():
+    lines = ["a,b\n", '1,"open\n'] + [f"{n},x\n" for n in range(mimic.MAX_RECORD_LINES + 10)]
+    with pytest.raises(InputError, match=rf"^t\.csv:2: a quoted field opened here spans more than "
+                                         rf"{mimic.MAX_RECORD_LINES} lines"):
+        _records("".join(lines))
+
+
+def test_a_quote_closed_by_a_later_field_or_the_end_of_file_fails_naming_where_it_opened():
+    with pytest.raises(InputError, match=r"^t\.csv:2: a quoted field opened here swallows the lines after it "
+                                         r"\(the parser stopped at line 4: ',' expected after '\"'\)"):
+        _records('a,b\n1,"open\n2,x\n3,"next"\n')
+    with pytest.raises(InputError, match=r"^t\.csv:2: .* swallows .* stopped at line 3: unexpected end of data"):
+        _records('a,b\n1,"open\n2,x\n')
+
+
+def test_a_quote_error_within_one_line_is_a_record_without_fields():
+    assert _records('a,b\n1,"x"y\n2,z\n3,"w') == [(1, ["a", "b"], 0), (2, None, 0), (3, ["2", "z"], 0), (4, None, 0)]
+
+
+def test_a_line_or_field_longer_than_the_character_limit_fails():
+    for text in ("a,b\n1," + "x" * (mimic.MAX_RECORD_CHARS + 1) + "\n", "a,b\n" + "x" * 3 * mimic.MAX_RECORD_CHARS):
+        with pytest.raises(InputError, match=r"^t\.csv:2: this line is longer than 65,536 characters; no MIMIC row is"):
+            _records(text)
+    with pytest.raises(InputError, match=r"^t\.csv:2: a quoted field opened here spans more than 65,536 characters"):
+        _records('a,b\n1,"' + ("x" * 4096 + "\n") * 17 + '"\n')
+
+
+def test_record_too_long_names_the_limit_passed():
+    assert "spans more than 64 lines" in record_too_long("t.csv", 5, mimic.MAX_RECORD_LINES + 1)
+    assert "spans more than 65,536 characters" in record_too_long("t.csv", 5, 3)
+    assert record_too_long("t.csv", 5, 1) == "t.csv:5: this line is longer than 65,536 characters; no MIMIC row is"
+
+
+def test_line_ends_split_between_blocks_are_one_line_end():
+    for end in ("\n", "\r\n", "\r"):
+        text = "a,b" + end + "".join(f"{n},{'y' * (n % 97)}{end}" for n in range(3000))  # several blocks
+        parsed = _records(text)
+        assert [start for start, _, _ in parsed] == list(range(1, 3002))
+        assert parsed[-1][1] == ["2999", "y" * (2999 % 97)]
+
+
+def test_nul_bytes_are_removed_before_parsing_and_counted():
+    counts = FileCounts()
+    assert _records('a,b\n1,"x\0y"\0\n', counts) == [(1, ["a", "b"], 0), (2, ["1", "xy"], 0)]
+    assert counts.nul_removed == 2
+
+
+def test_undecodable_bytes_are_counted_per_record_and_in_the_file():
+    counts = FileCounts()
+    text = b"a,b\xff\n1,ok \xc3\xa9 \xef\xbf\xbd\n2,bad \xe9\xc3\n".decode("utf-8", "surrogateescape")
+    parsed = _records(text, counts)
+    assert [(start, bad) for start, _, bad in parsed] == [(1, 1), (2, 0), (3, 2)]  # a literal U+FFFD is no error
+    assert counts.undecodable == 3
+
+
+def test_repeated_header_nul_and_undecodable_rows_when_read(tmp_path):
+    path = tmp_path / "edstays.csv"
+    header = ",".join(mimic.EDSTAYS.header)
+    path.write_bytes((f"\ufeff{header}\n"
+                      "10000032,,33258284,2180-05-06 19:17:00,2180-05-06 23:30:00,F,WHITE,WALK\0 IN,HOME\n"
+                      f"{header}\n"
+                      "10000033,,33258285,2180-05-06 19:17:00,2180-05-06 23:30:00,F,WHITE,WALK IN,HOME\n").encode()
+                     + b"10000034,,33258286,2180-05-06 19:17:00,2180-05-06 23:30:00,F,WH\xffTE,WALK IN,HOME\n")
+    with test_pipeline() as p:
+        out = p | ReadMimicTable(mimic.EDSTAYS, str(path))
+        assert_that(out.rows | beam.Map(lambda r: (r["stay_id"], r["arrival_transport"])),
+                    equal_to([(33258284, "WALK IN"), (33258285, "WALK IN")]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["reason"], r["subject_id"], r["detail"])),
+                    equal_to([("repeated_header", None, f"{path}:3: the header line again"),
+                              ("undecodable_bytes", 10000034, f"{path}:5: 1 byte(s) that are not UTF-8")]),
+                    label="Rejects")
+        assert_that(out.events | beam.CombinePerKey(sum),
+                    equal_to([("lines_read/edstays", 5), ("nul_bytes_removed/edstays", 1),
+                              ("rejects/read/repeated_header", 1), ("rejects/read/undecodable_bytes", 1),
+                              ("rows_read/edstays", 3), ("rows_rejected/edstays", 1),
+                              ("undecodable_bytes/edstays", 1)]), label="Events")
+
+
+@pytest.mark.parametrize("table", [mimic.CXR_METADATA, mimic.CXR_CHEXPERT, mimic.EDSTAYS, mimic.CXR_SPLIT])
+def test_header_only_required_table_is_an_input_error(tmp_path, table):
+    path = write_table(tmp_path, table, [])
+    with pytest.raises(InputError, match=f"^{path}: {table.name} has a header but no data rows$"):
+        resolve_and_check(str(tmp_path), table, SOURCE)
+
+
+@pytest.mark.parametrize("table", [mimic.TRIAGE, mimic.VITALSIGN, mimic.MEDRECON, mimic.PYXIS, mimic.PATIENTS])
+def test_header_only_optional_table_is_accepted(tmp_path, table):
+    path = write_table(tmp_path, table, [])
+    assert resolve_and_check(str(tmp_path), table, SOURCE) == str(path)
