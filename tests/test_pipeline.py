@@ -274,7 +274,8 @@ def test_bad_images_are_rejected_and_the_job_goes_on(mini_mimic, tmp_path):
                                             "images/empty_image": 1, "images/truncated_image": 1,
                                             "images/not_a_jpeg": 1}
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + counts["rejected"]
-    rejects = {r["dicom_id"]: r for path in (published(tmp_path / "out") / "rejects").glob("*.jsonl")
+    assert not (tmp_path / "out" / "LATEST").exists()  # a run that wrote no records is not published
+    rejects = {r["dicom_id"]: r for path in (Path(metadata["config"]["output"]) / "rejects").glob("*.jsonl")
                for r in map(json.loads, path.open())}
     assert rejects["d-mid"]["stage"] == "images" and rejects["d-mid"]["subject_id"] == SUBJECT
     assert "files/p10/p10000001/s50000001/d-at-intime.jpg" in rejects["d-at-intime"]["detail"]

@@ -34,6 +34,10 @@ class CountsError(RuntimeError):
     pass
 
 
+class EmptyRunError(RuntimeError):
+    """The job wrote no records: its run folder is complete (metadata.json) but not published."""
+
+
 def _prefixed(events: dict[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in events.items() if k.startswith(prefix)}
 
@@ -114,6 +118,48 @@ def check_counts(counts: dict, outputs: dict, within_ed_stay: bool = False) -> l
     if not within_ed_stay and c["dropped_after_ed_departure"]:
         problems.append(f"dropped_after_ed_departure == {c['dropped_after_ed_departure']} without --within_ed_stay")
     return problems
+
+
+# The stages where kept images leave the funnel (the "stage" of their rejects), in pipeline order; the window is
+# applied in the join. A stage not listed here counts as the last.
+IMAGE_STAGES = ("metadata", "join", "record", "split", "images")
+
+
+def _top_reasons(rejects: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(rejects.items(), key=lambda item: (-item[1], item[0]))[:3])
+
+
+def empty_run_message(counts: dict, config: dict) -> str:
+    """Why a run wrote no records: the first stage of the funnel that left no image, with the flags that decide it."""
+    if not counts["images_total"] or counts["images_total"] == counts["images_unreadable"]:
+        reason = "the metadata table has no readable data rows"
+    elif not counts["images_kept_view"]:
+        reason = (f"no image has a kept view (--views={','.join(config['views'])}; values match ViewPosition exactly; "
+                  "MIMIC's are capitals such as AP,PA)")
+    else:
+        by_stage: dict[str, dict[str, int]] = {"join": {}}
+        for key, n in counts["rejected_by_reason"].items():
+            by_stage.setdefault(key.split("/")[0], {})[key] = n
+        unlinked = counts["no_ed_stay"] + counts["dropped_after_ed_departure"]
+        remaining, passed = counts["images_kept_view"], {}
+        for stage in sorted(by_stage, key=lambda s: (IMAGE_STAGES + (s,)).index(s)):
+            left = remaining - sum(by_stage[stage].values()) - (unlinked if stage == "join" else 0)
+            if left <= 0:
+                break
+            remaining = left
+            passed.update(by_stage[stage])  # rejects of the stages before the one that emptied the run
+        if stage == "join" and unlinked:
+            rejected = {**passed, **by_stage["join"]}
+            reason = (f"no kept image matched an ED stay in the window (--window_start_hours="
+                      f"{config['window_start_hours']}, --window_end_hours={config['window_end_hours']}): "
+                      f"{counts['no_ed_stay']} without a stay"
+                      + (f", {counts['dropped_after_ed_departure']} taken after ED departure (--within_ed_stay)"
+                         if counts["dropped_after_ed_departure"] else "")
+                      + (f", {sum(rejected.values())} rejected ({_top_reasons(rejected)})" if rejected else ""))
+        else:
+            reason = (f"the remaining {remaining} images were all rejected at the {stage} stage: "
+                      f"{_top_reasons(by_stage[stage])}")
+    return f"{config['output']} wrote no records, so it was not published: {reason}"
 
 
 def versions() -> dict[str, str]:
@@ -207,18 +253,22 @@ def read_json(path: str) -> dict:
 class WriteMetadata(beam.PTransform):
     """(events, input file records, written file records) -> metadata.json in the run folder (config.output) after
     every shard is written; then the run is published as ``base``/LATEST and the other runs under ``base`` are
-    removed (complete ones only unless ``keep_runs``). Outputs the counts."""
+    removed (complete ones only unless ``keep_runs``). Outputs the counts. A run that wrote no records is never
+    published, so it cannot replace a published dataset; with ``fail_when_empty`` (remote runners, where nobody
+    reads the counts at the end) the job then fails with the reason."""
 
-    def __init__(self, config: Config, text: dict, base: str, keep_runs: bool = False):
+    def __init__(self, config: Config, text: dict, base: str, keep_runs: bool = False, fail_when_empty: bool = False):
         super().__init__()
         self._config = config
         self._text = text
         self._base = base
         self._keep_runs = keep_runs
+        self._fail_when_empty = fail_when_empty
 
     def expand(self, inputs):
         events, input_files, written, *probe = inputs  # probe: optional one-element LeakageProbe output
-        config, text, base, keep_runs = self._config, self._text, self._base, self._keep_runs
+        config, text, base, keep_runs, fail_when_empty = (self._config, self._text, self._base, self._keep_runs,
+                                                          self._fail_when_empty)
 
         def write(_, events, input_files, written, probe=None):
             tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
@@ -227,10 +277,13 @@ class WriteMetadata(beam.PTransform):
             failpoints.reached("before_metadata")
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             failpoints.reached("metadata_written")
-            publish(base, config.output)
-            failpoints.reached("published")
-            for folder, files, above in previous_runs(base, config.output, keep_complete=keep_runs):
-                remove_run(folder, files, above)
+            if document["counts"]["matched"]:
+                publish(base, config.output)
+                failpoints.reached("published")
+                for folder, files, above in previous_runs(base, config.output, keep_complete=keep_runs):
+                    remove_run(folder, files, above)
+            elif fail_when_empty:
+                raise EmptyRunError(empty_run_message(document["counts"], document["config"]))
             yield document["counts"]
 
         totals = events | "SumEvents" >> beam.CombinePerKey(sum)

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import tempfile
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -42,7 +43,15 @@ RUNS = "runs"
 TEXT_SHARD_BYTES = 256 * 2 ** 20
 
 
-class OutputExistsError(RuntimeError):
+class OutputError(RuntimeError):
+    """--output cannot take this run; found at launch, before any work."""
+
+
+class OutputExistsError(OutputError):
+    pass
+
+
+class OutputNotWritableError(OutputError):
     pass
 
 
@@ -90,8 +99,17 @@ def run_folder(output: str, now) -> str:
     return FileSystems.join(output, RUNS, now.strftime("%Y%m%dT%H%M%S%fZ"))
 
 
-def check_output(output: str, replace: bool) -> None:
-    """Refuse to start over a published run unless the user asked to replace it (--overwrite or --keep_runs)."""
+def is_local_path(path: str) -> bool:
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def check_output(output: str, replace: bool, local_workers: bool) -> None:
+    """At launch: the output can be written (where the workers write: remote workers cannot reach a local path), and
+    it holds no published run unless the user asked to replace it (--overwrite or --keep_runs)."""
+    if not local_workers and is_local_path(output):
+        raise OutputNotWritableError(f"--output={output} is a local path, which remote workers cannot write; "
+                                     "use a gs:// folder")
+    check_writable(output)
     latest = FileSystems.join(output, LATEST)
     existing = ([latest] if FileSystems.exists(latest) else []) + legacy_outputs(output)
     if existing and not replace:
@@ -99,10 +117,60 @@ def check_output(output: str, replace: bool) -> None:
                                 f"replace it, --keep_runs to add a run beside it, or choose another --output")
 
 
+def check_writable(output: str) -> None:
+    """Create and delete a small file where the run folder will go (OUTPUT/runs/), so an output that cannot be
+    written (no permission, a path under a regular file, a missing bucket, an unknown scheme) fails at launch
+    rather than after all the work. Local folders the probe had to create are removed again."""
+    runs = os.path.abspath(os.path.join(output, RUNS)) if is_local_path(output) else ""
+    above = _existing_ancestor(runs) if runs else ""
+    try:
+        probe = FileSystems.join(output, RUNS, f".write-probe-{uuid.uuid4().hex}")
+        with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(b"write probe of a starting run\n")
+        FileSystems.delete([probe])
+    except Exception as err:  # whatever the filesystem raises, the run could not write its files there
+        reason = _missing_bucket(output) or f"{type(err).__name__}: {err}"
+        raise OutputNotWritableError(f"--output={output} cannot be written: {reason}") from None
+    finally:
+        if runs:
+            _remove_empty_folders([runs], above)
+
+
+def _missing_bucket(path: str) -> str:
+    """Says so when the bucket of a gs:// path does not exist: the failed write itself reports a bare 404."""
+    if FileSystems.get_scheme(path) != "gs":
+        return ""
+    from apache_beam.io.gcp.gcsio import GcsIO
+
+    bucket = path[len("gs://"):].split("/")[0]
+    try:
+        return "" if GcsIO().get_bucket(bucket) else f"bucket gs://{bucket} does not exist"
+    except Exception:  # e.g. no permission to look buckets up: the write's own error stands
+        return ""
+
+
+def _existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _remove_empty_folders(folders, above: str) -> None:
+    """Remove each local folder, then its parents, while they are empty, up to (not including) ``above``."""
+    for directory in sorted(set(folders), key=len, reverse=True):
+        while directory.startswith(above + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty
+                break
+            directory = os.path.dirname(directory)
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """Readers see the old file or the whole new one: a local file is written beside and renamed over; a GCS
     object only becomes visible once its upload is complete."""
-    if FileSystems.get_scheme(path) not in (None, "file"):
+    if not is_local_path(path):
         with FileSystems.create(path, mime_type="application/octet-stream",
                                 compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(data)
@@ -136,14 +204,8 @@ def remove_run(folder: str, files: list[str], above: str) -> None:
     rest = [f for f in files if f != marker]
     if rest:
         FileSystems.delete(rest)
-    if FileSystems.get_scheme(folder) in (None, "file"):
-        for directory in sorted({os.path.dirname(f) for f in files}, key=len, reverse=True):
-            while directory.startswith(above + os.sep):
-                try:
-                    os.rmdir(directory)
-                except OSError:  # not empty
-                    break
-                directory = os.path.dirname(directory)
+    if is_local_path(folder):
+        _remove_empty_folders([os.path.dirname(f) for f in files], above)
 
 
 def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:

@@ -10,17 +10,23 @@ from beam_pipeline.fileio.metadata import read_json
 from beam_pipeline.fileio.outputs import LATEST
 
 
+INCOMPLETE = "the run is incomplete or still running (its job failed, was stopped or has not finished)"
+
+
 def resolve_output(output: str) -> str:
     """The run folder to read: the run ``output``/LATEST names (the published one), or ``output`` itself when it
-    is a run folder. A folder with neither holds no complete run yet (the job failed or is still running)."""
+    is a run folder. Only a folder with metadata.json holds a complete run: it is written after every shard."""
     latest = FileSystems.join(output, LATEST)
     if FileSystems.exists(latest):
         with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return FileSystems.join(output, f.read().decode("utf-8").strip())
+            folder = FileSystems.join(output, f.read().decode("utf-8").strip())
+        if not FileSystems.exists(FileSystems.join(folder, "metadata.json")):
+            raise FileNotFoundError(f"{folder}, which {latest} names, has no metadata.json: {INCOMPLETE}, or the "
+                                    "output folder was copied or deleted in part")
+        return folder
     if FileSystems.exists(FileSystems.join(output, "metadata.json")):
         return output
-    raise FileNotFoundError(f"{output} holds no complete run: no LATEST and no metadata.json (the job failed, was "
-                            "stopped, or is still running)")
+    raise FileNotFoundError(f"{output} holds no complete run (no LATEST, no metadata.json): {INCOMPLETE}")
 
 
 def open_run(output: str) -> tuple[str, dict]:
