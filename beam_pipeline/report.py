@@ -20,6 +20,7 @@ import html
 import io
 import json
 import math
+import sys
 
 import cv2
 import numpy as np
@@ -142,10 +143,17 @@ def _bars(ax, counts: dict[str, int], title: str, color: str = "#2e86c1") -> Non
     ax.set_title(title, fontsize=10)
 
 
+def linked_images(counts: dict) -> int:
+    """Kept-view images the join linked to a stay: not those without a stay in the window, nor those it rejected
+    (a conflicting or rejected stay or label row)."""
+    at_join = sum(n for reason, n in counts["rejected_by_reason"].items() if reason.startswith("join/"))
+    return counts["images_kept_view"] - counts["no_ed_stay"] - at_join
+
+
 def funnel_figure(counts: dict) -> bytes:
     plt = _pyplot()
     stages = {"images in metadata": counts["images_total"], "kept views": counts["images_kept_view"],
-              "linked to an ED stay": counts["images_kept_view"] - counts["no_ed_stay"],
+              "linked to an ED stay": linked_images(counts),
               "written": counts["matched"]}
     reasons = counts["rejected_by_reason"] or {"(none)": 0}
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]})
@@ -450,7 +458,10 @@ def main(argv: list[str] | None = None) -> None:
                              "patient data, do not share' (default 0: aggregate only, counts 1-10 shown as <11)")
     parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
     args = parser.parse_args(argv)
-    print(f"Report: {build(args.output, args.samples, args.to)}")
+    try:
+        print(f"Report: {build(args.output, args.samples, args.to)}")
+    except FileNotFoundError as err:  # no complete run there (readers.common says which and why)
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

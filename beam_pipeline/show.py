@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from typing import Iterator
 
 from beam_pipeline import mimic
@@ -95,13 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save_images", metavar="DIR", help="also save each record's image as PNG here")
     args = parser.parse_args(argv)
     shown = 0
-    for metadata, example in records(args.output, args.split, set(args.dicom_id), args.n):
-        print(describe(metadata, example))
-        if args.save_images:
-            for path in save_images(example, args.save_images):
-                print(f"  saved {path}")
-        print()
-        shown += 1
+    try:
+        for metadata, example in records(args.output, args.split, set(args.dicom_id), args.n):
+            print(describe(metadata, example))
+            if args.save_images:
+                for path in save_images(example, args.save_images):
+                    print(f"  saved {path}")
+            print()
+            shown += 1
+    except FileNotFoundError as err:  # no complete run there (readers.common says which and why)
+        sys.exit(f"error: {err}")
     if args.dicom_id and shown < len(args.dicom_id):
         parser.error(f"{len(args.dicom_id) - shown} of the dicom_ids are not in the {args.split} split")
 

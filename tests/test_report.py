@@ -7,6 +7,7 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -165,6 +166,24 @@ def test_suppression_helpers_hide_small_cells_and_their_complement():
     assert [str(c) for c in report.cells([500, 3, 4, 40])] == ["500", "<11", "<11", "40"]
     assert report.drawn({"a": 5, "b": 50, "c": 0}) == {"a": 0, "b": 50, "c": 0}
     assert report.rate(3, 100) == "<11" and report.rate(30, 100) == 0.3
+
+
+def test_linked_images_leave_out_those_the_join_rejected():
+    counts = {"images_kept_view": 100, "no_ed_stay": 30,
+              "rejected_by_reason": {"join/stay_row_rejected": 4, "join/conflicting_edstays": 2, "images/corrupt_image": 5}}
+    assert report.linked_images(counts) == 64  # the image-stage reject was linked first
+
+
+@pytest.mark.parametrize("module", ["report", "show"])
+def test_cli_on_a_folder_without_a_complete_run_says_so(module, tmp_path):
+    """A run folder with shards but no metadata.json (a job still running or stopped): a one-line error, no traceback."""
+    (tmp_path / "tfrecords").mkdir(parents=True)
+    (tmp_path / "tfrecords" / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", f"beam_pipeline.{module}", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} holds no complete run")
+    assert "incomplete or still running" in done.stderr
 
 
 def test_samples_opt_in_with_the_patient_data_banner(reported, with_samples):
