@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import sys
 
 import apache_beam as beam
@@ -24,15 +25,23 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, mimic, report
 from beam_pipeline.fileio.csv_tables import InputError
-from beam_pipeline.fileio.metadata import empty_run_message
+from beam_pipeline.fileio.metadata import CountsError, empty_run_message
 from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
+from beam_pipeline.fileio.sharded import DuplicateKeyError
 from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.staging import StagingError, stage_package
+from beam_pipeline.transforms.split import PatientOverlapError
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+# Errors that mean "the input or the setup is wrong", not "the code is wrong": the CLI prints their message alone.
+JOB_ERRORS = (InputError, OutputError, RequesterPaysError, StagingError, PatientOverlapError, DuplicateKeyError,
+              CountsError)
+# A worker process's error reaches the runner as text: "...module.Class: message [while running 'Step']".
+_WORKER_ERROR = re.compile(r"\b(?:%s): (.+?)(?: \[while running '[^']*'\])?$" % "|".join(
+    e.__name__ for e in JOB_ERRORS), re.MULTILINE)
 
 
 def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
@@ -129,6 +138,15 @@ def run(argv: list[str] | None = None) -> dict | None:
     return load_metadata(run_folder(config.output, started))
 
 
+def job_error(err: BaseException) -> str | None:
+    """The message of a JOB_ERRORS error, raised here or in a worker process (whose error Beam re-raises as text
+    inside its own traceback); None for anything else, which keeps its traceback."""
+    if isinstance(err, JOB_ERRORS):
+        return str(err)
+    found = _WORKER_ERROR.findall(str(err))
+    return found[-1] if found else None
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -138,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         lambda record: "No semi_persistent_directory found" not in record.getMessage())
     try:
         metadata = run(argv)
-    except (InputError, OutputError, RequesterPaysError, StagingError) as err:
-        sys.exit(f"error: {err}")
+    except Exception as err:
+        message = job_error(err)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
     if metadata is None:
         return
     config, counts = metadata["config"], metadata["counts"]

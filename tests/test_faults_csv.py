@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 
+import pytest
+
 from beam_pipeline import mimic
 from faults import assert_counts_add_up, edit_table, fresh_tree, rejects, run_cli, run_job, table_path
 
@@ -37,12 +39,15 @@ def without(counts: dict, *keys: str) -> dict:
     return {k: v for k, v in counts.items() if k not in keys}
 
 
-def test_unclosed_quote_fails_the_job_naming_the_line(clean_tree, tmp_path):
-    """The fault that once swallowed 168 of 178 metadata rows into one record and exited 0."""
+@pytest.mark.parametrize("workers", [(), ("--direct_num_workers=2", "--direct_running_mode=multi_processing")],
+                         ids=["in-process", "two-worker-processes"])
+def test_unclosed_quote_fails_the_job_naming_the_line(clean_tree, tmp_path, workers):
+    """The fault that once swallowed 168 of 178 metadata rows into one record and exited 0. With worker processes
+    (the local default) the error crosses the runner as text; the CLI still ends with the same one-line error."""
     roots = fresh_tree(clean_tree, tmp_path)
     edit_table(roots.cxr, mimic.CXR_METADATA, edit_line(12, lambda line: line.replace(b",", b',"', 1)))
-    done = run_cli(roots, tmp_path / "out")
-    assert done.returncode != 0
+    done = run_cli(roots, tmp_path / "out", *workers)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: ")
     assert (f"error: {table_path(roots.cxr, mimic.CXR_METADATA)}:12: a quoted field opened here spans more than "
             f"{mimic.MAX_RECORD_LINES} lines (no MIMIC field does): is its closing quote missing?") in done.stderr
     assert not (tmp_path / "out" / "LATEST").exists()

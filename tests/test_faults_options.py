@@ -240,3 +240,13 @@ def test_readers_say_a_run_without_metadata_is_incomplete(clean_run, tmp_path):
     (output / "LATEST").unlink()
     with pytest.raises(FileNotFoundError, match=f"^{output} holds no complete run .*incomplete or still running"):
         open_run(str(output))
+
+
+def test_job_errors_print_alone_and_code_errors_keep_their_traceback():
+    from beam_pipeline.run import job_error
+
+    worker = RuntimeError("Traceback ...\nbeam_pipeline.fileio.sharded.DuplicateKeyError: 2 keys appear twice "
+                          "[while running 'AssertUniqueKeys/Check']\n")
+    assert job_error(worker) == "2 keys appear twice"
+    assert job_error(RuntimeError("Traceback ...\nKeyError: 'subject_id' [while running 'Join']")) is None
+    assert job_error(KeyError("subject_id")) is None
