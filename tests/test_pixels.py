@@ -1,3 +1,6 @@
+import io
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -23,6 +26,12 @@ def test_inspect_reads_the_frame_size_without_decoding():
     assert pixels.inspect_jpeg(progressive).height == 512
 
 
+def claimed_size(data: bytes, height: int, width: int) -> bytes:
+    """The JPEG with its frame header claiming another size (what a decompression bomb does)."""
+    sof = data.index(b"\xff\xc0")
+    return data[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9:]
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty_image"),
     (bytes(range(256)) * 40, "not_a_jpeg"),
@@ -32,6 +41,8 @@ def test_inspect_reads_the_frame_size_without_decoding():
     (b"\xff\xd8\xff", "truncated_image"),
     (jpeg(40, 300), "absurd_dimensions"),  # 40 px high
     (jpeg(100, 500), "absurd_dimensions"),  # 5:1
+    (cv2.imencode(".jpg", np.zeros((1, 1), np.uint8))[1].tobytes(), "absurd_dimensions"),  # 1 x 1
+    (claimed_size(jpeg(300, 250), 20000, 20000), "absurd_dimensions"),  # a small file claiming 400 megapixels
 ])
 def test_bad_files_are_refused_with_a_reason(data, reason):
     with pytest.raises(pixels.ImageError) as err:
@@ -110,3 +121,91 @@ def test_enlarging_small_images_works():
     data = cv2.imencode(".jpg", cv2.imread(str(nih), cv2.IMREAD_GRAYSCALE))[1].tobytes()
     out = pixels.preprocess(data, 518, "pad", "png")
     assert out.reduction == 1 and decode(out.encoded).shape == (518, 518) and out.geometry.scale_x > 1
+
+
+def scan_data(data: bytes) -> tuple[int, int]:
+    """(start, end) of the entropy-coded data of a baseline JPEG: after the start-of-scan header, up to EOI."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big"), data.rindex(b"\xff\xd9")
+
+
+def damage_scan(data: bytes, length: int = 64, seed: int = 0) -> bytes:
+    """``length`` bytes in the middle of the scan data overwritten with random bytes (never 0xFF, so no marker
+    appears), the end-of-image marker intact: the fault a flipped disk sector or a bad copy leaves."""
+    start, end = scan_data(data)
+    middle = (start + end) // 2
+    noise = np.random.default_rng(seed).integers(0, 0xFF, length, dtype=np.uint8).tobytes()
+    return data[:middle] + noise + data[middle + length:]
+
+
+REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+           8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def opencv(data: bytes, factor: int = 1):
+    """OpenCV's reduced grayscale decode: the stage's decoder before 2026-11-30, kept as the reference."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
+def encoded_variants() -> dict[str, bytes]:
+    """The JPEG flavours the stage meets: MIMIC's (grayscale, q95), progressive, colour 4:2:0, CMYK, an odd size."""
+    from PIL import Image
+
+    gray = sample.radiograph(np.random.default_rng(5), 1000, 800, lateral=False)
+    color = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    color[:, :, 0] //= 2
+    cmyk = io.BytesIO()
+    Image.fromarray(color[:, :, ::-1]).convert("CMYK").save(cmyk, "JPEG")
+    return {"gray": sample.encode(gray), "cmyk": cmyk.getvalue(),
+            "progressive": cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+            "color_420": cv2.imencode(".jpg", color)[1].tobytes(),
+            "odd_size": cv2.imencode(".jpg", gray[:333, :517])[1].tobytes()}
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_strict_decoder_gives_opencvs_pixels(factor):
+    """Switching the decoder to simplejpeg (libjpeg-turbo, strict) changed no output pixel."""
+    for name, data in encoded_variants().items():
+        decoded = pixels.decode(data, pixels.inspect_jpeg(data), factor)
+        assert np.array_equal(decoded, opencv(data, factor)), name
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+@pytest.mark.parametrize("damage", [
+    lambda data: damage_scan(data, 64),
+    lambda data: damage_scan(data, 1),
+    lambda data: data[:sum(scan_data(data)) // 2] + b"\xff\xd9",  # cut inside the scan, end-of-image appended
+    lambda data: data[:sum(scan_data(data)) // 2] + data[sum(scan_data(data)) // 2 + 1000:],  # a piece missing
+], ids=["64_random_bytes", "1_random_byte", "cut_then_eoi", "piece_missing"])
+def test_damaged_scan_data_is_corrupt_although_opencv_decodes_it(damage, factor):
+    data = jpeg(1600, 1300, seed=6)
+    bad = damage(data)
+    assert opencv(bad, factor) is not None  # OpenCV only warns on stderr and returns the damaged image
+    size = math.ceil(1600 / factor)  # a target that makes the stage decode at 1/factor
+    with pytest.raises(pixels.ImageError) as err:
+        pixels.preprocess(bad, size, "pad", "png")
+    assert err.value.reason == "corrupt_image" and err.value.detail.startswith("Corrupt JPEG data")
+    assert pixels.reduction(1600, 1300, pixels.geometry(1600, 1300, size, "pad")) == factor
+
+
+def test_the_damage_is_real():
+    """What corrupt_image keeps out of the training records: a 64-byte overwrite bands a third of the image."""
+    data = jpeg(1600, 1300, seed=6)
+    off = np.abs(opencv(damage_scan(data)).astype(int) - opencv(data)) > 30
+    assert off.mean() > 0.2
+
+
+def test_bytes_after_the_end_of_image_are_ignored():
+    """libjpeg stops at EOI; padding or junk after it (some writers append some) changes nothing."""
+    data = jpeg(900, 700, seed=7)
+    assert pixels.preprocess(data + b"\x00junk\xff\xd8", 224, "pad", "png") == \
+        pixels.preprocess(data, 224, "pad", "png")
+
+
+def test_a_decoder_failure_is_undecodable():
+    """An error the decoder cannot get past even leniently (here a 12-bit precision the 8-bit decoder refuses)."""
+    data = bytearray(jpeg(300, 250))
+    data[data.index(b"\xff\xc0") + 4] = 12
+    with pytest.raises(pixels.ImageError) as err:
+        pixels.preprocess(bytes(data), 64, "pad", "png")
+    assert (err.value.reason, err.value.detail) == ("undecodable_image", "Unsupported JPEG data precision 12")

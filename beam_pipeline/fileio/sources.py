@@ -7,16 +7,22 @@ streamed ranged reads for tables (a 3-million-row table is never held in memory)
 worker process; reads retry with exponential backoff on 408/429/5xx and dropped connections (the client library's
 default policy, capped at 5 minutes). Outputs always go through Beam's FileSystems (they are in the user's bucket).
 A bucket that refuses a read for lack of a billing project gives one clear error naming the bucket and the flag.
+Any other failure to read one object is an OSError whatever the storage (FileNotFoundError when it is missing,
+PermissionError for HTTP 401/403), so callers can reject that input and go on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import threading
 from typing import IO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from google.api_core import exceptions as api_errors
+from google.cloud.storage.exceptions import DataCorruption
 
 READ_CHUNK = 8 * 2 ** 20
 RETRY_DEADLINE_SECONDS = 300.0
@@ -29,8 +35,10 @@ class RequesterPaysError(RuntimeError):
 
 
 def _requester_pays_hint(path: str, err: Exception) -> RequesterPaysError | None:
-    """Turn GCS's refusal of an unbilled read (400 'requester pays', 403 'userProject' / serviceusage) into advice."""
-    text = str(err)
+    """Turn GCS's refusal of an unbilled read (400 'requester pays', 403 'userProject' / serviceusage) into advice.
+    The request URL is left out of the error's text: its userProject parameter would make every refusal of a
+    billed read look like this one."""
+    text = re.sub(r"https?://\S+", "<url>", str(err))
     if "requester pays" not in text.lower() and "userproject" not in text.lower() and \
             "serviceusage.services.use" not in text:
         return None
@@ -39,6 +47,15 @@ def _requester_pays_hint(path: str, err: Exception) -> RequesterPaysError | None
         f"gs://{bucket} is a requester-pays bucket and refused the read ({text.strip().splitlines()[0][:200]}). "
         f"Pass --billing_project=YOUR_PROJECT (or --project): that project is billed, and the account running the "
         f"job needs serviceusage.services.use on it (role Service Usage Consumer) and PhysioNet access to the bucket.")
+
+
+def _unreadable(path: str, err: Exception) -> OSError:
+    """A storage client's failure to read one object (after its retries) as the OSError a local read would raise
+    (PermissionError for HTTP 401/403), so callers treat gs:// and local paths alike; the message is the client's
+    error class and HTTP code."""
+    code = getattr(err, "code", None)
+    return OSError(errno.EACCES if code in (401, 403) else errno.EIO, f"{type(err).__name__} {code or ''}".strip(),
+                   path)
 
 
 class BeamSource:
@@ -57,16 +74,16 @@ class BeamSource:
             raise _requester_pays_hint(path, err) or err
 
     def read(self, path: str) -> bytes:
-        """The whole object; FileNotFoundError when it does not exist (anything else is retried by Beam)."""
+        """The whole object. Raises FileNotFoundError when it does not exist, RequesterPaysError when its bucket
+        wants a billing project, and another OSError when it cannot be read (a directory or no permission at the
+        path, an I/O error, a storage error the client's retries did not cure)."""
         try:
             with self.open(path) as f:
                 return f.read()
-        except (FileNotFoundError, RequesterPaysError):
-            raise
-        except Exception:
-            if not self.exists(path):
-                raise FileNotFoundError(path) from None
-            raise
+        except api_errors.NotFound:  # Beam's GCS layer raises the client library's errors
+            raise FileNotFoundError(path) from None
+        except (api_errors.GoogleAPIError, DataCorruption) as err:
+            raise _unreadable(path, err) from err
 
 
 class RequesterPaysSource(BeamSource):
@@ -97,14 +114,12 @@ class RequesterPaysSource(BeamSource):
         return DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_SECONDS)
 
     def _call(self, path: str, action):
-        from google.api_core import exceptions
-
         try:
             return action()
-        except exceptions.NotFound:
+        except api_errors.NotFound:
             raise FileNotFoundError(path) from None
-        except (exceptions.BadRequest, exceptions.Forbidden) as err:
-            raise _requester_pays_hint(path, err) or err
+        except (api_errors.GoogleAPIError, DataCorruption) as err:
+            raise (_requester_pays_hint(path, err) or _unreadable(path, err)) from err
 
     def exists(self, path: str) -> bool:
         if not path.startswith("gs://"):

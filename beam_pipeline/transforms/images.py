@@ -49,7 +49,9 @@ class ImageSettings:
 
 class ImageLoader:
     """Reads and preprocesses one record's image. ``load`` returns the record with its image, or None, and the
-    events and rejects to emit: a missing, unreadable or broken image is a reject and the job goes on."""
+    events and rejects to emit: a missing, unreadable or broken image is a reject and the job goes on. Unreadable
+    is any OSError of the source's read (a directory or no permission at the path, an I/O error, a storage error
+    its retries did not cure); anything else is a bug or a configuration error and stops the job."""
 
     def __init__(self, cxr_root: str, settings: ImageSettings, source: BeamSource = BeamSource()):
         self._root = cxr_root
@@ -66,6 +68,9 @@ class ImageLoader:
             image = pixels.preprocess(data, s.size, s.mode, s.fmt, s.jpeg_quality, s.edge_map)
         except FileNotFoundError:
             return None, self._reject(record, "missing_image", f"no file at {record.image_path}")
+        except OSError as err:
+            return None, self._reject(record, "unreadable_image",
+                                      f"{record.image_path}: {type(err).__name__}: {err.strerror or err}")
         except pixels.ImageError as err:
             return None, self._reject(record, err.reason, f"{record.image_path}: {err.detail}")
         events = [accounting.event(f"images_decoded_at_1/{image.reduction}")]
