@@ -27,9 +27,9 @@ How the process tree is measured:
   time and, per worker part of each bundle, how long that part ran, so a stage that runs on one worker shows up;
   plus Beam's own per-transform ``process_bundle_msecs`` (busy time summed over workers).
 
-The limits: the raw JPEG decode limit is ``bench.micro`` on frontal JPEGs of the 1x sample (plain full-resolution
-``cv2.imdecode``, one core; the per-image stage rate comes with it), the raw embedding limit is ``bench.text_micro``'s
-embedding forward pass (notes per CPU-second). The in-job image stage rate is records written per busy second of
+The limits: the raw JPEG decode limit is ``bench.micro`` on frontal JPEGs of the 1x sample (``bench.raw_decode``:
+a full-resolution strict decode with the stage's own decoder, one core; the per-image stage rate comes with it), the
+raw embedding limit is ``bench.text_micro``'s embedding forward pass (notes per CPU-second). The in-job image stage rate is records written per busy second of
 the TFRecord shard writer (``WriteShard``: read, decode, resize, pad, PNG, serialise, append).
 """
 
@@ -389,14 +389,9 @@ def frontal_jpegs(roots, count: int) -> list[Path]:
 def decode_probe(jpegs: list[Path], seconds: float = 2.0) -> float:
     """Full-resolution decodes per CPU-second right now (the machine's speed at the time of a run: other load on
     shared cores slows CPU time too)."""
-    import cv2
-    import numpy as np
-
     from beam_pipeline import bench
 
-    cv2.setNumThreads(1)
-    blobs = [p.read_bytes() for p in jpegs]
-    return bench.cpu_rate(lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE), blobs, seconds)
+    return bench.cpu_rate(bench.raw_decode, [p.read_bytes() for p in jpegs], seconds)
 
 
 _DECODE_LOOP = """
