@@ -28,6 +28,7 @@ RUNTIME_REQUIREMENTS = [
     "google-crc32c==1.9.0",
     "protobuf==6.33.6",
     "matplotlib==3.11.2",
+    "wfdb==4.3.1",
 ]
 
 setuptools.setup(

@@ -25,7 +25,7 @@ class Table:
     """One MIMIC CSV: where it lives, its published header, and the typed columns the pipeline reads."""
 
     name: str
-    module: str  # which --mimic_*_root it lives under: "cxr", "ed" or "iv"
+    module: str  # which --mimic_*_root it lives under: "cxr", "ed", "iv" or "ecg"
     subdir: str  # folder under that root ("" for the CXR root)
     basename: str  # file name without .csv / .csv.gz
     header: tuple[str, ...]  # the published column order (the sample generator writes exactly this)
@@ -171,8 +171,41 @@ PATIENTS = Table(
     required=("subject_id", "anchor_age", "anchor_year"),
 )
 
+ADMISSIONS = Table(
+    name="admissions",
+    module="iv",
+    subdir="hosp",
+    basename="admissions",
+    header=("subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type", "admit_provider_id",
+            "admission_location", "discharge_location", "insurance", "language", "marital_status", "race",
+            "edregtime", "edouttime", "hospital_expire_flag"),
+    types={"subject_id": INT, "hadm_id": INT, "admittime": DATETIME},
+    required=("subject_id", "hadm_id", "admittime"),
+)
+LABEVENTS = Table(  # ~158 M rows in the full release: cohorts read it with a row filter on itemid (csv_tables)
+    name="labevents",
+    module="iv",
+    subdir="hosp",
+    basename="labevents",
+    header=("labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",
+            "storetime", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag", "priority",
+            "comments"),
+    types={"labevent_id": INT, "subject_id": INT, "itemid": INT, "charttime": DATETIME, "valuenum": FLOAT},
+    required=("labevent_id", "subject_id", "itemid", "charttime"),
+)
+ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB record is <root>/<path>.{hea,dat}
+    name="ecg_record_list",
+    module="ecg",
+    subdir="",
+    basename="record_list",
+    header=("subject_id", "study_id", "file_name", "ecg_time", "path"),
+    types={"subject_id": INT, "study_id": INT, "ecg_time": DATETIME, "path": STR},
+    required=("subject_id", "study_id", "ecg_time", "path"),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,
-                                                TRIAGE, VITALSIGN, MEDRECON, PYXIS, DIAGNOSIS, PATIENTS)}
+                                                TRIAGE, VITALSIGN, MEDRECON, PYXIS, DIAGNOSIS, PATIENTS,
+                                                ADMISSIONS, LABEVENTS, ECG_RECORD_LIST)}
 
 # The longest record any of these tables can hold. Their free-text columns are VARCHAR(255) (triage.chiefcomplaint,
 # medrecon/pyxis.name, medrecon.etcdescription) or short TEXT codes (pain, rhythm), so a real row is under 2 KiB and
@@ -193,6 +226,23 @@ ESI_WORDS = {1: "resuscitation", 2: "emergent", 3: "urgent", 4: "less urgent", 5
 """Emergency Severity Index levels as recorded in triage.acuity (1 = most urgent)."""
 
 ARRIVAL_TRANSPORTS = ("AMBULANCE", "WALK IN", "HELICOPTER")  # UNKNOWN and OTHER carry no information
+
+
+# MIMIC-IV-ECG 1.0 (mimic-schemas.md §4.1): 12 leads, 10 s at 500 Hz, in mV; the files' own lead order (aVF before
+# aVL). Readers map leads by name, never by position.
+ECG_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
+ECG_SAMPLING_HZ = 500
+ECG_SAMPLES = 5000
+
+# Symile-MIMIC's 50 lab itemids (cohort-definitions.md §A.5), in ascending itemid order: the order of its feature
+# vectors (the original's tensors iterate sorted keys, not its constants' listing order).
+SYMILE_LAB_ITEMIDS: tuple[int, ...] = tuple(sorted((
+    51221, 51265, 50912, 50971, 51222, 51301, 51249, 51279, 51250, 51248, 51277, 51006, 50983, 50902, 50882, 50868,
+    50931, 50960, 50893, 50970, 51237, 51274, 51275, 51146, 51256, 51254, 51200, 51244, 52172, 50934, 51678, 50947,
+    50861, 50878, 50813, 50863, 50885, 50820, 50862, 50802, 50821, 50804, 50818, 52075, 52073, 52074, 52069, 51133,
+    50910, 52135)))
+SYMILE_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Edema", "Lung Opacity", "No Finding",
+                                  "Pleural Effusion")  # the 6 CheXpert labels the original keeps (§A.7)
 
 
 def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
