@@ -73,19 +73,14 @@ def reject(stage: str, reason: str, *, subject_id: Any = None, study_id: Any = N
 
 class CountWritten(beam.DoFn):
     """The last step before the sinks: every record reaching it is written, so it is counted here as ``matched``
-    and per split (earlier stages may still reject), with what the funnel reports of written records: label status
-    (``labels/<status>``), X-rays after ED departure, notes redacted and truncated (``written/...``)."""
+    and per split (earlier stages may still reject), with what the cohort's funnel reports of written records
+    (``record.written_events()``, e.g. label status, notes redacted)."""
 
     def process(self, record):
         yield event("matched")
         yield event(f"per_split/{record.split}")
-        yield event(f"labels/{record.labels_status}")
-        if record.after_ed_departure:
-            yield event("written/after_ed_departure")
-        if record.redacted:
-            yield event("written/notes_redacted")
-        if record.truncated:
-            yield event("written/notes_truncated")
+        for name in record.written_events():
+            yield event(name)
         yield record
 
 

@@ -45,10 +45,11 @@ import simplejpeg
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import kb, mimic, models, sample
-from beam_pipeline.fileio.outputs import WriteExamples
+from beam_pipeline.fileio.outputs import Serialize, WriteExamples, example_plan
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import resolve_output
 from beam_pipeline.transforms import leakage, pixels, text
+from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from beam_pipeline.transforms.records import Record
 
@@ -136,8 +137,8 @@ def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings, se
     start, cpu = time.perf_counter(), cpu_seconds()
     with beam.Pipeline(runner=FnApiRunner()) as p:
         _ = (p | beam.Create(items, reshuffle=False)
-             | WriteExamples(str(output), 200.0, "none", ImageLoader(str(root), settings), settings,
-                             after=p | "NoChecks" >> beam.Create([])))
+             | WriteExamples(str(output), example_plan(200.0, settings), "none", ImageLoader(str(root), settings),
+                             Serialize(to_example), key=lambda r: r.dicom_id, after=p | "NoChecks" >> beam.Create([])))
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {"n": n, "seconds": wall, "rate": n / wall, "cpu_rate": n / cpu,
             "raw_decode": (before + cpu_rate(raw_decode, [p.read_bytes() for p in pool[:6]], seconds)) / 2,

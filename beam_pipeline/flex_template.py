@@ -13,7 +13,7 @@ from beam_pipeline import options
 
 GCS_PATH = r"^gs:\/\/[^\n\r]+$"
 PARAM_TYPES = {"mimic_cxr_root": "GCS_READ_FOLDER", "mimic_ed_root": "GCS_READ_FOLDER",
-               "mimic_iv_root": "GCS_READ_FOLDER", "output": "GCS_WRITE_FOLDER"}
+               "mimic_iv_root": "GCS_READ_FOLDER", "mimic_ecg_root": "GCS_READ_FOLDER", "output": "GCS_WRITE_FOLDER"}
 
 
 def _parameter(field: dataclasses.Field) -> dict:
@@ -38,9 +38,10 @@ def _parameter(field: dataclasses.Field) -> dict:
 
 def template_metadata() -> dict:
     return {
-        "name": "MIMIC-CXR x MIMIC-IV-ED training data",
-        "description": "Links MIMIC-CXR-JPG X-rays to MIMIC-IV-ED stays and writes leakage-safe, patient-disjoint "
-                       "TFRecord splits, a manifest, rejects and metadata.json.",
+        "name": "MIMIC multimodal training data",
+        "description": "Builds a multimodal MIMIC dataset (--cohort: ed_cxr links MIMIC-CXR-JPG X-rays to MIMIC-IV-ED "
+                       "stays; symile_mimic pairs admissions with a CXR, an ECG and labs) as leakage-safe, "
+                       "patient-disjoint TFRecord splits, a manifest, rejects and metadata.json.",
         "parameters": [_parameter(f) for f in dataclasses.fields(options.Config)],
     }
 

@@ -13,7 +13,7 @@ import math
 import typing
 from typing import Any, Callable
 
-from beam_pipeline import mimic
+from beam_pipeline import cohorts, mimic
 
 
 def _flag(help: str, default: Any = dataclasses.MISSING, *, parse: Callable[[str], Any] = str,
@@ -40,7 +40,7 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-REQUIRED_FLAGS = ("mimic_cxr_root", "mimic_ed_root", "output")
+REQUIRED_FLAGS = ("mimic_cxr_root", "output")  # every cohort's; each cohort adds the roots it reads (Cohort.roots)
 # A year either way: wider than any ED match, and far from the dates where intime + window overflows.
 WINDOW_HOURS = (-8760, 8760)
 NUMBER_TYPES = (int, float, tuple[float, ...])
@@ -72,14 +72,23 @@ def number_problems(config: Config) -> list[str]:
 class Config:
     """Every pipeline flag, its default and what it means (a test keeps the README's options table in step)."""
 
+    cohort: str = _flag(
+        "The dataset to build: ed_cxr (X-rays linked to ED stays, pseudo-notes; the default) or symile_mimic "
+        "(hospital admissions with a CXR, a 12-lead ECG and 50 labs). A cohort may change other flags' defaults "
+        "(README, Cohorts).", cohorts.DEFAULT, choices=cohorts.NAMES)
     mimic_cxr_root: str = _flag(
         "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
         "Local path or gs://.", "")
     mimic_ed_root: str = _flag(
-        "MIMIC-IV-ED root: the folder holding ed/ (edstays, triage, vitalsign, medrecon, pyxis). Local or gs://.", "")
+        "MIMIC-IV-ED root: the folder holding ed/ (edstays, triage, vitalsign, medrecon, pyxis). Local or gs://. "
+        "Required by --cohort=ed_cxr.", "")
     output: str = _flag("Output folder (local or gs://): manifest/, tfrecords/, rejects/ and metadata.json.", "")
     mimic_iv_root: str = _flag(
-        "Optional MIMIC-IV root holding hosp/patients.csv.gz; needed for the patient's age at the X-ray.", "")
+        "MIMIC-IV root holding hosp/ (patients; admissions and labevents for symile_mimic). Optional for ed_cxr "
+        "(the patient's age at the X-ray); required by symile_mimic.", "")
+    mimic_ecg_root: str = _flag(
+        "MIMIC-IV-ECG root: the folder holding record_list.csv and files/ (WFDB .hea/.dat). Local or gs://. "
+        "Required by --cohort=symile_mimic.", "")
     billing_project: str = _flag(
         "Google Cloud project billed for reading requester-pays buckets (PhysioNet's MIMIC-CXR-JPG bucket). "
         "Defaults to --project when that is given; empty: inputs are read through Beam's FileSystems.", "")
@@ -152,6 +161,15 @@ class Config:
         parse=float, bounds=(0.001, 1_000_000))
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))
+    ecg_scaling: str = _flag(
+        "symile_mimic: how ecg/signal is stored: none (mV, as recorded) or minmax (the original's [-1, 1] scaling "
+        "over the whole record; ecg/min and ecg/max are stored so it can be undone).", "none",
+        choices=("none", "minmax"))
+    candidate_seed: int = _flag(
+        "symile_mimic: seed of the retrieval candidate sets (each query's negatives come from a generator seeded "
+        "by sha256 of seed and hadm_id).", 0, parse=int, bounds=(0, 2 ** 63 - 1))
+    candidate_negatives: int = _flag("symile_mimic: negatives per query in the val/test candidate sets.", 9,
+                                     parse=int, bounds=(1, 10_000))
     overwrite: bool = _flag(
         "Replace the run already published in --output: the new run is written beside it, published (LATEST) only "
         "once complete, and the earlier runs are deleted after that. Without it (or --keep_runs) the job refuses "
@@ -166,6 +184,11 @@ class Config:
         for name in REQUIRED_FLAGS:
             if not getattr(self, name):
                 problems.append(f"--{name} is required")
+        if self.cohort in cohorts.NAMES:  # an unknown one is reported with the other choices below
+            cohort = cohorts.get(self.cohort)
+            problems += [f"--{name} is required by --cohort={self.cohort}" for name in cohort.roots
+                         if not getattr(self, name)]
+            problems += cohort.check(self)
         if not self.views:
             problems.append("--views must name at least one ViewPosition")
         numbers = number_problems(self)
@@ -187,6 +210,14 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    """A Config from the flags given: the chosen cohort's defaults (Cohort.defaults) for the flags not given,
+    Config's own defaults for the rest."""
+    name = values.get("cohort", cohorts.DEFAULT)
+    defaults = cohorts.get(name).defaults if name in cohorts.NAMES else {}
+    return Config(**{**defaults, **values})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

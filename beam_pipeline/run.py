@@ -23,13 +23,13 @@ from apache_beam.runners.runner import PipelineResult
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import accounting, mimic, report
+from beam_pipeline import accounting, cohorts, report
 from beam_pipeline.fileio.csv_tables import InputError
-from beam_pipeline.fileio.metadata import CountsError, empty_run_message
+from beam_pipeline.fileio.metadata import CountsError
 from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
 from beam_pipeline.fileio.sharded import DuplicateKeyError
 from beam_pipeline.fileio.sources import RequesterPaysError
-from beam_pipeline.options import Config, add_arguments
+from beam_pipeline.options import Config, add_arguments, make_config
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.staging import StagingError, stage_package
@@ -58,7 +58,7 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     values = {k: v for k, v in vars(args).items() if v is not None}
     values.setdefault("billing_project", options.view_as(GoogleCloudOptions).project or "")
     try:
-        config = Config(**values)
+        config = make_config(values)
     except ValueError as err:
         parser.error(str(err))
     return config, options
@@ -71,32 +71,6 @@ def local_parallelism(beam_args: list[str], cores: int) -> list[str]:
     if "--direct_num_workers" in given or "--direct_running_mode" in given or cores < 2:
         return []
     return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"]
-
-
-def format_funnel(counts: dict, views: tuple[str, ...]) -> str:
-    """The stage funnel as a small aligned table. The lines under "kept views" add up to it; every line from
-    "matched and written" down counts written records only (records rejected at a later stage are not in them)."""
-    split_text = " / ".join(f"{s} {counts['per_split'][s]}" for s in mimic.SPLITS)
-    labels = counts["labels"]
-    written_notes = counts["written_notes"]
-    rows = [
-        ("images in metadata", counts["images_total"], ""),
-        ("  unreadable rows", counts["images_unreadable"], ""),
-        ("  other views", counts["images_other_view"], ""),
-        (f"  kept views ({','.join(views)})", counts["images_kept_view"], ""),
-        ("    no ED stay in window", counts["no_ed_stay"], ""),
-        ("    after ED departure, dropped", counts["dropped_after_ed_departure"], "only with --within_ed_stay"),
-        ("    rejected", counts["rejected"], ""),
-        *((f"      {reason}", n, "") for reason, n in counts["rejected_by_reason"].items()),
-        ("    matched and written", counts["matched"], split_text),
-        ("      of which without labels", labels.get("no_label_row", 0) + labels.get("all_blank", 0),
-         "no CheXpert row {} / all blank {}".format(labels.get("no_label_row", 0), labels.get("all_blank", 0))),
-        ("      of which after ED departure", counts["after_ed_departure"], ""),
-        ("      of which notes redacted", written_notes["redacted"], "by the leakage filter"),
-        ("      of which notes truncated", written_notes["truncated"], "at --max_tokens"),
-        ("rejects written (all stages)", counts["rejects_total"], ""),
-    ]
-    return "\n".join(f"{name:<36}{n:>9}  {extra}".rstrip() for name, n, extra in rows)
 
 
 def is_local(options: PipelineOptions) -> bool:
@@ -164,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     if metadata is None:
         return
     config, counts = metadata["config"], metadata["counts"]
+    cohort = cohorts.get(config["cohort"])
     print(f"Output: {config['output']}")
-    print(format_funnel(counts, tuple(config["views"])))
+    print(cohort.funnel(counts, config))
     if not counts["matched"]:
-        sys.exit(f"error: {empty_run_message(counts, config)}")
+        sys.exit(f"error: {cohort.empty_message(metadata)}")
     print(f"Report: {report.build(config['output'])}")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import faults
 from beam_pipeline import mimic, sample
-from beam_pipeline.run import format_funnel
+from beam_pipeline.cohorts.ed_cxr import funnel as format_funnel
 from conftest import published
 
 WRITTEN, NO_STAY = ("written",), ("no_ed_stay",)
@@ -175,7 +175,7 @@ def test_outtime_before_intime_rejects_the_stay_row_and_its_images_are_not_no_ed
     read = [r for r in faults.rejects(output) if r["reason"] == "outtime_before_intime"]
     assert [(r["stage"], r["subject_id"]) for r in read] == [("read", int(subject))]
     assert read[0]["detail"].endswith(f"edstays.outtime={outtime} < intime={stay['intime']}")
-    funnel = format_funnel(metadata["counts"], mimic.DEFAULT_VIEWS).splitlines()
+    funnel = format_funnel(metadata["counts"], metadata["config"]).splitlines()
     assert ["join/stay_row_rejected", str(len(kept))] in [line.split() for line in funnel]
 
 

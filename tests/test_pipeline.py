@@ -14,7 +14,8 @@ from beam_pipeline import accounting, failpoints, mimic, report
 from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline.readers.common import load_metadata
-from beam_pipeline.run import execute, format_funnel, main, parse, run
+from beam_pipeline.cohorts.ed_cxr import funnel as format_funnel
+from beam_pipeline.run import execute, main, parse, run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 from conftest import ONE_WORKER, OFFLINE_TEXT, metadata_row, published, radiograph_jpeg, upload_tree
 
@@ -343,7 +344,7 @@ def test_ed_departure_in_records_notes_and_the_within_ed_stay_flag(scenario_run,
     assert counts["images_kept_view"] == counts["matched"] + counts["no_ed_stay"] + \
         counts["dropped_after_ed_departure"] + counts["rejected"]
     assert counts["labels"] == {"labeled": 1, "all_blank": 0, "no_label_row": 2}  # d-24h (all blank) is not written
-    funnel = format_funnel(counts, ("AP", "PA"))
+    funnel = format_funnel(counts, {"views": ["AP", "PA"]})
     assert re.search(r"after ED departure, dropped +1  only with --within_ed_stay", funnel)
     assert re.search(r"of which after ED departure +0$", funnel, re.MULTILINE)
 
@@ -351,7 +352,7 @@ def test_ed_departure_in_records_notes_and_the_within_ed_stay_flag(scenario_run,
 def test_funnel_lines_add_up_and_count_written_records(scenario_run):
     _, _, _, metadata = scenario_run
     counts = metadata["counts"]
-    funnel = format_funnel(counts, ("AP", "PA"))
+    funnel = format_funnel(counts, {"views": ["AP", "PA"]})
     number = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^(.{36}) *(\d+)", funnel, re.MULTILINE)}
     assert number["kept views (AP,PA)"] == sum(number[k] for k in (
         "no ED stay in window", "after ED departure, dropped", "rejected", "matched and written"))

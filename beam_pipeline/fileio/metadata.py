@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -38,13 +39,13 @@ class EmptyRunError(RuntimeError):
     """The job wrote no records: its run folder is complete (metadata.json) but not published."""
 
 
-def _prefixed(events: dict[str, int], prefix: str) -> dict[str, int]:
+def prefixed(events: dict[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in events.items() if k.startswith(prefix)}
 
 
 def summarize_counts(events: dict[str, int]) -> dict:
     """Turn summed events into the documented counts block."""
-    rejects = _prefixed(events, "rejects/")
+    rejects = prefixed(events, "rejects/")
     return {
         "images_total": events.get("rows_read/cxr_metadata", 0),
         "images_unreadable": events.get("rows_rejected/cxr_metadata", 0),
@@ -66,14 +67,14 @@ def summarize_counts(events: dict[str, int]) -> dict:
         "notes": {"tokenized": events.get("notes_tokenized", 0), "truncated": events.get("notes_truncated", 0),
                   "enhanced_truncated": events.get("enhanced_notes_truncated", 0),
                   "redacted": events.get("leakage_notes_redacted", 0)},
-        "leakage_hits": _prefixed(events, "leakage/"),
-        "rows_read": _prefixed(events, "rows_read/"),
-        "rows_rejected": _prefixed(events, "rows_rejected/"),
-        "lines_read": _prefixed(events, "lines_read/"),
-        "nul_bytes_removed": _prefixed(events, "nul_bytes_removed/"),
-        "undecodable_bytes": _prefixed(events, "undecodable_bytes/"),
-        "duplicates": {"identical_rows": _prefixed(events, "duplicates/identical_rows/"),
-                       "conflicting_keys": _prefixed(events, "duplicates/conflicting_keys/")},
+        "leakage_hits": prefixed(events, "leakage/"),
+        "rows_read": prefixed(events, "rows_read/"),
+        "rows_rejected": prefixed(events, "rows_rejected/"),
+        "lines_read": prefixed(events, "lines_read/"),
+        "nul_bytes_removed": prefixed(events, "nul_bytes_removed/"),
+        "undecodable_bytes": prefixed(events, "undecodable_bytes/"),
+        "duplicates": {"identical_rows": prefixed(events, "duplicates/identical_rows/"),
+                       "conflicting_keys": prefixed(events, "duplicates/conflicting_keys/")},
         "rejects_total": sum(rejects.values()),
         "rejects_by_stage_reason": rejects,
     }
@@ -250,40 +251,53 @@ def read_json(path: str) -> dict:
         return json.loads(f.read().decode("utf-8"))
 
 
-class WriteMetadata(beam.PTransform):
-    """(events, input file records, written file records) -> metadata.json in the run folder (config.output) after
-    every shard is written; then the run is published as ``base``/LATEST and the other runs under ``base`` are
-    removed (complete ones only unless ``keep_runs``). Outputs the counts. A run that wrote no records is never
-    published, so it cannot replace a published dataset; with ``fail_when_empty`` (remote runners, where nobody
-    reads the counts at the end) the job then fails with the reason."""
+def ed_document(config: Config, text: dict, events: dict[str, int], input_files: list[dict], written: list[dict],
+                probe: dict | None = None) -> dict:
+    """The ed_cxr cohort's metadata.json (plus its TFDS files beside uncompressed shards)."""
+    tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
+    return build_metadata(config, text, events, input_files, written, tfds_files, probe)
 
-    def __init__(self, config: Config, text: dict, base: str, keep_runs: bool = False, fail_when_empty: bool = False):
+
+def ed_empty_message(document: dict) -> str:
+    return empty_run_message(document["counts"], document["config"])
+
+
+class WriteMetadata(beam.PTransform):
+    """(events, input file records, written file records, *extra singletons) -> metadata.json in the run folder
+    (config.output) after every shard is written; then the run is published as ``base``/LATEST and the other runs
+    under ``base`` are removed (complete ones only with --keep_runs). Outputs the counts.
+
+    ``document(events, input_files, written, *extras) -> dict`` is the cohort's metadata.json; its
+    ``counts.matched`` is the number of records written. A run that wrote none is never published, so it cannot
+    replace a published dataset; with ``fail_when_empty`` (remote runners, where nobody reads the counts at the
+    end) the job then fails with ``empty_message(document)``."""
+
+    def __init__(self, config: Config, base: str, document: Callable[..., dict], empty_message: Callable[[dict], str],
+                 fail_when_empty: bool = False):
         super().__init__()
         self._config = config
-        self._text = text
         self._base = base
-        self._keep_runs = keep_runs
+        self._document = document
+        self._empty_message = empty_message
         self._fail_when_empty = fail_when_empty
 
     def expand(self, inputs):
-        events, input_files, written, *probe = inputs  # probe: optional one-element LeakageProbe output
-        config, text, base, keep_runs, fail_when_empty = (self._config, self._text, self._base, self._keep_runs,
-                                                          self._fail_when_empty)
+        events, input_files, written, *extras = inputs
+        config, base, make_document, empty_message, fail_when_empty = (
+            self._config, self._base, self._document, self._empty_message, self._fail_when_empty)
 
-        def write(_, events, input_files, written, probe=None):
-            tfds_files = write_tfds_files(config, text, written) if config.compression == "none" else []
-            document = build_metadata(config, text, accounting.sum_events(events), input_files, written, tfds_files,
-                                      probe)
+        def write(_, events, input_files, written, *extras):
+            document = make_document(accounting.sum_events(events), input_files, written, *extras)
             failpoints.reached("before_metadata")
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             failpoints.reached("metadata_written")
             if document["counts"]["matched"]:
                 publish(base, config.output)
                 failpoints.reached("published")
-                for folder, files, above in previous_runs(base, config.output, keep_complete=keep_runs):
+                for folder, files, above in previous_runs(base, config.output, keep_complete=config.keep_runs):
                     remove_run(folder, files, above)
             elif fail_when_empty:
-                raise EmptyRunError(empty_run_message(document["counts"], document["config"]))
+                raise EmptyRunError(empty_message(document))
             yield document["counts"]
 
         totals = events | "SumEvents" >> beam.CombinePerKey(sum)
@@ -291,4 +305,4 @@ class WriteMetadata(beam.PTransform):
                 | "Once" >> beam.Create([None])
                 | "WriteMetadataJson" >> beam.FlatMap(write, beam.pvalue.AsList(totals),
                                                       beam.pvalue.AsList(input_files), beam.pvalue.AsList(written),
-                                                      *[beam.pvalue.AsSingleton(p) for p in probe]))
+                                                      *[beam.pvalue.AsSingleton(e) for e in extras]))

@@ -18,11 +18,13 @@ missing file. One job per --output at a time.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import tempfile
 import uuid
+from typing import Any, Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,7 +33,6 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline import accounting, failpoints, mimic
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
-from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings, without_pixels
 from beam_pipeline.transforms.records import Record
 
@@ -55,7 +56,7 @@ class OutputNotWritableError(OutputError):
     pass
 
 
-def _csv_line(values) -> bytes:
+def csv_line(values) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue().encode("utf-8")
@@ -63,13 +64,28 @@ def _csv_line(values) -> bytes:
 
 def manifest_line(record: Record) -> bytes:
     hours = f"{record.hours_from_arrival:.3f}"
-    return _csv_line([
+    return csv_line([
         record.subject_id, record.study_id, record.dicom_id, record.stay_id, record.split,
         mimic.format_datetime(record.study_time), mimic.format_datetime(record.ed_intime),
         mimic.format_datetime(record.ed_outtime) if record.ed_outtime else "",
         "0.000" if hours == "-0.000" else hours,
         int(record.after_ed_departure),
     ])
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A cohort's manifest: its header, one CSV line per written record, and the key that orders the rows."""
+    columns: tuple[str, ...]
+    line: Callable[[Any], bytes]
+    key: Callable[[Any], str]
+
+
+def _ed_manifest_key(record: Record) -> str:
+    return f"{record.subject_id:09d}/{record.study_id:09d}/{record.dicom_id}"
+
+
+ED_MANIFEST = Manifest(MANIFEST_COLUMNS, manifest_line, _ed_manifest_key)
 
 
 def _json_line(row: dict) -> bytes:
@@ -233,82 +249,106 @@ MIN_SHARDS = 16  # so a small run still spreads the image work over every core, 
 MIN_RECORDS_PER_SHARD = 32  # ...but never shards of a handful of records
 
 
-def estimated_record_bytes(images: ImageSettings | None) -> int:
+def estimated_record_bytes(images: ImageSettings | None, other_bytes: int = TEXT_BYTES) -> int:
+    """A record's bytes: ``other_bytes`` (ids, text, features; an ECG) plus its image's estimate."""
     if images is None:
-        return TEXT_BYTES
+        return other_bytes
     pixels = images.size * images.size
     per_pixel = BYTES_PER_PIXEL[images.fmt] + (BYTES_PER_PIXEL["edge_map"] if images.edge_map else 0.0)
-    return TEXT_BYTES + int(pixels * per_pixel)
+    return other_bytes + int(pixels * per_pixel)
 
 
-def example_plan(target_shard_mb: float, images: ImageSettings | None) -> ShardPlan:
-    return ShardPlan(target_shard_mb * 2 ** 20, item_bytes=estimated_record_bytes(images), min_shards=MIN_SHARDS,
-                     min_items=MIN_RECORDS_PER_SHARD)
+def example_plan(target_shard_mb: float, images: ImageSettings | None, other_bytes: int = TEXT_BYTES) -> ShardPlan:
+    return ShardPlan(target_shard_mb * 2 ** 20, item_bytes=estimated_record_bytes(images, other_bytes),
+                     min_shards=MIN_SHARDS, min_items=MIN_RECORDS_PER_SHARD)
+
+
+class Serialize:
+    """An encoder for records that need nothing beyond their own fields: ``to_example(record) -> bytes``."""
+
+    def __init__(self, to_example: Callable[[Any], bytes]):
+        self._to_example = to_example
+
+    def setup(self):
+        pass
+
+    def encode(self, record) -> tuple[bytes | None, list]:
+        return self._to_example(record), []
 
 
 class _Examples:
-    """The TFRecord renderer: record -> its image read and preprocessed (if any) -> serialised tf.train.Example.
-    A record whose image fails is not written; it becomes a reject. Every written record is emitted again
-    without its pixels (tag ``written``) for the manifest and the counts."""
+    """The TFRecord renderer: record -> its image read and preprocessed (if any) -> the cohort's encoder (which may
+    read more, e.g. an ECG, and may reject) -> serialised tf.train.Example. A record whose image or encoding fails is
+    not written; it becomes a reject. Every written record is emitted again without its pixels (tag ``written``)
+    for the manifest and the counts."""
 
-    def __init__(self, images: ImageLoader | None):
+    def __init__(self, images: ImageLoader | None, encoder):
         self._images = images
+        self._encoder = encoder
 
     def setup(self):
         if self._images is not None:
             self._images.setup()
+        self._encoder.setup()
 
-    def render(self, record: Record):
+    def render(self, record):
         outputs: list = []
         if self._images is not None:
             record, outputs = self._images.load(record)
             if record is None:
                 return None, outputs
-        return to_example(record), outputs + [beam.pvalue.TaggedOutput(WRITTEN, without_pixels(record))]
+        payload, more = self._encoder.encode(record)
+        if payload is None:
+            return None, outputs + more
+        return payload, outputs + more + [beam.pvalue.TaggedOutput(WRITTEN, without_pixels(record))]
 
 
 class WriteExamples(beam.PTransform):
     """Records (no pixels) -> TFRecord shards per split, the image work done inside the shard writer. Outputs
-    {"files", "written" (records actually written, without pixels), "rejects", "events"}. ``after``: checks that
-    must pass before any image is read."""
+    {"files", "written" (records actually written, without pixels), "rejects", "events"}. ``encoder``: how a
+    record becomes its Example (``Serialize(to_example)`` or an object with setup() and encode()); ``key``: the
+    record's unique key, which orders and places it; ``after``: checks that must pass before any image is read."""
 
-    def __init__(self, output: str, target_shard_mb: float, compression: str, images: ImageLoader | None,
-                 image_settings: ImageSettings | None, after: beam.PCollection):
+    def __init__(self, output: str, plan: ShardPlan, compression: str, images: ImageLoader | None, encoder,
+                 key: Callable[[Any], str], after: beam.PCollection):
         super().__init__()
         self._output = output
-        self._plan = example_plan(target_shard_mb, image_settings)
+        self._plan = plan
         self._gzip = compression == "gzip"
         self._images = images
+        self._encoder = encoder
+        self._key = key
         self._after = after
 
     def expand(self, records):
         fmt = ShardFormat(".tfrecord.gz" if self._gzip else ".tfrecord", tfrecord.frame, gzip=self._gzip)
+        key = self._key
         return (records
-                | "KeyBySplit" >> beam.Map(lambda r: (r.split, r.dicom_id, r))
+                | "KeyBySplit" >> beam.Map(lambda r: (r.split, key(r), r))
                 | "WriteTFRecords" >> WriteShards(
                     FileSystems.join(self._output, "tfrecords"), mimic.SPLITS, fmt, self._plan,
-                    renderer=_Examples(self._images), tags=(WRITTEN, accounting.REJECTS, accounting.EVENTS),
-                    after=self._after))
+                    renderer=_Examples(self._images, self._encoder),
+                    tags=(WRITTEN, accounting.REJECTS, accounting.EVENTS), after=self._after))
 
 
 class WriteOutputs(beam.PTransform):
     """{"records" (as written), "rejects"[, "audit"]} -> manifest, rejects (and audit) shards; outputs one dict per
     file written."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, manifest: Manifest = ED_MANIFEST):
         super().__init__()
         self._output = output
+        self._manifest = manifest
 
     def expand(self, inputs):
         records, rejects = inputs["records"], inputs["rejects"]
-        out = self._output
+        out, spec = self._output, self._manifest
         text_plan = ShardPlan(TEXT_SHARD_BYTES)
         manifest = (records
-                    | "ToManifestRow" >> beam.Map(
-                        lambda r: ("manifest", f"{r.subject_id:09d}/{r.study_id:09d}/{r.dicom_id}", manifest_line(r)))
+                    | "ToManifestRow" >> beam.Map(lambda r: ("manifest", spec.key(r), spec.line(r)))
                     | "WriteManifest" >> WriteShards(
                         FileSystems.join(out, "manifest"), ["manifest"],
-                        ShardFormat(".csv", header=_csv_line(MANIFEST_COLUMNS)), text_plan))
+                        ShardFormat(".csv", header=csv_line(spec.columns)), text_plan))
         reject_files = (rejects
                         | "ToRejectLine" >> beam.Map(_keyed_reject)
                         | "WriteRejects" >> WriteShards(

@@ -117,23 +117,29 @@ def _values(record: Record) -> dict[str, Any]:
             "rag/ids": [i.encode() for i in record.rag_ids],
             "rag/scores": record.rag_scores,
         })
-    image = record.image
-    if image is not None:
-        geo = image.geometry
-        values.update({
-            "image/encoded": [image.encoded],
-            "image/format": [image.format.encode()],
-            "image/height": [geo.size],
-            "image/width": [geo.size],
-            "image/original_height": [image.original_height],
-            "image/original_width": [image.original_width],
-            "image/scale_y": [geo.scale_y],
-            "image/scale_x": [geo.scale_x],
-            "image/offset_y": [geo.offset_y],
-            "image/offset_x": [geo.offset_x],
-        })
-        if image.edge_map is not None:
-            values["image/edge_map"] = [image.edge_map]
+    values.update(image_values(record.image))
+    return values
+
+
+def image_values(image) -> dict[str, Any]:
+    """The IMAGE_FEATURES (and edge map) of a processed image; none without one. Shared by every cohort."""
+    if image is None:
+        return {}
+    geo = image.geometry
+    values = {
+        "image/encoded": [image.encoded],
+        "image/format": [image.format.encode()],
+        "image/height": [geo.size],
+        "image/width": [geo.size],
+        "image/original_height": [image.original_height],
+        "image/original_width": [image.original_width],
+        "image/scale_y": [geo.scale_y],
+        "image/scale_x": [geo.scale_x],
+        "image/offset_y": [geo.offset_y],
+        "image/offset_x": [geo.offset_x],
+    }
+    if image.edge_map is not None:
+        values["image/edge_map"] = [image.edge_map]
     return values
 
 

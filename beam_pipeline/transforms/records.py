@@ -48,6 +48,13 @@ class Record:
     after_ed_departure: bool = False  # study time > ed_outtime (join.after_departure)
     redacted: bool = False  # the leakage filter replaced at least one span of the note
 
+    def written_events(self) -> list[str]:
+        """What the funnel reports of written records: label status, X-rays after ED departure, notes redacted and
+        truncated."""
+        flags = (("written/after_ed_departure", self.after_ed_departure), ("written/notes_redacted", self.redacted),
+                 ("written/notes_truncated", self.truncated))
+        return [f"labels/{self.labels_status}"] + [name for name, on in flags if on]
+
     @property
     def hours_from_arrival(self) -> float:
         return (self.study_time - self.ed_intime).total_seconds() / 3600.0
