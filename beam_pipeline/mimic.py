@@ -167,7 +167,7 @@ PATIENTS = Table(
     subdir="hosp",
     basename="patients",
     header=("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"),
-    types={"subject_id": INT, "anchor_age": INT, "anchor_year": INT},
+    types={"subject_id": INT, "gender": STR, "anchor_age": INT, "anchor_year": INT},
     required=("subject_id", "anchor_age", "anchor_year"),
 )
 

@@ -601,6 +601,16 @@ def test_conflicting_admissions_rows_reject_that_admission_only():
     assert head == Counter({"duplicates/conflicting_keys/admissions": 1})
 
 
+def test_conflicting_record_list_rows_in_the_window_reject_the_admission():
+    """Two differing rows of one ECG study_id: the admission is rejected like any other conflict, never quietly given
+    the next ECG."""
+    world = base_world().image("a", 50_000_001, T0 + 30 * HOUR).ecg(40_000_001, T0 + 2 * HOUR)
+    outcomes, head = world.run()
+    got = outcomes[21_000_001]
+    assert got.kind == "rejected" and got.reason == "conflicting_ecg_record_list"
+    assert head["duplicates/conflicting_keys/ecg_record_list"] == 1
+
+
 def test_identical_duplicate_rows_collapse_and_are_counted():
     world = base_world().image("a", 50_000_001, T0 + 30 * HOUR)
     single, _ = world.run()
@@ -636,8 +646,6 @@ def test_age_and_missing_patient():
     assert outcome(world).record.age == 40 + 2150 - 2147
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mimic.PATIENTS.types has no 'gender', so the typed patients row never "
-                                       "carries it and SelectAdmissions sets gender='' for every admission")
 def test_gender_comes_from_the_patients_row():
     world = base_world().image("a", 50_000_001, T0 + 30 * HOUR)
     world.patients[:] = []

@@ -122,8 +122,9 @@ def age(patient: dict | None, admittime: dt.datetime) -> int | None:
 
 class SelectAdmissions(beam.DoFn):
     """(subject_id, co-grouped rows) -> Admission per admission that has a CXR with labels, an ECG candidate and a
-    lab in its windows; the others are counted by the first reason (DROPS order). Conflicting admissions, patients
-    or CheXpert rows, and CheXpert rows rejected at read, reject the admissions that need them."""
+    lab in its windows; the others are counted by the first reason (DROPS order). Conflicting admissions, patients,
+    CheXpert or in-window record_list rows, and CheXpert rows rejected at read, reject the admissions that need
+    them."""
 
     def process(self, element):
         subject_id, groups = element
@@ -142,7 +143,9 @@ class SelectAdmissions(beam.DoFn):
                 yield accounting.event("duplicates/repeated_dicom_id/cxr_metadata")
             else:
                 images[image.dicom_id] = image
-        ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in tables["ecgs"].rows.values()]
+        ecg_rows = tables["ecgs"]
+        ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in
+                [*ecg_rows.rows.values(), *(v for versions in ecg_rows.conflicts.values() for v in versions)]]
         labs_by_item: dict[int, list[dict]] = defaultdict(list)
         for row in groups.get("labs", ()):
             labs_by_item[row["itemid"]].append(row)
@@ -167,6 +170,13 @@ class SelectAdmissions(beam.DoFn):
                 continue
             admittime = adm["admittime"]
             candidates = in_window(ECG_WINDOW, admittime, ecgs, lambda e: e.time, lambda e: e.study_id)
+            conflict = next((ecg_rows.conflict(e.study_id) for e in candidates if e.study_id in ecg_rows.conflicts),
+                            None)
+            if conflict and cxr is not None and cxr.study_id in labels.rows:
+                yield from accounting.reject("join", conflict[0], subject_id=subject_id, study_id=cxr.study_id,
+                                             dicom_id=cxr.dicom_id, detail=f"hadm_id={hadm_id}: {conflict[1]}",
+                                             counter="rejected")
+                continue
             labs = earliest_labs(admittime, labs_by_item)
             reason = ("no_cxr_in_window" if cxr is None else
                       "no_chexpert_row" if cxr.study_id not in labels.rows else
