@@ -1,7 +1,8 @@
 """Sample-data generator: MIMIC-CXR-JPG, MIMIC-IV-ED and MIMIC-IV trees in the real file formats, for tests and demos.
 
 ``generate`` writes a fully synthetic world: patients, ED stays with triage, vitals, home and ED medications and ED
-diagnoses, chest X-ray studies with radiograph-like JPEGs, CheXpert/NegBio labels and a patient-level split.
+diagnoses, chest X-ray studies with radiograph-like JPEGs, CheXpert/NegBio labels and a patient-level split, plus
+Symile-MIMIC's inputs around it (hospital admissions, labevents and a MIMIC-IV-ECG tree: ``sample_hosp``).
 ``generate_on_open_data`` writes only the CXR side, built around the real ED stays and patients of the open MIMIC-IV
 demos (read in place), with the documented metadata rows of subject 10000032 and the two open NIH ChestX-ray14
 images as pixel data.
@@ -137,11 +138,12 @@ Painter = Callable[["Shot", int, int], bytes]  # one image's JPEG bytes at that 
 
 @dataclasses.dataclass(frozen=True)
 class SampleRoots:
-    """The three pipeline roots; field names equal ``Table.module``."""
+    """The pipeline roots; field names equal ``Table.module``."""
 
     cxr: str
     ed: str
     iv: str
+    ecg: str = ""  # MIMIC-IV-ECG (sample_hosp); empty when the tree has none (open-data mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -692,24 +694,32 @@ def _manifest(world: World, mode: str, seed: int) -> dict[str, Any]:
 
 
 def _write(out: Path, roots: SampleRoots, world: World, images: tuple[Sizer, Painter], rng: random.Random,
-           mode: str, seed: int) -> SampleRoots:
+           mode: str, seed: int, sections: dict[str, Any] | None = None) -> SampleRoots:
+    """All tables and images, then SAMPLE.json (last: its presence means the tree is complete), with any extra
+    manifest sections."""
     for name, rows in world.tables.items():
         table = mimic.TABLES[name]
         write_table(Path(getattr(roots, table.module), table.subdir, table.filename), table, rows)
     _write_cxr(Path(roots.cxr), world.studies, _splits(rng, (s.subject_id for s in world.studies)), *images)
-    (out / "SAMPLE.json").write_text(json.dumps(_manifest(world, mode, seed), indent=1) + "\n", encoding="utf-8")
+    manifest = {**_manifest(world, mode, seed), **(sections or {})}
+    (out / "SAMPLE.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return roots
 
 
 def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size: str = "small") -> SampleRoots:
-    """Write a synthetic CXR + ED + patients tree under outdir and return its roots."""
+    """Write a synthetic CXR + ED + patients tree under outdir, with Symile-MIMIC's admissions, labs and ECGs
+    (sample_hosp), and return its roots."""
+    from beam_pipeline import sample_hosp  # it builds on this module
+
     if image_size not in ("small", "full"):
         raise ValueError(f"image_size must be 'small' or 'full', not {image_size!r}")
     out = Path(outdir).resolve()
-    roots = SampleRoots(str(out / "mimic-cxr-jpg"), str(out / "mimic-iv-ed"), str(out / "mimiciv"))
+    roots = SampleRoots(str(out / "mimic-cxr-jpg"), str(out / "mimic-iv-ed"), str(out / "mimiciv"),
+                        str(out / "mimic-iv-ecg"))
     rng = random.Random(seed)
-    return _write(out, roots, _synthetic_world(rng, subjects), _synthetic_images(seed, image_size), rng,
-                  "synthetic", seed)
+    world = _synthetic_world(rng, subjects)
+    symile = sample_hosp.write(world, roots, seed)  # its own generators: the main stream (rng) is not touched
+    return _write(out, roots, world, _synthetic_images(seed, image_size), rng, "synthetic", seed, {"symile": symile})
 
 
 def generate_on_open_data(outdir: str | Path, open_data_dir: str | Path, seed: int = 0) -> SampleRoots:

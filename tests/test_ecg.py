@@ -47,8 +47,8 @@ def test_round_trip_in_mimic_ecg_shape(tmp_path: Path) -> None:
 def test_same_input_gives_the_same_bytes(tmp_path: Path) -> None:
     for folder in ("a", "b"):
         ecg.write_ecg(tmp_path / folder, "40000002", waveform(3))
-    for suffix in (".hea", ".dat"):
-        assert (tmp_path / "a" / f"40000002{suffix}").read_bytes() == (tmp_path / "b" / f"40000002{suffix}").read_bytes()
+    for name in ("40000002.hea", "40000002.dat"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_nan_is_written_as_the_invalid_sample_and_read_back_as_nan(tmp_path: Path) -> None:

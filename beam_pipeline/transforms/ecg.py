@@ -111,9 +111,9 @@ def quality_problem(ecg: Ecg) -> str | None:
 
 def minmax_scale(signal: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Symile-MIMIC's scaling to [-1, 1] (its tensors always have it; an option for us) over the whole record, all
-    leads jointly: 2 (x - min) / (max - min) - 1. Returns (scaled float32, min, max) so it can be undone, which the original cannot (it keeps neither). A
-    constant signal maps to zeros: the original would divide by zero there (it only removed all-zero records).
-    Meant for signals that passed quality_problem (no NaN)."""
+    leads jointly: 2 (x - min) / (max - min) - 1. Returns (scaled float32, min, max) so it can be undone, which the
+    original cannot (it keeps neither). A constant signal maps to zeros: the original would divide by zero there (it
+    only removed all-zero records). Meant for signals that passed quality_problem (no NaN)."""
     values = np.asarray(signal, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
     if high == low:
