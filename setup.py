@@ -36,7 +36,8 @@ setuptools.setup(
     version=VERSION,
     description="Apache Beam pipeline: MIMIC-CXR-JPG x MIMIC-IV-ED -> leakage-safe multimodal TFRecords",
     packages=setuptools.find_packages(include=["beam_pipeline", "beam_pipeline.*"]),
-    package_data={"beam_pipeline": ["resources/*.json", "resources/kb/*.jsonl"]},
+    package_data={"beam_pipeline": ["resources/*.json", "resources/kb/*.jsonl", "resources/medfuse/*",
+                                    "resources/medfuse_splits/*"]},
     python_requires=">=3.10",
     install_requires=RUNTIME_REQUIREMENTS,
 )
