@@ -10,6 +10,9 @@ Safe to look at by default: aggregates only, and every count from 1 to 10 is sho
 suppression, as CMS and most data use agreements ask), in tables, figure bars and annotations alike; no note text
 and no record images. ``--samples N`` opts into N validation records (filtered note, labels, thumbnail) and marks the
 page "contains patient data, do not share".
+
+This is the ed_cxr card; ``build`` hands a run of another cohort (metadata.json config["cohort"]) to that cohort's
+card, which uses the helpers here and the same rules: symile_mimic's is report_symile.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import html
+import importlib
 import io
 import json
 import math
@@ -27,7 +31,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import mimic
+from beam_pipeline import cohorts, mimic
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run, shard_files
 
@@ -35,6 +39,8 @@ THUMBNAIL = 192
 SMALL_CELL = 10  # counts 1..SMALL_CELL are never shown
 SUPPRESSED = f"<{SMALL_CELL + 1}"
 PHI_BANNER = "Contains patient data, do not share"
+# cohort -> the module of its card, whose build(folder, metadata, samples, target) ``build`` calls; ed_cxr's is here
+CARDS = {"symile_mimic": "beam_pipeline.report_symile"}
 COLORS = {"positive": "#c0392b", "uncertain": "#e67e22", "negative": "#2e86c1", "blank": "#d5d8dc"}
 
 
@@ -47,11 +53,12 @@ def read_manifest(folder: str) -> list[dict[str, str]]:
     return rows
 
 
-def split_summary(manifest: list[dict[str, str]]) -> dict[str, dict[str, int]]:
-    """Images, studies and patients per split, from the manifest."""
-    return {split: {"images": sum(r["split"] == split for r in manifest),
-                    "studies": len({r["study_id"] for r in manifest if r["split"] == split}),
-                    "patients": len({r["subject_id"] for r in manifest if r["split"] == split})}
+def split_summary(manifest: list[dict[str, str]], unit: str = "images",
+                  distinct: tuple[tuple[str, str], ...] = (("studies", "study_id"), ("patients", "subject_id"))
+                  ) -> dict[str, dict[str, int]]:
+    """Records (``unit``: images) and distinct values of manifest columns (studies, patients) per split."""
+    return {split: {unit: sum(r["split"] == split for r in manifest),
+                    **{name: len({r[column] for r in manifest if r["split"] == split}) for name, column in distinct}}
             for split in mimic.SPLITS}
 
 
@@ -66,14 +73,16 @@ def passage_titles(metadata: dict) -> dict[str, str]:
         return {}
 
 
-def sample_records(folder: str, metadata: dict, n: int) -> list[dict]:
-    """The first n validation records (shard order), parsed; bounded reading whatever the split size."""
+def sample_records(folder: str, metadata: dict, n: int, splits: tuple[str, ...] = ("val",)) -> list[dict]:
+    """The first n records of ``splits`` (default validation) in that order and shard order, parsed; bounded reading
+    whatever the split size."""
     samples = []
-    for path in shard_files(folder, "val", metadata):
-        for raw in read_records(path):
-            if len(samples) == n:
-                return samples
-            samples.append(parse_example(raw))
+    for split in splits:
+        for path in shard_files(folder, split, metadata):
+            for raw in read_records(path):
+                if len(samples) == n:
+                    return samples
+                samples.append(parse_example(raw))
     return samples
 
 
@@ -151,18 +160,26 @@ def linked_images(counts: dict) -> int:
 
 
 def funnel_figure(counts: dict) -> bytes:
-    plt = _pyplot()
     stages = {"images in metadata": counts["images_total"], "kept views": counts["images_kept_view"],
               "linked to an ED stay": linked_images(counts),
               "written": counts["matched"]}
-    reasons = counts["rejected_by_reason"] or {"(none)": 0}
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    return stage_funnel_figure(stages, counts["rejected_by_reason"], "images", "Rejected kept-view images by reason")
+
+
+def stage_funnel_figure(stages: dict[str, int], reasons: dict[str, int], unit: str, reasons_title: str,
+                        layout: str | None = None) -> bytes:
+    """Left: what is left after each stage, in order; right: what was lost, by reason (any cohort). ``layout``
+    "constrained" makes room for long reason names."""
+    plt = _pyplot()
+    reasons = reasons or {"(none)": 0}
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]},
+                                         layout=layout)
     left.barh(list(stages)[::-1], list(drawn(stages).values())[::-1], color="#2e86c1")
     for i, value in enumerate(list(stages.values())[::-1]):
         left.text(0 if small(value) else value, i, f" {Count(value)}", va="center", fontsize=8)
-    left.set_title("Stage funnel (images)", fontsize=10)
+    left.set_title(f"Stage funnel ({unit})", fontsize=10)
     right.barh(tick_names(reasons)[::-1], list(drawn(reasons).values())[::-1], color="#c0392b")
-    right.set_title("Rejected kept-view images by reason", fontsize=10)
+    right.set_title(reasons_title, fontsize=10)
     right.tick_params(labelsize=8)
     return _png(figure)
 
@@ -186,9 +203,9 @@ def labels_figure(stats: dict) -> bytes:
     return _png(figure)
 
 
-def histograms_figure(panels: list[tuple[str, dict[str, int]]]) -> bytes:
+def histograms_figure(panels: list[tuple[str, dict[str, int]]], width: float = 5) -> bytes:
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
+    figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.2))
     for ax, (title, counts) in zip(np.atleast_1d(axes), panels):
         _bars(ax, counts, title)
     return _png(figure)
@@ -393,25 +410,37 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
     sections.append(_section("samples", f"Sample validation records ({len(samples)})",
                              '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same '
                              'data use agreement as the dataset.</p>', sample_cards(samples, sample_names)))
-    banner = f'<p class="phi" id="phi-banner">{PHI_BANNER}: {len(samples)} sample records with note text and ' \
-             'images below.</p>' if samples else ""
-    aggregate = "" if samples else f'<p id="aggregate">Aggregate only; counts from 1 to {SMALL_CELL} are shown as ' \
-                                   f'"{SUPPRESSED}".</p>'
-    provenance = [
-        "<h3>Config</h3>" + _table(["flag", "value"], [[k, json.dumps(v)] for k, v in config.items()], "config"),
+    provenance = [*provenance_tables(metadata),
+                  "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
+    sections.append(_section("provenance", "Config, versions and inputs", *provenance))
+    return page(metadata, sections, f"{len(samples)} sample records with note text and images below." if samples
+                else "")
+
+
+def provenance_tables(metadata: dict) -> list[str]:
+    """The run's flags, package versions and input files (path, rows, sha256)."""
+    return [
+        "<h3>Config</h3>" + _table(["flag", "value"], [[k, json.dumps(v)] for k, v in metadata["config"].items()],
+                                   "config"),
         "<h3>Versions</h3>" + _table(["package", "version"], list(metadata["versions"].items()), "versions"),
         "<h3>Inputs</h3>" + _table(["table", "path", "rows", "sha256"], [[k, v["path"], v["rows"], v["sha256"]]
                                                                          for k, v in metadata["inputs"].items()],
-                                   "inputs"),
-        "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
-    sections.append(_section("provenance", "Config, versions and inputs", *provenance))
-    title = html.escape(config["output"])
-    title = (f"{PHI_BANNER}: " if samples else "") + title
+                                   "inputs")]
+
+
+def page(metadata: dict, sections: list[str], banner: str = "") -> str:
+    """The whole page around the sections. A ``banner`` (what record-level content the page shows) marks it
+    "contains patient data" at the top and in the title; without one it says it is aggregate only."""
+    config = metadata["config"]
+    aggregate = "" if banner else f'<p id="aggregate">Aggregate only; counts from 1 to {SMALL_CELL} are shown as ' \
+                                  f'"{SUPPRESSED}".</p>'
+    title = (f"{PHI_BANNER}: " if banner else "") + html.escape(config["output"])
+    banner = f'<p class="phi" id="phi-banner">{PHI_BANNER}: {html.escape(banner)}</p>' if banner else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data card: {title}'
             f'</title><style>{STYLE}</style></head><body>{banner}<h1>Data card</h1><p>'
             f'{html.escape(metadata["dataset"])}: <code>{html.escape(config["output"])}</code>, '
-            f'{Count(counts["matched"])} records. <span id="image-check">checking images…</span></p>{aggregate}'
-            f'{"".join(sections)}{CHECK_IMAGES}</body></html>')
+            f'{Count(metadata["counts"]["matched"])} records. <span id="image-check">checking images…</span></p>'
+            f'{aggregate}{"".join(sections)}{CHECK_IMAGES}</body></html>')
 
 
 def build(output: str, samples: int = 0, target: str = "") -> str:
@@ -419,6 +448,11 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
     text and thumbnails) and the "contains patient data" banner; the default page is aggregate only."""
     folder, metadata = open_run(output)
     target = target or FileSystems.join(folder, "report")
+    cohort = metadata["config"].get("cohort", cohorts.DEFAULT)  # runs from before --cohort are ed_cxr
+    if cohort != "ed_cxr":
+        if cohort not in CARDS:
+            raise ValueError(f"no data card for --cohort={cohort} yet (cards: ed_cxr, {', '.join(CARDS)})")
+        return importlib.import_module(CARDS[cohort]).build(folder, metadata, samples, target)
     stats, counts = metadata["stats"], metadata["counts"]
     figures = {
         "funnel.png": funnel_figure(counts),
@@ -440,13 +474,17 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
     picked = sample_records(folder, metadata, samples) if metadata["image"] and samples > 0 else []
     names = [f"sample-{i:02d}.png" for i in range(len(picked))]
     figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked)})
-    page = render(metadata, split_summary(read_manifest(folder)), figures, picked, names)
+    return write_card(target, figures, render(metadata, split_summary(read_manifest(folder)), figures, picked, names))
+
+
+def write_card(target: str, figures: dict[str, bytes], html_page: str) -> str:
+    """Write the figures and index.html under target; return the path of index.html."""
     for name, data in figures.items():
         with FileSystems.create(FileSystems.join(target, name), mime_type="image/png") as f:
             f.write(data)
     index = FileSystems.join(target, "index.html")
     with FileSystems.create(index, mime_type="text/html") as f:
-        f.write(page.encode("utf-8"))
+        f.write(html_page.encode("utf-8"))
     return index
 
 
@@ -454,8 +492,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="the --output folder (follows its LATEST) or one run folder, local or gs://")
     parser.add_argument("--samples", type=int, default=0,
-                        help="add N validation records (note text and thumbnail) and mark the page 'contains "
-                             "patient data, do not share' (default 0: aggregate only, counts 1-10 shown as <11)")
+                        help="add N validation records (note text and thumbnail; symile_mimic: one 12-lead ECG "
+                             "strip, X-ray thumbnails and labels) and mark the page 'contains patient data, do not "
+                             "share' (default 0: aggregate only, counts 1-10 shown as <11)")
     parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
     args = parser.parse_args(argv)
     try:

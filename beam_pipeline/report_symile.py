@@ -1,0 +1,298 @@
+"""The symile_mimic data card: ``report.build`` (``python -m beam_pipeline.report OUTPUT``) comes here when the run's
+config["cohort"] is symile_mimic.
+
+Sections: funnel (per admission, in metadata.json's funnel order, each step's drop reasons and rejects), splits, lab
+coverage (the 50 itemids: written records with the lab, train values, train-ECDF median), ECGs (check outcomes and
+the signal), retrieval candidate sets, samples, provenance. Same rules as the ED card (report.py, whose helpers this
+uses): aggregates only by default, every count from 1 to 10 shown as "<11", a median only over 11 or more values.
+The ECG section then shows per-lead mean and sd over the first ECG_AGGREGATE_RECORDS records; ``--samples N`` adds
+one record's 12-lead strip and N records' X-ray thumbnails and labels, and marks the page "contains patient data".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from beam_pipeline import mimic
+from beam_pipeline.cohorts.symile_metadata import ADMISSION_STAGES, DROPS, funnel_steps
+from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
+                                  _table, cells, histograms_figure, page, provenance_tables, rate, read_manifest,
+                                  sample_records, split_method, split_summary, stage_funnel_figure, thumbnail,
+                                  write_card)
+
+# The 50 itemids' names as cohort-definitions.md §A.5 lists them (the original's constants.py LABS; mimic-schemas.md
+# §3.4 hosp/d_labitems is the table that names itemids). "H", "L" and "I" are the serum index items.
+LAB_NAMES = {
+    51221: "Hematocrit", 51265: "Platelet Count", 50912: "Creatinine", 50971: "Potassium", 51222: "Hemoglobin",
+    51301: "White Blood Cells", 51249: "MCHC", 51279: "Red Blood Cells", 51250: "MCV", 51248: "MCH", 51277: "RDW",
+    51006: "Urea Nitrogen", 50983: "Sodium", 50902: "Chloride", 50882: "Bicarbonate", 50868: "Anion Gap",
+    50931: "Glucose", 50960: "Magnesium", 50893: "Calcium, Total", 50970: "Phosphate", 51237: "INR(PT)",
+    51274: "PT", 51275: "PTT", 51146: "Basophils", 51256: "Neutrophils", 51254: "Monocytes", 51200: "Eosinophils",
+    51244: "Lymphocytes", 52172: "RDW-SD", 50934: "H", 51678: "L", 50947: "I", 50861: "ALT", 50878: "AST",
+    50813: "Lactate", 50863: "Alkaline Phosphatase", 50885: "Bilirubin, Total", 50820: "pH", 50862: "Albumin",
+    50802: "Base Excess", 50821: "pO2", 50804: "Calculated Total CO2", 50818: "pCO2",
+    52075: "Absolute Neutrophil Count", 52073: "Absolute Eosinophil Count", 52074: "Absolute Monocyte Count",
+    52069: "Absolute Basophil Count", 51133: "Absolute Lymphocyte Count", 50910: "Creatine Kinase (CK)",
+    52135: "Immature Granulocytes",
+}
+ECG_AGGREGATE_RECORDS = 100  # read for the per-lead aggregate: bounded, whatever the dataset size
+ECG_STRIP = "sample-ecg.png"
+SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
+
+
+def drop_steps() -> dict[str, str]:
+    """The funnel step before which each drop reason removes its admissions, as symile_metadata.funnel_steps
+    itself counts it (one admission dropped for that reason: the first step with none left)."""
+    found = {}
+    for reason in DROPS:
+        steps = funnel_steps({"admissions": 1, "dropped": {r: int(r == reason) for r in DROPS}, "matched": 0})
+        found[reason] = next(name for name, left in steps if left == 0)
+    return found
+
+
+def removals(metadata: dict) -> dict[str, dict[str, int]]:
+    """Per funnel step, what removed admissions since the previous one: its drop reasons, and before "written" the
+    admission rejects."""
+    counts, steps = metadata["counts"], list(metadata["funnel"])
+    last = steps[-1]
+    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
+    for reason, step in drop_steps().items():
+        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
+    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
+    return groups
+
+
+def funnel_rows(metadata: dict) -> list[list]:
+    """Each funnel step (admissions left) preceded by its removals (−). A step's removals add up to the difference
+    of two shown counts, so ``cells`` hides a second one when a single one is small."""
+    groups, rows = removals(metadata), []
+    for step, left in metadata["funnel"].items():
+        group = groups.get(step, {})
+        rows += [[f"− {name}", shown] for name, shown in zip(group, cells(list(group.values())))]
+        rows.append([step, left])
+    return rows
+
+
+def lost_by_reason(metadata: dict) -> dict[str, int]:
+    """The removals for the funnel figure, hidden as in the table: a small bar is not drawn (report.drawn), nor one
+    ``cells`` hides to protect it."""
+    lost = {}
+    for group in removals(metadata).values():
+        for (name, n), shown in zip(group.items(), cells(list(group.values()))):
+            lost[f"{name} (suppressed)" if shown == "suppressed" else name] = 0 if shown == "suppressed" else n
+    return lost
+
+
+def with_total(parts: dict[str, int], total_name: str = "total") -> list[list]:
+    """Rows of parts that add up to a shown total (small-cell and complementary suppression), then the total."""
+    return [[name, shown] for name, shown in zip(parts, cells(list(parts.values())))] + \
+        [[total_name, sum(parts.values())]]
+
+
+def lab_name(itemid) -> str:
+    return LAB_NAMES.get(int(itemid), "")
+
+
+def lab_rows(metadata: dict) -> list[list]:
+    """Per itemid: name, written records with it (count, share), train values and their median (only over 11 or
+    more values: a median of fewer is too close to one patient's value)."""
+    coverage, matched = metadata["counts"]["lab_coverage"], metadata["counts"]["matched"]
+    per_itemid = metadata["ecdf"]["per_itemid"]
+    rows = []
+    for itemid in metadata["lab_itemids"]:
+        n = coverage.get(str(itemid), 0)
+        fitted = per_itemid.get(str(itemid), {})
+        n_train, median = fitted.get("n_train_values", 0), fitted.get("median")
+        shown = "–" if median is None else f"{SUPPRESSED} values" if n_train <= SMALL_CELL else f"{median:,.4g}"
+        rows.append([str(itemid), lab_name(itemid), n, rate(n, matched), n_train, shown])
+    return rows
+
+
+def candidate_rows(metadata: dict) -> list[list]:
+    found, written = metadata["counts"]["candidates"], metadata["outputs"].get("candidates", {})
+    return [[split, found["queries"].get(split, 0), found["negatives"].get(split, 0),
+             written.get(split, {}).get("records", 0), found["short_sets"].get(split, 0)]
+            for split in metadata["candidates"]["splits"]]
+
+
+# --- ECG -----------------------------------------------------------------------------------------------------
+
+def ecg_signal(example: dict) -> tuple[np.ndarray, list[str], float]:
+    """(samples x leads array, lead names, Hz) of one parsed record."""
+    shape = example["ecg/shape"]
+    signal = np.asarray(example["ecg/signal"], np.float32).reshape(shape[0], shape[1])
+    return signal, [name.decode() for name in example["ecg/lead_names"]], float(example["ecg/sampling_hz"][0])
+
+
+def lead_summary(examples: list[dict]) -> dict[str, dict[str, float]]:
+    """Per lead over the records: mean and sd of every sample, median of each record's peak-to-peak."""
+    signals = [ecg_signal(e) for e in examples]
+    leads = signals[0][1]
+    stacked = np.stack([s for s, _, _ in signals])  # records x samples x leads
+    peak = np.ptp(stacked, axis=1)
+    return {lead: {"mean": float(stacked[:, :, i].mean()), "sd": float(stacked[:, :, i].std()),
+                   "peak_to_peak": float(np.median(peak[:, i]))} for i, lead in enumerate(leads)}
+
+
+def ecg_strip_figure(example: dict) -> bytes:
+    """One record's 12 leads, each over the whole recording, two columns."""
+    plt = _pyplot()
+    signal, leads, hz = ecg_signal(example)
+    seconds = np.arange(signal.shape[0]) / hz
+    rows = math.ceil(len(leads) / 2)
+    figure, axes = plt.subplots(rows, 2, figsize=(11, 0.8 * rows + 0.6), sharex=True)
+    for i, ax in enumerate(axes.T.reshape(-1)):
+        if i >= len(leads):
+            ax.axis("off")
+            continue
+        ax.plot(seconds, signal[:, i], linewidth=0.5, color="#222")
+        ax.set_ylabel(leads[i], rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds", fontsize=8)
+    return _png(figure)
+
+
+def lead_figure(summary: dict[str, dict[str, float]], unit: str) -> bytes:
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(8, 2.8))
+    leads = list(summary)
+    ax.errorbar(range(len(leads)), [summary[lead]["mean"] for lead in leads],
+                yerr=[summary[lead]["sd"] for lead in leads], fmt="o", capsize=3, color="#2e86c1")
+    ax.set_xticks(range(len(leads)), leads, fontsize=8)
+    ax.set_ylabel(unit, fontsize=8)
+    ax.set_title("ECG amplitude per lead: mean ± sd over all samples of the records read", fontsize=10)
+    return _png(figure)
+
+
+def ecg_unit(metadata: dict) -> str:
+    return "mV" if metadata["config"].get("ecg_scaling", "none") == "none" else "scaled units (--ecg_scaling)"
+
+
+def ecg_part(metadata: dict, summary: dict | None, records_read: int, picked: list[dict]) -> str:
+    """With samples, one record's strip; otherwise the per-lead summary (over more than SMALL_CELL records)."""
+    unit = ecg_unit(metadata)
+    if picked:
+        signal, leads, hz = ecg_signal(picked[0])
+        return (f"<p>One {html.escape(picked[0]['split'][0].decode())} record: {len(leads)} leads, "
+                f"{signal.shape[0] / hz:g} s at {hz:g} Hz ({unit}).</p>" + _figure(ECG_STRIP, "sample ECG strip"))
+    how = ("<p>No record's signal on this page. <code>python -m beam_pipeline.report OUTPUT --samples N</code> "
+           f"adds one record's 12-lead strip and marks the page \"{PHI_BANNER.lower()}\".</p>")
+    if summary is None:
+        return f"<p>Fewer than {SMALL_CELL + 1} records written: no per-lead summary.</p>" + how
+    rows = [[lead, f"{v['mean']:.3f}", f"{v['sd']:.3f}", f"{v['peak_to_peak']:.3f}"] for lead, v in summary.items()]
+    return (f"<p>Per lead over the first {Count(records_read)} records (train first, shard order; {unit}).</p>" +
+            _table(["lead", "mean", "sd", "median peak-to-peak"], rows, "ecg-leads") +
+            _figure("ecg-leads.png", "ECG amplitude per lead") + how)
+
+
+# --- samples -------------------------------------------------------------------------------------------------
+
+def sample_cards(picked: list[dict], names: list[str]) -> str:
+    if not picked:
+        return ("<p>Aggregate only: no record's ECG, X-ray, labels or labs on this page. <code>python -m "
+                "beam_pipeline.report OUTPUT --samples N</code> adds one record's 12-lead ECG strip and N records' "
+                f"X-ray thumbnails and labels, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+    cards = []
+    for example, name in zip(picked, names):
+        raw = example["labels/symile"]
+        positive = [label for label, v in zip(mimic.SYMILE_LABELS, raw) if v == 1.0]
+        uncertain = [label for label, v in zip(mimic.SYMILE_LABELS, raw) if v == -1.0]
+        labels = ("positive: " + (", ".join(positive) or "none") +
+                  ("; uncertain: " + ", ".join(uncertain) if uncertain else "") if not all(map(math.isnan, raw))
+                  else "no labels")
+        dicom_id = example["dicom_id"][0].decode()
+        image = f'<img src="{name}" alt="sample X-ray {html.escape(dicom_id)}">' if name else ""
+        cards.append(
+            f'<figure class="card">{image}<figcaption><b>{html.escape(dicom_id[:17])}…</b> '
+            f'{html.escape(example["view_position"][0].decode())}, {html.escape(example["split"][0].decode())}<br>'
+            f'<i>{html.escape(labels)}</i><br>{sum(example["labs/observed"])} of {len(example["labs/observed"])} '
+            f'labs measured; ECG study {example["ecg/study_id"][0]}</figcaption></figure>')
+    return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+# --- the page ------------------------------------------------------------------------------------------------
+
+def render(metadata: dict, splits: dict, summary: dict | None, records_read: int, picked: list[dict],
+           names: list[str]) -> str:
+    counts = metadata["counts"]
+    rejects = counts["rejects_by_stage_reason"]
+    reject_rows = [[name, "yes" if name.startswith(ADMISSION_STAGES) else "no (a row or an ECG tried)", shown]
+                   for name, shown in zip(rejects, cells(list(rejects.values())))]
+    units = list(next(iter(splits.values())))
+    never = metadata["ecdf"].get("never_observed", [])
+    sections = [
+        _section("funnel", "Admission funnel",
+                 "<p>Each step is what is left; the rows before it (−) removed admissions since the previous one. "
+                 "Drop reasons are tested in this order, so an admission counts once.</p>",
+                 _table(["step", "admissions"], funnel_rows(metadata), "funnel"),
+                 _figure("funnel.png", "admission funnel"),
+                 "<h3>Rejects written (all stages)</h3><p>Bad rows, unreadable images and ECGs: a line each in "
+                 "rejects/. Only join/, images/ and ecg/ rejects remove an admission (the funnel's rejected "
+                 "rows).</p>" + _table(["stage/reason", "removes an admission", "lines"],
+                                      reject_rows + [["total", "", counts["rejects_total"]]], "rejects")),
+        _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
+                 _table(["split", *units], [[s, *splits[s].values()] for s in mimic.SPLITS], "splits")),
+        _section("labs", "Lab coverage",
+                 f"<p>Per itemid (ascending: the order of every lab vector), written records with a value in the "
+                 f"window, the train values the ECDF was fitted on and their median (shown over more than "
+                 f"{SMALL_CELL} values). {html.escape(metadata['windows']['labs']['rule'])}. Names: "
+                 "cohort-definitions.md §A.5; H, L and I are the serum index items.</p>",
+                 _table(["itemid", "name", "records", "share of written", "train values", "train median"],
+                        lab_rows(metadata), "labs"),
+                 _figure("labs.png", "lab coverage"),
+                 f"<p>Never measured in train: {html.escape(', '.join(map(str, never)) or 'none')}.</p>",
+                 "<h3>labevents rows</h3>" + _table(["", "rows"], with_total(
+                     {k.replace("_", " "): v for k, v in counts["labs_rows"].items() if k != "read"},
+                     "read"), "lab-rows")),
+        _section("ecg", "ECGs",
+                 f"<p>{html.escape(metadata['windows']['ecg']['rule'])}. Each admission's in-window ECGs are read "
+                 "in that order until one is usable (no NaN, not all zero, the expected shape).</p>",
+                 _table(["check outcome", "ECGs read"], with_total(counts["ecg_checked"]), "ecg-checks"),
+                 ecg_part(metadata, summary, records_read, picked)),
+        _section("candidates", "Retrieval candidate sets",
+                 f"<p>Seed {metadata['candidates']['seed']}, {metadata['candidates']['negatives']} negatives per "
+                 f"query: {html.escape(metadata['candidates']['rule'])}. A short set has fewer negatives (a split "
+                 "with too few admissions).</p>",
+                 _table(["split", "queries", "negatives", "rows written", "short sets"], candidate_rows(metadata),
+                        "candidates")),
+        _section("samples", f"Sample records ({len(picked)})",
+                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
+                 'agreement as the dataset.</p>', sample_cards(picked, names)),
+        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
+                 "<h3>Windows</h3>" + _table(["window", "rule"], [[name, w["rule"]] for name, w in
+                                                                  metadata["windows"].items()], "windows"),
+                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
+                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+    ]
+    banner = f"{len(picked)} sample records (an ECG strip, X-ray thumbnails, labels) below." if picked else ""
+    return page(metadata, sections, banner)
+
+
+def build(folder: str, metadata: dict, samples: int, target: str) -> str:
+    """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
+    counts = metadata["counts"]
+    figures = {
+        "funnel.png": stage_funnel_figure(metadata["funnel"], lost_by_reason(metadata), "admissions",
+                                          "Admissions dropped or rejected, by reason", layout="constrained"),
+        "labs.png": histograms_figure([("written records with each lab", {
+            f"{lab_name(itemid) or itemid}": counts["lab_coverage"].get(str(itemid), 0)
+            for itemid in metadata["lab_itemids"]})], width=14),
+    }
+    picked = sample_records(folder, metadata, samples, SAMPLE_SPLITS) if samples > 0 else []
+    aggregate = [] if picked else sample_records(folder, metadata, ECG_AGGREGATE_RECORDS, ("train", "val", "test"))
+    summary = lead_summary(aggregate) if len(aggregate) > SMALL_CELL else None
+    if picked:
+        figures[ECG_STRIP] = ecg_strip_figure(picked[0])
+    elif summary:
+        figures["ecg-leads.png"] = lead_figure(summary, ecg_unit(metadata))
+    names = [f"sample-{i:02d}.png" if "image/encoded" in example else "" for i, example in enumerate(picked)]
+    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked) if name})
+    splits = split_summary(read_manifest(folder), "admissions", (("patients", "subject_id"),
+                                                                 ("X-ray images", "cxr_dicom_id"),
+                                                                 ("ECGs", "ecg_study_id")))
+    return write_card(target, figures, render(metadata, splits, summary, len(aggregate), picked, names))
