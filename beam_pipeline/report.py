@@ -463,8 +463,8 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
         "demographics.png": demographics_figure(stats),
         "images.png": histograms_figure([("view positions", {v: sum(stats["per_split"][s]["view"].get(v, 0)
                                                                     for s in mimic.SPLITS)
-                                                             for v in {v for s in mimic.SPLITS
-                                                                       for v in stats["per_split"][s]["view"]}}),
+                                                             for v in sorted({v for s in mimic.SPLITS
+                                                                              for v in stats["per_split"][s]["view"]})}),
                                          ("source sizes (top 10)", dict(list(stats["image_sizes"].items())[:10]))]),
     }
     if stats["rag"]["passages"]:
