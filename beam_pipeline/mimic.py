@@ -32,10 +32,11 @@ class Table:
     types: Mapping[str, str]  # columns the pipeline reads -> INT/FLOAT/STR/DATETIME/LABEL_VALUE; all in the header
     required: tuple[str, ...] = ()  # columns that may not be empty
     check: Callable[[Mapping[str, Any]], None] | None = None  # a rule across the typed row's columns (RowError)
+    gzipped: bool = True  # how the release ships it (readers accept either)
 
     @property
     def filename(self) -> str:
-        return self.basename + ".csv.gz"
+        return self.basename + (".csv.gz" if self.gzipped else ".csv")
 
 
 LABELS: tuple[str, ...] = (
@@ -201,6 +202,7 @@ ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB 
     header=("subject_id", "study_id", "file_name", "ecg_time", "path"),
     types={"subject_id": INT, "study_id": INT, "ecg_time": DATETIME, "path": STR},
     required=("subject_id", "study_id", "ecg_time", "path"),
+    gzipped=False,
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,

@@ -551,7 +551,7 @@ def lab_rows(hosp: Hosp, rng: random.Random) -> list[dict[str, Any]]:
 def write_record_list(root: Path, ecgs: list[EcgStudy]) -> None:
     """record_list.csv as MIMIC-IV-ECG ships it: plain CSV, ``\\n`` endings, one row per ECG by subject and time."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / (mimic.ECG_RECORD_LIST.basename + ".csv"), "w", encoding="utf-8", newline="") as f:
+    with open(root / mimic.ECG_RECORD_LIST.filename, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(mimic.ECG_RECORD_LIST.header)
         for ecg in sorted(ecgs, key=lambda e: (e.subject_id, e.time, e.study_id)):

@@ -138,16 +138,27 @@ def cloud_inputs(tmp_path_factory, gcs_server):
         create_bucket(client, proxy, name)
     return {"mimic_cxr_root": upload_tree(client, CXR_BUCKET, Path(roots.cxr), "2.1.0", BILLING),
             "mimic_ed_root": upload_tree(client, DATA_BUCKET, Path(roots.ed), "mimic-iv-ed/2.2"),
-            "mimic_iv_root": upload_tree(client, DATA_BUCKET, Path(roots.iv), "mimiciv/2.2")}
+            "mimic_iv_root": upload_tree(client, DATA_BUCKET, Path(roots.iv), "mimiciv/2.2"),
+            "mimic_ecg_root": upload_tree(client, DATA_BUCKET, Path(roots.ecg), "mimic-iv-ecg/1.0")}
 
 
-def test_launcher_submits_the_whole_graph_to_dataflow(fake_dataflow, cloud_inputs, gcs_server, kb_index, tmp_path,
-                                                      monkeypatch):
+# Each cohort's template parameters beyond the roots; the text settings are image paths (/template/...) replaced by
+# local equivalents of the same things.
+COHORT_PARAMETERS = {
+    "ed_cxr": lambda kb_index: {"tokenizer": OFFLINE_TOKENIZER, "kb_index": kb_index},
+    "symile_mimic": lambda kb_index: {"cohort": "symile_mimic", "ecg_scaling": "minmax"},
+}
+COHORT_ROOTS = {"ed_cxr": ("mimic_cxr_root", "mimic_ed_root", "mimic_iv_root"),
+                "symile_mimic": ("mimic_cxr_root", "mimic_iv_root", "mimic_ecg_root")}
+
+
+@pytest.mark.parametrize("cohort", sorted(COHORT_PARAMETERS))
+def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, cloud_inputs, gcs_server, kb_index,
+                                                      tmp_path, monkeypatch):
     client, _ = gcs_server
-    parameters = {**cloud_inputs, "billing_project": BILLING, "image_size": "224", "resize_mode": "crop",
-                  "image_format": "jpeg", "edge_map": "true",
-                  # image paths (/template/...) replaced by local equivalents of the same things:
-                  "tokenizer": OFFLINE_TOKENIZER, "kb_index": kb_index}
+    parameters = {**{name: cloud_inputs[name] for name in COHORT_ROOTS[cohort]}, "billing_project": BILLING,
+                  "image_size": "224", "resize_mode": "crop", "image_format": "jpeg", "edge_map": "true",
+                  **COHORT_PARAMETERS[cohort](kb_index)}
     body = cloud.launch_body(PROJECT, REGION, BUCKET, IMAGE, SERVICE_ACCOUNT, parameters)
     assert cloud.launch_errors(body) == []
     launch = body["launchParameter"]

@@ -42,9 +42,14 @@ def path_of(roots: sample.SampleRoots, table: mimic.Table) -> Path:
     return Path(getattr(roots, table.module), table.subdir, table.filename)
 
 
+def text_of(roots: sample.SampleRoots, table: mimic.Table) -> str:
+    raw = path_of(roots, table).read_bytes()
+    assert (raw[:2] == b"\x1f\x8b") is table.gzipped  # as the release ships it
+    return (gzip.decompress(raw) if table.gzipped else raw).decode("utf-8")
+
+
 def read(roots: sample.SampleRoots, table: mimic.Table) -> list[dict[str, str]]:
-    with gzip.open(path_of(roots, table), "rt", encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(text_of(roots, table), newline="")))
 
 
 def study_time(row: dict[str, str]) -> dt.datetime | None:
@@ -124,17 +129,15 @@ def test_broken_image_files_are_planted(synthetic: sample.SampleRoots, tables, m
 
 def test_layout_and_roots(synthetic: sample.SampleRoots) -> None:
     out = Path(synthetic.cxr).parent
-    assert (synthetic.cxr, synthetic.ed, synthetic.iv) == tuple(str(out / d) for d in
-                                                                ("mimic-cxr-jpg", "mimic-iv-ed", "mimiciv"))
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.csv.gz"))
+    assert (synthetic.cxr, synthetic.ed, synthetic.iv, synthetic.ecg) == tuple(
+        str(out / d) for d in ("mimic-cxr-jpg", "mimic-iv-ed", "mimiciv", "mimic-iv-ecg"))
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.csv*"))
     assert written == sorted(str(path_of(synthetic, t).relative_to(out)) for t in mimic.TABLES.values())
 
 
 @pytest.mark.parametrize("table", mimic.TABLES.values(), ids=lambda t: t.name)
-def test_files_are_gzip_csv_with_published_header_and_round_trip(synthetic: sample.SampleRoots, table) -> None:
-    raw = path_of(synthetic, table).read_bytes()
-    assert raw[:2] == b"\x1f\x8b"
-    text = gzip.decompress(raw).decode("utf-8")
+def test_files_are_csv_with_published_header_and_round_trip(synthetic: sample.SampleRoots, table) -> None:
+    text = text_of(synthetic, table)
     assert text.split("\n", 1)[0] == ",".join(table.header)
     assert "\r" not in text and text.endswith("\n")
     rows = list(csv.reader(io.StringIO(text, newline="")))

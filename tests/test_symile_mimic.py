@@ -1,0 +1,248 @@
+"""--cohort=symile_mimic end to end on the generated sample tree: the README's command, a brute-force reading of the
+reference rules (cohort-definitions.md §A) against every output, the planted edge cases, byte-identical reruns."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import filecmp
+import gzip
+import json
+import math
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from beam_pipeline import mimic, sample
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.run import run
+from conftest import ONE_WORKER, published
+
+HOUR = dt.timedelta(hours=1)
+
+
+def symile_argv(roots: sample.SampleRoots, output: Path, *flags: str) -> list[str]:
+    return ["--cohort=symile_mimic", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
+            f"--mimic_ecg_root={roots.ecg}", f"--output={output}", "--image_size=64", *flags]
+
+
+@pytest.fixture(scope="session")
+def symile_tree(tmp_path_factory):
+    return sample.generate(tmp_path_factory.mktemp("symile") / "sample", subjects=200, seed=3)
+
+
+@pytest.fixture(scope="session")
+def symile_cli(symile_tree, tmp_path_factory):
+    """The README's command (only the cohort's required flags, plus a small image size), in a fresh interpreter:
+    the default local run, every core."""
+    output = tmp_path_factory.mktemp("symile-out") / "out"
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.run", *symile_argv(symile_tree, output)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return output, done
+
+
+@pytest.fixture(scope="session")
+def symile_run(symile_cli):
+    output, _ = symile_cli
+    folder = published(output)
+    return folder, json.loads((folder / "metadata.json").read_text())
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+
+
+def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dict[str, int]]:
+    """The reference rules read literally over the raw files: hadm_id -> the choices; and the drop counts."""
+    iv, cxr, ecg_root = Path(roots.iv) / "hosp", Path(roots.cxr), Path(roots.ecg)
+    images = defaultdict(list)
+    for row in _csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
+        if row["ViewPosition"] not in ("AP", "PA"):
+            continue
+        try:
+            when = mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
+        except ValueError:
+            continue
+        images[int(row["subject_id"])].append((when, row["dicom_id"], int(row["study_id"])))
+    chexpert = {int(r["study_id"]) for r in _csv(cxr / "mimic-cxr-2.0.0-chexpert.csv.gz")}
+    ecgs = defaultdict(list)
+    for row in _csv(ecg_root / "record_list.csv"):
+        ecgs[int(row["subject_id"])].append((_time(row["ecg_time"]), int(row["study_id"]), row["path"]))
+    labs = defaultdict(list)
+    wanted = set(mimic.SYMILE_LAB_ITEMIDS)
+    for row in _csv(iv / "labevents.csv.gz"):
+        if int(row["itemid"]) in wanted and row["valuenum"] != "":
+            labs[int(row["subject_id"])].append((int(row["itemid"]), _time(row["charttime"]),
+                                                 int(row["labevent_id"]), float(row["valuenum"])))
+
+    def usable(path: str) -> bool:
+        signal = wfdb.rdrecord(str(ecg_root / path)).p_signal
+        return not np.isnan(signal).any() and bool(np.any(signal != 0)) and signal.shape == (5000, 12)
+
+    chosen, drops = {}, defaultdict(int)
+    for row in _csv(iv / "admissions.csv.gz"):
+        subject, hadm, admit = int(row["subject_id"]), int(row["hadm_id"]), _time(row["admittime"])
+        cxrs = sorted((t, d, s) for t, d, s in images[subject] if 24 * HOUR < t - admit <= 72 * HOUR)
+        in_window = sorted((t, s, p) for t, s, p in ecgs[subject] if -24 * HOUR <= t - admit <= 24 * HOUR)
+        values = {}
+        for itemid, t, event_id, value in sorted(labs[subject], key=lambda r: (r[1], r[2])):
+            if -24 * HOUR <= t - admit <= 24 * HOUR:
+                values.setdefault(itemid, value)
+        if not cxrs:
+            drops["no_cxr_in_window"] += 1
+        elif cxrs[0][2] not in chexpert:
+            drops["no_chexpert_row"] += 1
+        elif not in_window:
+            drops["no_ecg_in_window"] += 1
+        elif not values:
+            drops["no_lab_in_window"] += 1
+        else:
+            good = [e for e in in_window if usable(e[2])]
+            if not good:
+                drops["no_usable_ecg"] += 1
+                continue
+            chosen[hadm] = {"subject_id": subject, "dicom_id": cxrs[0][1], "study_id": cxrs[0][2],
+                            "ecg_study_id": good[0][1], "ecg_path": good[0][2],
+                            "labs": [values.get(i) for i in mimic.SYMILE_LAB_ITEMIDS]}
+    return chosen, dict(drops)
+
+
+def manifest(folder: Path) -> dict[int, dict[str, str]]:
+    return {int(r["hadm_id"]): r for path in sorted((folder / "manifest").glob("*.csv")) for r in _csv(path)}
+
+
+def examples(folder: Path) -> dict[int, dict]:
+    found = {}
+    for path in sorted((folder / "tfrecords").glob("*.tfrecord")):
+        for data in read_records(str(path)):
+            example = parse_example(data)
+            found[example["hadm_id"][0]] = example
+    return found
+
+
+def test_readme_command_prints_the_admission_funnel(symile_cli, symile_run):
+    _, done = symile_cli
+    _, metadata = symile_run
+    lines = done.stdout.splitlines()
+    for step, left in metadata["funnel"].items():
+        assert any(line.startswith(step) and str(left) in line.split() for line in lines), (step, left)
+    assert metadata["config"]["cohort"] == "symile_mimic"
+    assert (metadata["config"]["image_size"], metadata["config"]["split_strategy"]) == (64, "hash")
+    assert "Report:" in done.stdout
+
+
+def test_choices_and_drops_match_a_brute_force_reading_of_the_rules(symile_tree, symile_run):
+    folder, metadata = symile_run
+    expected, drops = expected_admissions(symile_tree)
+    counts = metadata["counts"]
+    rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
+    bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}
+    rejected = {h for h, want in expected.items() if want["dicom_id"] in bad_images}
+    rows = manifest(folder)
+    assert set(rows) == set(expected) - rejected
+    assert {k: v for k, v in counts["dropped"].items() if v} == drops
+    assert counts["admissions"] == sum(counts["dropped"].values()) + counts["rejected"] + counts["matched"]
+    for hadm, row in rows.items():
+        want = expected[hadm]
+        assert (row["cxr_dicom_id"], int(row["cxr_study_id"]), int(row["ecg_study_id"]), row["ecg_path"]) == (
+            want["dicom_id"], want["study_id"], want["ecg_study_id"], want["ecg_path"]), hadm
+        assert [None if row[str(i)] == "" else float(row[str(i)]) for i in mimic.SYMILE_LAB_ITEMIDS] == want["labs"]
+
+
+def test_planted_cases_come_out_as_the_sample_says(symile_tree, symile_run):
+    folder, _ = symile_run
+    rows = manifest(folder)
+    cases = [c for c in json.loads((Path(symile_tree.cxr).parent / "SAMPLE.json").read_text())["symile"]["cases"]
+             if "hadm_id" in c]
+    assert {c["case"] for c in cases} >= {"cxr_at_24h_excluded", "cxr_at_72h_included", "cxr_tie_smallest_dicom_id",
+                                          "ecg_at_minus_24h", "ecg_at_plus_24h", "ecg_after_nan_and_all_zero",
+                                          "labs_on_window_edges", "shared_cxr", "chosen_cxr_without_chexpert"}
+    for case in cases:
+        if case["expected_outcome"] != "written":
+            assert case["hadm_id"] not in rows, case["case"]
+            continue
+        row = rows[case["hadm_id"]]
+        assert (row["cxr_dicom_id"], int(row["ecg_study_id"])) == (case["expected_cxr_dicom_id"],
+                                                                   case["expected_ecg_study_id"]), case["case"]
+        assert {k: float(v) for k, v in case["expected_labs"].items()} == {
+            str(i): float(row[str(i)]) for i in mimic.SYMILE_LAB_ITEMIDS if row[str(i)] != ""}, case["case"]
+
+
+def test_records_hold_the_ecg_in_mv_and_train_only_percentiles(symile_tree, symile_run):
+    folder, metadata = symile_run
+    records = examples(folder)
+    assert set(records) == set(manifest(folder))
+    train = [r for r in records.values() if r["split"][0] == b"train"]
+    assert train and metadata["counts"]["per_split"]["train"] == len(train)
+    for column, itemid in enumerate(mimic.SYMILE_LAB_ITEMIDS):
+        values = np.sort([r["labs/values"][column] for r in train if not math.isnan(r["labs/values"][column])])
+        mean = float(np.mean([np.searchsorted(values, v, side="right") / len(values) for v in values])) \
+            if len(values) else 0.0
+        for record in records.values():
+            value = record["labs/values"][column]
+            if math.isnan(value):
+                assert record["labs/observed"][column] == 0
+                assert record["labs/percentiles"][column] == pytest.approx(mean, abs=1e-6)
+            else:
+                assert record["labs/observed"][column] == 1
+                assert record["labs/percentiles"][column] == pytest.approx(
+                    np.searchsorted(values, value, side="right") / len(values), abs=1e-6)
+    example = records[min(records)]
+    signal = np.asarray(example["ecg/signal"], dtype=np.float32).reshape(example["ecg/shape"])
+    direct = wfdb.rdrecord(str(Path(symile_tree.ecg) / example["ecg/path"][0].decode())).p_signal
+    assert signal.shape == (5000, 12) and np.allclose(signal, direct, atol=1e-6)
+    assert [n.decode() for n in example["ecg/lead_names"]] == list(mimic.ECG_LEADS)
+    assert example["image/height"] == [64] and len(example["labels/chexpert"]) == 14
+    assert len(example["labels/symile"]) == 6
+
+
+def test_candidate_sets_are_seeded_blocks_within_each_split(symile_run):
+    folder, metadata = symile_run
+    rows = manifest(folder)
+    for split in ("val", "test"):
+        [path] = (folder / "candidates").glob(f"{split}-*.csv")
+        blocks = defaultdict(list)
+        for row in _csv(path):
+            blocks[int(row["query_hadm_id"])].append((int(row["candidate_hadm_id"]), int(row["label"])))
+        members = {h for h, r in rows.items() if r["split"] == split}
+        assert set(blocks) == members
+        for query, block in blocks.items():
+            assert block[0] == (query, 1) and all(label == 0 for _, label in block[1:])
+            negatives = [c for c, _ in block[1:]]
+            assert len(negatives) == min(9, len(members) - 1) and len(set(negatives)) == len(negatives)
+            assert query not in negatives and set(negatives) <= members
+
+
+def test_rerun_is_byte_identical_with_one_worker(symile_tree, symile_run, tmp_path):
+    folder, metadata = symile_run
+    again = run(symile_argv(symile_tree, tmp_path / "again", ONE_WORKER))
+    other = published(tmp_path / "again")
+    for sub in ("tfrecords", "manifest", "candidates", "rejects"):
+        names = sorted(p.name for p in (folder / sub).iterdir())
+        assert names == sorted(p.name for p in (other / sub).iterdir())
+        assert filecmp.cmpfiles(folder / sub, other / sub, names, shallow=False)[0] == names, sub
+    strip = lambda m: {**m, "config": {**m["config"], "output": ""}}  # noqa: E731
+    assert strip(again) == strip(metadata)
+
+
+def test_the_tf_data_spec_parses_a_record(symile_run):
+    import tensorflow as tf
+
+    from beam_pipeline.readers.tf_data import parse_spec
+
+    folder, metadata = symile_run
+    path = next(p for p in sorted((folder / "tfrecords").glob("*.tfrecord")) if p.stat().st_size)
+    parsed = tf.io.parse_single_example(next(iter(read_records(str(path)))), parse_spec(metadata))
+    assert parsed["ecg/signal"].shape == (60000,) and parsed["labs/percentiles"].shape == (50,)
