@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 # --------------------------------------------------------------------------------------------------------------
 # Tables
 
-INT, FLOAT, STR, DATETIME = "int", "float", "str", "datetime"
+INT, FLOAT, STR, DATETIME, DATE = "int", "float", "str", "datetime", "date"
 LABEL_VALUE = "label_value"  # a CheXpert cell: 1, 0, -1 or blank (any other value rejects the row: bad_label_value)
 LABEL_VALUES = (1.0, 0.0, -1.0)
 
@@ -168,7 +168,7 @@ PATIENTS = Table(
     subdir="hosp",
     basename="patients",
     header=("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"),
-    types={"subject_id": INT, "gender": STR, "anchor_age": INT, "anchor_year": INT},
+    types={"subject_id": INT, "gender": STR, "anchor_age": INT, "anchor_year": INT, "dod": DATE},
     required=("subject_id", "anchor_age", "anchor_year"),
 )
 
@@ -180,7 +180,7 @@ ADMISSIONS = Table(
     header=("subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type", "admit_provider_id",
             "admission_location", "discharge_location", "insurance", "language", "marital_status", "race",
             "edregtime", "edouttime", "hospital_expire_flag"),
-    types={"subject_id": INT, "hadm_id": INT, "admittime": DATETIME},
+    types={"subject_id": INT, "hadm_id": INT, "admittime": DATETIME, "dischtime": DATETIME, "deathtime": DATETIME},
     required=("subject_id", "hadm_id", "admittime"),
 )
 LABEVENTS = Table(  # ~158 M rows in the full release: cohorts read it with a row filter on itemid (csv_tables)
@@ -191,8 +191,48 @@ LABEVENTS = Table(  # ~158 M rows in the full release: cohorts read it with a ro
     header=("labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",
             "storetime", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag", "priority",
             "comments"),
-    types={"labevent_id": INT, "subject_id": INT, "itemid": INT, "charttime": DATETIME, "valuenum": FLOAT},
+    types={"labevent_id": INT, "subject_id": INT, "hadm_id": INT, "itemid": INT, "charttime": DATETIME,
+           "value": STR, "valuenum": FLOAT, "valueuom": STR},
     required=("labevent_id", "subject_id", "itemid", "charttime"),
+)
+def _check_icu_stay_times(row: Mapping[str, Any]) -> None:
+    """A stay that ends before it begins has no LOS, no time axis and no pairing window."""
+    if row["outtime"] < row["intime"]:
+        raise RowError("outtime_before_intime", f"icustays.outtime={row['outtime']} < intime={row['intime']}")
+
+
+ICUSTAYS = Table(
+    name="icustays",
+    module="iv",
+    subdir="icu",
+    basename="icustays",
+    header=("subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime", "los"),
+    # los (fractional days) is not read: LOS is recomputed from intime/outtime in hours.
+    types={"subject_id": INT, "hadm_id": INT, "stay_id": INT, "first_careunit": STR, "last_careunit": STR,
+           "intime": DATETIME, "outtime": DATETIME},
+    # Never empty in MIMIC-IV; an empty care unit would make the transfer test meaningless, an empty time the LOS.
+    required=("subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime"),
+    check=_check_icu_stay_times,
+)
+CHARTEVENTS = Table(  # ~433 M rows in the full release: read with a row filter on itemid (csv_tables)
+    name="chartevents",
+    module="iv",
+    subdir="icu",
+    basename="chartevents",
+    header=("subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid", "value",
+            "valuenum", "valueuom", "warning"),
+    types={"subject_id": INT, "hadm_id": INT, "stay_id": INT, "charttime": DATETIME, "itemid": INT, "value": STR,
+           "valuenum": FLOAT, "valueuom": STR},
+    required=("subject_id", "charttime", "itemid"),
+)
+DIAGNOSES_ICD = Table(
+    name="diagnoses_icd",
+    module="iv",
+    subdir="hosp",
+    basename="diagnoses_icd",
+    header=("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"),
+    types={"subject_id": INT, "hadm_id": INT, "seq_num": INT, "icd_code": STR, "icd_version": INT},
+    required=("subject_id", "hadm_id", "icd_code"),
 )
 ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB record is <root>/<path>.{hea,dat}
     name="ecg_record_list",
@@ -207,7 +247,8 @@ ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB 
 
 TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,
                                                 TRIAGE, VITALSIGN, MEDRECON, PYXIS, DIAGNOSIS, PATIENTS,
-                                                ADMISSIONS, LABEVENTS, ECG_RECORD_LIST)}
+                                                ADMISSIONS, LABEVENTS, ECG_RECORD_LIST, ICUSTAYS, CHARTEVENTS,
+                                                DIAGNOSES_ICD)}
 
 # The longest record any of these tables can hold. Their free-text columns are VARCHAR(255) (triage.chiefcomplaint,
 # medrecon/pyxis.name, medrecon.etcdescription) or short TEXT codes (pain, rhythm), so a real row is under 2 KiB and
@@ -257,9 +298,14 @@ def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
 # Times
 
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?")
 _STUDY_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\.0*)?")
 _STUDY_TIME_RE = re.compile(r"(\d{1,6})(?:\.(\d*))?")
+
+
+def _bad_date(text: str):
+    raise ValueError(f"not a date YYYY-MM-DD: {text!r}")
 
 
 def parse_datetime(text: str) -> dt.datetime:
@@ -341,6 +387,8 @@ def type_value(kind: str, text: str) -> Any:
         return value
     if kind == DATETIME:
         return parse_datetime(text)
+    if kind == DATE:
+        return dt.date.fromisoformat(text) if _DATE_RE.fullmatch(text) else _bad_date(text)
     if kind == LABEL_VALUE:
         value = float(text)
         if value not in LABEL_VALUES:

@@ -26,9 +26,8 @@ import pytest
 
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as ms
-from beam_pipeline.cohorts.medfuse_stays import (ADMISSIONS, DIAGNOSES_ICD, ICUSTAYS, PATIENTS, PHENOTYPES, Stay,
-                                                 ihm_eligible, in_hospital_mortality, load_split_files, pair_cxr,
-                                                 pairing_window, phenotype_labels, select_stays, subject_split)
+from beam_pipeline.cohorts.medfuse_stays import (PHENOTYPES, Stay, ihm_eligible, in_hospital_mortality, load_split_files, pair_cxr, pairing_window, phenotype_labels, select_stays, subject_split)
+from beam_pipeline.mimic import ADMISSIONS, DIAGNOSES_ICD, ICUSTAYS, PATIENTS
 from beam_pipeline.transforms.split import hash_split
 
 HOUR, SECOND = dt.timedelta(hours=1), dt.timedelta(seconds=1)
@@ -117,7 +116,7 @@ def brute_mortality(adm: dict, pat: dict) -> int:
     by_deathtime = death is not None and admit <= death <= disch
     by_dod = False
     if dod is not None:
-        day = dt.date.fromisoformat(dod)
+        day = dt.date.fromisoformat(str(dod))
         by_dod = (day > admit.date() or (day == admit.date() and admit.time() == dt.time(0))) and day <= disch.date()
     return int(by_deathtime or by_dod)
 
@@ -204,10 +203,10 @@ def test_random_worlds_match_the_brute_force():
             seen["mortality"] += label
             p = pat[0]
             seen["age_differs_from_anchor_age"] += stay.age != p["anchor_age"]
-            if p["dod"] and dt.date.fromisoformat(p["dod"]) == admissions[stay.hadm_id]["admittime"].date():
+            if p["dod"] and dt.date.fromisoformat(str(p["dod"])) == admissions[stay.hadm_id]["admittime"].date():
                 seen["dod_on_admission_date"] += 1
             if p["dod"] and admissions[stay.hadm_id]["dischtime"] and (
-                    dt.date.fromisoformat(p["dod"]) == admissions[stay.hadm_id]["dischtime"].date()):
+                    dt.date.fromisoformat(str(p["dod"])) == admissions[stay.hadm_id]["dischtime"].date()):
                 seen["dod_on_discharge_date"] += 1
             for task in ms.TASKS:
                 got = pair_cxr(stay, images, task)
@@ -291,7 +290,7 @@ def test_rows_that_cannot_make_a_stay_are_rejected_when_read():
         typed(ICUSTAYS, subject_id=SUBJECT, hadm_id=1, stay_id=2, first_careunit="MICU", intime=T0, outtime=T0)
     with pytest.raises(mimic.RowError, match="bad_date"):
         typed(PATIENTS, subject_id=SUBJECT, anchor_age=60, anchor_year=2150, dod="2150-3-1")
-    assert patient(dod=dt.date(2150, 3, 1))["dod"] == "2150-03-01"
+    assert patient(dod=dt.date(2150, 3, 1))["dod"] == dt.date(2150, 3, 1)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -24,64 +24,15 @@ import dataclasses
 import datetime as dt
 import functools
 import io
-import re
 from collections import Counter
 from importlib import resources
 from typing import Any, Iterable, Mapping
 
 from beam_pipeline import mimic
-from beam_pipeline.mimic import DATETIME, INT, STR, RowError, Table
 from beam_pipeline.transforms.split import hash_split
 from beam_pipeline.transforms.windows import Window, choose
 
-# --------------------------------------------------------------------------------------------------------------
-# Tables: move to mimic.py when the cohort lands (mimic-schemas.md §3; headers checked against the MIMIC-IV 2.2 demo)
-
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _check_icu_stay_times(row: Mapping[str, Any]) -> None:
-    """A stay that ends before it begins has no LOS, no time axis and no pairing window."""
-    if row["outtime"] < row["intime"]:
-        raise RowError("outtime_before_intime", f"icustays.outtime={row['outtime']} < intime={row['intime']}")
-
-
-def _check_dod(row: Mapping[str, Any]) -> None:
-    """dod is a DATE (YYYY-MM-DD); mimic.type_value has no date kind yet, so it is read as text and checked here
-    (a bad one rejects the patient at read instead of failing a label later)."""
-    if row["dod"] is not None and not _DATE_RE.fullmatch(row["dod"]):
-        raise RowError("bad_date", f"patients.dod={row['dod']!r}")
-
-
-ICUSTAYS = Table(
-    name="icustays",
-    module="iv",
-    subdir="icu",
-    basename="icustays",
-    header=("subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime", "los"),
-    # los (fractional days) is not read: LOS is recomputed from intime/outtime in hours.
-    types={"subject_id": INT, "hadm_id": INT, "stay_id": INT, "first_careunit": STR, "last_careunit": STR,
-           "intime": DATETIME, "outtime": DATETIME},
-    # Never empty in MIMIC-IV; an empty care unit would make the transfer test meaningless (pandas' NaN != NaN
-    # dropped such stays upstream), an empty time the LOS.
-    required=("subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime"),
-    check=_check_icu_stay_times,
-)
-DIAGNOSES_ICD = Table(
-    name="diagnoses_icd",
-    module="iv",
-    subdir="hosp",
-    basename="diagnoses_icd",
-    header=("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"),
-    types={"subject_id": INT, "hadm_id": INT, "seq_num": INT, "icd_code": STR, "icd_version": INT},
-    required=("subject_id", "hadm_id", "icd_code"),
-)
-# mimic.ADMISSIONS / mimic.PATIENTS plus the columns the mortality label reads (merge into those when moving; with a
-# DATE kind in mimic.type_value, dod becomes a date and _check_dod goes away: mortality accepts either).
-ADMISSIONS = dataclasses.replace(mimic.ADMISSIONS, types={**mimic.ADMISSIONS.types, "dischtime": DATETIME,
-                                                          "deathtime": DATETIME})
-PATIENTS = dataclasses.replace(mimic.PATIENTS, types={**mimic.PATIENTS.types, "dod": STR}, check=_check_dod)
-TABLES = (ICUSTAYS, ADMISSIONS, PATIENTS, DIAGNOSES_ICD)
+TABLES = (mimic.ICUSTAYS, mimic.ADMISSIONS, mimic.PATIENTS, mimic.DIAGNOSES_ICD)
 
 # --------------------------------------------------------------------------------------------------------------
 # Stays (§B.1)
