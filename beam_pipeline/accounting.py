@@ -79,8 +79,8 @@ class CountWritten(beam.DoFn):
     def process(self, record):
         yield event("matched")
         yield event(f"per_split/{record.split}")
-        for name in record.written_events():
-            yield event(name)
+        for item in record.written_events():  # a name, or (name, n)
+            yield event(*item) if isinstance(item, tuple) else event(item)
         yield record
 
 

@@ -73,9 +73,10 @@ class Config:
     """Every pipeline flag, its default and what it means (a test keeps the README's options table in step)."""
 
     cohort: str = _flag(
-        "The dataset to build: ed_cxr (X-rays linked to ED stays, pseudo-notes; the default) or symile_mimic "
-        "(hospital admissions with a CXR, a 12-lead ECG and 50 labs). A cohort may change other flags' defaults "
-        "(README, Cohorts).", cohorts.DEFAULT, choices=cohorts.NAMES)
+        "The dataset to build: ed_cxr (X-rays linked to ED stays, pseudo-notes; the default), symile_mimic "
+        "(hospital admissions with a CXR, a 12-lead ECG and 50 labs), medfuse_ihm or medfuse_phenotyping (ICU stays: "
+        "hourly time series, an AP CXR when paired). A cohort may change other flags' defaults (README, Cohorts).",
+        cohorts.DEFAULT, choices=cohorts.NAMES)
     mimic_cxr_root: str = _flag(
         "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
         "Local path or gs://.", "")
@@ -170,6 +171,12 @@ class Config:
         "by sha256 of seed and hadm_id).", 0, parse=int, bounds=(0, 2 ** 63 - 1))
     candidate_negatives: int = _flag("symile_mimic: negatives per query in the val/test candidate sets.", 9,
                                      parse=int, bounds=(1, 10_000))
+    normalize_timeseries: bool = _flag(
+        "medfuse_*: also store timeseries/normalized, the features with their continuous columns standardised by "
+        "statistics fitted on this build's train split (always in metadata.json).", False, parse=parse_bool)
+    benchmark_files: bool = _flag(
+        "medfuse_*: also write timeseries/<split>/<subject>_episode<stay_id>_timeseries.csv in the benchmark's "
+        "layout, for MedFuse's own loaders (listfiles/ are always written).", False, parse=parse_bool)
     overwrite: bool = _flag(
         "Replace the run already published in --output: the new run is written beside it, published (LATEST) only "
         "once complete, and the earlier runs are deleted after that. Without it (or --keep_runs) the job refuses "

@@ -1,6 +1,7 @@
 """The cohort registry: ``--cohort`` name -> the module that defines that dataset.
 
-A cohort module declares only what is specific to its dataset, in one ``COHORT`` value: the roots and tables it
+A cohort module declares only what is specific to its dataset, in ``COHORTS`` (name -> Cohort; one module may hold
+related tasks): the roots and tables it
 reads, its windows (``transforms.windows.Window``), the per-subject selection, features, labels, split rule and
 output schema, and its flag defaults. Reading tables, the per-subject CoGroupByKey, the image stage, splits,
 sharded writing, rejects/metadata accounting and publishing are the shared engine (``pipeline``, ``fileio``,
@@ -17,7 +18,9 @@ if TYPE_CHECKING:  # the cohort modules import the engine, which imports options
     from beam_pipeline.mimic import Table
     from beam_pipeline.options import Config
 
-NAMES: tuple[str, ...] = ("ed_cxr", "symile_mimic")
+MODULES = {"ed_cxr": "ed_cxr", "symile_mimic": "symile_mimic", "medfuse_ihm": "medfuse",
+           "medfuse_phenotyping": "medfuse"}  # --cohort name -> the module whose COHORTS holds it
+NAMES: tuple[str, ...] = tuple(MODULES)
 DEFAULT = "ed_cxr"
 
 
@@ -38,4 +41,4 @@ class Cohort:
 def get(name: str) -> Cohort:
     if name not in NAMES:
         raise ValueError(f"unknown cohort {name!r}; choose one of {', '.join(NAMES)}")
-    return importlib.import_module(f"beam_pipeline.cohorts.{name}").COHORT
+    return importlib.import_module(f"beam_pipeline.cohorts.{MODULES[name]}").COHORTS[name]

@@ -136,7 +136,7 @@ def funnel(counts: dict, config: dict) -> str:
     return "\n".join(f"{name:<36}{n:>9}  {extra}".rstrip() for name, n, extra in rows)
 
 
-COHORT = Cohort(
+COHORTS = {"ed_cxr": Cohort(
     name="ed_cxr",
     description="MIMIC-CXR-JPG x MIMIC-IV-ED, leakage-safe multimodal records",
     roots=("mimic_ed_root",),
@@ -146,4 +146,4 @@ COHORT = Cohort(
     funnel=funnel,
     empty_message=ed_empty_message,
     uses_text=True,
-)
+)}

@@ -389,7 +389,7 @@ def check(config: Config) -> list[str]:
     return []
 
 
-COHORT = Cohort(
+COHORTS = {"symile_mimic": Cohort(
     name="symile_mimic",
     description="Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs",
     roots=("mimic_iv_root", "mimic_ecg_root"),
@@ -400,4 +400,4 @@ COHORT = Cohort(
     funnel=funnel,
     empty_message=empty_message,
     check=check,
-)
+)}

@@ -293,7 +293,7 @@ class _Examples:
 
     def render(self, record):
         outputs: list = []
-        if self._images is not None:
+        if self._images is not None and record.image_path:  # a record may have no image (an unpaired ICU stay)
             record, outputs = self._images.load(record)
             if record is None:
                 return None, outputs
