@@ -1,0 +1,484 @@
+"""The medfuse_ihm / medfuse_phenotyping data card: ``report.build`` (``python -m beam_pipeline.report OUTPUT``)
+comes here when the run's config["cohort"] is one of them.
+
+Sections: task, funnel (per ICU stay, in metadata.json's funnel order, each step's drop reasons and the stay
+rejects before "written"), splits (stays, patients, paired set vs unpaired stays, split sources), channel coverage
+(the 17 channels: stays observed, share of written stays, observed hourly bins; never-observed channels flagged and
+those with no MIMIC-IV item named), labels (positives and share: 1 row for IHM, 25 for phenotyping), ICU length of
+stay (an aggregate histogram), the train-only normaliser, samples, provenance.
+
+Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count
+from 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the
+split table's rows and columns, the LOS bins, the split sources) get complementary suppression (``protect``): no
+suppressed count follows by subtraction from one relation. A share whose complement is 1 to 10 (all but a few
+stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 stays.
+``--samples N`` adds N records' hourly heatmap of the 17 channels (value and mask) and the paired X-ray thumbnail
+(val, then test, then train; paired records first), and marks the page "contains patient data".
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Callable, Hashable, Iterable
+
+import numpy as np
+
+from beam_pipeline import mimic
+from beam_pipeline.cohorts import medfuse_stays as stays_lib
+from beam_pipeline.cohorts.medfuse_metadata import ADMISSION_STAGES, DROPS, funnel_steps
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import shard_files
+from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
+                                  _table, drawn, histograms_figure, page, provenance_tables, rate, read_manifest,
+                                  small, thumbnail, tick_names, write_card)
+
+HIDDEN = "suppressed"  # a count above SMALL_CELL hidden so that a small one does not follow by subtraction
+ALL_BUT = f"all but {SUPPRESSED}"  # a count whose complement (total - count) is small
+SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
+SAMPLE_SCAN = 200  # records read at most, beyond the N asked, looking for paired ones
+LOS_BINS = ((0, 24, "< 1 d"), (24, 48, "1–2 d"), (48, 72, "2–3 d"), (72, 120, "3–5 d"), (120, 168, "5–7 d"),
+            (168, 336, "7–14 d"), (336, 720, "14–30 d"), (720, float("inf"), "≥ 30 d"))  # hours, [lower, upper)
+CARD_STYLE = ("<style>table.task td{text-align:left}.series-card{margin:0 0 1em;border:1px solid #ddd;"
+              "padding:8px;font-size:12px}.series-card img{max-width:100%;vertical-align:top;margin-right:8px}"
+              "</style>")
+TASKS = {"ihm": "in-hospital mortality from the first 48 h of the ICU stay",
+         "phenotyping": "25 acute-care phenotypes (CCS groups of the admission's ICD codes) from the whole ICU stay"}
+
+
+# --- complementary suppression --------------------------------------------------------------------------------
+
+def protect(values: dict[Hashable, int], relations: Iterable[Iterable[Hashable]], fixed: Iterable[Hashable] = (),
+            rank: Callable[[Hashable], tuple] | None = None) -> dict[Hashable, object]:
+    """Cells as shown: counts 1 to 10 become "<11"; then, while a relation (cells of which one is the sum of the
+    others) holds exactly one hidden cell, its visible non-zero cell of lowest ``rank`` (default: the smallest) that
+    is not ``fixed`` (shown elsewhere on the page) is hidden too, as "suppressed". Others are Counts."""
+    relations = [list(r) for r in relations]
+    rank = rank or (lambda key: (values[key],))
+    fixed = set(fixed)
+    hidden = {key for key, v in values.items() if small(v)}
+    changed = True
+    while changed:
+        changed = False
+        for relation in relations:
+            if sum(key in hidden for key in relation) != 1:
+                continue
+            candidates = [key for key in relation if key not in hidden and key not in fixed and values[key]]
+            if candidates:
+                hidden.add(min(candidates, key=rank))
+                changed = True
+    return {key: (SUPPRESSED if small(v) else HIDDEN) if key in hidden else Count(v) for key, v in values.items()}
+
+
+def figure_counts(values: dict[str, int], shown: dict[str, object]) -> dict[str, int]:
+    """Bars for histograms_figure: a bar hidden to protect a small one is not drawn and says so (small ones are
+    not drawn by report.drawn)."""
+    return {f"{name} ({HIDDEN})" if shown[name] == HIDDEN else name: 0 if shown[name] == HIDDEN else n
+            for name, n in values.items()}
+
+
+def share_bars(values: dict[str, int], total: int) -> dict[str, int]:
+    """Bars of counts out of a shown total: one whose complement is small is not drawn and says so."""
+    return {f"{name} ({ALL_BUT})" if not small(n) and small(total - n) else name:
+            0 if not small(n) and small(total - n) else n for name, n in values.items()}
+
+
+def of_total(n: int, total: int) -> list:
+    """[count, share of total]: "<11" when the count is small, "all but <11" when total - count is."""
+    if small(n):
+        return [SUPPRESSED, SUPPRESSED]
+    if small(total - n):
+        return [ALL_BUT, ALL_BUT]
+    return [Count(n), rate(n, total)]
+
+
+# --- funnel ----------------------------------------------------------------------------------------------------
+
+def drop_steps() -> dict[str, str]:
+    """The funnel step before which each drop reason removes its stays, as medfuse_metadata.funnel_steps itself
+    counts it (one stay dropped for that reason: the first step with none left)."""
+    found = {}
+    for reason in DROPS:
+        steps = funnel_steps({"stays": 1, "dropped": {r: int(r == reason) for r in DROPS}, "matched": 0})
+        found[reason] = next(name for name, left in steps if left == 0)
+    return found
+
+
+def removals(metadata: dict) -> dict[str, dict[str, int]]:
+    """Per funnel step, what removed stays since the previous one: its drop reasons (those of the task: no
+    los_under_48h for phenotyping), and before "written" the stay rejects (join/, images/)."""
+    counts, steps = metadata["counts"], list(metadata["funnel"])
+    last = steps[-1]
+    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
+    for reason, step in drop_steps().items():
+        if reason == "los_under_48h" and metadata["task"] != "ihm" and not counts["dropped"].get(reason):
+            continue
+        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
+    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
+    return groups
+
+
+REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel_cells' cells
+
+
+def reject_key(reason: str) -> str:
+    """A reject line count's key in funnel_cells: a stay reject is the funnel's own "− rejected: ..." cell."""
+    return f"− rejected: {reason}" if reason.startswith(ADMISSION_STAGES) else f"reject line: {reason}"
+
+
+def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
+    """The funnel as (name, count) rows, each step preceded by its removals ("− " names), and the cells as shown,
+    with the reject lines by stage/reason (reject_key) and their total (REJECT_LINES), which share the stay
+    rejects. Relations: each step = the next + the removals between them; the reject lines add up to their total.
+    "ICU stays" and "written" are fixed (the inputs' rows and the page header show them). Preferred to hide: a
+    removal (smallest first), then the earliest step."""
+    groups, rows, relations = removals(metadata), [], []
+    steps = list(metadata["funnel"].items())
+    for i, (step, left) in enumerate(steps):
+        group = groups.get(step, {})
+        rows += [(f"− {name}", n) for name, n in group.items()]
+        rows.append((step, left))
+        if i:
+            relations.append([steps[i - 1][0], step, *(f"− {name}" for name in group)])
+    counts = metadata["counts"]
+    lines = {reject_key(reason): n for reason, n in counts["rejects_by_stage_reason"].items()}
+    values = {**lines, REJECT_LINES: counts["rejects_total"], **dict(rows)}
+    relations.append([*lines, REJECT_LINES])
+    order = {name: i for i, (name, _) in enumerate(steps)}
+    shown = protect(values, relations, fixed=[steps[0][0], steps[-1][0]],
+                    rank=lambda key: (1, order[key]) if key in order else (0, values[key]))
+    return rows, shown
+
+
+def funnel_figure(metadata: dict) -> bytes:
+    """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
+    "suppressed") is not drawn and its label says which."""
+    plt = _pyplot()
+    rows, shown = funnel_cells(metadata)
+    steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
+    lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
+                                         layout="constrained")
+    for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
+        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
+        ax.barh(range(len(bars)), visible[::-1], color=color)
+        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
+        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
+            ax.text(value, i, f" {cell}", va="center", fontsize=8)
+        ax.set_xlim(0, max(visible + [1]) * 1.2)
+    left.set_title("ICU stay funnel (stays left)", fontsize=10)
+    right.set_title("Stays dropped or rejected, by reason", fontsize=10)
+    right.tick_params(labelsize=8)
+    return _png(figure)
+
+
+# --- splits ----------------------------------------------------------------------------------------------------
+
+def paired_per_split(manifest: list[dict[str, str]]) -> dict[str, int]:
+    return {split: sum(r["split"] == split and r["has_cxr"] == "1" for r in manifest) for split in mimic.SPLITS}
+
+
+SOURCES = ("testset_iv", "valset_iv", stays_lib.HASH_FALLBACK)
+CHANGED = "changed lists"  # the packaged lists put the subject in another split than the run did
+
+
+def source_counts(metadata: dict, manifest: list[dict[str, str]]) -> dict[tuple[str, str], int]:
+    """(source, split) -> written stays: which MedFuse list decided each written stay's split, recomputed from its
+    subject_id with the packaged lists and the run's salt (metadata.json's split_sources counts stays when they are
+    split, so also those rejected afterwards at images/)."""
+    test_flags, val_flags = stays_lib.load_split_files()
+    salt = metadata["split"].get("salt") or metadata["config"]["split_salt"]
+    found = {(source, split): 0 for source in SOURCES for split in mimic.SPLITS}
+    for row in manifest:
+        split, source = stays_lib.subject_split(int(row["subject_id"]), test_flags, val_flags, salt)
+        key = (source if split == row["split"] else CHANGED, row["split"])
+        found[key] = found.get(key, 0) + 1
+    return found
+
+
+def split_cells(metadata: dict, manifest: list[dict[str, str]]) -> dict:
+    """The split table's and the source table's cells as shown, protected together (they share the stays per
+    split): keys (column, split or "total") for stays, paired, unpaired, and ("source", source, split or
+    "total"). Rows and columns add up; the written total is fixed."""
+    counts = metadata["counts"]
+    paired = paired_per_split(manifest)
+    values = {}
+    for split in mimic.SPLITS:
+        values[("stays", split)] = counts["per_split"][split]
+        values[("paired", split)] = paired[split]
+        values[("unpaired", split)] = counts["per_split"][split] - paired[split]
+    for column in ("stays", "paired", "unpaired"):
+        values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
+    sources = source_counts(metadata, manifest)
+    names = list(dict.fromkeys(source for source, _ in sources))
+    for (source, split), n in sources.items():
+        values[("source", source, split)] = n
+    for source in names:
+        values[("source", source, "total")] = sum(sources.get((source, s), 0) for s in mimic.SPLITS)
+    splits = (*mimic.SPLITS, "total")
+    relations = [[(c, s) for c in ("stays", "paired", "unpaired")] for s in splits]
+    relations += [[(c, s) for s in ("total", *mimic.SPLITS)] for c in ("stays", "paired", "unpaired")]
+    relations += [[("source", n, s) for s in ("total", *mimic.SPLITS)] for n in names]
+    relations += [[("stays", s), *(("source", n, s) for n in names)] for s in splits]
+    values = {key: values.get(key, 0) for relation in relations for key in relation}
+    return protect(values, relations, fixed=[("stays", "total")])
+
+
+def split_rows(metadata: dict, manifest: list[dict[str, str]]) -> list[list]:
+    counts, shown = metadata["counts"], split_cells(metadata, manifest)
+    rows = [[split, shown[("stays", split)], Count(counts["patients_per_split"][split]), shown[("paired", split)],
+             shown[("unpaired", split)]] for split in mimic.SPLITS]
+    return rows + [["total", shown[("stays", "total")], "", shown[("paired", "total")],
+                    shown[("unpaired", "total")]]]
+
+
+def source_rows(metadata: dict, manifest: list[dict[str, str]]) -> list[list]:
+    shown = split_cells(metadata, manifest)
+    names = list(dict.fromkeys(key[1] for key in shown if key[0] == "source"))
+    splits = (*mimic.SPLITS, "total")
+    return [[name, *(shown[("source", name, s)] for s in splits)] for name in names] + \
+        [["written", *(shown[("stays", s)] for s in splits)]]
+
+
+# --- channels, labels, LOS, normaliser -----------------------------------------------------------------------
+
+def channel_rows(metadata: dict) -> list[list]:
+    """Per channel in channel_order: stays with it observed (count, share of written), observed hourly bins
+    (hidden with the stays when those are few), and a note for never-observed channels."""
+    coverage, matched = metadata["counts"]["channel_coverage"], metadata["counts"]["matched"]
+    never, absent = set(metadata["never_observed_channels"]), set(metadata["never_in_mimic_iv"])
+    rows = []
+    for channel in metadata["channel_order"]:
+        stays, bins = coverage[channel]["stays"], coverage[channel]["bins"]
+        note = ("never observed: no MIMIC-IV item" if channel in absent else "never observed" if channel in never
+                else "")
+        rows.append([channel, *of_total(stays, matched), HIDDEN if small(stays) else Count(bins), note])
+    return rows
+
+
+def label_rows(metadata: dict) -> list[list]:
+    prevalence, matched = metadata["counts"]["label_prevalence"], metadata["counts"]["matched"]
+    return [[name, *of_total(prevalence.get(name, 0), matched)] for name in metadata["label_names"]]
+
+
+def los_counts(manifest: list[dict[str, str]]) -> dict[str, int]:
+    """Written stays per LOS bin (hours from the manifest's los_hours; only these sums leave this function)."""
+    found = {name: 0 for _, _, name in LOS_BINS}
+    for row in manifest:
+        hours = float(row["los_hours"])
+        found[next(name for low, high, name in LOS_BINS if low <= hours < high)] += 1
+    return found
+
+
+def normalizer_rows(metadata: dict) -> list[list]:
+    """Per standardised column: train mean and sd, shown only for a channel observed in more than SMALL_CELL
+    written stays (fewer: close to a few patients' values); never observed: the imputed normal value."""
+    normalizer, coverage = metadata["normalizer"], metadata["counts"]["channel_coverage"]
+    rows = []
+    for column, mean, sd in zip(normalizer["columns"], normalizer["means"], normalizer["stds"]):
+        stays = coverage.get(column, {}).get("stays", 0)
+        if small(stays):
+            rows.append([column, f"{SUPPRESSED} stays", f"{SUPPRESSED} stays"])
+        else:
+            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g}" + (" (never observed: imputed)" if not stays else "")])
+    return rows
+
+
+def normalizer_part(metadata: dict) -> str:
+    normalizer = metadata["normalizer"]
+    if not normalizer:
+        return ("<p>No normaliser: the run did not standardise the features (--normalize_timeseries=false) or had "
+                "fewer than 2 train hours.</p>")
+    return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {Count(normalizer.get('rows', 0))}"
+            f" hours, ddof {normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds "
+            f"are shown for channels observed in more than {SMALL_CELL} written stays.</p>" +
+            _table(["column", "mean", "sd"], normalizer_rows(metadata), "normalizer"))
+
+
+# --- samples ---------------------------------------------------------------------------------------------------
+
+def series(example: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(bins x channels raw values, NaN unobserved; bins x channels mask) of one parsed record."""
+    bins, channels = example["timeseries/shape"]
+    values = np.asarray(example["timeseries/values"], np.float64).reshape(bins, channels)
+    mask = np.asarray(example["timeseries/mask"], np.int64).reshape(bins, channels)
+    return values, mask
+
+
+def pick_samples(folder: str, metadata: dict, n: int) -> list[dict]:
+    """N records of SAMPLE_SPLITS (in that order, shard order), paired ones first: reading stops once N paired
+    records are found or N + SAMPLE_SCAN records were read, whatever the dataset size."""
+    paired, unpaired, read = [], [], 0
+    for split in SAMPLE_SPLITS:
+        for path in shard_files(folder, split, metadata):
+            for raw in read_records(path):
+                if len(paired) == n or read == n + SAMPLE_SCAN:
+                    return (paired + unpaired)[:n]
+                example = parse_example(raw)
+                (paired if example.get("has_cxr") == [1] else unpaired).append(example)
+                unpaired = unpaired[:n]
+                read += 1
+    return (paired + unpaired)[:n]
+
+
+def bars_figure(title: str, counts: dict[str, int]) -> bytes:
+    """Horizontal bars in the given order (long names): small counts not drawn, their label says "<11"."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(9, 0.6 + 0.22 * len(counts)))
+    heights = list(drawn(counts).values())
+    ax.barh(tick_names(counts)[::-1], heights[::-1], color="#2e86c1")
+    ax.set_xlim(0, max(heights + [1]) * 1.05)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=10)
+    return _png(figure)
+
+
+def heatmap_figure(example: dict, channels: list[str]) -> bytes:
+    """One record's hourly grid: each channel's values scaled to its own range in the record; grey: not
+    observed (mask 0)."""
+    plt = _pyplot()
+    values, mask = series(example)
+    scaled = np.full(values.shape, np.nan)
+    for c in range(values.shape[1]):
+        observed = mask[:, c].astype(bool) & ~np.isnan(values[:, c])
+        if observed.any():
+            low, high = values[observed, c].min(), values[observed, c].max()
+            scaled[observed, c] = 0.5 if high == low else (values[observed, c] - low) / (high - low)
+    colormap = plt.get_cmap("viridis").copy()
+    colormap.set_bad("#e5e7e9")
+    figure, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.12 * values.shape[0] + 3)), 3.6))
+    ax.imshow(np.ma.masked_invalid(scaled.T), aspect="auto", cmap=colormap, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_yticks(range(len(channels)), channels, fontsize=6)
+    ax.set_xlabel("hour of the series (bin)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(f"{int(mask.sum())} observed cells of {mask.size} (grey: not observed; colour: value scaled "
+                 "within the record)", fontsize=8)
+    return _png(figure)
+
+
+def sample_cards(metadata: dict, picked: list[dict], names: list[tuple[str, str]]) -> str:
+    if not picked:
+        return ("<p>Aggregate only: no record's time series, X-ray or labels on this page. <code>python -m "
+                "beam_pipeline.report OUTPUT --samples N</code> adds N records' hourly heatmap of the 17 channels "
+                f"and the paired X-ray thumbnail, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+    cards = []
+    for example, (series_name, image_name) in zip(picked, names):
+        positive = [name for name, y in zip(metadata["label_names"], example["labels"]) if y]
+        dicom_id = example["cxr/dicom_id"][0].decode() if example.get("cxr/dicom_id") else ""
+        image = (f'<img src="{image_name}" alt="sample X-ray {html.escape(dicom_id)}">' if image_name else
+                 "<p>no paired X-ray (has_cxr 0)</p>")
+        cards.append(
+            f'<figure class="series-card">{_figure(series_name, "sample hourly time series")}{image}<figcaption>'
+            f'{html.escape(example["split"][0].decode())}, {example["timeseries/hours"][0]:.1f} h series, '
+            f'{example["timeseries/shape"][0]} hourly bins, LOS {example["los_hours"][0]:.1f} h<br><i>positive: '
+            f'{html.escape(", ".join(positive) or "none")}</i></figcaption></figure>')
+    return "".join(cards)
+
+
+# --- the page --------------------------------------------------------------------------------------------------
+
+def task_rows(metadata: dict) -> list[list]:
+    config = metadata["config"]
+    return [["cohort", config["cohort"]], ["task", f"{metadata['task']}: {TASKS.get(metadata['task'], '')}"],
+            ["record", "one ICU stay: hourly series of the 17 channels (raw values, masks, "
+                       f"{len(metadata['feature_names'])} imputed features), labels, has_cxr"],
+            ["labels", ", ".join(metadata["label_names"]) if len(metadata["label_names"]) < 4
+             else f"{len(metadata['label_names'])} phenotypes"],
+            ["X-ray window", metadata["window"]["cxr"]["rule"]],
+            ["X-ray views", ", ".join(config.get("views", []))],
+            ["images written", "yes" if metadata["image"] else "no"],
+            ["train-only normaliser", "fitted (metadata.json)" if metadata["normalizer"] else "none"],
+            ["timeseries/normalized stored", "yes" if config.get("normalize_timeseries") else "no"]]
+
+
+def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[tuple[str, str]]) -> str:
+    counts = metadata["counts"]
+    rows, shown = funnel_cells(metadata)
+    reject_rows = [[name, "yes" if name.startswith(ADMISSION_STAGES) else "no (a row)", shown[reject_key(name)]]
+                   for name in counts["rejects_by_stage_reason"]] + [["total", "", shown[REJECT_LINES]]]
+    los = los_counts(manifest)
+    los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
+    never = metadata["never_observed_channels"]
+    absent = [c for c in metadata["never_in_mimic_iv"] if c in never]
+    sections = [
+        _section("task", "Task", CARD_STYLE, _table(["", ""], task_rows(metadata), "task")),
+        _section("funnel", "ICU stay funnel",
+                 "<p>Each step is what is left; the rows before it (−) removed stays since the previous one. Drop "
+                 "reasons are tested in this order, so a stay counts once; rejected stays (a conflicting row, an "
+                 "unreadable image) are removed before \"written\".</p>",
+                 _table(["step", "stays"], [[name, shown[name]] for name, _ in rows], "funnel"),
+                 _figure("funnel.png", "ICU stay funnel"),
+                 "<h3>Rejects written (all stages)</h3><p>A line each in rejects/. Only join/ and images/ rejects "
+                 "remove a stay (the funnel's rejected rows).</p>" +
+                 _table(["stage/reason", "removes a stay", "lines"], reject_rows, "rejects")),
+        _section("splits", "Splits (patient-disjoint) and pairing",
+                 f"<p>{html.escape(metadata['split']['rule'])} (salt <code>"
+                 f"{html.escape(str(metadata['split'].get('salt', '')))}</code>). Every written stay is a record: "
+                 "the paired set is has_cxr = 1, the partial set all of them.</p>",
+                 _table(["split", "stays (partial set)", "patients", "paired (has_cxr = 1)", "unpaired"],
+                        split_rows(metadata, manifest), "splits"),
+                 "<h3>Split sources</h3><p>Which list decided each written stay's split (testset_iv, valset_iv; "
+                 "hash_fallback: a subject in neither, split by the salted hash), recomputed from subject_id with "
+                 "the packaged lists and the run's salt.</p>" +
+                 _table(["source", *mimic.SPLITS, "total"], source_rows(metadata, manifest), "split-sources")),
+        _section("channels", "Channel coverage",
+                 "<p>Per channel (channel_order), written stays with at least one observation in the series, their "
+                 "share of written stays, and the observed hourly bins over all stays. A never-observed channel is "
+                 f"always imputed with its normal value. Never observed: {html.escape(', '.join(never) or 'none')}"
+                 f"; of these, no MIMIC-IV item exists for: {html.escape(', '.join(absent) or 'none')}.</p>",
+                 _table(["channel", "stays observed", "share of written", "observed bins", ""],
+                        channel_rows(metadata), "channels"),
+                 _figure("channels.png", "channel coverage"),
+                 "<h3>Events</h3>" + _table(["event rows", "rows"], [[k.replace("_", " "), Count(v)] for k, v in
+                                                                     counts["events"].items()], "events")),
+        _section("labels", "Label prevalence",
+                 "<p>Positives among written stays" + (" (the 25 phenotypes: a stay can have several)"
+                                                       if len(metadata["label_names"]) > 1 else "") + ".</p>",
+                 _table(["label", "positives", "share of written"], label_rows(metadata), "labels"),
+                 _figure("labels.png", "label prevalence")),
+        _section("los", "ICU length of stay",
+                 f"<p>Written stays per LOS bin (outtime − intime); bins of 1 to {SMALL_CELL} stays are not "
+                 "drawn.</p>",
+                 _table(["LOS", "stays"], [[name, los_shown[name]] for name in (*los, "total")], "los"),
+                 _figure("los.png", "ICU length of stay")),
+        _section("normalizer", "Normaliser (train only)", normalizer_part(metadata)),
+        _section("samples", f"Sample records ({len(picked)})",
+                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
+                 'agreement as the dataset.</p>', sample_cards(metadata, picked, names)),
+        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
+                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
+                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+    ]
+    banner = (f"{len(picked)} sample records (hourly time series, X-ray thumbnails, labels) below." if picked
+              else "")
+    return page(metadata, sections, banner)
+
+
+def build(folder: str, metadata: dict, samples: int, target: str) -> str:
+    """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
+    counts = metadata["counts"]
+    manifest = read_manifest(folder)
+    los = los_counts(manifest)
+    los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
+    labels = metadata["label_names"]
+    figures = {
+        "funnel.png": funnel_figure(metadata),
+        "channels.png": bars_figure("written stays with each channel observed", share_bars({
+            channel + (" (never observed)" if channel in metadata["never_observed_channels"] else ""):
+                counts["channel_coverage"][channel]["stays"] for channel in metadata["channel_order"]},
+            counts["matched"])),
+        "labels.png": bars_figure("positives among written stays", share_bars({
+            name: counts["label_prevalence"].get(name, 0) for name in labels}, counts["matched"])),
+        "los.png": histograms_figure([("written stays per ICU length of stay",
+                                       figure_counts(los, {k: los_shown[k] for k in los}))], width=7),
+    }
+    picked = pick_samples(folder, metadata, samples) if samples > 0 else []
+    names = []
+    for i, example in enumerate(picked):
+        series_name = f"sample-{i:02d}-series.png"
+        figures[series_name] = heatmap_figure(example, metadata["channel_order"])
+        image_name = f"sample-{i:02d}.png" if example.get("image/encoded") else ""
+        if image_name:
+            figures[image_name] = thumbnail(example["image/encoded"][0])
+        names.append((series_name, image_name))
+    return write_card(target, figures, render(metadata, manifest, picked, names))

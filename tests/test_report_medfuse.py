@@ -1,0 +1,278 @@
+"""The medfuse_ihm / medfuse_phenotyping data card: report.build dispatches on config["cohort"]; the funnel, splits
+and pairing, channel coverage, label prevalence, LOS and normaliser match metadata.json and the manifest under the
+small-cell rules (and their complementary suppression); aggregate only by default, a record's hourly heatmap and
+X-ray only with samples."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import mimic, report, report_medfuse, sample
+from beam_pipeline.cohorts import medfuse_stays
+from beam_pipeline.run import run
+from conftest import ONE_WORKER, published
+from test_report import Page, shown
+
+TASKS = ("ihm", "phenotyping")
+SECTIONS = ["task", "funnel", "splits", "channels", "labels", "los", "normalizer", "samples", "provenance"]
+NOT_COUNTS = {"task", "config", "versions", "inputs", "image", "normalizer"}  # flags, versions, rules, values
+HIDDEN = {"<11", "suppressed"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The sample tree with its ICU tables (sample_icu: icustays, chartevents, diagnoses_icd)."""
+    roots = sample.generate(tmp_path_factory.mktemp("report-medfuse") / "sample", subjects=200, seed=3)
+    assert (Path(roots.iv) / "icu" / "icustays.csv.gz").exists()
+    return roots
+
+
+@pytest.fixture(scope="module")
+def runs(tree, tmp_path_factory):
+    """Each task run in process with images, and its default card: task -> (output, metadata, manifest, index,
+    page)."""
+    found = {}
+    for task in TASKS:
+        output = tmp_path_factory.mktemp(f"report-medfuse-{task}") / "out"
+        metadata = run([f"--cohort=medfuse_{task}", f"--mimic_cxr_root={tree.cxr}", f"--mimic_iv_root={tree.iv}",
+                        f"--output={output}", "--image_size=64", ONE_WORKER])
+        manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv"))
+                    for row in csv.DictReader(p.open())]
+        index = Path(report.build(str(output)))  # what run.main does after every run: aggregate only
+        found[task] = output, metadata, manifest, index, Page(index.read_text())
+    return found
+
+
+@pytest.fixture(scope="module")
+def with_samples(runs):
+    output = runs["ihm"][0]
+    index = Path(report.build(str(output), samples=1, target=str(output.parent / "report-with-samples")))
+    return index, Page(index.read_text())
+
+
+def hidden_ok(cell: str, n: int) -> bool:
+    """A count as the card may show it: as Count shows it, or hidden ("suppressed") to protect a small one."""
+    return cell == shown(n) or (cell == "suppressed" and n > 10)
+
+
+def test_cards_are_registered():
+    assert report.CARDS["medfuse_ihm"] == report.CARDS["medfuse_phenotyping"] == "beam_pipeline.report_medfuse"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_card_and_task_line(runs, task):
+    _, metadata, manifest, index, page = runs[task]
+    text = index.read_text()
+    assert metadata["config"]["cohort"] == f"medfuse_{task}" and metadata["counts"]["matched"] == len(manifest) > 10
+    assert page.sections == SECTIONS and metadata["dataset"] in text
+    rows = dict(page.tables["task"][1:])
+    assert rows["cohort"] == f"medfuse_{task}" and rows["task"].startswith(f"{task}: ")
+    assert rows["X-ray window"] == metadata["window"]["cxr"]["rule"]
+    assert all((index.parent / src).stat().st_size > 5_000 for src in page.images)
+    assert set(page.images) == {"funnel.png", "channels.png", "labels.png", "los.png"}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_funnel_steps_and_reasons_match_metadata(runs, task):
+    _, metadata, _, _, page = runs[task]
+    counts = metadata["counts"]
+    rows = page.tables["funnel"][1:]
+    steps = [row for row in rows if not row[0].startswith("− ")]
+    assert [name for name, _ in steps] == list(metadata["funnel"])  # the funnel's order
+    assert all(hidden_ok(cell, metadata["funnel"][name]) for name, cell in steps)
+    assert steps[-1] == ["written", shown(counts["matched"])]  # the header shows it: never hidden
+    assert steps[0] == ["ICU stays", shown(counts["stays"])]  # so do the inputs' rows
+    removed = {row[0][2:]: row[1] for row in rows if row[0].startswith("− ")}
+    expected = {**{f"dropped: {r}": n for r, n in counts["dropped"].items()
+                   if task == "ihm" or r != "los_under_48h" or n},
+                **{f"rejected: {r}": n for r, n in counts["rejected_by_reason"].items()}}
+    assert set(removed) == set(expected)
+    assert all(hidden_ok(cell, expected[name]) for name, cell in removed.items()), removed
+    names = [row[0] for row in rows]
+    first = names.index("one care unit, one per admission, adult")
+    assert all(names.index(f"− dropped: {r}") < first for r in medfuse_stays.STAY_DROPS)
+    if task == "ihm":
+        assert first < names.index("− dropped: los_under_48h") < names.index("long enough for the task")
+    assert names.index("long enough for the task") < names.index("− dropped: no_events") < \
+        names.index("with events")
+    assert all(names.index("with events") < names.index(f"− rejected: {r}") < names.index("written")
+               for r in counts["rejected_by_reason"])
+    # no hidden count follows from one step, the next and the removals between them
+    cells = dict(rows)
+    for before, after in zip(steps, steps[1:]):
+        group = names[names.index(before[0]) + 1:names.index(after[0])]
+        relation = [cells[before[0]], cells[after[0]], *(cells[name] for name in group)]
+        assert sum(cell in HIDDEN for cell in relation) != 1, (before, after, relation)
+    rejects = {row[0]: row[2] for row in page.tables["rejects"][1:]}
+    assert set(rejects) == {*counts["rejects_by_stage_reason"], "total"}
+    assert all(hidden_ok(rejects[k], n) for k, n in counts["rejects_by_stage_reason"].items())
+    assert hidden_ok(rejects["total"], counts["rejects_total"]) and sum(c in HIDDEN for c in rejects.values()) != 1
+    for reason in counts["rejected_by_reason"]:  # a stay reject is shown the same in both tables
+        assert rejects[reason] == removed[f"rejected: {reason}"]
+
+
+def test_the_sample_has_something_to_hide(runs):
+    """The sample holds small drops and small cells beside a single other one, so the rules are at work (the
+    channel and label rules: test_rows_of_a_made_up_run)."""
+    for task in TASKS:
+        assert "<11" in [row[1] for row in runs[task][4].tables["funnel"]]
+    cells = [cell for task in TASKS for rows in runs[task][4].tables.values() for row in rows for cell in row]
+    assert "suppressed" in cells
+
+
+def test_rows_of_a_made_up_run():
+    """Channel, label and normaliser rows: small counts, shares whose complement is small, never-observed
+    channels (and those MIMIC-IV has no item for), a mean over a few stays."""
+    channels = ["Capillary refill rate", "Glucose", "Heart Rate", "Height", "pH"]
+    coverage = {"Capillary refill rate": (0, 0), "Glucose": (4, 9), "Heart Rate": (50, 900), "Height": (45, 45),
+                "pH": (0, 0)}
+    metadata = {"counts": {"matched": 50, "channel_coverage": {c: {"stays": n, "bins": b}
+                                                               for c, (n, b) in coverage.items()},
+                           "label_prevalence": {"a": 0, "b": 3, "c": 20, "d": 42}},
+                "channel_order": channels, "never_observed_channels": ["Capillary refill rate", "pH"],
+                "never_in_mimic_iv": ["Capillary refill rate"], "label_names": ["a", "b", "c", "d"],
+                "normalizer": {"columns": ["Glucose", "Heart Rate", "pH"], "means": [120.5, 80.25, 7.4],
+                               "stds": [10.0, 12.0, 1e-7]}}
+    all_but = report_medfuse.ALL_BUT
+    assert report_medfuse.channel_rows(metadata) == [
+        ["Capillary refill rate", 0, 0.0, 0, "never observed: no MIMIC-IV item"],
+        ["Glucose", "<11", "<11", "suppressed", ""], ["Heart Rate", 50, 1.0, 900, ""],
+        ["Height", all_but, all_but, 45, ""], ["pH", 0, 0.0, 0, "never observed"]]
+    assert report_medfuse.label_rows(metadata) == [["a", 0, 0.0], ["b", "<11", "<11"], ["c", 20, 0.4],
+                                                   ["d", all_but, all_but]]
+    assert report_medfuse.normalizer_rows(metadata) == [["Glucose", "<11 stays", "<11 stays"],
+                                                        ["Heart Rate", "80.25", "12"],
+                                                        ["pH", "7.4", "1e-07 (never observed: imputed)"]]
+    assert "No normaliser" in report_medfuse.normalizer_part({**metadata, "normalizer": None})
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_splits_and_pairing(runs, task):
+    _, metadata, manifest, _, page = runs[task]
+    counts = metadata["counts"]
+    rows = {row[0]: row[1:] for row in page.tables["splits"][1:]}
+    assert list(rows) == [*mimic.SPLITS, "total"]
+    for split in mimic.SPLITS:
+        stays, patients, paired, unpaired = rows[split]
+        records = [r for r in manifest if r["split"] == split]
+        n_paired = sum(r["has_cxr"] == "1" for r in records)
+        assert hidden_ok(stays, len(records)) and len(records) == counts["per_split"][split]
+        assert patients == shown(counts["patients_per_split"][split]) == shown(len({r["subject_id"]
+                                                                                      for r in records}))
+        assert hidden_ok(paired, n_paired) and hidden_ok(unpaired, len(records) - n_paired)
+        assert sum(cell in HIDDEN for cell in (stays, paired, unpaired)) != 1
+    assert rows["total"][0] == shown(counts["matched"])
+    assert hidden_ok(rows["total"][2], counts["paired"]) and counts["paired"] == sum(r["has_cxr"] == "1"
+                                                                                     for r in manifest)
+    for column in (0, 2, 3):  # a column and its total
+        assert sum(rows[s][column] in HIDDEN for s in (*mimic.SPLITS, "total")) != 1
+    # which list decided each written stay's split: a source x split table that adds up to the split table
+    test_flags, val_flags = medfuse_stays.load_split_files()
+    expected = {}
+    for r in manifest:
+        split, source = medfuse_stays.subject_split(int(r["subject_id"]), test_flags, val_flags,
+                                                    metadata["split"]["salt"])
+        assert split == r["split"]
+        expected[source, split] = expected.get((source, split), 0) + 1
+    sources = {row[0]: row[1:] for row in page.tables["split-sources"][1:]}
+    assert list(sources) == ["testset_iv", "valset_iv", medfuse_stays.HASH_FALLBACK, "written"]
+    assert sources["written"] == [rows[s][0] for s in (*mimic.SPLITS, "total")]
+    for source, cells in list(sources.items())[:-1]:
+        per_split = [expected.get((source, s), 0) for s in mimic.SPLITS]
+        assert all(hidden_ok(cell, n) for cell, n in zip(cells, [*per_split, sum(per_split)])), (source, cells)
+        assert sum(cell in HIDDEN for cell in cells) != 1
+    for i in range(4):  # a split's column: its stays and the sources
+        assert sum(cells[i] in HIDDEN for cells in sources.values()) != 1
+    assert sum(metadata["counts"]["split_sources"].values()) >= counts["matched"]  # counted before image rejects
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_channel_coverage(runs, task):
+    _, metadata, _, _, page = runs[task]
+    coverage, matched = metadata["counts"]["channel_coverage"], metadata["counts"]["matched"]
+    rows = page.tables["channels"][1:]
+    assert len(rows) == 17 and [row[0] for row in rows] == metadata["channel_order"]
+    for channel, stays, share, bins, note in rows:
+        n = coverage[channel]["stays"]
+        if 1 <= n <= 10:
+            assert stays == share == "<11" and bins == "suppressed"
+        elif 1 <= matched - n <= 10:
+            assert stays == share == report_medfuse.ALL_BUT and bins == shown(coverage[channel]["bins"])
+        else:
+            assert stays == shown(n) and share == f"{n / matched:.1%}" and bins == shown(coverage[channel]["bins"])
+        assert bool(note) == (channel in metadata["never_observed_channels"]) == (n == 0)
+        assert ("no MIMIC-IV item" in note) == (channel in metadata["never_in_mimic_iv"])
+    assert {"Capillary refill rate", "Glascow coma scale total"} <= set(metadata["never_observed_channels"])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_label_prevalence_los_and_normalizer(runs, task):
+    _, metadata, manifest, _, page = runs[task]
+    prevalence, matched = metadata["counts"]["label_prevalence"], metadata["counts"]["matched"]
+    labels = page.tables["labels"][1:]
+    assert len(labels) == (1 if task == "ihm" else 25) and [row[0] for row in labels] == metadata["label_names"]
+    for name, positives, share in labels:
+        n = prevalence[name]
+        assert (positives, share) == (("<11", "<11") if 1 <= n <= 10 else
+                                      (report_medfuse.ALL_BUT,) * 2 if 1 <= matched - n <= 10 else
+                                      (shown(n), f"{n / matched:.1%}")), name
+        assert n == sum(r[name] == "1" for r in manifest)
+    los = dict(page.tables["los"][1:])
+    assert los.pop("total") == shown(matched) and list(los) == [name for _, _, name in report_medfuse.LOS_BINS]
+    hours = [float(r["los_hours"]) for r in manifest]
+    for low, high, name in report_medfuse.LOS_BINS:
+        assert hidden_ok(los[name], sum(low <= h < high for h in hours)), name
+    assert sum(cell in HIDDEN for cell in los.values()) != 1
+    if task == "ihm":
+        assert min(hours) >= 48 and los["< 1 d"] == los["1–2 d"] == "0"
+    normalizer = metadata["normalizer"]
+    assert normalizer, "the sample's train split has hours to fit on"
+    rows = page.tables["normalizer"][1:]
+    assert [row[0] for row in rows] == normalizer["columns"]
+    for (column, mean, sd), value in zip(rows, normalizer["means"]):
+        if 1 <= metadata["counts"]["channel_coverage"][column]["stays"] <= 10:
+            assert mean == sd == "<11 stays"
+        else:
+            assert float(mean.replace(",", "")) == pytest.approx(value, rel=1e-3)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_default_card_is_aggregate_only(runs, task):
+    _, metadata, manifest, index, page = runs[task]
+    text = index.read_text()
+    assert report.PHI_BANNER not in text and 'id="aggregate"' in text and "--samples N" in text
+    assert not [src for src in page.images if src.startswith("sample")]
+    record_ids = {r[column] for r in manifest for column in ("stay_id", "hadm_id", "cxr_dicom_id", "subject_id")}
+    assert not [value for value in record_ids - {""} if value in text]
+    small = [(name, row) for name, rows in page.tables.items() if name not in NOT_COUNTS
+             for row in rows[1:] for cell in row[1:] if re.fullmatch(r"\d+", cell) and 1 <= int(cell) <= 10]
+    assert not small, small  # not one count from 1 to 10 anywhere on the page
+
+
+def test_samples_add_a_heatmap_and_thumbnail_under_the_banner(runs, with_samples):
+    _, metadata, manifest, _, _ = runs["ihm"]
+    index, page = with_samples
+    text = index.read_text()
+    assert text.index(report.PHI_BANNER) < text.index("<h1>") and "do not share" in text.split("</title>")[0]
+    assert "sample-00-series.png" in page.images and (index.parent / "sample-00-series.png").stat().st_size > 10_000
+    shown_ids = re.findall(r'alt="sample X-ray ([0-9a-f-]+)"', text)
+    if metadata["counts"]["paired"]:  # paired records are picked first
+        assert len(shown_ids) == 1 and "sample-00.png" in page.images
+        assert shown_ids[0] in {r["cxr_dicom_id"] for r in manifest if r["has_cxr"] == "1"}
+    assert "data use agreement" in text and len(re.findall('class="series-card"', text)) == 1
+
+
+def test_protect_hides_a_second_cell_beside_a_lone_small_one():
+    values = {"total": 40, "a": 3, "b": 25, "c": 12, "d": 0}
+    shown_cells = report_medfuse.protect(values, [["total", "a", "b", "c", "d"]], fixed=["total"])
+    assert shown_cells == {"total": 40, "a": "<11", "b": 25, "c": "suppressed", "d": 0}
+    # a chain: the lone small removal hides the earlier step, whose own relation then hides the top
+    steps = {"top": 50, "-x": 0, "mid": 50, "-y": 4, "end": 46}
+    order = {"top": 0, "mid": 1, "end": 2}
+    cells = report_medfuse.protect(steps, [["top", "mid", "-x"], ["mid", "end", "-y"]], fixed=["end"],
+                                   rank=lambda k: (1, order[k]) if k in order else (0, steps[k]))
+    assert cells == {"top": "suppressed", "-x": 0, "mid": "suppressed", "-y": "<11", "end": 46}
