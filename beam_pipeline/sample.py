@@ -2,7 +2,8 @@
 
 ``generate`` writes a fully synthetic world: patients, ED stays with triage, vitals, home and ED medications and ED
 diagnoses, chest X-ray studies with radiograph-like JPEGs, CheXpert/NegBio labels and a patient-level split, plus
-Symile-MIMIC's inputs around it (hospital admissions, labevents and a MIMIC-IV-ECG tree: ``sample_hosp``).
+Symile-MIMIC's inputs around it (hospital admissions, labevents and a MIMIC-IV-ECG tree: ``sample_hosp``) and
+MedFuse's (ICU stays, chartevents, diagnoses and in-hospital deaths: ``sample_icu``).
 ``generate_on_open_data`` writes only the CXR side, built around the real ED stays and patients of the open MIMIC-IV
 demos (read in place), with the documented metadata rows of subject 10000032 and the two open NIH ChestX-ray14
 images as pixel data.
@@ -708,8 +709,8 @@ def _write(out: Path, roots: SampleRoots, world: World, images: tuple[Sizer, Pai
 
 def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size: str = "small") -> SampleRoots:
     """Write a synthetic CXR + ED + patients tree under outdir, with Symile-MIMIC's admissions, labs and ECGs
-    (sample_hosp), and return its roots."""
-    from beam_pipeline import sample_hosp  # it builds on this module
+    (sample_hosp) and MedFuse's ICU stays, chart events and diagnoses (sample_icu), and return its roots."""
+    from beam_pipeline import sample_hosp, sample_icu  # they build on this module
 
     if image_size not in ("small", "full"):
         raise ValueError(f"image_size must be 'small' or 'full', not {image_size!r}")
@@ -719,7 +720,10 @@ def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size:
     rng = random.Random(seed)
     world = _synthetic_world(rng, subjects)
     symile = sample_hosp.write(world, roots, seed)  # its own generators: the main stream (rng) is not touched
-    return _write(out, roots, world, _synthetic_images(seed, image_size), rng, "synthetic", seed, {"symile": symile})
+    # MedFuse's ICU inputs (sample_icu): stays in those admissions, with deaths written back into hosp/admissions
+    medfuse = sample_icu.write(world, roots, seed, symile)
+    return _write(out, roots, world, _synthetic_images(seed, image_size), rng, "synthetic", seed,
+                  {"symile": symile, "medfuse": medfuse})
 
 
 def generate_on_open_data(outdir: str | Path, open_data_dir: str | Path, seed: int = 0) -> SampleRoots:

@@ -25,7 +25,8 @@ CASES = {"cxr_at_24h_excluded", "cxr_at_72h_included", "cxr_tie_smallest_dicom_i
          "no_cxr_in_window", "ecg_at_minus_24h", "ecg_at_plus_24h", "ecg_after_nan_and_all_zero", "no_usable_ecg",
          "no_ecg_in_window", "labs_on_window_edges", "no_lab_in_window", "shared_cxr",
          "ecg_outside_windows_files_absent"}
-MINE = ("mimic-iv-ecg/", "mimiciv/hosp/admissions.csv.gz", "mimiciv/hosp/labevents.csv.gz")
+MINE = ("mimic-iv-ecg/", "mimiciv/hosp/admissions.csv.gz", "mimiciv/hosp/labevents.csv.gz",
+        "mimiciv/icu/", "mimiciv/hosp/diagnoses_icd.csv.gz")  # sample_icu builds on admissions: skipped with them
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ def test_files_have_the_published_layout(roots) -> None:
     out = Path(roots.cxr).parent
     assert roots.ecg == str(out / "mimic-iv-ecg")
     hosp = Path(roots.iv, "hosp")
-    assert sorted(p.name for p in hosp.iterdir()) == ["admissions.csv.gz", "labevents.csv.gz", "patients.csv.gz"]
+    assert sorted(p.name for p in hosp.iterdir()) == ["admissions.csv.gz", "diagnoses_icd.csv.gz", "labevents.csv.gz",
+                                                      "patients.csv.gz"]  # diagnoses_icd: sample_icu
     for table in (mimic.ADMISSIONS, mimic.LABEVENTS):
         raw = (hosp / table.filename).read_bytes()
         text = gzip.decompress(raw).decode("utf-8")
@@ -249,4 +251,5 @@ def test_deterministic_and_the_ed_and_cxr_files_are_unchanged(tmp_path, monkeypa
     assert digest(without) == digest(first, MINE)
     manifests = [json.loads((folder / "SAMPLE.json").read_text()) for folder in (first, without)]
     assert manifests[0].pop("symile")["cases"] and manifests[1].pop("symile") == {}
+    assert manifests[0].pop("medfuse")["cases"] and manifests[1].pop("medfuse") == {}  # sample_icu needs admissions
     assert manifests[0] == manifests[1]
