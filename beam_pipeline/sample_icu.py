@@ -16,7 +16,8 @@ charted hourly-ish, plus a few items outside the map. Diagnoses mix the phenotyp
 
 The rules' edge cases (cohort-definitions.md §B: stay filters, IHM eligibility and label, CXR pairing windows, event
 times and unit cleaning, phenotype codes, split files) are planted on subjects of their own and listed in SAMPLE.json's
-"medfuse" section with the outcome each rule must give.
+"medfuse" section with the outcome each rule must give. The section also lists the stays whose chosen X-ray is one
+the CXR sample broke on purpose (a damaged file, a repeated metadata row), with the reject its image gets.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from beam_pipeline import mimic, sample, sample_hosp
+from beam_pipeline import mimic, sample
 from beam_pipeline.cohorts.medfuse_events import ITEM_LABELS, ITEM_VARIABLES, clean_value
 from beam_pipeline.transforms import hourly
 
@@ -153,7 +154,19 @@ class ApImage:
     dicom_id: str
     study_id: int
     time: dt.datetime
-    usable: bool  # sample_hosp.usable(study): intact files, one row per image
+    problem: str | None  # the reject the CXR sample planted on its study (sample.REJECTED_CASES), if any
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
+
+
+def _problem(study: sample.Study) -> str | None:
+    """The reject reason the pipeline gives this study's images (a broken first file, a repeated metadata row)."""
+    if study.broken_file:
+        return sample.REJECTED_CASES[study.broken_file]
+    dicoms = [shot.dicom_id for shot in study.shots]
+    return sample.REJECTED_CASES["duplicate_image_row"] if len(set(dicoms)) != len(dicoms) else None
 
 
 def _read_gz(path: Path) -> list[dict[str, str]]:
@@ -193,7 +206,7 @@ class _Builder:
             for shot in study.shots:
                 if shot.view == "AP":
                     self.images.setdefault(study.subject_id, []).append(ApImage(
-                        study.subject_id, shot.dicom_id, study.study_id, study.time, sample_hosp.usable(study)))
+                        study.subject_id, shot.dicom_id, study.study_id, study.time, _problem(study)))
         self.studies = {s.subject_id: [] for s in world.studies}
         for study in world.studies:
             self.studies[study.subject_id].append(study.time)
@@ -717,6 +730,19 @@ def manifest(builder: _Builder, labs: list[dict[str, str]], diagnoses_rows: int)
         if "first_careunit" in entry:
             stay = next(s for s in builder.stays if s.stay_id == entry["stay_id"])
             entry["expected"] = expected(builder, stay)
+    for stay in builder.stays:  # found, not planted: stays whose chosen X-ray is one the CXR sample broke
+        tasks = {}
+        if expected(builder, stay)["stay"] == "kept":
+            images = builder.images.get(stay.subject_id, ())
+            ends = {"phenotyping": stay.outtime}
+            if stay.los_hours >= IHM_HOURS:
+                ends["ihm"] = stay.intime + IHM_HOURS * HOUR
+            tasks = {task: image for task, end in sorted(ends.items())
+                     if (image := _latest_ap(images, stay.intime, end)) and not image.usable}
+        for task, image in tasks.items():
+            builder.cases.append({"case": "chosen_cxr_unusable", **stay.ids(), "task": task,
+                                  "dicom_id": image.dicom_id, "study_id": image.study_id,
+                                  "expected_reject": image.problem})
     mapped_labs = {int(i) for i, v in ITEM_VARIABLES.items() if i < 220000}
     in_stays = sum(1 for row in labs if int(row["itemid"]) in mapped_labs and row["hadm_id"] and any(
         int(row["hadm_id"]) == s.admission.hadm_id and s.intime <= mimic.parse_datetime(row["charttime"]) <= s.outtime

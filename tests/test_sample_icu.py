@@ -217,7 +217,7 @@ def by_case(section: dict) -> dict[str, list[dict]]:
 
 def test_every_case_is_planted(section) -> None:
     cases = by_case(section)
-    assert set(cases) == STAY_CASES | EVENT_CASES | OTHER_CASES
+    assert set(cases) - {"chosen_cxr_unusable"} == STAY_CASES | EVENT_CASES | OTHER_CASES
     assert len(cases["two_icu_stays_in_one_admission"]) == len(cases["unit_transfer_beside_a_single_unit_stay"]) == 2
     assert all(len(entries) == 1 for name, entries in cases.items()
                if name not in ("two_icu_stays_in_one_admission", "unit_transfer_beside_a_single_unit_stay"))
@@ -328,6 +328,23 @@ def test_event_cases_read_back_and_clean_as_listed(files, section) -> None:
     assert cases["gcs_text"]["expected_value"] == "To Speech" and cases["glucose_text_error"]["expected_value"] is None
     assert cases["unmapped_itemid"]["variable"] is None and not cases["unmapped_itemid"]["in_phenotyping"]
     assert not cases["event_before_intime"]["in_phenotyping"] and not cases["event_after_outtime"]["in_phenotyping"]
+
+
+def test_stays_choosing_a_broken_xray_are_listed(roots, files, section) -> None:
+    """Found, not planted: a kept stay whose chosen X-ray belongs to a study the CXR sample damaged on purpose."""
+    top = json.loads((Path(roots.cxr).parent / "SAMPLE.json").read_text())["cases"]
+    broken = {d: c["expected_reject"] for c in top if c["expected_reject"] and c["case"] != "bad_study_time"
+              for d in c["dicom_ids"]}
+    found = set()
+    for stay in files["stays"].values():
+        expectation = brute_force(files, stay)
+        for task in ("ihm", "phenotyping"):
+            dicom = (expectation[task] or {}).get("cxr_dicom_id")
+            if dicom in broken:
+                found.add((int(stay["stay_id"]), task, dicom, broken[dicom]))
+    listed = {(c["stay_id"], c["task"], c["dicom_id"], c["expected_reject"]) for c in section["cases"]
+              if c["case"] == "chosen_cxr_unusable"}
+    assert listed == found
 
 
 def test_split_file_subjects_are_listed(files, section) -> None:
