@@ -35,13 +35,16 @@ def _sample_values(parameter: dict) -> list[str]:
                                                                                "NUMBER" else "text"]
 
 
+ROOTS = ("mimic_ed_root", "mimic_iv_root", "mimic_ecg_root")  # each cohort requires some of these
+
+
 def test_template_parameters_and_pipeline_options_match_both_ways():
     metadata = json.loads((TEMPLATES / "metadata.json").read_text())
     fields = {f.name: f for f in dataclasses.fields(options.Config)}
     assert [p["name"] for p in metadata["parameters"]] == list(fields)
     for parameter in metadata["parameters"]:  # each accepted by the parser, as Dataflow passes it: --name=value
         for value in _sample_values(parameter):
-            argv = [f"--{n}=gs://b/{n}" for n in options.REQUIRED_FLAGS if n != parameter["name"]]
+            argv = [f"--{n}=gs://b/{n}" for n in (*options.REQUIRED_FLAGS, *ROOTS) if n != parameter["name"]]
             config, _ = parse(argv + [f"--{parameter['name']}={value}"])
             assert getattr(config, parameter["name"]) == fields[parameter["name"]].metadata["parse"](value)
             assert all(re.fullmatch(r, value) for r in parameter.get("regexes", []))

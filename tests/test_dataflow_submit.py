@@ -147,9 +147,12 @@ def cloud_inputs(tmp_path_factory, gcs_server):
 COHORT_PARAMETERS = {
     "ed_cxr": lambda kb_index: {"tokenizer": OFFLINE_TOKENIZER, "kb_index": kb_index},
     "symile_mimic": lambda kb_index: {"cohort": "symile_mimic", "ecg_scaling": "minmax"},
+    "medfuse_ihm": lambda kb_index: {"cohort": "medfuse_ihm", "benchmark_files": "true",
+                                     "normalize_timeseries": "true"},
 }
 COHORT_ROOTS = {"ed_cxr": ("mimic_cxr_root", "mimic_ed_root", "mimic_iv_root"),
-                "symile_mimic": ("mimic_cxr_root", "mimic_iv_root", "mimic_ecg_root")}
+                "symile_mimic": ("mimic_cxr_root", "mimic_iv_root", "mimic_ecg_root"),
+                "medfuse_ihm": ("mimic_cxr_root", "mimic_iv_root")}
 
 
 @pytest.mark.parametrize("cohort", sorted(COHORT_PARAMETERS))

@@ -31,13 +31,15 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from beam_pipeline import sample
+from beam_pipeline import cohorts, sample
 from conftest import ONE_WORKER, OFFLINE_TEXT
 from dockerfile import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
-ENTRY_MODULES = ("beam_pipeline.run", "beam_pipeline.kb")  # the launcher's import; the image build's kb step
+# The launcher's import, the image build's kb step, and the cohort modules run.py imports by name (cohorts.get).
+ENTRY_MODULES = ("beam_pipeline.run", "beam_pipeline.kb",
+                 *sorted({f"beam_pipeline.cohorts.{module}" for module in cohorts.MODULES.values()}))
 DISTRIBUTION = "mimic-cxr-ed-beam"
 # Known dev/user-side tools that must never reach the image.
 DEV_ONLY = {"pytest", "gcp-storage-emulator", "python-hcl2", "tensorflow-datasets", "tensorflow-cpu", "tensorflow",
@@ -61,7 +63,8 @@ PROBE = textwrap.dedent("""
                 resolved.append(importlib.import_module(module).__name__)  # `from module import attribute`
     from beam_pipeline import kb, run
     kb.build(args["kb_index"])
-    run.main(args["flags"])
+    for flags in args["flags"]:  # one job per cohort
+        run.main(flags)
     for name in ("apache_beam.runners.dataflow.dataflow_runner", "apache_beam.runners.worker.sdk_worker_main",
                  "apache_beam.io.gcp.gcsio"):
         importlib.import_module(name)
@@ -190,8 +193,12 @@ def probe(tmp_path_factory):
                   if module.partition(".")[0] not in sys.stdlib_module_names]
     args = {"site": str(site), "imports": statements, "kb_index": str(base / "kb"),
             "report": str(base / "report.json"),
-            "flags": [f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
-                      f"--output={base / 'output'}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={base / 'kb'}"]}
+            "flags": [[f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
+                       f"--output={base / 'output'}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={base / 'kb'}"],
+                      [f"--cohort=symile_mimic", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
+                       f"--mimic_ecg_root={roots.ecg}", f"--output={base / 'symile'}", ONE_WORKER],
+                      [f"--cohort=medfuse_ihm", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
+                       f"--output={base / 'medfuse'}", ONE_WORKER]]}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(base / "mpl")}
     done = subprocess.run([sys.executable, "-S", "-c", PROBE, json.dumps(args)], cwd=base, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -1,0 +1,307 @@
+"""--cohort=medfuse_ihm / medfuse_phenotyping end to end on the generated sample tree: the README's command, the
+stays, labels, series, pairing and listfiles against a brute-force reading of cohort-definitions.md §B over the raw
+files, the train-only normaliser, the planted cases, byte-identical reruns."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import filecmp
+import gzip
+import io
+import json
+import math
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beam_pipeline import mimic, sample
+from beam_pipeline.cohorts import medfuse_stays
+from beam_pipeline.cohorts.medfuse_events import ITEM_LABELS, ITEM_VARIABLES, clean_value
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.run import run
+from beam_pipeline.transforms import hourly
+from conftest import ONE_WORKER, published
+
+HOUR = dt.timedelta(hours=1)
+TASKS = ("ihm", "phenotyping")
+
+
+def medfuse_argv(task: str, roots: sample.SampleRoots, output: Path, *flags: str) -> list[str]:
+    return [f"--cohort=medfuse_{task}", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
+            f"--output={output}", "--image_size=64", *flags]
+
+
+@pytest.fixture(scope="session")
+def medfuse_tree(tmp_path_factory):
+    return sample.generate(tmp_path_factory.mktemp("medfuse") / "sample", subjects=200, seed=3)
+
+
+@pytest.fixture(scope="session")
+def medfuse_runs(medfuse_tree, tmp_path_factory):
+    """Each task by the README's command in a fresh interpreter (every core), with the benchmark files and the
+    normalised copy: task -> (run folder, metadata, stdout)."""
+    runs = {}
+    for task in TASKS:
+        output = tmp_path_factory.mktemp(f"medfuse-{task}") / "out"
+        done = subprocess.run([sys.executable, "-m", "beam_pipeline.run",
+                               *medfuse_argv(task, medfuse_tree, output, "--benchmark_files",
+                                             "--normalize_timeseries")],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        folder = published(output)
+        runs[task] = folder, json.loads((folder / "metadata.json").read_text()), done.stdout
+    return runs
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text != "" else None
+
+
+def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
+    """§B read literally over the raw files: stay_id -> what the record must hold (or the drop reason)."""
+    iv, cxr = Path(roots.iv), Path(roots.cxr)
+    stays = _csv(iv / "icu" / "icustays.csv.gz")
+    admissions = {int(r["hadm_id"]): r for r in _csv(iv / "hosp" / "admissions.csv.gz")}
+    patients = {int(r["subject_id"]): r for r in _csv(iv / "hosp" / "patients.csv.gz")}
+    codes = defaultdict(set)
+    for r in _csv(iv / "hosp" / "diagnoses_icd.csv.gz"):
+        codes[int(r["hadm_id"])].add(r["icd_code"].replace(".", ""))
+    groups = defaultdict(set)
+    for r in _csv(Path(medfuse_stays.__file__).parent.parent / "resources" / "medfuse_splits" /
+                  "phenotype_codes.csv"):
+        groups[r["phenotype"]].add(r["code"])
+    images = defaultdict(list)
+    for r in _csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
+        if r["ViewPosition"] == "AP":
+            try:
+                images[int(r["subject_id"])].append((mimic.parse_study_datetime(r["StudyDate"], r["StudyTime"]),
+                                                     r["dicom_id"]))
+            except ValueError:
+                pass
+    events = defaultdict(list)
+    for name in ("icu/chartevents.csv.gz", "hosp/labevents.csv.gz"):
+        for r in _csv(iv / name):
+            if int(r["itemid"]) in ITEM_VARIABLES:
+                events[int(r["subject_id"])].append(r)
+
+    single_unit = [s for s in stays if s["first_careunit"] == s["last_careunit"]
+                   and int(s["hadm_id"]) in admissions and int(s["subject_id"]) in patients]
+    per_admission = Counter(s["hadm_id"] for s in single_unit)
+    out = {}
+    for s in stays:
+        stay_id, subject, hadm = int(s["stay_id"]), int(s["subject_id"]), int(s["hadm_id"])
+        intime, outtime = _time(s["intime"]), _time(s["outtime"])
+        los = (outtime - intime) / HOUR
+        if s["first_careunit"] != s["last_careunit"]:
+            out[stay_id] = {"drop": "unit_transfer"}
+            continue
+        if per_admission[s["hadm_id"]] > 1:
+            out[stay_id] = {"drop": "several_icu_stays"}
+            continue
+        p = patients[subject]
+        age = int(p["anchor_age"]) + intime.year - int(p["anchor_year"]) if int(p["anchor_age"]) < 91 else 91
+        if age < 18:
+            out[stay_id] = {"drop": "under_18"}
+            continue
+        if task == "ihm" and los < 48:
+            out[stay_id] = {"drop": "los_under_48h"}
+            continue
+        hours = 48.0 if task == "ihm" else los
+        series = []
+        for r in events[subject]:
+            if _float(r["hadm_id"]) != hadm or r.get("stay_id") not in (None, "", str(stay_id)):
+                continue
+            t = (_time(r["charttime"]) - intime).total_seconds() / 3600
+            value = clean_value(ITEM_VARIABLES[int(r["itemid"])], r["value"] or None, _float(r["valuenum"]),
+                                r["valueuom"] or None, ITEM_LABELS[int(r["itemid"])])
+            if value is not None and -1e-6 < t < hours + 1e-6:
+                series.append((t, ITEM_VARIABLES[int(r["itemid"])], value))
+        if not series:
+            out[stay_id] = {"drop": "no_events"}
+            continue
+        a = admissions[hadm]
+        deaths = [_time(a["deathtime"])] if a["deathtime"] else []
+        deaths += [dt.datetime.fromisoformat(p["dod"])] if p["dod"] else []
+        admit, disch = _time(a["admittime"]), _time(a["dischtime"]) if a["dischtime"] else None
+        labels = ([int(any(disch and admit <= d <= disch for d in deaths))] if task == "ihm" else
+                  [int(bool(codes[hadm] & groups[name])) for name in sorted(groups)])
+        end = intime + (48 * HOUR if task == "ihm" else outtime - intime)
+        paired = sorted((t, d) for t, d in images[subject] if intime <= t <= end)
+        latest = [d for t, d in paired if t == paired[-1][0]] if paired else []
+        out[stay_id] = {"subject_id": subject, "hadm_id": hadm, "labels": labels, "hours": hours,
+                        "dicom_id": min(latest) if latest else "", "series": series}
+    return out
+
+
+def manifest(folder: Path) -> dict[int, dict[str, str]]:
+    return {int(r["stay_id"]): r for p in sorted((folder / "manifest").glob("*.csv")) for r in _csv(p)}
+
+
+def examples(folder: Path) -> dict[int, dict]:
+    found = {}
+    for path in sorted((folder / "tfrecords").glob("*.tfrecord")):
+        for data in read_records(str(path)):
+            example = parse_example(data)
+            found[example["stay_id"][0]] = example
+    return found
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_stays_labels_and_pairing_match_a_brute_force_reading(task, medfuse_tree, medfuse_runs):
+    folder, metadata, stdout = medfuse_runs[task]
+    expected = brute_force(task, medfuse_tree)
+    rows = manifest(folder)
+    rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
+    bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}  # the sample breaks some on purpose
+    kept = {s: e for s, e in expected.items() if "drop" not in e and e["dicom_id"] not in bad_images}
+    assert set(rows) == set(kept)
+    assert metadata["counts"]["rejected"] == sum(1 for e in expected.values()
+                                                 if "drop" not in e and e["dicom_id"] in bad_images)
+    drops = Counter(e["drop"] for e in expected.values() if "drop" in e)
+    assert {k: v for k, v in metadata["counts"]["dropped"].items() if v} == dict(drops)
+    names = metadata["label_names"]
+    for stay_id, row in rows.items():
+        want = kept[stay_id]
+        assert [int(row[n]) for n in names] == want["labels"], stay_id
+        assert row["cxr_dicom_id"] == want["dicom_id"] and row["has_cxr"] == str(int(bool(want["dicom_id"])))
+    for step, left in metadata["funnel"].items():
+        assert any(line.startswith(step) and str(left) in line.split() for line in stdout.splitlines()), step
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_series_are_the_hourly_bins_of_the_cleaned_events(task, medfuse_tree, medfuse_runs):
+    folder, metadata, _ = medfuse_runs[task]
+    expected = brute_force(task, medfuse_tree)
+    channels = metadata["channel_order"]
+    for stay_id, example in examples(folder).items():
+        want = expected[stay_id]
+        n_bins = int(want["hours"] + 1 - 1e-6)
+        assert example["timeseries/shape"] == [n_bins, 17]
+        values = np.asarray(example["timeseries/values"]).reshape(n_bins, 17)
+        mask = np.asarray(example["timeseries/mask"]).reshape(n_bins, 17)
+        last: dict[tuple[int, int], tuple] = {}
+        for t, channel, value in want["series"]:
+            key = (min(max(int(t - 1e-6), 0), n_bins - 1), channels.index(channel))
+            last[key] = max(last.get(key, (t, value)), (t, value), key=lambda e: (e[0], str(e[1])
+                                                                                     if isinstance(e[1], str) else e[1]))
+        assert {(b, c) for b, c in zip(*np.nonzero(mask))} == set(last)
+        for (b, c), (_, value) in last.items():
+            if not isinstance(value, str):
+                assert values[b, c] == pytest.approx(value, rel=1e-6)
+        assert example["has_cxr"] == [int(bool(want["dicom_id"]))]
+        assert ("image/encoded" in example) == bool(want["dicom_id"])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
+    """Fitted before the image stage: the train stays whose paired X-ray is then rejected are in the fit (their
+    features recomputed here from the brute-force events), the val and test stays are not."""
+    folder, metadata, _ = medfuse_runs[task]
+    records = examples(folder)
+    rejected = {r["dicom_id"] for p in (folder / "rejects").glob("*.jsonl") for r in map(json.loads, p.open())
+                if r["stage"] == "images"}
+    expected = brute_force(task, medfuse_tree)
+    flags = medfuse_stays.load_split_files()
+
+    def split(subject_id: int) -> str:
+        return medfuse_stays.subject_split(subject_id, *flags, metadata["config"]["split_salt"])[0]
+
+    assert all(r["split"] == split(int(r["subject_id"])) for r in manifest(folder).values())
+    unwritten = [hourly.discretize(e["series"], e["hours"]).features() for e in expected.values()
+                 if "drop" not in e and e["dicom_id"] in rejected and split(e["subject_id"]) == "train"]
+    train = np.concatenate([np.asarray(r["timeseries/features"]).reshape(-1, 76) for r in records.values()
+                            if r["split"] == [b"train"]] + unwritten)
+    assert metadata["normalizer"]["rows"] == len(train)
+    columns = [metadata["feature_names"].index(name) for name in metadata["normalizer"]["columns"]]
+    assert np.allclose(metadata["normalizer"]["means"], train[:, columns].astype(np.float64).mean(axis=0), atol=1e-5)
+    stds = np.maximum(train[:, columns].astype(np.float64).std(axis=0, ddof=1), 1e-7)
+    assert np.allclose(metadata["normalizer"]["stds"], stds, rtol=1e-5)
+    record = next(iter(records.values()))
+    features = np.asarray(record["timeseries/features"]).reshape(-1, 76)
+    normalized = np.asarray(record["timeseries/normalized"]).reshape(-1, 76)
+    assert np.allclose(normalized[:, columns], (features[:, columns] - metadata["normalizer"]["means"])
+                       / np.array(metadata["normalizer"]["stds"]), atol=1e-4)
+    for channel in ("Capillary refill rate", "Glascow coma scale total"):  # only CareVue ids: never in MIMIC-IV
+        assert metadata["counts"]["channel_coverage"][channel] == {"stays": 0, "bins": 0}
+        assert channel in metadata["never_observed_channels"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_listfiles_and_benchmark_files_follow_medfuse_layout(task, medfuse_runs):
+    folder, metadata, _ = medfuse_runs[task]
+    rows = manifest(folder)
+    for split in mimic.SPLITS:
+        [path] = (folder / "listfiles").glob(f"{split}-*_listfile.csv")
+        text = path.read_text()
+        header, *lines = list(csv.reader(io.StringIO(text)))
+        assert header == ["stay", "period_length", "stay_id"] + (
+            ["y_true"] if task == "ihm" else metadata["label_names"])
+        assert {int(line[2]) for line in lines} == {s for s, r in rows.items() if r["split"] == split}
+        for stay, period, stay_id, *labels in lines:
+            row = rows[int(stay_id)]
+            assert (folder / "timeseries" / split / stay).is_file()
+            assert float(period) == (0.0 if task == "ihm" else pytest.approx(float(row["los_hours"])))
+            assert [int(x) for x in labels] == [int(row[n]) for n in metadata["label_names"]]
+            series = _csv(folder / "timeseries" / split / stay)
+            assert list(series[0]) == ["Hours", *metadata["channel_order"]]
+            hours = [float(r["Hours"]) for r in series]
+            assert hours == sorted(hours) and 0 <= hours[0] and hours[-1] <= (48 if task == "ihm" else
+                                                                              float(row["los_hours"])) + 1e-6
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_planted_stays_come_out_as_the_sample_says(task, medfuse_tree, medfuse_runs):
+    folder, metadata, _ = medfuse_runs[task]
+    rows = manifest(folder)
+    cases = [c for c in json.loads((Path(medfuse_tree.cxr).parent / "SAMPLE.json").read_text())["medfuse"]["cases"]
+             if c.get("expected") and "stay_id" in c]
+    assert {"cxr_at_intime_plus_48h", "cxr_fraction_after_intime_plus_48h", "unit_transfer", "in_hospital_death",
+            "two_icu_stays_in_one_admission", "dod_on_discharge_date_only", "los_under_48h",
+            "under_18_in_stay_year"} <= {c["case"] for c in cases}
+    for case in cases:
+        want = case["expected"][task]
+        if want is None:
+            assert case["stay_id"] not in rows, case["case"]
+            continue
+        row = rows[case["stay_id"]]
+        assert row["cxr_dicom_id"] == (want["cxr_dicom_id"] or ""), case["case"]
+        if task == "ihm":
+            assert row["in_hospital_mortality"] == str(want["label"]), case["case"]
+        else:
+            assert {n for n in metadata["label_names"] if row[n] == "1"} == set(want["phenotypes"]), case["case"]
+
+
+def test_rerun_is_byte_identical_with_one_worker(medfuse_tree, medfuse_runs, tmp_path):
+    folder, metadata, _ = medfuse_runs["ihm"]
+    again = run(medfuse_argv("ihm", medfuse_tree, tmp_path / "again", ONE_WORKER, "--benchmark_files",
+                             "--normalize_timeseries"))
+    other = published(tmp_path / "again")
+    for sub in ("tfrecords", "manifest", "listfiles", "rejects"):
+        names = sorted(p.name for p in (folder / sub).iterdir())
+        assert names == sorted(p.name for p in (other / sub).iterdir())
+        assert filecmp.cmpfiles(folder / sub, other / sub, names, shallow=False)[0] == names, sub
+    strip = lambda m: {**m, "config": {**m["config"], "output": ""}}  # noqa: E731
+    assert strip(again) == strip(metadata)
+
+
+def test_counts_add_up(medfuse_runs):
+    for folder, metadata, _ in medfuse_runs.values():
+        c = metadata["counts"]
+        assert c["stays"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"] and c["matched"] > 0
+        assert sum(len(p.read_text().splitlines()) for p in (folder / "rejects").glob("*.jsonl")) == c["rejects_total"]
+        assert math.isclose(sum(c["per_split"].values()), c["matched"])
