@@ -25,7 +25,7 @@ import numpy as np
 
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as stays_lib
-from beam_pipeline.cohorts.medfuse_metadata import ADMISSION_STAGES, DROPS, funnel_steps
+from beam_pipeline.cohorts.medfuse_metadata import DROPS, STAY_STAGES, funnel_steps
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import shard_files
 from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
@@ -122,7 +122,7 @@ REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel
 
 def reject_key(reason: str) -> str:
     """A reject line count's key in funnel_cells: a stay reject is the funnel's own "− rejected: ..." cell."""
-    return f"− rejected: {reason}" if reason.startswith(ADMISSION_STAGES) else f"reject line: {reason}"
+    return f"− rejected: {reason}" if reason.startswith(STAY_STAGES) else f"reject line: {reason}"
 
 
 def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
@@ -394,7 +394,7 @@ def task_rows(metadata: dict) -> list[list]:
 def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[tuple[str, str]]) -> str:
     counts = metadata["counts"]
     rows, shown = funnel_cells(metadata)
-    reject_rows = [[name, "yes" if name.startswith(ADMISSION_STAGES) else "no (a row)", shown[reject_key(name)]]
+    reject_rows = [[name, "yes" if name.startswith(STAY_STAGES) else "no (a row)", shown[reject_key(name)]]
                    for name in counts["rejects_by_stage_reason"]] + [["total", "", shown[REJECT_LINES]]]
     los = los_counts(manifest)
     los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])

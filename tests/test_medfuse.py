@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import filecmp
-import gzip
 import io
 import json
 import math
@@ -22,9 +21,9 @@ import pytest
 from beam_pipeline import mimic, sample
 from beam_pipeline.cohorts import medfuse_stays
 from beam_pipeline.cohorts.medfuse_events import ITEM_LABELS, ITEM_VARIABLES, clean_value
-from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.run import run
 from beam_pipeline.transforms import hourly
+from cohort_files import examples, manifest, read_csv
 from conftest import ONE_WORKER, published
 
 HOUR = dt.timedelta(hours=1)
@@ -58,12 +57,6 @@ def medfuse_runs(medfuse_tree, tmp_path_factory):
     return runs
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _time(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
@@ -75,18 +68,18 @@ def _float(text: str) -> float | None:
 def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
     """§B read literally over the raw files: stay_id -> what the record must hold (or the drop reason)."""
     iv, cxr = Path(roots.iv), Path(roots.cxr)
-    stays = _csv(iv / "icu" / "icustays.csv.gz")
-    admissions = {int(r["hadm_id"]): r for r in _csv(iv / "hosp" / "admissions.csv.gz")}
-    patients = {int(r["subject_id"]): r for r in _csv(iv / "hosp" / "patients.csv.gz")}
+    stays = read_csv(iv / "icu" / "icustays.csv.gz")
+    admissions = {int(r["hadm_id"]): r for r in read_csv(iv / "hosp" / "admissions.csv.gz")}
+    patients = {int(r["subject_id"]): r for r in read_csv(iv / "hosp" / "patients.csv.gz")}
     codes = defaultdict(set)
-    for r in _csv(iv / "hosp" / "diagnoses_icd.csv.gz"):
+    for r in read_csv(iv / "hosp" / "diagnoses_icd.csv.gz"):
         codes[int(r["hadm_id"])].add(r["icd_code"].replace(".", ""))
     groups = defaultdict(set)
-    for r in _csv(Path(medfuse_stays.__file__).parent.parent / "resources" / "medfuse_splits" /
+    for r in read_csv(Path(medfuse_stays.__file__).parent.parent / "resources" / "medfuse_splits" /
                   "phenotype_codes.csv"):
         groups[r["phenotype"]].add(r["code"])
     images = defaultdict(list)
-    for r in _csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
+    for r in read_csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
         if r["ViewPosition"] == "AP":
             try:
                 images[int(r["subject_id"])].append((mimic.parse_study_datetime(r["StudyDate"], r["StudyTime"]),
@@ -95,7 +88,7 @@ def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
                 pass
     events = defaultdict(list)
     for name in ("icu/chartevents.csv.gz", "hosp/labevents.csv.gz"):
-        for r in _csv(iv / name):
+        for r in read_csv(iv / name):
             if int(r["itemid"]) in ITEM_VARIABLES:
                 events[int(r["subject_id"])].append(r)
 
@@ -148,24 +141,11 @@ def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
     return out
 
 
-def manifest(folder: Path) -> dict[int, dict[str, str]]:
-    return {int(r["stay_id"]): r for p in sorted((folder / "manifest").glob("*.csv")) for r in _csv(p)}
-
-
-def examples(folder: Path) -> dict[int, dict]:
-    found = {}
-    for path in sorted((folder / "tfrecords").glob("*.tfrecord")):
-        for data in read_records(str(path)):
-            example = parse_example(data)
-            found[example["stay_id"][0]] = example
-    return found
-
-
 @pytest.mark.parametrize("task", TASKS)
 def test_stays_labels_and_pairing_match_a_brute_force_reading(task, medfuse_tree, medfuse_runs):
     folder, metadata, stdout = medfuse_runs[task]
     expected = brute_force(task, medfuse_tree)
-    rows = manifest(folder)
+    rows = manifest(folder, "stay_id")
     rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
     bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}  # the sample breaks some on purpose
     kept = {s: e for s, e in expected.items() if "drop" not in e and e["dicom_id"] not in bad_images}
@@ -188,7 +168,7 @@ def test_series_are_the_hourly_bins_of_the_cleaned_events(task, medfuse_tree, me
     folder, metadata, _ = medfuse_runs[task]
     expected = brute_force(task, medfuse_tree)
     channels = metadata["channel_order"]
-    for stay_id, example in examples(folder).items():
+    for stay_id, example in examples(folder, "stay_id").items():
         want = expected[stay_id]
         n_bins = int(want["hours"] + 1 - 1e-6)
         assert example["timeseries/shape"] == [n_bins, 17]
@@ -212,7 +192,7 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
     """Fitted before the image stage: the train stays whose paired X-ray is then rejected are in the fit (their
     features recomputed here from the brute-force events), the val and test stays are not."""
     folder, metadata, _ = medfuse_runs[task]
-    records = examples(folder)
+    records = examples(folder, "stay_id")
     rejected = {r["dicom_id"] for p in (folder / "rejects").glob("*.jsonl") for r in map(json.loads, p.open())
                 if r["stage"] == "images"}
     expected = brute_force(task, medfuse_tree)
@@ -221,7 +201,7 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
     def split(subject_id: int) -> str:
         return medfuse_stays.subject_split(subject_id, *flags, metadata["config"]["split_salt"])[0]
 
-    assert all(r["split"] == split(int(r["subject_id"])) for r in manifest(folder).values())
+    assert all(r["split"] == split(int(r["subject_id"])) for r in manifest(folder, "stay_id").values())
     unwritten = [hourly.discretize(e["series"], e["hours"]).features() for e in expected.values()
                  if "drop" not in e and e["dicom_id"] in rejected and split(e["subject_id"]) == "train"]
     train = np.concatenate([np.asarray(r["timeseries/features"]).reshape(-1, 76) for r in records.values()
@@ -244,7 +224,7 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
 @pytest.mark.parametrize("task", TASKS)
 def test_listfiles_and_benchmark_files_follow_medfuse_layout(task, medfuse_runs):
     folder, metadata, _ = medfuse_runs[task]
-    rows = manifest(folder)
+    rows = manifest(folder, "stay_id")
     for split in mimic.SPLITS:
         [path] = (folder / "listfiles").glob(f"{split}-*_listfile.csv")
         text = path.read_text()
@@ -257,7 +237,7 @@ def test_listfiles_and_benchmark_files_follow_medfuse_layout(task, medfuse_runs)
             assert (folder / "timeseries" / split / stay).is_file()
             assert float(period) == (0.0 if task == "ihm" else pytest.approx(float(row["los_hours"])))
             assert [int(x) for x in labels] == [int(row[n]) for n in metadata["label_names"]]
-            series = _csv(folder / "timeseries" / split / stay)
+            series = read_csv(folder / "timeseries" / split / stay)
             assert list(series[0]) == ["Hours", *metadata["channel_order"]]
             hours = [float(r["Hours"]) for r in series]
             assert hours == sorted(hours) and 0 <= hours[0] and hours[-1] <= (48 if task == "ihm" else
@@ -267,7 +247,7 @@ def test_listfiles_and_benchmark_files_follow_medfuse_layout(task, medfuse_runs)
 @pytest.mark.parametrize("task", TASKS)
 def test_planted_stays_come_out_as_the_sample_says(task, medfuse_tree, medfuse_runs):
     folder, metadata, _ = medfuse_runs[task]
-    rows = manifest(folder)
+    rows = manifest(folder, "stay_id")
     cases = [c for c in json.loads((Path(medfuse_tree.cxr).parent / "SAMPLE.json").read_text())["medfuse"]["cases"]
              if c.get("expected") and "stay_id" in c]
     assert {"cxr_at_intime_plus_48h", "cxr_fraction_after_intime_plus_48h", "unit_transfer", "in_hospital_death",

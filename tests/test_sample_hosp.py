@@ -18,6 +18,7 @@ import pytest
 from beam_pipeline import mimic, sample, sample_hosp
 from beam_pipeline.fileio.sources import BeamSource
 from beam_pipeline.transforms.ecg import quality_problem, read_ecg
+from cohort_files import table_rows
 
 DAY = dt.timedelta(days=1)
 SECOND = dt.timedelta(seconds=1)
@@ -39,30 +40,20 @@ def symile(roots) -> dict:
     return json.loads((Path(roots.cxr).parent / "SAMPLE.json").read_text())["symile"]
 
 
-def gz_rows(root: str, table: mimic.Table) -> list[dict[str, str]]:
-    with gzip.open(Path(root, table.subdir, table.filename), "rt", encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def record_list(roots) -> list[dict[str, str]]:
-    with open(Path(roots.ecg, "record_list.csv"), encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def files(roots) -> dict:
     """Everything a brute-force check needs, parsed from the written files only."""
     images = []
-    for row in gz_rows(roots.cxr, mimic.CXR_METADATA):
+    for row in table_rows(roots.cxr, mimic.CXR_METADATA):
         try:
             time = mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
         except ValueError:  # the ED sample's planted bad StudyTime
             continue
         images.append({**row, "time": time})
-    ecgs = [{**row, "time": mimic.parse_datetime(row["ecg_time"])} for row in record_list(roots)]
-    labs = [{**row, "time": mimic.parse_datetime(row["charttime"])} for row in gz_rows(roots.iv, mimic.LABEVENTS)]
-    return {"admissions": {row["hadm_id"]: row for row in gz_rows(roots.iv, mimic.ADMISSIONS)},
-            "images": images, "labelled": {row["study_id"] for row in gz_rows(roots.cxr, mimic.CXR_CHEXPERT)},
+    ecgs = [{**row, "time": mimic.parse_datetime(row["ecg_time"])} for row in table_rows(roots.ecg, mimic.ECG_RECORD_LIST)]
+    labs = [{**row, "time": mimic.parse_datetime(row["charttime"])} for row in table_rows(roots.iv, mimic.LABEVENTS)]
+    return {"admissions": {row["hadm_id"]: row for row in table_rows(roots.iv, mimic.ADMISSIONS)},
+            "images": images, "labelled": {row["study_id"] for row in table_rows(roots.cxr, mimic.CXR_CHEXPERT)},
             "ecgs": ecgs, "labs": labs}
 
 
@@ -91,12 +82,12 @@ def test_files_have_the_published_layout(roots) -> None:
 
 def test_admissions_match_patients_and_admitted_ed_stays(roots, files) -> None:
     admissions = list(files["admissions"].values())
-    patients = {row["subject_id"] for row in gz_rows(roots.iv, mimic.PATIENTS)}
+    patients = {row["subject_id"] for row in table_rows(roots.iv, mimic.PATIENTS)}
     assert all(re.fullmatch(r"2\d{7}", row["hadm_id"]) for row in admissions)
     assert {row["subject_id"] for row in admissions} <= patients
     for row in admissions:
         assert mimic.parse_datetime(row["admittime"]) < mimic.parse_datetime(row["dischtime"])
-    for stay in gz_rows(roots.ed, mimic.EDSTAYS):
+    for stay in table_rows(roots.ed, mimic.EDSTAYS):
         if stay["hadm_id"] and stay["subject_id"] in patients:
             admission = files["admissions"][stay["hadm_id"]]
             assert (admission["subject_id"], admission["edregtime"], admission["edouttime"]) == (

@@ -20,6 +20,7 @@ from beam_pipeline import mimic, sample, sample_icu
 from beam_pipeline.cohorts import medfuse_stays
 from beam_pipeline.cohorts.medfuse_events import EVENT_ITEMIDS, ITEM_LABELS, ITEM_VARIABLES, clean_value
 from beam_pipeline.transforms import hourly
+from cohort_files import table_rows
 
 HOUR = dt.timedelta(hours=1)
 STAY_CASES = {"cxr_at_intime_plus_48h", "cxr_at_intime", "cxr_fraction_after_intime_plus_48h", "unit_transfer",
@@ -41,30 +42,25 @@ def section(roots) -> dict:
     return json.loads((Path(roots.cxr).parent / "SAMPLE.json").read_text())["medfuse"]
 
 
-def gz_rows(root: str, table: mimic.Table) -> list[dict[str, str]]:
-    with gzip.open(Path(root, table.subdir, table.filename), "rt", encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def files(roots) -> dict:
     """The tables a brute-force reading needs, parsed from the written files only."""
     images = []
-    for row in gz_rows(roots.cxr, mimic.CXR_METADATA):
+    for row in table_rows(roots.cxr, mimic.CXR_METADATA):
         try:
             images.append({**row, "time": mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])})
         except ValueError:  # the CXR sample's planted bad StudyTime
             continue
     stays = [{**row, "intime": mimic.parse_datetime(row["intime"]), "outtime": mimic.parse_datetime(row["outtime"])}
-             for row in gz_rows(roots.iv, mimic.ICUSTAYS)]
+             for row in table_rows(roots.iv, mimic.ICUSTAYS)]
     codes: dict[str, list[str]] = {}
-    for row in gz_rows(roots.iv, mimic.DIAGNOSES_ICD):
+    for row in table_rows(roots.iv, mimic.DIAGNOSES_ICD):
         codes.setdefault(row["hadm_id"], []).append(row["icd_code"])
     return {"images": images, "stays": {row["stay_id"]: row for row in stays},
-            "admissions": {row["hadm_id"]: row for row in gz_rows(roots.iv, mimic.ADMISSIONS)},
-            "patients": {row["subject_id"]: row for row in gz_rows(roots.iv, mimic.PATIENTS)},
-            "chart": gz_rows(roots.iv, mimic.CHARTEVENTS), "codes": codes,
-            "diagnoses": gz_rows(roots.iv, mimic.DIAGNOSES_ICD)}
+            "admissions": {row["hadm_id"]: row for row in table_rows(roots.iv, mimic.ADMISSIONS)},
+            "patients": {row["subject_id"]: row for row in table_rows(roots.iv, mimic.PATIENTS)},
+            "chart": table_rows(roots.iv, mimic.CHARTEVENTS), "codes": codes,
+            "diagnoses": table_rows(roots.iv, mimic.DIAGNOSES_ICD)}
 
 
 def digest(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -90,7 +86,7 @@ def test_files_have_the_published_layout(roots) -> None:
 
 
 def test_stays_sit_in_existing_admissions(roots, files, section) -> None:
-    ed_stays = {row["stay_id"] for row in gz_rows(roots.ed, mimic.EDSTAYS)}
+    ed_stays = {row["stay_id"] for row in table_rows(roots.ed, mimic.EDSTAYS)}
     units = {name for name, _ in sample_icu.CAREUNITS}
     for stay_id, stay in files["stays"].items():
         admission = files["admissions"][stay["hadm_id"]]
@@ -360,7 +356,7 @@ def test_split_file_subjects_are_listed(files, section) -> None:
 
 
 def test_labevents_of_mapped_items_are_counted(roots, files, section) -> None:
-    labs = [r for r in gz_rows(roots.iv, mimic.LABEVENTS) if r["itemid"] in EVENT_ITEMIDS["labevents"] and r["hadm_id"]]
+    labs = [r for r in table_rows(roots.iv, mimic.LABEVENTS) if r["itemid"] in EVENT_ITEMIDS["labevents"] and r["hadm_id"]]
     inside = [r for r in labs if any(s["hadm_id"] == r["hadm_id"] and s["intime"] <=
                                      mimic.parse_datetime(r["charttime"]) <= s["outtime"]
                                      for s in files["stays"].values())]
@@ -385,15 +381,15 @@ def test_deterministic_and_the_other_files_are_unchanged(tmp_path, monkeypatch) 
     manifests = [json.loads((folder / "SAMPLE.json").read_text()) for folder in (first, without)]
     assert manifests[0].pop("medfuse")["cases"] and manifests[1].pop("medfuse") == {}
     assert manifests[0] == manifests[1]
-    before = {r["hadm_id"]: r for r in gz_rows(str(without / "mimiciv"), mimic.ADMISSIONS)}
-    after = {r["hadm_id"]: r for r in gz_rows(str(first / "mimiciv"), mimic.ADMISSIONS)}
+    before = {r["hadm_id"]: r for r in table_rows(str(without / "mimiciv"), mimic.ADMISSIONS)}
+    after = {r["hadm_id"]: r for r in table_rows(str(first / "mimiciv"), mimic.ADMISSIONS)}
     assert set(before) <= set(after)  # and the added admissions (none in so small a world)
     changed = [h for h in before if before[h] != after[h]]
     assert changed and all({k: v for k, v in before[h].items() if k not in DEATH_COLUMNS} ==
                            {k: v for k, v in after[h].items() if k not in DEATH_COLUMNS} for h in changed)
     # rewriting the rows read back gives the same bytes: only changed rows differ
     path = without / "mimiciv" / "hosp" / "admissions.csv.gz"
-    sample.write_table(tmp_path / "again.csv.gz", mimic.ADMISSIONS, gz_rows(str(without / "mimiciv"),
+    sample.write_table(tmp_path / "again.csv.gz", mimic.ADMISSIONS, table_rows(str(without / "mimiciv"),
                                                                             mimic.ADMISSIONS))
     assert (tmp_path / "again.csv.gz").read_bytes() == path.read_bytes()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import filecmp
-import gzip
 import json
 import math
 import subprocess
@@ -19,8 +18,9 @@ import pytest
 import wfdb
 
 from beam_pipeline import mimic, sample
-from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.fileio.tfrecord import read_records
 from beam_pipeline.run import run
+from cohort_files import examples, manifest, read_csv
 from conftest import ONE_WORKER, published
 
 HOUR = dt.timedelta(hours=1)
@@ -54,12 +54,6 @@ def symile_run(symile_cli):
     return folder, json.loads((folder / "metadata.json").read_text())
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _time(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
@@ -68,7 +62,7 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
     """The reference rules read literally over the raw files: hadm_id -> the choices; and the drop counts."""
     iv, cxr, ecg_root = Path(roots.iv) / "hosp", Path(roots.cxr), Path(roots.ecg)
     images = defaultdict(list)
-    for row in _csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
+    for row in read_csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
         if row["ViewPosition"] not in ("AP", "PA"):
             continue
         try:
@@ -76,13 +70,13 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
         except ValueError:
             continue
         images[int(row["subject_id"])].append((when, row["dicom_id"], int(row["study_id"])))
-    chexpert = {int(r["study_id"]) for r in _csv(cxr / "mimic-cxr-2.0.0-chexpert.csv.gz")}
+    chexpert = {int(r["study_id"]) for r in read_csv(cxr / "mimic-cxr-2.0.0-chexpert.csv.gz")}
     ecgs = defaultdict(list)
-    for row in _csv(ecg_root / "record_list.csv"):
+    for row in read_csv(ecg_root / "record_list.csv"):
         ecgs[int(row["subject_id"])].append((_time(row["ecg_time"]), int(row["study_id"]), row["path"]))
     labs = defaultdict(list)
     wanted = set(mimic.SYMILE_LAB_ITEMIDS)
-    for row in _csv(iv / "labevents.csv.gz"):
+    for row in read_csv(iv / "labevents.csv.gz"):
         if int(row["itemid"]) in wanted and row["valuenum"] != "":
             labs[int(row["subject_id"])].append((int(row["itemid"]), _time(row["charttime"]),
                                                  int(row["labevent_id"]), float(row["valuenum"])))
@@ -92,7 +86,7 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
         return not np.isnan(signal).any() and bool(np.any(signal != 0)) and signal.shape == (5000, 12)
 
     chosen, drops = {}, defaultdict(int)
-    for row in _csv(iv / "admissions.csv.gz"):
+    for row in read_csv(iv / "admissions.csv.gz"):
         subject, hadm, admit = int(row["subject_id"]), int(row["hadm_id"]), _time(row["admittime"])
         cxrs = sorted((t, d, s) for t, d, s in images[subject] if 24 * HOUR < t - admit <= 72 * HOUR)
         in_window = sorted((t, s, p) for t, s, p in ecgs[subject] if -24 * HOUR <= t - admit <= 24 * HOUR)
@@ -119,19 +113,6 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
     return chosen, dict(drops)
 
 
-def manifest(folder: Path) -> dict[int, dict[str, str]]:
-    return {int(r["hadm_id"]): r for path in sorted((folder / "manifest").glob("*.csv")) for r in _csv(path)}
-
-
-def examples(folder: Path) -> dict[int, dict]:
-    found = {}
-    for path in sorted((folder / "tfrecords").glob("*.tfrecord")):
-        for data in read_records(str(path)):
-            example = parse_example(data)
-            found[example["hadm_id"][0]] = example
-    return found
-
-
 def test_readme_command_prints_the_admission_funnel(symile_cli, symile_run):
     _, done = symile_cli
     _, metadata = symile_run
@@ -150,7 +131,7 @@ def test_choices_and_drops_match_a_brute_force_reading_of_the_rules(symile_tree,
     rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
     bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}
     rejected = {h for h, want in expected.items() if want["dicom_id"] in bad_images}
-    rows = manifest(folder)
+    rows = manifest(folder, "hadm_id")
     assert set(rows) == set(expected) - rejected
     assert {k: v for k, v in counts["dropped"].items() if v} == drops
     assert counts["admissions"] == sum(counts["dropped"].values()) + counts["rejected"] + counts["matched"]
@@ -163,7 +144,7 @@ def test_choices_and_drops_match_a_brute_force_reading_of_the_rules(symile_tree,
 
 def test_planted_cases_come_out_as_the_sample_says(symile_tree, symile_run):
     folder, _ = symile_run
-    rows = manifest(folder)
+    rows = manifest(folder, "hadm_id")
     cases = [c for c in json.loads((Path(symile_tree.cxr).parent / "SAMPLE.json").read_text())["symile"]["cases"]
              if "hadm_id" in c]
     assert {c["case"] for c in cases} >= {"cxr_at_24h_excluded", "cxr_at_72h_included", "cxr_tie_smallest_dicom_id",
@@ -182,8 +163,8 @@ def test_planted_cases_come_out_as_the_sample_says(symile_tree, symile_run):
 
 def test_records_hold_the_ecg_in_mv_and_train_only_percentiles(symile_tree, symile_run):
     folder, metadata = symile_run
-    records = examples(folder)
-    assert set(records) == set(manifest(folder))
+    records = examples(folder, "hadm_id")
+    assert set(records) == set(manifest(folder, "hadm_id"))
     train = [r for r in records.values() if r["split"][0] == b"train"]
     assert train and metadata["counts"]["per_split"]["train"] == len(train)
     for column, itemid in enumerate(mimic.SYMILE_LAB_ITEMIDS):
@@ -210,11 +191,11 @@ def test_records_hold_the_ecg_in_mv_and_train_only_percentiles(symile_tree, symi
 
 def test_candidate_sets_are_seeded_blocks_within_each_split(symile_run):
     folder, metadata = symile_run
-    rows = manifest(folder)
+    rows = manifest(folder, "hadm_id")
     for split in ("val", "test"):
         [path] = (folder / "candidates").glob(f"{split}-*.csv")
         blocks = defaultdict(list)
-        for row in _csv(path):
+        for row in read_csv(path):
             blocks[int(row["query_hadm_id"])].append((int(row["candidate_hadm_id"]), int(row["label"])))
         members = {h for h, r in rows.items() if r["split"] == split}
         assert set(blocks) == members
