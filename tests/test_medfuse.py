@@ -266,12 +266,13 @@ def test_planted_stays_come_out_as_the_sample_says(task, medfuse_tree, medfuse_r
             assert {n for n in metadata["label_names"] if row[n] == "1"} == set(want["phenotypes"]), case["case"]
 
 
-def test_rerun_is_byte_identical_with_one_worker(medfuse_tree, medfuse_runs, tmp_path):
-    folder, metadata, _ = medfuse_runs["ihm"]
-    again = run(medfuse_argv("ihm", medfuse_tree, tmp_path / "again", ONE_WORKER, "--benchmark_files",
+@pytest.mark.parametrize("task", TASKS)
+def test_rerun_is_byte_identical_with_one_worker(task, medfuse_tree, medfuse_runs, tmp_path):
+    folder, metadata, _ = medfuse_runs[task]
+    again = run(medfuse_argv(task, medfuse_tree, tmp_path / "again", ONE_WORKER, "--benchmark_files",
                              "--normalize_timeseries"))
     other = published(tmp_path / "again")
-    for sub in ("tfrecords", "manifest", "listfiles", "rejects"):
+    for sub in ("tfrecords", "manifest", "listfiles", "rejects", *(f"timeseries/{s}" for s in mimic.SPLITS)):
         names = sorted(p.name for p in (folder / sub).iterdir())
         assert names == sorted(p.name for p in (other / sub).iterdir())
         assert filecmp.cmpfiles(folder / sub, other / sub, names, shallow=False)[0] == names, sub

@@ -57,6 +57,7 @@ TABLES = (mimic.CXR_METADATA, mimic.ICUSTAYS, mimic.ADMISSIONS, mimic.PATIENTS, 
           mimic.CHARTEVENTS, mimic.LABEVENTS)
 ROW_FILTERS = {name: ("itemid", EVENT_ITEMIDS[name]) for name in ("chartevents", "labevents")}
 LABEL_NAMES = {"ihm": ("in_hospital_mortality",), "phenotyping": stays_lib.PHENOTYPES}
+EVENT_SLACK = dt.timedelta(seconds=1)  # wider than the discretiser's eps: the exact bound is applied per stay
 SERIES_BYTES = 48 * (17 * 4 + 17 * 8 + 76 * 4) + 2 * 2 ** 10  # per record, for shard sizing (IHM; LOS varies)
 
 
@@ -108,7 +109,8 @@ class IcuRecord:
 
 def stay_events(stay: stays_lib.Stay, rows, hours: float):
     """The stay's cleaned events in [0, hours] since intime: rows of its admission (labevents carry no stay_id;
-    chartevents of another stay of the admission are not its own). Also the count of rows left out, by reason."""
+    chartevents of another stay of the admission are not its own). Also the count of the subject's rows left out
+    for this stay, by reason (a row of one kept stay is left out by the subject's others)."""
     kept, left_out = [], defaultdict(int)
     for row in rows:
         if row.get("hadm_id") != stay.hadm_id or row.get("stay_id") not in (None, stay.stay_id):
@@ -122,6 +124,35 @@ def stay_events(stay: stays_lib.Stay, rows, hours: float):
         else:
             kept.append(cleaned)
     return sorted(kept, key=lambda e: (e[0], e[1], str(e[2]))), left_out
+
+
+def series_windows_of(element, task: str):
+    """(subject_id, icustays/admissions/patients rows) -> (hadm_id, (stay_id, intime, end)) of each stay the task
+    keeps, end = intime + 48 h (IHM) or outtime: the events worth shuffling (KeepStayEvents)."""
+    _, groups = element
+    unique = [unique_rows(groups.get(tag, ()), table.name, key).rows.values() for tag, table, key in (
+        ("icustays", mimic.ICUSTAYS, "stay_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
+        ("patients", mimic.PATIENTS, "subject_id"))]
+    for stay in stays_lib.select_stays(*unique)[0]:
+        if task == "phenotyping":
+            yield stay.hadm_id, (stay.stay_id, stay.intime, stay.outtime)
+        elif stays_lib.ihm_eligible(stay):
+            yield stay.hadm_id, (stay.stay_id, stay.intime, stay.intime + dt.timedelta(hours=stays_lib.IHM_HOURS))
+
+
+class KeepStayEvents(beam.DoFn):
+    """chartevents / labevents rows (already cut to the mapped item ids at read) -> only those of a kept stay's
+    admission (and stay) within its series, decided before the shuffle: a 433 M-row chartevents shrinks to what the
+    records hold, and memory per subject to its stays' hours. The rest is counted."""
+
+    def process(self, row, windows):
+        window = windows.get(row.get("hadm_id"))
+        if window is None or row.get("stay_id") not in (None, window[0]):
+            yield accounting.event("events/not_of_a_kept_stay")
+        elif not window[1] - EVENT_SLACK <= row["charttime"] <= window[2] + EVENT_SLACK:
+            yield accounting.event("events/outside_series")
+        else:
+            yield row
 
 
 class BuildStays(beam.DoFn):
@@ -152,7 +183,7 @@ class BuildStays(beam.DoFn):
         for reason, n in sorted(drops.items()):
             yield accounting.event("stays", n)
             yield accounting.event(f"dropped/{reason}", n)
-        events = [*groups.get("chartevents", ()), *groups.get("labevents", ())]
+        events = list(groups.get("events", ()))
         codes = defaultdict(list)
         for row in groups.get("diagnoses", ()):
             codes[row["hadm_id"]].append((row["icd_code"], row["icd_version"]))
@@ -171,11 +202,11 @@ class BuildStays(beam.DoFn):
             hours = stays_lib.IHM_HOURS if self._task == "ihm" else stay.los_hours
             series_events, left_out = stay_events(stay, events, hours)
             for reason, n in left_out.items():
-                yield accounting.event(f"events/{reason}", n)
+                yield accounting.event(f"stay_events/{reason}", n)
             if not series_events:
                 yield accounting.event("dropped/no_events")
                 continue
-            yield accounting.event("events/in_series", len(series_events))
+            yield accounting.event("stay_events/in_series", len(series_events))
             series = hourly.discretize(series_events, hours)
             if self._task == "ihm":
                 labels = (stays_lib.in_hospital_mortality(stay, admissions[stay.hadm_id], patients[subject_id]),)
@@ -326,8 +357,14 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
     keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     for tag, table in (("icustays", "icustays"), ("admissions", "admissions"), ("patients", "patients"),
-                       ("diagnoses", "diagnoses_icd"), ("chartevents", "chartevents"), ("labevents", "labevents")):
+                       ("diagnoses", "diagnoses_icd")):
         keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
+    series_windows = ({tag: keyed[tag] for tag in ("icustays", "admissions", "patients")}
+                      | "CoGroupStays" >> beam.CoGroupByKey() | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))
+    events = ((reads["chartevents"].rows, reads["labevents"].rows) | "AllEvents" >> beam.Flatten()
+              | "KeepStayEvents" >> beam.ParDo(KeepStayEvents(), beam.pvalue.AsDict(series_windows))
+              .with_outputs(accounting.EVENTS, main="rows"))
+    keyed["events"] = key_by_subject("Key events", events.rows)
     built = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "BuildStays", BuildStays(task, config.split_salt))
     normalizer = (built.records | "Train" >> beam.Filter(lambda r: r.split == "train")
                   | "TrainFeatures" >> beam.Map(_matrix) | "FitNormalizer" >> beam.CombineGlobally(FitNormalizer()))
@@ -350,7 +387,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
             ShardPlan(math.inf)))
     stages = list(reads.values()) + [images, built, examples, final]
     rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
-    events = [s[accounting.EVENTS] for s in stages] + [patients] | "AllEvents" >> beam.Flatten()
+    counted = [s[accounting.EVENTS] for s in stages] + [events[accounting.EVENTS], patients] | "Counted" >> beam.Flatten()
     input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
     written = [examples["files"], listfiles,
                {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(
@@ -358,7 +395,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     if config.benchmark_files:
         written.append(final.records | "WriteTimeseries" >> beam.ParDo(WriteTimeseries(config.output)))
     files = written | "Written" >> beam.Flatten()
-    (events, input_files, files, normalizer) | "WriteMetadata" >> WriteMetadata(
+    (counted, input_files, files, normalizer) | "WriteMetadata" >> WriteMetadata(
         config, base, functools.partial(document, task, config, feature_spec(config)), empty_message,
         fail_when_empty)
 
