@@ -73,7 +73,7 @@ CXR_METADATA = Table(
     # Read as text: the view filter runs first, then ids and times are typed per image (see parse_image_row),
     # so a bad value in an image we would not keep anyway is never counted as a reject.
     types={c: STR for c in ("dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns",
-                            "StudyDate", "StudyTime")},
+                            "StudyDate", "StudyTime", "PatientOrientationCodeSequence_CodeMeaning")},
 )
 CXR_CHEXPERT = Table(
     name="cxr_chexpert",
@@ -180,7 +180,8 @@ ADMISSIONS = Table(
     header=("subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type", "admit_provider_id",
             "admission_location", "discharge_location", "insurance", "language", "marital_status", "race",
             "edregtime", "edouttime", "hospital_expire_flag"),
-    types={"subject_id": INT, "hadm_id": INT, "admittime": DATETIME, "dischtime": DATETIME, "deathtime": DATETIME},
+    types={"subject_id": INT, "hadm_id": INT, "admittime": DATETIME, "dischtime": DATETIME, "deathtime": DATETIME,
+           "hospital_expire_flag": INT},
     required=("subject_id", "hadm_id", "admittime"),
 )
 LABEVENTS = Table(  # ~158 M rows in the full release: cohorts read it with a row filter on itemid (csv_tables)
@@ -425,6 +426,7 @@ class Image:
     rows: int | None
     columns: int | None
     study_time: dt.datetime
+    orientation: str = ""  # PatientOrientationCodeSequence_CodeMeaning (Erect, Recumbent or blank)
 
     @property
     def path(self) -> str:
@@ -461,6 +463,7 @@ def parse_image_row(raw: Mapping[str, str | None]) -> Image:
         rows=typed["Rows"],
         columns=typed["Columns"],
         study_time=study_time,
+        orientation=raw.get("PatientOrientationCodeSequence_CodeMeaning", ""),
     )
 
 

@@ -29,16 +29,8 @@ DAY0 = dt.datetime(2150, 3, 1)
 HOUR, SECOND = dt.timedelta(hours=1), dt.timedelta(seconds=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Image(mimic.Image):
-    """mimic.Image plus PatientOrientationCodeSequence_CodeMeaning, the field the module reads (requested for
-    mimic.Image; this stand-in goes when it is there)."""
-
-    orientation: str = ""
-
-
-def image(when: dt.datetime, view="PA", orientation="Erect", dicom_id="d1", subject_id=SUBJECT) -> Image:
-    return Image(dicom_id=dicom_id, subject_id=subject_id, study_id=50000001, view_position=view, rows=None,
+def image(when: dt.datetime, view="PA", orientation="Erect", dicom_id="d1", subject_id=SUBJECT) -> mimic.Image:
+    return mimic.Image(dicom_id=dicom_id, subject_id=subject_id, study_id=50000001, view_position=view, rows=None,
                  columns=None, study_time=when, orientation=orientation)
 
 
