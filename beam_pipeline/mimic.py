@@ -262,6 +262,7 @@ MAX_RECORD_CHARS = 64 * 1024
 # Values and paths
 
 DEFAULT_VIEWS: tuple[str, ...] = ("AP", "PA")
+ALL_VIEWS = "*"  # --views=* keeps every image, a blank ViewPosition included
 OFFICIAL_SPLITS = {"train": "train", "validate": "val", "test": "test"}  # split file value -> our split name
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 AGE_TOP_CODE = 91  # MIMIC sets anchor_age of patients older than 89 to 91

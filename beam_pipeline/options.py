@@ -75,7 +75,8 @@ class Config:
     cohort: str = _flag(
         "The dataset to build: ed_cxr (X-rays linked to ED stays, pseudo-notes; the default), symile_mimic "
         "(hospital admissions with a CXR, a 12-lead ECG and 50 labs), medfuse_ihm or medfuse_phenotyping (ICU stays: "
-        "hourly time series, an AP CXR when paired). A cohort may change other flags' defaults (README, Cohorts).",
+        "hourly time series, an AP CXR when paired), cxr_ehr (every CXR with the EHR variables of its time). A "
+        "cohort may change other flags' defaults (README, Cohorts).",
         cohorts.DEFAULT, choices=cohorts.NAMES)
     mimic_cxr_root: str = _flag(
         "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
@@ -94,7 +95,8 @@ class Config:
         "Google Cloud project billed for reading requester-pays buckets (PhysioNet's MIMIC-CXR-JPG bucket). "
         "Defaults to --project when that is given; empty: inputs are read through Beam's FileSystems.", "")
     views: tuple[str, ...] = _flag(
-        "Comma-separated ViewPosition values to keep (exact match).", mimic.DEFAULT_VIEWS, parse=_csv_list)
+        "Comma-separated ViewPosition values to keep (exact match); * keeps every image, a blank ViewPosition "
+        "included.", mimic.DEFAULT_VIEWS, parse=_csv_list)
     window_start_hours: float = _flag(
         "A study matches an ED stay when intime + start <= study time <= intime + end (hours, inclusive). "
         "Negative start admits X-rays taken before arrival.", 0.0, parse=float, bounds=WINDOW_HOURS)
@@ -177,6 +179,17 @@ class Config:
     benchmark_files: bool = _flag(
         "medfuse_*: also write timeseries/<split>/<subject>_episode<stay_id>_timeseries.csv in the benchmark's "
         "layout, for MedFuse's own loaders (listfiles/ are always written).", False, parse=parse_bool)
+    ehr_match: str = _flag(
+        "cxr_ehr: how an image is placed in an admission / ICU stay: time (admittime <= study time <= dischtime) or "
+        "date (the original's calendar dates, which can place an image taken hours before admission inside it).",
+        "time", choices=("time", "date"))
+    include_outcomes: bool = _flag(
+        "cxr_ehr: also write what happened after the image (the admission's hospital_expire_flag, the ICU stay's "
+        "length) as outcome columns, never as features; required by --feature_sets that contain alive/died.",
+        False, parse=parse_bool)
+    feature_sets: tuple[str, ...] = _flag(
+        "cxr_ehr: comma-separated names of the original's feature CSVs to write under features/ (e.g. socio-norm, "
+        "image_meta, all-age-norm; the list is in README, Cohorts).", (), parse=_csv_list)
     overwrite: bool = _flag(
         "Replace the run already published in --output: the new run is written beside it, published (LATEST) only "
         "once complete, and the earlier runs are deleted after that. Without it (or --keep_runs) the job refuses "

@@ -23,6 +23,8 @@ def test_readme_options_table_names_every_flag_with_its_default():
         default = field.default
         if name in options.REQUIRED_FLAGS:
             assert table[name].strip() == "required"
+        elif default == ():
+            assert table[name].strip() == "none"
         elif isinstance(default, tuple):
             assert table[name].strip() == f"`{','.join(map(str, default))}`"
         elif isinstance(default, bool):

@@ -24,9 +24,10 @@ class SelectImages(beam.DoFn):
 
     def __init__(self, views: tuple[str, ...]):
         self._views = frozenset(views)
+        self._all = mimic.ALL_VIEWS in self._views
 
     def process(self, row):
-        if (row["ViewPosition"] or "").strip() not in self._views:
+        if not self._all and (row["ViewPosition"] or "").strip() not in self._views:
             yield accounting.event("images_other_view")
             return
         yield accounting.event("images_kept_view")
