@@ -710,7 +710,7 @@ def _write(out: Path, roots: SampleRoots, world: World, images: tuple[Sizer, Pai
 def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size: str = "small") -> SampleRoots:
     """Write a synthetic CXR + ED + patients tree under outdir, with Symile-MIMIC's admissions, labs and ECGs
     (sample_hosp) and MedFuse's ICU stays, chart events and diagnoses (sample_icu), and return its roots."""
-    from beam_pipeline import sample_hosp, sample_icu  # they build on this module
+    from beam_pipeline import sample_hosp, sample_icu, sample_reports  # they build on this module
 
     if image_size not in ("small", "full"):
         raise ValueError(f"image_size must be 'small' or 'full', not {image_size!r}")
@@ -722,8 +722,10 @@ def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size:
     symile = sample_hosp.write(world, roots, seed)  # its own generators: the main stream (rng) is not touched
     # MedFuse's ICU inputs (sample_icu): stays in those admissions, with deaths written back into hosp/admissions
     medfuse = sample_icu.write(world, roots, seed, symile)
+    # cxr_report's MIMIC-CXR reports (sample_reports): text files beside the study folders, its own generator
+    reports = sample_reports.write(world, roots, seed)
     return _write(out, roots, world, _synthetic_images(seed, image_size), rng, "synthetic", seed,
-                  {"symile": symile, "medfuse": medfuse})
+                  {"symile": symile, "medfuse": medfuse, "reports": reports})
 
 
 def generate_on_open_data(outdir: str | Path, open_data_dir: str | Path, seed: int = 0) -> SampleRoots:
