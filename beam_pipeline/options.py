@@ -75,12 +75,16 @@ class Config:
     cohort: str = _flag(
         "The dataset to build: ed_cxr (X-rays linked to ED stays, pseudo-notes; the default), symile_mimic "
         "(hospital admissions with a CXR, a 12-lead ECG and 50 labs), medfuse_ihm or medfuse_phenotyping (ICU stays: "
-        "hourly time series, an AP CXR when paired), cxr_ehr (every CXR with the EHR variables of its time). A "
-        "cohort may change other flags' defaults (README, Cohorts).",
+        "hourly time series, an AP CXR when paired), cxr_ehr (every CXR with the EHR variables of its time), "
+        "cxr_report (one PA image per study with its findings and impression). A cohort may change other flags' "
+        "defaults (README, Cohorts).",
         cohorts.DEFAULT, choices=cohorts.NAMES)
     mimic_cxr_root: str = _flag(
         "MIMIC-CXR-JPG root: the folder holding mimic-cxr-2.0.0-metadata.csv.gz, -chexpert, -split and files/. "
         "Local path or gs://.", "")
+    mimic_cxr_reports: str = _flag(
+        "MIMIC-CXR's reports: the folder holding files/pXX/pXXXXXXXX/sNNNNNNNN.txt, or the release's "
+        "mimic-cxr-reports.zip. Local or gs://. Required by --cohort=cxr_report.", "")
     mimic_ed_root: str = _flag(
         "MIMIC-IV-ED root: the folder holding ed/ (edstays, triage, vitalsign, medrecon, pyxis). Local or gs://. "
         "Required by --cohort=ed_cxr.", "")
@@ -190,6 +194,15 @@ class Config:
     feature_sets: tuple[str, ...] = _flag(
         "cxr_ehr: comma-separated names of the original's feature CSVs to write under features/ (e.g. socio-norm, "
         "image_meta, all-age-norm; the list is in README, Cohorts).", (), parse=_csv_list)
+    min_words: int = _flag("cxr_report: fewest words a target (findings + impression) may have.", 20, parse=int,
+                           bounds=(0, 100_000))
+    max_words: int = _flag("cxr_report: most words a target may have.", 65, parse=int, bounds=(0, 100_000))
+    one_per_subject: bool = _flag(
+        "cxr_report: keep one study per patient (the earliest whose report passes), the classification variant.",
+        False, parse=parse_bool)
+    instruction: str = _flag(
+        "cxr_report: the user turn's text in instructions/*.jsonl.",
+        "You are an expert radiographer. Describe accurately what you see in this image in detail.")
     overwrite: bool = _flag(
         "Replace the run already published in --output: the new run is written beside it, published (LATEST) only "
         "once complete, and the earlier runs are deleted after that. Without it (or --keep_runs) the job refuses "

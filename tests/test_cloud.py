@@ -35,7 +35,7 @@ def _sample_values(parameter: dict) -> list[str]:
                                                                                "NUMBER" else "text"]
 
 
-ROOTS = ("mimic_ed_root", "mimic_iv_root", "mimic_ecg_root")  # each cohort requires some of these
+ROOTS = ("mimic_ed_root", "mimic_iv_root", "mimic_ecg_root", "mimic_cxr_reports")  # each cohort requires some
 
 
 def test_template_parameters_and_pipeline_options_match_both_ways():

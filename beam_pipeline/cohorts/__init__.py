@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the cohort modules import the engine, which imports options
     from beam_pipeline.options import Config
 
 MODULES = {"ed_cxr": "ed_cxr", "symile_mimic": "symile_mimic", "medfuse_ihm": "medfuse",
-           "medfuse_phenotyping": "medfuse", "cxr_ehr": "cxr_ehr"}  # --cohort name -> the module whose COHORTS holds it
+           "medfuse_phenotyping": "medfuse", "cxr_ehr": "cxr_ehr", "cxr_report": "cxr_report"}  # --cohort name -> the module whose COHORTS holds it
 NAMES: tuple[str, ...] = tuple(MODULES)
 DEFAULT = "ed_cxr"
 

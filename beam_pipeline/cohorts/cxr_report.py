@@ -1,0 +1,366 @@
+"""cxr_report: one PA image per study with the findings and impression of its report (report generation).
+
+Definition (cohort-definitions.md §D and §E; differences from the original: README, Cohorts):
+
+    record    per study with a --views image (PA by default): the smallest dicom_id; with --one_per_subject, per
+              subject only the earliest such study whose report passes (the classification variant)
+    report    files/pXX/pXXXXXXXX/sNNNNNNNN.txt from --mimic_cxr_reports (a tree, or the release's zip; local or
+              gs://), sectioned by the MIT-LCP parser's rules (cohorts.report_sections); cleaned (NOTIFICATION tail,
+              de-identification underscores, whitespace); target = findings + " " + impression, kept when
+              --min_words <= words <= --max_words (20-65, as the original)
+    labels    the study's 14 CheXpert values (raw, binary under --uncertain_policy, mask)
+    split     patient-level, --split_strategy (the official split by default)
+    outputs   tfrecords/ (image 224 px letterbox + target + sections + labels), manifest/, instructions/<split>…jsonl
+              (one user turn: --instruction + the image; one assistant turn: the target), rejects/, metadata.json
+
+The report text is read only by this cohort: it never enters an ed_cxr note.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import math
+import zipfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import accounting, mimic
+from beam_pipeline.cohorts import Cohort
+from beam_pipeline.cohorts import funnel as funnel_lib
+from beam_pipeline.cohorts import report_sections as rs
+from beam_pipeline.fileio.metadata import CountsError, WriteMetadata, image_section, split_section, summarize_outputs
+from beam_pipeline.fileio.outputs import WRITTEN, Manifest, Serialize, WriteExamples, WriteOutputs, csv_line, example_plan
+from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
+from beam_pipeline.fileio.sources import make_source
+from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
+from beam_pipeline.options import Config
+from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.transforms import labels as labels_lib
+from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, feature_spec_json, image_values
+from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.pixels import ProcessedImage
+from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
+
+DROPS = ("no_report", "no_findings_or_impression", "target_too_short", "target_too_long", "not_first_of_subject")
+UNIT_STAGES = ("join/", "report/", "split/", "images/")  # rejects of whole studies
+WORD_BUCKETS = (0, 10, 20, 30, 40, 50, 65, 80, 100, 150)  # the data card's histogram of target lengths
+
+
+def report_path(subject_id: int, study_id: int) -> str:
+    """MIMIC-CXR's report of a study: ``files/p10/p10000032/s50414267.txt``."""
+    sid = str(subject_id)
+    return f"files/p{sid[:2]}/p{sid}/s{study_id}.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRecord:
+    subject_id: int
+    study_id: int
+    dicom_id: str
+    view_position: str
+    study_time: dt.datetime
+    image_path: str
+    image_rows: int | None
+    image_columns: int | None
+    labels_raw: tuple[float, ...]
+    labels_binary: tuple[int, ...]
+    labels_mask: tuple[int, ...]
+    labels_status: str
+    official_split: str | None = None
+    findings: str = ""
+    impression: str = ""
+    target: str = ""
+    sections: tuple[str, ...] = ()  # normalised section names in order
+    split: str | None = None
+    image: ProcessedImage | None = None
+
+    @property
+    def words(self) -> int:
+        return rs.word_count(self.target)
+
+    def written_events(self) -> list[str]:
+        bucket = max(b for b in WORD_BUCKETS if b <= self.words)
+        return [f"target_words/{bucket:03d}", f"labels/{self.labels_status}",
+                *(f"sections/{name}" for name in sorted(set(self.sections)))]
+
+
+class ChooseStudyImages(beam.DoFn):
+    """(subject_id, co-grouped rows) -> one StudyRecord per study with a kept-view image: its smallest dicom_id
+    (the original chose at random); label and split rows that conflict or were rejected at read reject it."""
+
+    def __init__(self, uncertain_policy: str):
+        self._policy = uncertain_policy
+
+    def process(self, element):
+        subject_id, groups = element
+        labels = unique_rows(groups.get("labels", ()), mimic.CXR_CHEXPERT.name, "study_id")
+        splits = unique_rows(groups.get("splits", ()), mimic.CXR_SPLIT.name, "dicom_id")
+        for table in (labels, splits):
+            if table.copies:
+                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
+            if table.conflicts:
+                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+        rejected = {}
+        for row in groups.get("rejected_labels", ()):
+            rejected.setdefault(row["study_id"], []).append(row)
+        rejected = {study: rejected_reasons(rows) for study, rows in rejected.items()}
+        studies: dict[int, list] = {}
+        for image in groups.get("images", ()):
+            studies.setdefault(image.study_id, []).append(image)
+        for study_id in sorted(studies):
+            image = min(studies[study_id], key=lambda im: (im.dicom_id, im.study_time))
+            yield accounting.event("studies")
+            problem = label_problem(study_id, labels, rejected) or splits.conflict(image.dicom_id)
+            if problem:
+                yield from accounting.reject("join", problem[0], subject_id=subject_id, study_id=study_id,
+                                             dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
+                continue
+            raw, binary, mask, status = labels_lib.label_vectors(labels.rows.get(study_id), self._policy)
+            split = splits.rows.get(image.dicom_id)
+            yield StudyRecord(
+                subject_id=subject_id, study_id=study_id, dicom_id=image.dicom_id, view_position=image.view_position,
+                study_time=image.study_time, image_path=image.path, image_rows=image.rows,
+                image_columns=image.columns, labels_raw=tuple(raw), labels_binary=tuple(binary),
+                labels_mask=tuple(mask), labels_status=status, official_split=split and split["split"])
+
+
+class ReadReports(beam.DoFn):
+    """StudyRecord -> the same with its sections and target, or counted by why it has none (DROPS). The reports
+    are a tree of .txt files or the release's zip (opened once per worker; members found by their path suffix)."""
+
+    def __init__(self, reports: str, source, min_words: int, max_words: int):
+        self._reports = reports
+        self._source = source
+        self._min, self._max = min_words, max_words
+
+    def setup(self):
+        self._zip = self._members = None
+        if self._reports.endswith(".zip"):
+            self._zip = zipfile.ZipFile(self._source.open(self._reports))
+            self._members = {name[name.index("files/"):]: name for name in self._zip.namelist()
+                             if "files/" in name and name.endswith(".txt")}
+
+    def _read(self, relative: str) -> bytes | None:
+        if self._zip is not None:
+            name = self._members.get(relative)
+            return None if name is None else self._zip.read(name)
+        path = FileSystems.join(self._reports, relative)
+        return self._source.read(path) if self._source.exists(path) else None
+
+    def process(self, record: StudyRecord):
+        relative = report_path(record.subject_id, record.study_id)
+        try:
+            data = self._read(relative)
+            text = None if data is None else rs.decode(data)
+        except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
+            yield from accounting.reject("report", "unreadable_report", subject_id=record.subject_id,
+                                         study_id=record.study_id, dicom_id=record.dicom_id,
+                                         detail=f"{relative}: {type(err).__name__}", counter="rejected")
+            return
+        if text is None:
+            yield accounting.event("dropped/no_report")
+            return
+        sections = rs.section_text(text)
+        findings, impression, target = rs.target_of(sections)
+        words = rs.word_count(target)
+        reason = ("no_findings_or_impression" if not target else "target_too_short" if words < self._min else
+                  "target_too_long" if words > self._max else None)
+        if reason:
+            yield accounting.event(f"dropped/{reason}")
+            return
+        yield dataclasses.replace(record, findings=findings, impression=impression, target=target,
+                                  sections=tuple(rs.names(sections)))
+
+
+class FirstOfSubject(beam.DoFn):
+    """(subject_id, studies that passed) -> the earliest (time, study_id); the others counted."""
+
+    def process(self, element):
+        _, records = element
+        records = sorted(records, key=lambda r: (r.study_time, r.study_id))
+        if len(records) > 1:
+            yield accounting.event("dropped/not_first_of_subject", len(records) - 1)
+        yield records[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs
+
+N_LABELS = len(mimic.LABELS)
+FEATURES = {
+    "subject_id": (INT64, (), "MIMIC subject_id"),
+    "study_id": (INT64, (), "MIMIC-CXR study_id"),
+    "dicom_id": (BYTES, (), "the study's image: its smallest dicom_id of a kept view (the record key)"),
+    "split": (BYTES, (), "train, val or test"),
+    "view_position": (BYTES, (), "DICOM ViewPosition"),
+    "study_datetime": (BYTES, (), "StudyDate + StudyTime"),
+    "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
+    "report/target": (BYTES, (), "cleaned findings + ' ' + cleaned impression (UTF-8)"),
+    "report/findings": (BYTES, (), "the last FINDINGS section, cleaned"),
+    "report/impression": (BYTES, (), "the last IMPRESSION section (or a synonym), cleaned"),
+    "report/sections": (BYTES, (None,), "normalised section names in report order"),
+    "report/words": (INT64, (), "words in report/target"),
+    "labels/chexpert": (FLOAT, (N_LABELS,), "raw CheXpert values in label_order: 1, 0, -1 or NaN (blank)"),
+    "labels/binary": (INT64, (N_LABELS,), "targets under --uncertain_policy; -1 where labels/mask is 0"),
+    "labels/mask": (INT64, (N_LABELS,), "1 where the binary target is valid"),
+}
+ALL_FEATURES = {**FEATURES, **IMAGE_FEATURES, **EDGE_MAP_FEATURE}
+
+
+def feature_spec(config: Config) -> dict:
+    return {**FEATURES, **(IMAGE_FEATURES if config.images else {}),
+            **(EDGE_MAP_FEATURE if config.images and config.edge_map else {})}
+
+
+def to_example(r: StudyRecord) -> bytes:
+    values = {
+        "subject_id": [r.subject_id], "study_id": [r.study_id], "dicom_id": [r.dicom_id.encode()],
+        "split": [r.split.encode()], "view_position": [r.view_position.encode()],
+        "study_datetime": [mimic.format_datetime(r.study_time).encode()], "image/path": [r.image_path.encode()],
+        "report/target": [r.target.encode()], "report/findings": [r.findings.encode()],
+        "report/impression": [r.impression.encode()], "report/sections": [s.encode() for s in r.sections],
+        "report/words": [r.words], "labels/chexpert": r.labels_raw, "labels/binary": r.labels_binary,
+        "labels/mask": r.labels_mask, **image_values(r.image)}
+    return serialize_example({name: (ALL_FEATURES[name][0], v) for name, v in values.items()})
+
+
+def _key(r: StudyRecord) -> str:
+    return f"{r.subject_id:09d}/{r.study_id:09d}/{r.dicom_id}"
+
+
+MANIFEST = Manifest(
+    columns=("subject_id", "study_id", "dicom_id", "split", "study_datetime", "view_position", "target_words",
+             "sections", "labels_status"),
+    line=lambda r: csv_line([r.subject_id, r.study_id, r.dicom_id, r.split, mimic.format_datetime(r.study_time),
+                             r.view_position, r.words, ";".join(r.sections), r.labels_status]),
+    key=_key)
+
+
+def instruction_line(instruction: str, r: StudyRecord) -> bytes:
+    """One chat example in the common messages layout: the user turn holds the instruction and the image (a path
+    relative to the MIMIC-CXR-JPG root; the TFRecords hold the pixels), the assistant turn the target."""
+    example = {"id": r.dicom_id, "study_id": r.study_id, "split": r.split, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": instruction},
+                                     {"type": "image", "image": r.image_path}]},
+        {"role": "assistant", "content": [{"type": "text", "text": r.target}]}]}
+    return (json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+
+def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, base: str,
+          fail_when_empty: bool = False) -> None:
+    source = make_source(config.billing_project)
+    reads = read_tables(p, paths, source)
+    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
+    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
+             "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
+             "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
+                                               | beam.Filter(lambda r: r["subject_id"] is not None))}
+    if "cxr_split" in reads:
+        keyed["splits"] = key_by_subject("Key splits", reads["cxr_split"].rows)
+    chosen = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",
+                   ChooseStudyImages(config.uncertain_policy))
+    read = stage(chosen.records, "ReadReports", ReadReports(config.mimic_cxr_reports, source, config.min_words,
+                                                            config.max_words))
+    selected = [chosen, read]
+    if config.one_per_subject:
+        selected.append(stage(read.records | "KeyStudiesBySubject" >> beam.Map(lambda r: (r.subject_id, r))
+                              | "GroupBySubject" >> beam.GroupByKey(), "FirstOfSubject", FirstOfSubject()))
+    split = selected[-1].records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt, config.split_fractions)
+    checks = checks_before_images(split.records, key=lambda r: r.dicom_id)
+    image_settings, loader = image_stage(config, source)
+    examples = split.records | "WriteExamples" >> WriteExamples(
+        config.output, example_plan(config.target_shard_mb, image_settings), config.compression, loader,
+        Serialize(to_example), key=lambda r: r.dicom_id, after=checks)
+    final = stage(examples[WRITTEN], "CountWritten", accounting.CountWritten())
+    patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
+    instructions = (final.records | "ToInstruction" >> beam.Map(
+        lambda r: (r.split, _key(r), instruction_line(config.instruction, r)))
+        | "WriteInstructions" >> WriteShards(FileSystems.join(config.output, "instructions"), mimic.SPLITS,
+                                             ShardFormat(".jsonl"), ShardPlan(math.inf)))
+    stages = list(reads.values()) + [images, *selected, split, examples, final]
+    rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
+    events = [s[accounting.EVENTS] for s in stages] + [patients] | "AllEvents" >> beam.Flatten()
+    input_files = [r.files for r in reads.values()] | "InputFiles" >> beam.Flatten()
+    files = ((examples["files"], instructions,
+              {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(config.output, MANIFEST))
+             | "Written" >> beam.Flatten())
+    (events, input_files, files) | "WriteMetadata" >> WriteMetadata(
+        config, base, functools.partial(document, config, feature_spec(config)), empty_message, fail_when_empty)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# metadata.json and the funnel
+
+def summarize_counts(events: dict[str, int]) -> dict:
+    counts = funnel_lib.unit_counts(events, "studies", DROPS, UNIT_STAGES)
+    counts["target_words"] = {k.split("/")[1]: v for k, v in sorted(events.items()) if k.startswith("target_words/")}
+    counts["section_coverage"] = {k.split("/", 1)[1]: v for k, v in events.items() if k.startswith("sections/")}
+    counts["labels"] = {k.split("/", 1)[1]: v for k, v in events.items() if k.startswith("labels/")}
+    return counts
+
+
+def funnel_steps(c: dict) -> list[tuple[str, int]]:
+    return funnel_lib.steps(c, "studies", "studies with a kept-view image", (
+        ("with a report", ("no_report",)), ("with findings or impression", ("no_findings_or_impression",)),
+        ("target within the word limits", ("target_too_short", "target_too_long")),
+        ("first of its subject (--one_per_subject)", ("not_first_of_subject",))))
+
+
+def document(config: Config, features: dict, events: dict[str, int], input_files: list[dict],
+             files: list[dict]) -> dict:
+    counts = summarize_counts(events)
+    outputs = summarize_outputs(files, config.output)
+    listed = {s: outputs.get("instructions", {}).get(s, {}).get("records", 0) for s in mimic.SPLITS}
+    problems = funnel_lib.identity_problems(counts, outputs, "studies", (
+        ("instruction lines == per_split", listed, counts["per_split"]),
+        ("target word buckets == matched", sum(counts["target_words"].values()), counts["matched"])))
+    if problems:
+        raise CountsError("counts do not add up: " + "; ".join(problems))
+    return {
+        "dataset": "MIMIC-CXR report generation: one image per study with its findings and impression",
+        **funnel_lib.provenance(config, input_files),
+        "label_order": list(mimic.LABELS),
+        "report": {"parser": "MIT-LCP mimic-cxr section_parser rules (cohorts/report_sections.py; the 54 per-study "
+                             "manual overrides are not reproduced)",
+                   "cleaning": "from NOTIFICATION: on removed, underscores removed, whitespace collapsed",
+                   "target": "findings + ' ' + impression", "words": [config.min_words, config.max_words],
+                   "instruction": config.instruction},
+        "features": feature_spec_json(features),
+        "image": image_section(config),
+        "counts": counts,
+        "funnel": dict(funnel_steps(counts)),
+        "split": split_section(config, events, counts),
+        "outputs": outputs,
+    }
+
+
+def empty_message(document: dict) -> str:
+    return funnel_lib.empty_message(document, funnel_steps(document["counts"]), "studies")
+
+
+def funnel(counts: dict, config: dict) -> str:
+    return funnel_lib.table(funnel_steps(counts), counts, width=44)
+
+
+def check(config: Config) -> list[str]:
+    return ([] if config.min_words <= config.max_words else
+            [f"--min_words ({config.min_words}) must be <= --max_words ({config.max_words})"])
+
+
+COHORTS = {"cxr_report": Cohort(
+    name="cxr_report",
+    description="MIMIC-CXR report generation: one image per study with its findings and impression",
+    roots=("mimic_cxr_reports",),
+    defaults={"views": ("PA",), "image_size": 224, "resize_mode": "pad"},
+    tables=lambda config: [mimic.CXR_METADATA, mimic.CXR_CHEXPERT] + (
+        [mimic.CXR_SPLIT] if config.split_strategy == "official" else []),
+    build=build,
+    funnel=funnel,
+    empty_message=empty_message,
+    check=check,
+)}
