@@ -1,0 +1,138 @@
+"""--cohort=cxr_ehr end to end on the generated sample tree: every kept image's EHR variables against a brute-force
+reading of cohort-definitions.md §C over the raw files (time-granular matching, ties to the latest start), outcomes
+only when asked for and never among the features, the original's feature CSVs, byte-identical reruns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import filecmp
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import mimic, sample
+from beam_pipeline.cohorts import cxr_ehr_features as ehr
+from beam_pipeline.run import run
+from cohort_files import examples, read_csv, table_rows
+from conftest import ONE_WORKER, published
+
+SETS = ("socio-norm", "image_meta", "all-age-norm")
+
+
+def ehr_argv(roots: sample.SampleRoots, output: Path, *flags: str) -> list[str]:
+    return ["--cohort=cxr_ehr", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}", f"--output={output}",
+            "--image_size=32", *flags]
+
+
+@pytest.fixture(scope="session")
+def ehr_tree(tmp_path_factory):
+    return sample.generate(tmp_path_factory.mktemp("cxr-ehr") / "sample", subjects=120, seed=5)
+
+
+@pytest.fixture(scope="session")
+def ehr_run(ehr_tree, tmp_path_factory):
+    """The README's command (with outcomes and three feature sets) in a fresh interpreter: (run folder, metadata)."""
+    output = tmp_path_factory.mktemp("cxr-ehr-out") / "out"
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.run", *ehr_argv(
+        ehr_tree, output, f"--feature_sets={','.join(SETS)}", "--include_outcomes")],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    folder = published(output)
+    return folder, json.loads((folder / "metadata.json").read_text())
+
+
+def _time(text: str) -> dt.datetime | None:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S") if text else None
+
+
+def expected(roots: sample.SampleRoots) -> dict[str, dict]:
+    """dicom_id -> the variables §C defines, read literally (time granularity; latest start wins a tie)."""
+    patients = {r["subject_id"]: r for r in table_rows(roots.iv, mimic.PATIENTS)}
+    admissions, stays = defaultdict(list), defaultdict(list)
+    for r in table_rows(roots.iv, mimic.ADMISSIONS):
+        admissions[r["subject_id"]].append((_time(r["admittime"]), _time(r["dischtime"]), int(r["hadm_id"]),
+                                            r["hospital_expire_flag"]))
+    for r in table_rows(roots.iv, mimic.ICUSTAYS):
+        stays[r["subject_id"]].append((_time(r["intime"]), _time(r["outtime"]), int(r["stay_id"])))
+    out = {}
+    for r in table_rows(roots.cxr, mimic.CXR_METADATA):
+        try:
+            t = mimic.parse_study_datetime(r["StudyDate"], r["StudyTime"])
+        except ValueError:
+            continue
+        p = patients.get(r["subject_id"])
+        if p is None or p["gender"] not in ("M", "F"):
+            continue
+        age = min(int(p["anchor_age"]) + t.year - int(p["anchor_year"]), 91) if int(p["anchor_age"]) < 91 else 91
+        inside = sorted((a for a in admissions[r["subject_id"]] if a[1] and a[0] <= t <= a[1]),
+                        key=lambda a: (a[0], a[2]))
+        in_icu = sorted((s for s in stays[r["subject_id"]] if s[0] <= t <= s[1]), key=lambda s: (s[0], s[2]))
+        view = r["ViewPosition"] if r["ViewPosition"] in ("PA", "LATERAL", "AP", "LL") else "missing"
+        orientation = r["PatientOrientationCodeSequence_CodeMeaning"]
+        out[r["dicom_id"]] = {
+            "gender": p["gender"], "age": str(age), "view": view,
+            "orientation": orientation if orientation in ("Erect", "Recumbent") else "missing",
+            "in_admission": str(inside[-1][2]) if inside else "", "in_icu": str(in_icu[-1][2]) if in_icu else "",
+            "outcome_hospital_expire_flag": inside[-1][3] if inside else "",
+            "outcome_icu_los_days": repr((in_icu[-1][1] - in_icu[-1][0]) / dt.timedelta(days=1)) if in_icu else ""}
+    return out
+
+
+def test_every_image_has_the_variables_of_its_time(ehr_tree, ehr_run):
+    folder, metadata = ehr_run
+    want = expected(ehr_tree)
+    rows = {r["dicom_id"]: r for p in sorted((folder / "manifest").glob("*.csv")) for r in read_csv(p)}
+    rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
+    rejected = {r["dicom_id"] for r in rejects if r["stage"] in ("images", "join", "split")
+                and r["reason"] != "duplicate_dicom_id"}  # a repeated row is rejected, its first copy written
+    assert set(rows) == set(want) - rejected
+    for dicom_id, row in rows.items():
+        for column, value in want[dicom_id].items():
+            assert row[column] == value, (dicom_id, column)
+    c = metadata["counts"]
+    assert c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+    assert any(row["in_icu"] for row in rows.values()) and any(row["view"] == "missing" for row in rows.values())
+
+
+def test_outcomes_only_when_asked_and_never_among_features(ehr_tree, ehr_run, tmp_path):
+    folder, metadata = ehr_run
+    assert not set(metadata["feature_columns"]) & {"alive", "died"}
+    assert metadata["outcomes"] == list(ehr.OUTCOMES)
+    example = next(iter(examples(folder, "dicom_id").values()))  # keyed by bytes: any one record will do
+    assert len(example["ehr/features"]) == len(ehr.FEATURE_COLUMNS) and "outcome/hospital_expire_flag" in example
+    plain = run(ehr_argv(ehr_tree, tmp_path / "plain", ONE_WORKER, "--images=false"))
+    assert plain["outcomes"] is None and not any(k.startswith("outcome") for k in plain["features"])
+    header = (published(tmp_path / "plain") / "manifest").glob("*.csv")
+    assert not any("outcome" in read_csv(p)[0] for p in header)
+    with pytest.raises(SystemExit):  # a set with alive/died needs --include_outcomes
+        run(ehr_argv(ehr_tree, tmp_path / "refused", "--feature_sets=clinical"))
+
+
+def test_feature_csvs_follow_the_original_layout(ehr_run):
+    folder, metadata = ehr_run
+    rows = {r["dicom_id"]: r for p in sorted((folder / "manifest").glob("*.csv")) for r in read_csv(p)}
+    for name in SETS:
+        [path] = (folder / "features").glob(f"{name}-*.csv")
+        lines = read_csv(path)
+        assert list(lines[0]) == ["path", *metadata["feature_sets"][name]]
+        assert len(lines) == metadata["counts"]["matched"]
+        assert {line["path"] for line in lines} == {mimic.image_path(int(r["subject_id"]), int(r["study_id"]), d)
+                                                    for d, r in rows.items()}
+    assert len(metadata["feature_sets"]["all-age-norm"]) == 13
+
+
+def test_rerun_is_byte_identical_with_one_worker(ehr_tree, ehr_run, tmp_path):
+    folder, metadata = ehr_run
+    again = run(ehr_argv(ehr_tree, tmp_path / "again", ONE_WORKER, f"--feature_sets={','.join(SETS)}",
+                         "--include_outcomes"))
+    other = published(tmp_path / "again")
+    for sub in ("tfrecords", "manifest", "features", "rejects"):
+        names = sorted(p.name for p in (folder / sub).iterdir())
+        assert names == sorted(p.name for p in (other / sub).iterdir())
+        assert filecmp.cmpfiles(folder / sub, other / sub, names, shallow=False)[0] == names, sub
+    strip = lambda m: {**m, "config": {**m["config"], "output": ""}}  # noqa: E731
+    assert strip(again) == strip(metadata)
