@@ -13,7 +13,7 @@ page "contains patient data, do not share".
 
 This is the ed_cxr card; ``build`` hands a run of another cohort (metadata.json config["cohort"]) to that cohort's
 card, which uses the helpers here and the same rules: symile_mimic's is report_symile, medfuse_ihm's and
-medfuse_phenotyping's report_medfuse, cxr_ehr's report_cxr_ehr.
+medfuse_phenotyping's report_medfuse, cxr_ehr's report_cxr_ehr, cxr_report's report_cxr_report.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ SUPPRESSED = f"<{SMALL_CELL + 1}"
 PHI_BANNER = "Contains patient data, do not share"
 # cohort -> the module of its card, whose build(folder, metadata, samples, target) ``build`` calls; ed_cxr's is here
 CARDS = {"symile_mimic": "beam_pipeline.report_symile", "medfuse_ihm": "beam_pipeline.report_medfuse",
-         "medfuse_phenotyping": "beam_pipeline.report_medfuse", "cxr_ehr": "beam_pipeline.report_cxr_ehr"}
+         "medfuse_phenotyping": "beam_pipeline.report_medfuse", "cxr_ehr": "beam_pipeline.report_cxr_ehr",
+         "cxr_report": "beam_pipeline.report_cxr_report"}
 COLORS = {"positive": "#c0392b", "uncertain": "#e67e22", "negative": "#2e86c1", "blank": "#d5d8dc"}
 
 
@@ -496,9 +497,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=0,
                         help="add N validation records (note text and thumbnail; symile_mimic: one 12-lead ECG "
                              "strip, X-ray thumbnails and labels; medfuse_*: hourly heatmaps of the 17 channels and "
-                             "the paired X-rays; cxr_ehr: X-ray thumbnails with their raw variables) and mark the "
-                             "page 'contains patient data, do not share' (default 0: aggregate only, counts 1-10 "
-                             "shown as <11)")
+                             "the paired X-rays; cxr_ehr: X-ray thumbnails with their raw variables; cxr_report: "
+                             "X-ray thumbnails with their target text) and mark the page 'contains patient data, do "
+                             "not share' (default 0: aggregate only, counts 1-10 shown as <11)")
     parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,357 @@
+"""The cxr_report data card: ``report.build`` (``python -m beam_pipeline.report OUTPUT``) comes here when the run's
+config["cohort"] is cxr_report (issue #15: word-count histogram of targets, section coverage).
+
+Sections: dataset (what a record is, the views, the word limits, --one_per_subject, the outputs), funnel (per study,
+in metadata.json's funnel order: studies with a kept-view image, with a report, with findings or impression, target
+within the word limits, first of its subject, written; each step's drop reasons and the study rejects before
+"written"; every reject line by stage), splits (studies and patients), target length (written studies per
+word-count bin of the target, counts.target_words), section coverage (written studies whose report has each
+normalised section), CheXpert label status, the report processing (parser, cleaning, target, instruction), samples,
+provenance.
+
+Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count from
+1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the reject
+lines, the split columns, the word-count bins, the label statuses) get complementary suppression
+(report_medfuse.protect): no suppressed count follows by subtraction from one relation; a share is hidden with its
+count. A section present in all but 1 to 10 written studies is shown as "all but <11", and a section name that is
+not one of the parser's own (a header kept as written) is named only when more than 10 written studies have it.
+Report text is patient data: ``--samples N`` adds N records' X-ray thumbnail and target text (val, then test, then
+train) and marks the page "contains patient data"; without it no report text is on the page.
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+
+from beam_pipeline import mimic
+from beam_pipeline.cohorts import cxr_report
+from beam_pipeline.cohorts import report_sections as rs
+from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
+                                  _table, histograms_figure, page, provenance_tables, rate, read_manifest,
+                                  sample_records, small, split_method, thumbnail, write_card)
+from beam_pipeline.report_medfuse import ALL_BUT, bars_figure, figure_counts, of_total, protect, share_bars
+
+SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
+WRITTEN = "written"  # the key of the written studies among the cells (the page header shows them: never hidden)
+REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel_cells' cells
+# section names the parser itself gives (report_sections); any other name is a report's own header, lower-cased
+KNOWN_SECTIONS = frozenset({*rs.SECTION_SYNONYMS.values(), *rs.MAIN_SECTIONS, rs.PREAMBLE, rs.FULL_REPORT,
+                            rs.LAST_PARAGRAPH})
+TARGET_SECTIONS = ("findings", "impression")
+LABEL_STATUS = {"labeled": "labeled (at least one CheXpert value)", "all_blank": "a label row, every value blank",
+                "no_label_row": "no label row for the study"}
+CARD_STYLE = "<style>table.dataset td,table.processing td{text-align:left}</style>"
+
+
+# --- funnel ----------------------------------------------------------------------------------------------------
+
+def drop_steps() -> dict[str, str]:
+    """The funnel step before which each drop reason removes its studies, as cxr_report.funnel_steps itself counts
+    it (one study dropped for that reason: the first step with none left)."""
+    found = {}
+    for reason in cxr_report.DROPS:
+        steps = cxr_report.funnel_steps({"studies": 1, "dropped": {r: int(r == reason) for r in cxr_report.DROPS},
+                                         "matched": 0})
+        found[reason] = next(name for name, left in steps if left == 0)
+    return found
+
+
+def removals(metadata: dict) -> dict[str, dict[str, int]]:
+    """Per funnel step, what removed studies since the previous one: its drop reasons, and before "written" the
+    study rejects (join/, report/, split/, images/)."""
+    counts, steps = metadata["counts"], list(metadata["funnel"])
+    last = steps[-1]
+    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
+    for reason, step in drop_steps().items():
+        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
+    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
+    return groups
+
+
+def reject_key(reason: str) -> str:
+    """A reject line count's key in funnel_cells: a study reject is the funnel's own "− rejected: ..." cell."""
+    return f"− rejected: {reason}" if reason.startswith(cxr_report.UNIT_STAGES) else f"reject line: {reason}"
+
+
+def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
+    """The funnel as (name, count) rows, each step preceded by its removals ("− " names), and the cells as shown,
+    with the reject lines by stage/reason (reject_key) and their total (REJECT_LINES), which share the study
+    rejects. Relations: each step = the next + the removals between them; the reject lines add up to their total.
+    "written" is fixed (the page header shows it). Preferred to hide: a removal (smallest first), then the earliest
+    step."""
+    groups, rows, relations = removals(metadata), [], []
+    steps = list(metadata["funnel"].items())
+    for i, (step, left) in enumerate(steps):
+        group = groups.get(step, {})
+        rows += [(f"− {name}", n) for name, n in group.items()]
+        rows.append((step, left))
+        if i:
+            relations.append([steps[i - 1][0], step, *(f"− {name}" for name in group)])
+    counts = metadata["counts"]
+    lines = {reject_key(reason): n for reason, n in counts["rejects_by_stage_reason"].items()}
+    values = {**lines, REJECT_LINES: counts["rejects_total"], **dict(rows)}
+    relations.append([*lines, REJECT_LINES])
+    order = {name: i for i, (name, _) in enumerate(steps)}
+    shown = protect(values, relations, fixed=[steps[-1][0]],
+                    rank=lambda key: (1, order[key]) if key in order else (0, values[key]))
+    return rows, shown
+
+
+def funnel_figure(metadata: dict) -> bytes:
+    """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
+    "suppressed") is not drawn and its label says which."""
+    plt = _pyplot()
+    rows, shown = funnel_cells(metadata)
+    steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
+    lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
+                                         layout="constrained")
+    for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
+        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
+        ax.barh(range(len(bars)), visible[::-1], color=color)
+        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
+        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
+            ax.text(value, i, f" {cell}", va="center", fontsize=8)
+        ax.set_xlim(0, max(visible + [1]) * 1.2)
+    left.set_title("Study funnel (studies left)", fontsize=10)
+    right.set_title("Studies dropped or rejected, by reason", fontsize=10)
+    right.tick_params(labelsize=8)
+    return _png(figure)
+
+
+# --- splits ----------------------------------------------------------------------------------------------------
+
+def split_cells(metadata: dict) -> dict:
+    """Studies and patients per split and in total, as shown: keys (column, split or "total"). Each column adds up
+    to its total (splits are patient-disjoint, so patients too); the written studies are fixed."""
+    counts = metadata["counts"]
+    values = {}
+    for column, per_split in (("studies", counts["per_split"]), ("patients", counts["patients_per_split"])):
+        for split in mimic.SPLITS:
+            values[(column, split)] = per_split.get(split, 0)
+        values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
+    relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in ("studies", "patients")]
+    return protect(values, relations, fixed=[("studies", "total")])
+
+
+def split_rows(metadata: dict) -> list[list]:
+    shown = split_cells(metadata)
+    return [[split, shown[("studies", split)], shown[("patients", split)]] for split in (*mimic.SPLITS, "total")]
+
+
+# --- target length ---------------------------------------------------------------------------------------------
+
+def word_bins(metadata: dict) -> dict[str, int]:
+    """Written studies per word-count bin of the target (counts.target_words, keyed by the bin's lower bound
+    "020"), labelled by the words the bin can hold under the run's limits ("20–29", "65"); bins the limits leave
+    empty are left out unless they hold studies."""
+    low_limit, high_limit = metadata["report"]["words"]
+    found = metadata["counts"]["target_words"]
+    bounds = sorted({*cxr_report.WORD_BUCKETS, *(int(k) for k in found)})
+    bins = {}
+    for i, low in enumerate(bounds):
+        n = found.get(f"{low:03d}", 0)
+        high = bounds[i + 1] - 1 if i + 1 < len(bounds) else None
+        first = max(low, low_limit)
+        last = high_limit if high is None else min(high, high_limit)
+        if first > last and not n:
+            continue
+        label = (f"{low}–{high}" if high is not None else f"≥ {low}") if first > last else \
+            f"{first}" if first == last else f"{first}–{last}"
+        bins[label] = n
+    return bins
+
+
+def word_cells(metadata: dict) -> dict:
+    """The bins and the written studies (fixed), as shown: the bins add up to them."""
+    bins = word_bins(metadata)
+    return protect({**bins, WRITTEN: metadata["counts"]["matched"]}, [[*bins, WRITTEN]], fixed=[WRITTEN])
+
+
+def shared(cell, n: int, total: int):
+    """The share of a cell as shown: hidden with its count."""
+    return cell if isinstance(cell, str) else rate(n, total)
+
+
+def word_rows(metadata: dict) -> list[list]:
+    bins, shown, matched = word_bins(metadata), word_cells(metadata), metadata["counts"]["matched"]
+    return [[name, shown[name], shared(shown[name], n, matched)] for name, n in bins.items()] + \
+        [["total", shown[WRITTEN], shared(shown[WRITTEN], matched, matched)]]
+
+
+def median_words(manifest: list[dict[str, str]]) -> str:
+    """The median target length over the written studies (from the manifest), shown over more than SMALL_CELL."""
+    words = [int(row["target_words"]) for row in manifest if row.get("target_words")]
+    if len(words) <= SMALL_CELL:
+        return f"not shown ({SUPPRESSED} written studies)"
+    return f"{statistics.median(words):g} words"
+
+
+# --- sections --------------------------------------------------------------------------------------------------
+
+def section_rows(metadata: dict) -> list[list]:
+    """Per normalised section name (most frequent first): written studies whose report has it (count, share of
+    written). A name the parser does not give (a report's own header, kept as written) is named only when more than
+    SMALL_CELL written studies have it; the others are one row that says how many names it hides."""
+    coverage, matched = metadata["counts"]["section_coverage"], metadata["counts"]["matched"]
+    named = {name: n for name, n in coverage.items() if name in KNOWN_SECTIONS or not small(n)}
+    unnamed = len(coverage) - len(named)
+    rows = [[name, *of_total(n, matched), "parser" if name in KNOWN_SECTIONS else "a report header"]
+            for name, n in sorted(named.items(), key=lambda item: (-item[1], item[0]))]
+    if unnamed:
+        rows.append([f"{Count(unnamed)} other names, not shown", SUPPRESSED + " each", "", "reports' own headers"])
+    return rows
+
+
+def section_figure_counts(metadata: dict) -> dict[str, int]:
+    """The named sections' bars (section_rows' names): one in all but a few written studies is not drawn."""
+    coverage, matched = metadata["counts"]["section_coverage"], metadata["counts"]["matched"]
+    named = {name: n for name, n in sorted(coverage.items(), key=lambda item: (-item[1], item[0]))
+             if name in KNOWN_SECTIONS or not small(n)}
+    return share_bars(named, matched)
+
+
+# --- labels ----------------------------------------------------------------------------------------------------
+
+def label_cells(metadata: dict) -> dict:
+    labels = metadata["counts"]["labels"]
+    statuses = [*LABEL_STATUS, *sorted(set(labels) - set(LABEL_STATUS))]
+    values = {status: labels.get(status, 0) for status in statuses}
+    return protect({**values, WRITTEN: metadata["counts"]["matched"]}, [[*values, WRITTEN]], fixed=[WRITTEN])
+
+
+def label_rows(metadata: dict) -> list[list]:
+    shown, labels, matched = label_cells(metadata), metadata["counts"]["labels"], metadata["counts"]["matched"]
+    return [[status, LABEL_STATUS.get(status, ""), shown[status], shared(shown[status], labels.get(status, 0),
+                                                                         matched)]
+            for status in shown if status != WRITTEN] + [["total", "", shown[WRITTEN], 1.0 if matched else 0.0]]
+
+
+# --- dataset and processing ------------------------------------------------------------------------------------
+
+def dataset_rows(metadata: dict) -> list[list]:
+    config, image = metadata["config"], metadata["image"]
+    low, high = metadata["report"]["words"]
+    return [["cohort", config["cohort"]], ["dataset", metadata["dataset"]],
+            ["record", "one image per study with a kept view (its smallest dicom_id), the findings and impression of "
+                       "the study's report as the target, the study's CheXpert labels"],
+            ["views", ", ".join(config.get("views", []))],
+            ["target length (--min_words, --max_words)", f"{low} to {high} words, both included"],
+            ["one study per patient (--one_per_subject)",
+             "yes: each patient's earliest study whose report passes" if config.get("one_per_subject") else
+             "no: every study that passes"],
+            ["images written", f"yes: {image['size']} px {image['format']}, {image['resize_mode']}" if image
+             else "no"],
+            ["split", f"{metadata['split']['strategy']}: {metadata['split']['rule']}" if metadata.get("split")
+             else config.get("split_strategy", "")],
+            ["outputs", "tfrecords/ (image, target, findings, impression, section names, labels), "
+                        "instructions/<split>-*.jsonl (one chat example per written study: the instruction "
+                        "and the image path, then the target), manifest/, rejects/, metadata.json"]]
+
+
+def processing_rows(metadata: dict) -> list[list]:
+    report = metadata["report"]
+    low, high = report["words"]
+    return [["parser", report["parser"]], ["cleaning", report["cleaning"]], ["target", report["target"]],
+            ["kept when", f"{low} <= words <= {high} (words: whitespace-separated)"],
+            ["instruction (user turn)", report["instruction"]]]
+
+
+# --- samples ---------------------------------------------------------------------------------------------------
+
+def sample_cards(picked: list[dict], names: list[str]) -> str:
+    if not picked:
+        return ("<p>Aggregate only: no report text and no record's X-ray on this page. <code>python -m "
+                "beam_pipeline.report OUTPUT --samples N</code> adds N records' X-ray thumbnails with their target "
+                f"text, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+    cards = []
+    for example, name in zip(picked, names):
+        dicom_id = example["dicom_id"][0].decode()
+        image = f'<img src="{name}" alt="sample X-ray {html.escape(dicom_id)}">' if name else "<p>no image</p>"
+        positive = [label for label, v in zip(mimic.LABELS, example["labels/chexpert"]) if v == 1.0]
+        sections = ", ".join(s.decode() for s in example.get("report/sections", []))
+        cards.append(
+            f'<figure class="card">{image}<figcaption><b>{html.escape(dicom_id[:17])}…</b> '
+            f'{html.escape(example["view_position"][0].decode())}, {html.escape(example["split"][0].decode())}, '
+            f'{example["report/words"][0]} words<br><i>sections: {html.escape(sections)}</i><br>'
+            f'<i>positive: {html.escape(", ".join(positive) or "none")}</i>'
+            f'<p class="target">{html.escape(example["report/target"][0].decode("utf-8"))}</p>'
+            "</figcaption></figure>")
+    return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+# --- the page --------------------------------------------------------------------------------------------------
+
+def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[str]) -> str:
+    counts, config = metadata["counts"], metadata["config"]
+    rows, shown = funnel_cells(metadata)
+    reject_rows = [[name, "yes" if name.startswith(cxr_report.UNIT_STAGES) else "no (a row)",
+                    shown[reject_key(name)]] for name in counts["rejects_by_stage_reason"]] + \
+        [["total", "", shown[REJECT_LINES]]]
+    low, high = metadata["report"]["words"]
+    first = ("applied (--one_per_subject): a patient's later studies are dropped" if config.get("one_per_subject")
+             else "not applied (the run had no --one_per_subject): no study is dropped there")
+    sections = [
+        _section("dataset", "Dataset", CARD_STYLE, _table(["", ""], dataset_rows(metadata), "dataset")),
+        _section("funnel", "Study funnel",
+                 "<p>Each step is what is left; the rows before it (−) removed studies since the previous one. A "
+                 f"study is counted once it has an image of a kept view ({html.escape(', '.join(config['views']))}); "
+                 "drop reasons are tested in this order, so a study counts once: no report file, no findings and no "
+                 f"impression, a target shorter than {low} or longer than {high} words; first of its subject: "
+                 f"{first}. Rejected studies (a conflicting label or split row, an unreadable report or image) are "
+                 "removed before \"written\".</p>",
+                 _table(["step", "studies"], [[name, shown[name]] for name, _ in rows], "funnel"),
+                 _figure("funnel.png", "study funnel"),
+                 "<h3>Rejects written (all stages)</h3><p>A line each in rejects/. Only join/, report/, split/ and "
+                 "images/ rejects remove a study (the funnel's rejected rows).</p>" +
+                 _table(["stage/reason", "removes a study", "lines"], reject_rows, "rejects")),
+        _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
+                 _table(["split", "studies", "patients"], split_rows(metadata), "splits"),
+                 "<p>instructions/&lt;split&gt;-*.jsonl hold one line per written study of the split.</p>"),
+        _section("words", "Target length",
+                 f"<p>Written studies per word count of the target (findings + impression, cleaned; {low} to {high} "
+                 f"words kept); bins of 1 to {SMALL_CELL} studies, or hidden beside one, are not drawn. Median: "
+                 f"{html.escape(median_words(manifest))}.</p>",
+                 _table(["words", "studies", "share of written"], word_rows(metadata), "words"),
+                 _figure("words.png", "target word counts")),
+        _section("sections", "Section coverage",
+                 "<p>Written studies whose report has each normalised section (the parser's names; a header it does "
+                 "not know is kept lower-cased as written); a report can have several. The target is the last "
+                 f"findings and the last impression: {', '.join(TARGET_SECTIONS)} coverage is how many targets have "
+                 f"each part. \"{ALL_BUT}\": all but 1 to {SMALL_CELL} written studies.</p>",
+                 _table(["section", "studies", "share of written", "name from"], section_rows(metadata),
+                        "sections"),
+                 _figure("sections.png", "section coverage")),
+        _section("labels", "CheXpert label status",
+                 "<p>Written studies by their label row (the per-label values are in the TFRecords: labels/chexpert, "
+                 "labels/binary under --uncertain_policy, labels/mask; this card does not count them).</p>",
+                 _table(["status", "", "studies", "share of written"], label_rows(metadata), "labels")),
+        _section("processing", "Report processing",
+                 "<p>How each report became a target (metadata.json's report).</p>",
+                 _table(["", ""], processing_rows(metadata), "processing")),
+        _section("samples", f"Sample records ({len(picked)})",
+                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
+                 'agreement as the dataset.</p>', sample_cards(picked, names)),
+        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
+                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
+                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+    ]
+    banner = f"{len(picked)} sample records (X-ray thumbnails, report text) below." if picked else ""
+    return page(metadata, sections, banner)
+
+
+def build(folder: str, metadata: dict, samples: int, target: str) -> str:
+    """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
+    manifest = read_manifest(folder)
+    bins, shown = word_bins(metadata), word_cells(metadata)
+    figures = {
+        "funnel.png": funnel_figure(metadata),
+        "words.png": histograms_figure([("written studies per target length (words)",
+                                         figure_counts(bins, {k: shown[k] for k in bins}))], width=7),
+        "sections.png": bars_figure("written studies with each section", section_figure_counts(metadata)),
+    }
+    picked = sample_records(folder, metadata, samples, SAMPLE_SPLITS) if samples > 0 else []
+    names = [f"sample-{i:02d}.png" if example.get("image/encoded") else "" for i, example in enumerate(picked)]
+    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked) if name})
+    return write_card(target, figures, render(metadata, manifest, picked, names))
