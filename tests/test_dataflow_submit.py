@@ -139,7 +139,9 @@ def cloud_inputs(tmp_path_factory, gcs_server):
     return {"mimic_cxr_root": upload_tree(client, CXR_BUCKET, Path(roots.cxr), "2.1.0", BILLING),
             "mimic_ed_root": upload_tree(client, DATA_BUCKET, Path(roots.ed), "mimic-iv-ed/2.2"),
             "mimic_iv_root": upload_tree(client, DATA_BUCKET, Path(roots.iv), "mimiciv/2.2"),
-            "mimic_ecg_root": upload_tree(client, DATA_BUCKET, Path(roots.ecg), "mimic-iv-ecg/1.0")}
+            "mimic_ecg_root": upload_tree(client, DATA_BUCKET, Path(roots.ecg), "mimic-iv-ecg/1.0"),
+            "mimic_cxr_reports": upload_tree(client, DATA_BUCKET, Path(roots.cxr, "files"), "mimic-cxr/2.1.0/files")
+            .rsplit("/files", 1)[0]}
 
 
 # Each cohort's template parameters beyond the roots; the text settings are image paths (/template/...) replaced by
@@ -149,10 +151,15 @@ COHORT_PARAMETERS = {
     "symile_mimic": lambda kb_index: {"cohort": "symile_mimic", "ecg_scaling": "minmax"},
     "medfuse_ihm": lambda kb_index: {"cohort": "medfuse_ihm", "benchmark_files": "true",
                                      "normalize_timeseries": "true"},
+    "cxr_ehr": lambda kb_index: {"cohort": "cxr_ehr", "feature_sets": "socio-norm,all-age-5",
+                                 "include_outcomes": "true"},
+    "cxr_report": lambda kb_index: {"cohort": "cxr_report", "one_per_subject": "true"},
 }
 COHORT_ROOTS = {"ed_cxr": ("mimic_cxr_root", "mimic_ed_root", "mimic_iv_root"),
                 "symile_mimic": ("mimic_cxr_root", "mimic_iv_root", "mimic_ecg_root"),
-                "medfuse_ihm": ("mimic_cxr_root", "mimic_iv_root")}
+                "medfuse_ihm": ("mimic_cxr_root", "mimic_iv_root"),
+                "cxr_ehr": ("mimic_cxr_root", "mimic_iv_root"),
+                "cxr_report": ("mimic_cxr_root", "mimic_cxr_reports")}
 
 
 @pytest.mark.parametrize("cohort", sorted(COHORT_PARAMETERS))
