@@ -86,6 +86,16 @@ def stage(pcoll, label: str, dofn: beam.DoFn, main: str = "records"):
     return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, main=main)
 
 
+def gather(reads: dict, stages: list, more_events: list = ()):
+    """(rejects, events, input file records) of a graph: every read's and stage's tagged outputs flattened, plus
+    ``more_events`` (e.g. patient counts), for WriteOutputs and WriteMetadata."""
+    everything = list(reads.values()) + stages
+    rejects = [s[accounting.REJECTS] for s in everything] | "AllRejects" >> beam.Flatten()
+    events = [s[accounting.EVENTS] for s in everything] + list(more_events) | "AllEvents" >> beam.Flatten()
+    input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
+    return rejects, events, input_files
+
+
 def checks_before_images(records, key):
     """Patient-disjoint splits and unique record keys: both must pass before any image is read (``after`` of
     WriteExamples)."""

@@ -174,11 +174,14 @@ def test_series_are_the_hourly_bins_of_the_cleaned_events(task, medfuse_tree, me
         assert example["timeseries/shape"] == [n_bins, 17]
         values = np.asarray(example["timeseries/values"]).reshape(n_bins, 17)
         mask = np.asarray(example["timeseries/mask"]).reshape(n_bins, 17)
-        last: dict[tuple[int, int], tuple] = {}
+        last: dict[tuple[int, int], tuple] = {}  # the latest event of a bin, ties to the larger value
+
+        def order(event):
+            return event[0], str(event[1]) if isinstance(event[1], str) else event[1]
+
         for t, channel, value in want["series"]:
             key = (min(max(int(t - 1e-6), 0), n_bins - 1), channels.index(channel))
-            last[key] = max(last.get(key, (t, value)), (t, value), key=lambda e: (e[0], str(e[1])
-                                                                                     if isinstance(e[1], str) else e[1]))
+            last[key] = max(last.get(key, (t, value)), (t, value), key=order)
         assert {(b, c) for b, c in zip(*np.nonzero(mask))} == set(last)
         for (b, c), (_, value) in last.items():
             if not isinstance(value, str):

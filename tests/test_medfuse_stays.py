@@ -26,7 +26,9 @@ import pytest
 
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as ms
-from beam_pipeline.cohorts.medfuse_stays import (PHENOTYPES, Stay, ihm_eligible, in_hospital_mortality, load_split_files, pair_cxr, pairing_window, phenotype_labels, select_stays, subject_split)
+from beam_pipeline.cohorts.medfuse_stays import (PHENOTYPES, Stay, ihm_eligible, in_hospital_mortality,
+                                                 load_split_files, pair_cxr, pairing_window, phenotype_labels,
+                                                 select_stays, subject_split)
 from beam_pipeline.mimic import ADMISSIONS, DIAGNOSES_ICD, ICUSTAYS, PATIENTS
 from beam_pipeline.transforms.split import hash_split
 

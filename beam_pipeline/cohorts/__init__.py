@@ -18,8 +18,9 @@ if TYPE_CHECKING:  # the cohort modules import the engine, which imports options
     from beam_pipeline.mimic import Table
     from beam_pipeline.options import Config
 
+# --cohort name -> the module whose COHORTS holds it
 MODULES = {"ed_cxr": "ed_cxr", "symile_mimic": "symile_mimic", "medfuse_ihm": "medfuse",
-           "medfuse_phenotyping": "medfuse", "cxr_ehr": "cxr_ehr", "cxr_report": "cxr_report"}  # --cohort name -> the module whose COHORTS holds it
+           "medfuse_phenotyping": "medfuse", "cxr_ehr": "cxr_ehr", "cxr_report": "cxr_report"}
 NAMES: tuple[str, ...] = tuple(MODULES)
 DEFAULT = "ed_cxr"
 

@@ -38,7 +38,7 @@ from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
-from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, feature_spec_json, image_values
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.join import unique_rows
@@ -229,10 +229,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
         Serialize(to_example), key=lambda r: r.dicom_id, after=checks)
     final = stage(examples[WRITTEN], "CountWritten", accounting.CountWritten())
     patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
-    stages = list(reads.values()) + [images, described, split, examples, final]
-    rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
-    events = [s[accounting.EVENTS] for s in stages] + [patients] | "AllEvents" >> beam.Flatten()
-    input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
+    rejects, events, input_files = gather(reads, [images, described, split, examples, final], [patients])
     files = ([examples["files"], {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(
         config.output, manifest_for(config.include_outcomes)), *write_feature_sets(final.records, config)]
         | "Written" >> beam.Flatten())

@@ -33,12 +33,13 @@ from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import funnel as funnel_lib
 from beam_pipeline.cohorts import report_sections as rs
 from beam_pipeline.fileio.metadata import CountsError, WriteMetadata, image_section, split_section, summarize_outputs
-from beam_pipeline.fileio.outputs import WRITTEN, Manifest, Serialize, WriteExamples, WriteOutputs, csv_line, example_plan
+from beam_pipeline.fileio.outputs import (WRITTEN, Manifest, Serialize, WriteExamples, WriteOutputs, csv_line,
+                                          example_plan)
 from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
-from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, feature_spec_json, image_values
 from beam_pipeline.transforms.images import SelectImages
@@ -270,7 +271,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
     if config.one_per_subject:
         selected.append(stage(read.records | "KeyStudiesBySubject" >> beam.Map(lambda r: (r.subject_id, r))
                               | "GroupBySubject" >> beam.GroupByKey(), "FirstOfSubject", FirstOfSubject()))
-    split = selected[-1].records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt, config.split_fractions)
+    split = selected[-1].records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
+                                                                   config.split_fractions)
     checks = checks_before_images(split.records, key=lambda r: r.dicom_id)
     image_settings, loader = image_stage(config, source)
     examples = split.records | "WriteExamples" >> WriteExamples(
@@ -282,10 +284,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
         lambda r: (r.split, _key(r), instruction_line(config.instruction, r)))
         | "WriteInstructions" >> WriteShards(FileSystems.join(config.output, "instructions"), mimic.SPLITS,
                                              ShardFormat(".jsonl"), ShardPlan(math.inf)))
-    stages = list(reads.values()) + [images, *selected, split, examples, final]
-    rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
-    events = [s[accounting.EVENTS] for s in stages] + [patients] | "AllEvents" >> beam.Flatten()
-    input_files = [r.files for r in reads.values()] | "InputFiles" >> beam.Flatten()
+    rejects, events, input_files = gather(reads, [images, *selected, split, examples, final], [patients])
     files = ((examples["files"], instructions,
               {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(config.output, MANIFEST))
              | "Written" >> beam.Flatten())

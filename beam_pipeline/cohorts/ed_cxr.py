@@ -25,7 +25,7 @@ from beam_pipeline.fileio.metadata import WriteMetadata, ed_document, ed_empty_m
 from beam_pipeline.fileio.outputs import WRITTEN, Serialize, WriteExamples, WriteOutputs, example_plan
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
-from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.join import REJECTED_LABELS, REJECTED_STAYS, LinkImagesToStays
@@ -94,12 +94,9 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
         Serialize(to_example), key=lambda r: r.dicom_id, after=checked)
     final = stage(examples[WRITTEN], "CountWritten", accounting.CountWritten())
     described = stage(final.records, "DescribeRecords", DescribeRecords())
-    stages = list(reads.values()) + [images, linked, built, filtered, tokenized, split, examples, final, described]
     patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
-
-    rejects = [stage[accounting.REJECTS] for stage in stages] | "AllRejects" >> beam.Flatten()
-    events = [stage[accounting.EVENTS] for stage in stages] + [patients] | "AllEvents" >> beam.Flatten()
-    input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
+    rejects, events, input_files = gather(
+        reads, [images, linked, built, filtered, tokenized, split, examples, final, described], [patients])
     outputs = {"records": final.records, "rejects": rejects}
     if config.leakage_audit:
         outputs["audit"] = filtered[AUDIT]

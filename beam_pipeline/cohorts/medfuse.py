@@ -45,7 +45,7 @@ from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
-from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectImages
@@ -360,8 +360,9 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
                        ("diagnoses", "diagnoses_icd")):
         keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
     series_windows = ({tag: keyed[tag] for tag in ("icustays", "admissions", "patients")}
-                      | "CoGroupStays" >> beam.CoGroupByKey() | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))
-    events = ((reads["chartevents"].rows, reads["labevents"].rows) | "AllEvents" >> beam.Flatten()
+                      | "CoGroupStays" >> beam.CoGroupByKey()
+                      | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))
+    events = ((reads["chartevents"].rows, reads["labevents"].rows) | "AllEventRows" >> beam.Flatten()
               | "KeepStayEvents" >> beam.ParDo(KeepStayEvents(), beam.pvalue.AsDict(series_windows))
               .with_outputs(accounting.EVENTS, main="rows"))
     keyed["events"] = key_by_subject("Key events", events.rows)
@@ -385,10 +386,8 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
             ShardFormat("_listfile.csv", header=csv_line(("stay", "period_length", "stay_id",
                                                           *(("y_true",) if task == "ihm" else LABEL_NAMES[task])))),
             ShardPlan(math.inf)))
-    stages = list(reads.values()) + [images, built, examples, final]
-    rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
-    counted = [s[accounting.EVENTS] for s in stages] + [events[accounting.EVENTS], patients] | "Counted" >> beam.Flatten()
-    input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
+    rejects, counted, input_files = gather(reads, [images, built, examples, final],
+                                           [events[accounting.EVENTS], patients])
     written = [examples["files"], listfiles,
                {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(
                    config.output, manifest_for(task))]

@@ -43,7 +43,8 @@ def funnel_steps(c: dict) -> list[tuple[str, int]]:
 
 
 def check_counts(c: dict, outputs: dict) -> list[str]:
-    candidate_rows = {split: outputs.get("candidates", {}).get(split, {}).get("records", 0) for split in ("val", "test")}
+    candidate_rows = {split: outputs.get("candidates", {}).get(split, {}).get("records", 0)
+                      for split in ("val", "test")}
     expected_rows = {split: c["candidates"]["queries"].get(split, 0) + c["candidates"]["negatives"].get(split, 0)
                      for split in ("val", "test")}
     labs = c["labs_rows"]

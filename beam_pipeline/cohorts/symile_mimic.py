@@ -40,7 +40,7 @@ from beam_pipeline.fileio.outputs import WRITTEN, Manifest, WriteExamples, Write
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
-from beam_pipeline.pipeline import checks_before_images, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.candidates import WriteCandidateSets
 from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
@@ -368,12 +368,9 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
     candidates = (final.records | "QueryIds" >> beam.Map(lambda r: (r.split, r.hadm_id))
                   | "WriteCandidateSets" >> WriteCandidateSets(config.output, ("val", "test"),
                                                                config.candidate_seed, config.candidate_negatives))
-    stages = list(reads.values()) + [images, selected, checked, split, examples, final]
-    rejects = [s[accounting.REJECTS] for s in stages] | "AllRejects" >> beam.Flatten()
     patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
-    events = ([s[accounting.EVENTS] for s in stages] + [labs[accounting.EVENTS], candidates["events"], patients]
-              | "AllEvents" >> beam.Flatten())
-    input_files = [read.files for read in reads.values()] | "InputFiles" >> beam.Flatten()
+    rejects, events, input_files = gather(reads, [images, selected, checked, split, examples, final],
+                                          [labs[accounting.EVENTS], candidates["events"], patients])
     files = ((examples["files"], candidates["files"],
               {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(config.output, MANIFEST))
              | "Written" >> beam.Flatten())

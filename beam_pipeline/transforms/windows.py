@@ -42,7 +42,8 @@ class Window:
         return above and below
 
     def describe(self) -> str:
-        """The window in the notation of the docs, e.g. ``24 h < Δ ≤ 72 h after admittime (earliest; ties: dicom_id)``."""
+        """The window in the docs' notation, e.g. ``24 h < Δ ≤ 72 h from admittime (earliest; ties: smallest
+        dicom_id)``."""
         low = "≤" if self.lower_inclusive else "<"
         high = "≤" if self.upper_inclusive else "<"
         ties = f"; ties: smallest {self.tie_break}" if self.tie_break else ""
