@@ -13,7 +13,8 @@ page "contains patient data, do not share".
 
 This is the ed_cxr card; ``build`` hands a run of another cohort (metadata.json config["cohort"]) to that cohort's
 card, which uses the helpers here and the same rules: symile_mimic's is report_symile, medfuse_ihm's and
-medfuse_phenotyping's report_medfuse, cxr_ehr's report_cxr_ehr, cxr_report's report_cxr_report.
+medfuse_phenotyping's report_medfuse, cxr_ehr's report_cxr_ehr, cxr_report's report_cxr_report (their shared
+parts, such as the per-unit funnel and complementary suppression, are in report_cards).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ THUMBNAIL = 192
 SMALL_CELL = 10  # counts 1..SMALL_CELL are never shown
 SUPPRESSED = f"<{SMALL_CELL + 1}"
 PHI_BANNER = "Contains patient data, do not share"
+DUA_WARNING = ('<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
+               'agreement as the dataset.</p>')
 # cohort -> the module of its card, whose build(folder, metadata, samples, target) ``build`` calls; ed_cxr's is here
 CARDS = {"symile_mimic": "beam_pipeline.report_symile", "medfuse_ihm": "beam_pipeline.report_medfuse",
          "medfuse_phenotyping": "beam_pipeline.report_medfuse", "cxr_ehr": "beam_pipeline.report_cxr_ehr",
@@ -301,6 +304,16 @@ def probe_part(probe: dict | None) -> str:
                     "val positives", ""], rows, "probe"))
 
 
+def label_text(raw: list[float], names: tuple[str, ...]) -> str:
+    """A record's labels in words: its positive and uncertain ones (1, -1), or "no labels" when all are blank."""
+    if all(map(math.isnan, raw)):
+        return "no labels"
+    positive = [label for label, v in zip(names, raw) if v == 1.0]
+    uncertain = [label for label, v in zip(names, raw) if v == -1.0]
+    return "positive: " + (", ".join(positive) or "none") + ("; uncertain: " + ", ".join(uncertain) if uncertain
+                                                             else "")
+
+
 def sample_cards(samples: list[dict], names: list[str]) -> str:
     if not samples:
         return ("<p>Aggregate only: no note text and no record images on this page. <code>python -m "
@@ -308,12 +321,7 @@ def sample_cards(samples: list[dict], names: list[str]) -> str:
                 f"thumbnail) and marks the page \"{PHI_BANNER.lower()}\".</p>")
     cards = []
     for example, name in zip(samples, names):
-        raw = example["labels/chexpert"]
-        positive = [label for label, v in zip(mimic.LABELS, raw) if v == 1.0]
-        uncertain = [label for label, v in zip(mimic.LABELS, raw) if v == -1.0]
-        labels = ("positive: " + (", ".join(positive) or "none") +
-                  ("; uncertain: " + ", ".join(uncertain) if uncertain else "") if not all(map(math.isnan, raw))
-                  else "no labels")
+        labels = label_text(example["labels/chexpert"], mimic.LABELS)
         cards.append(
             f'<figure class="card"><img src="{name}" alt="sample X-ray {html.escape(example["dicom_id"][0].decode())}">'
             f'<figcaption><b>{html.escape(example["dicom_id"][0].decode()[:17])}…</b> '
@@ -410,9 +418,8 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
             _figure("retrieval.png", "retrieval scores and most retrieved passages")))
     else:
         sections.append(_section("retrieval", "Retrieval", "<p>This run did no retrieval (no --kb_index).</p>"))
-    sections.append(_section("samples", f"Sample validation records ({len(samples)})",
-                             '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same '
-                             'data use agreement as the dataset.</p>', sample_cards(samples, sample_names)))
+    sections.append(_section("samples", f"Sample validation records ({len(samples)})", DUA_WARNING,
+                             sample_cards(samples, sample_names)))
     provenance = [*provenance_tables(metadata),
                   "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
     sections.append(_section("provenance", "Config, versions and inputs", *provenance))

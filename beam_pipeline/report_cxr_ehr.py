@@ -12,7 +12,7 @@ samples, provenance.
 Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count from
 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the reject
 lines, the split columns, each variable's categories and the written images) get complementary suppression
-(report_medfuse.protect): no suppressed count follows by subtraction from one relation; a share is hidden with its
+(report_cards.protect): no suppressed count follows by subtraction from one relation; a share is hidden with its
 count. ``--samples N`` adds N records' X-ray thumbnails with their raw variables (val, then test, then train; never
 their outcomes) and marks the page "contains patient data".
 """
@@ -24,14 +24,13 @@ import html
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import cxr_ehr
 from beam_pipeline.cohorts import cxr_ehr_features as ehr
-from beam_pipeline.report import (PHI_BANNER, SUPPRESSED, Count, _bars, _figure, _png, _pyplot, _section, _table,
-                                  page, provenance_tables, rate, read_manifest, sample_records, split_method,
-                                  thumbnail, write_card)
-from beam_pipeline.report_medfuse import figure_counts, protect
+from beam_pipeline.report import (SUPPRESSED, Count, _bars, _figure, _png, _pyplot, _section, _table, page,
+                                  read_manifest, split_method, write_card)
+from beam_pipeline.report_cards import (UnitFunnel, figure_counts, images_written, no_samples, protect,
+                                        provenance_section, sample_thumbnails, samples_section, shared, split_line,
+                                        split_rows, xray)
 
-SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
 WRITTEN = "written"  # the key of the written images among the cells (the page header shows them: never hidden)
-REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel_cells' cells
 IN_ADMISSION, IN_ICU = "inside an admission", "inside an ICU stay"
 # variable -> (title, (category, feature_coverage key) in display order); each variable's categories add up to
 # the written images
@@ -54,98 +53,8 @@ CARD_STYLE = ("<style>table.dataset td,table.feature-sets td,table.matching td,t
 
 # --- funnel ----------------------------------------------------------------------------------------------------
 
-def drop_steps() -> dict[str, str]:
-    """The funnel step before which each drop reason removes its images, as cxr_ehr.funnel_steps itself counts it
-    (one image dropped for that reason: the first step with none left)."""
-    found = {}
-    for reason in ehr.DROPS:
-        steps = cxr_ehr.funnel_steps({"images_kept_view": 1, "dropped": {r: int(r == reason) for r in ehr.DROPS},
-                                      "matched": 0})
-        found[reason] = next(name for name, left in steps if left == 0)
-    return found
-
-
-def removals(metadata: dict) -> dict[str, dict[str, int]]:
-    """Per funnel step, what removed images since the previous one: its drop reasons, and before "written" the
-    image rejects (metadata/, join/, split/, images/)."""
-    counts, steps = metadata["counts"], list(metadata["funnel"])
-    last = steps[-1]
-    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
-    for reason, step in drop_steps().items():
-        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
-    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
-    return groups
-
-
-def reject_key(reason: str) -> str:
-    """A reject line count's key in funnel_cells: an image reject is the funnel's own "− rejected: ..." cell."""
-    return f"− rejected: {reason}" if reason.startswith(cxr_ehr.UNIT_STAGES) else f"reject line: {reason}"
-
-
-def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
-    """The funnel as (name, count) rows, each step preceded by its removals ("− " names), and the cells as shown,
-    with the reject lines by stage/reason (reject_key) and their total (REJECT_LINES), which share the image
-    rejects. Relations: each step = the next + the removals between them; the reject lines add up to their total.
-    The first step (the metadata rows read, in the inputs table) and "written" (the page header) are fixed.
-    Preferred to hide: a removal (smallest first), then the earliest step."""
-    groups, rows, relations = removals(metadata), [], []
-    steps = list(metadata["funnel"].items())
-    for i, (step, left) in enumerate(steps):
-        group = groups.get(step, {})
-        rows += [(f"− {name}", n) for name, n in group.items()]
-        rows.append((step, left))
-        if i:
-            relations.append([steps[i - 1][0], step, *(f"− {name}" for name in group)])
-    counts = metadata["counts"]
-    lines = {reject_key(reason): n for reason, n in counts["rejects_by_stage_reason"].items()}
-    values = {**lines, REJECT_LINES: counts["rejects_total"], **dict(rows)}
-    relations.append([*lines, REJECT_LINES])
-    order = {name: i for i, (name, _) in enumerate(steps)}
-    shown = protect(values, relations, fixed=[steps[0][0], steps[-1][0]],
-                    rank=lambda key: (1, order[key]) if key in order else (0, values[key]))
-    return rows, shown
-
-
-def funnel_figure(metadata: dict) -> bytes:
-    """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
-    "suppressed") is not drawn and its label says which."""
-    plt = _pyplot()
-    rows, shown = funnel_cells(metadata)
-    steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
-    lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
-                                         layout="constrained")
-    for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
-        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
-        ax.barh(range(len(bars)), visible[::-1], color=color)
-        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
-        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
-            ax.text(value, i, f" {cell}", va="center", fontsize=8)
-        ax.set_xlim(0, max(visible + [1]) * 1.2)
-    left.set_title("Image funnel (images left)", fontsize=10)
-    right.set_title("Images dropped or rejected, by reason", fontsize=10)
-    right.tick_params(labelsize=8)
-    return _png(figure)
-
-
-# --- splits ----------------------------------------------------------------------------------------------------
-
-def split_cells(metadata: dict) -> dict:
-    """Images and patients per split and in total, as shown: keys (column, split or "total"). Each column adds up
-    to its total (splits are patient-disjoint, so patients too); the written images are fixed."""
-    counts = metadata["counts"]
-    values = {}
-    for column, per_split in (("images", counts["per_split"]), ("patients", counts["patients_per_split"])):
-        for split in mimic.SPLITS:
-            values[(column, split)] = per_split.get(split, 0)
-        values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
-    relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in ("images", "patients")]
-    return protect(values, relations, fixed=[("images", "total")])
-
-
-def split_rows(metadata: dict) -> list[list]:
-    shown = split_cells(metadata)
-    return [[split, shown[("images", split)], shown[("patients", split)]] for split in (*mimic.SPLITS, "total")]
+FUNNEL = UnitFunnel(noun="image", unit="images", one="an image", first="images_kept_view", drops=ehr.DROPS,
+                    funnel_steps=cxr_ehr.funnel_steps, unit_stages=cxr_ehr.UNIT_STAGES)
 
 
 # --- feature coverage and outcomes -----------------------------------------------------------------------------
@@ -189,11 +98,6 @@ def coverage_cells(metadata: dict, manifest: list[dict[str, str]]) -> dict:
             if variable and values.get(twin) == values[("outcome", name, side)]:
                 relations.append([("outcome", name, side), twin])
     return protect(values, relations, fixed=[WRITTEN])
-
-
-def shared(cell, n: int, total: int):
-    """The share of a cell as shown: hidden with its count."""
-    return cell if isinstance(cell, str) else rate(n, total)
 
 
 def coverage_rows(metadata: dict, manifest: list[dict[str, str]]) -> list[list]:
@@ -278,8 +182,7 @@ def views_text(config: dict) -> str:
 
 
 def dataset_rows(metadata: dict) -> list[list]:
-    config, image = metadata["config"], metadata["image"]
-    outcomes = metadata.get("outcomes")
+    config, outcomes = metadata["config"], metadata.get("outcomes")
     return [["cohort", config["cohort"]], ["dataset", metadata["dataset"]],
             ["record", "one CXR image with the EHR variables known at its time: gender, age in the study's year "
                        "and its bins, view, orientation, the admission and ICU stay it falls in"],
@@ -289,10 +192,7 @@ def dataset_rows(metadata: dict) -> list[list]:
             ["outcomes (--include_outcomes)", f"written, apart from the features: {', '.join(outcomes)}" if outcomes
              else "not written"],
             ["feature sets (--feature_sets)", ", ".join(metadata["feature_sets"]) or "none"],
-            ["images written", f"yes: {image['size']} px {image['format']}, {image['resize_mode']}" if image
-             else "no"],
-            ["split", f"{metadata['split']['strategy']}: {metadata['split']['rule']}" if metadata.get("split")
-             else config.get("split_strategy", "")]]
+            ["images written", images_written(metadata)], ["split", split_line(metadata)]]
 
 
 def matching_rows(metadata: dict) -> list[list]:
@@ -330,13 +230,12 @@ def variables(example: dict, columns: list[str]) -> dict[str, str]:
 
 def sample_cards(metadata: dict, picked: list[dict], names: list[str]) -> str:
     if not picked:
-        return ("<p>Aggregate only: no record's X-ray or variables on this page. <code>python -m "
-                "beam_pipeline.report OUTPUT --samples N</code> adds N records' X-ray thumbnails with their raw "
-                f"variables (never their outcomes), and marks the page \"{PHI_BANNER.lower()}\".</p>")
+        return no_samples("no record's X-ray or variables",
+                          "N records' X-ray thumbnails with their raw variables (never their outcomes)")
     cards = []
     for example, name in zip(picked, names):
         dicom_id = example["dicom_id"][0].decode()
-        image = f'<img src="{name}" alt="sample X-ray {html.escape(dicom_id)}">' if name else "<p>no image</p>"
+        image = xray(name, dicom_id)
         shown = "<br>".join(f"{html.escape(k)}: {html.escape(v)}"
                             for k, v in variables(example, metadata["feature_columns"]).items())
         cards.append(f'<figure class="card">{image}<figcaption><b>{html.escape(dicom_id[:17])}…</b><br>{shown}'
@@ -348,25 +247,17 @@ def sample_cards(metadata: dict, picked: list[dict], names: list[str]) -> str:
 
 def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[str]) -> str:
     counts, config = metadata["counts"], metadata["config"]
-    rows, shown = funnel_cells(metadata)
-    reject_rows = [[name, "yes" if name.startswith(cxr_ehr.UNIT_STAGES) else "no (a row)", shown[reject_key(name)]]
-                   for name in counts["rejects_by_stage_reason"]] + [["total", "", shown[REJECT_LINES]]]
     other = ("" if mimic.ALL_VIEWS in config.get("views", []) else
              f" Metadata rows of other views, not kept: {Count(counts.get('images_other_view', 0))}.")
     sections = [
         _section("dataset", "Dataset", CARD_STYLE, _table(["", ""], dataset_rows(metadata), "dataset")),
-        _section("funnel", "Image funnel",
-                 f"<p>Each step is what is left; the rows before it (−) removed images since the previous one. "
-                 f"Images of a kept view: {html.escape(views_text(config))}.{other} Drop reasons are tested in this "
-                 "order, so an image counts once; rejected images (a bad study time, a conflicting row, a repeated "
-                 "dicom_id, an unreadable JPEG) are removed before \"written\".</p>",
-                 _table(["step", "images"], [[name, shown[name]] for name, _ in rows], "funnel"),
-                 _figure("funnel.png", "image funnel"),
-                 "<h3>Rejects written (all stages)</h3><p>A line each in rejects/. Only metadata/, join/, split/ "
-                 "and images/ rejects remove an image (the funnel's rejected rows).</p>" +
-                 _table(["stage/reason", "removes an image", "lines"], reject_rows, "rejects")),
+        FUNNEL.section(metadata, FUNNEL.removals(metadata),
+                       f"<p>Each step is what is left; the rows before it (−) removed images since the previous one. "
+                       f"Images of a kept view: {html.escape(views_text(config))}.{other} Drop reasons are tested in "
+                       "this order, so an image counts once; rejected images (a bad study time, a conflicting row, a "
+                       "repeated dicom_id, an unreadable JPEG) are removed before \"written\".</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
-                 _table(["split", "images", "patients"], split_rows(metadata), "splits")),
+                 _table(["split", "images", "patients"], split_rows(metadata, FUNNEL.unit), "splits")),
         _section("coverage", "Feature coverage",
                  f"<p>Written images per category of each variable, all known when the image was taken; each "
                  f"variable's categories add up to the {Count(counts['matched'])} written images. View: "
@@ -381,12 +272,8 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
                  _table(["interval", "an image is inside when", "id"], matching_rows(metadata), "matching")),
         _section("outcomes", "Outcomes", outcomes_part(metadata, manifest)),
         _section("feature-sets", "Feature sets written", feature_sets_part(metadata)),
-        _section("samples", f"Sample records ({len(picked)})",
-                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
-                 'agreement as the dataset.</p>', sample_cards(metadata, picked, names)),
-        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
-                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
-                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+        samples_section(picked, sample_cards(metadata, picked, names)),
+        provenance_section(metadata),
     ]
     banner = f"{len(picked)} sample records (X-ray thumbnails, raw variables) below." if picked else ""
     return page(metadata, sections, banner)
@@ -395,8 +282,7 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
 def build(folder: str, metadata: dict, samples: int, target: str) -> str:
     """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
     manifest = read_manifest(folder)
-    figures = {"funnel.png": funnel_figure(metadata), "coverage.png": coverage_figure(metadata, manifest)}
-    picked = sample_records(folder, metadata, samples, SAMPLE_SPLITS) if samples > 0 else []
-    names = [f"sample-{i:02d}.png" if example.get("image/encoded") else "" for i, example in enumerate(picked)]
-    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked) if name})
+    picked, names, thumbnails = sample_thumbnails(folder, metadata, samples)
+    figures = {"funnel.png": FUNNEL.figure(metadata, FUNNEL.removals(metadata)),
+               "coverage.png": coverage_figure(metadata, manifest), **thumbnails}
     return write_card(target, figures, render(metadata, manifest, picked, names))

@@ -12,7 +12,7 @@ provenance.
 Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count from
 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the reject
 lines, the split columns, the word-count bins, the label statuses) get complementary suppression
-(report_medfuse.protect): no suppressed count follows by subtraction from one relation; a share is hidden with its
+(report_cards.protect): no suppressed count follows by subtraction from one relation; a share is hidden with its
 count. A section present in all but 1 to 10 written studies is shown as "all but <11", and a section name that is
 not one of the parser's own (a header kept as written) is named only when more than 10 written studies have it.
 Report text is patient data: ``--samples N`` adds N records' X-ray thumbnail and target text (val, then test, then
@@ -27,14 +27,13 @@ import statistics
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import cxr_report
 from beam_pipeline.cohorts import report_sections as rs
-from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
-                                  _table, histograms_figure, page, provenance_tables, rate, read_manifest,
-                                  sample_records, small, split_method, thumbnail, write_card)
-from beam_pipeline.report_medfuse import ALL_BUT, bars_figure, figure_counts, of_total, protect, share_bars
+from beam_pipeline.report import (SMALL_CELL, SUPPRESSED, Count, _figure, _section, _table, histograms_figure, page,
+                                  read_manifest, small, split_method, write_card)
+from beam_pipeline.report_cards import (ALL_BUT, UnitFunnel, bars_figure, figure_counts, images_written, no_samples,
+                                        of_total, protect, provenance_section, sample_thumbnails, samples_section,
+                                        shared, share_bars, split_line, split_rows, xray)
 
-SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
 WRITTEN = "written"  # the key of the written studies among the cells (the page header shows them: never hidden)
-REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel_cells' cells
 # section names the parser itself gives (report_sections); any other name is a report's own header, lower-cased
 KNOWN_SECTIONS = frozenset({*rs.SECTION_SYNONYMS.values(), *rs.MAIN_SECTIONS, rs.PREAMBLE, rs.FULL_REPORT,
                             rs.LAST_PARAGRAPH})
@@ -46,98 +45,9 @@ CARD_STYLE = "<style>table.dataset td,table.processing td{text-align:left}</styl
 
 # --- funnel ----------------------------------------------------------------------------------------------------
 
-def drop_steps() -> dict[str, str]:
-    """The funnel step before which each drop reason removes its studies, as cxr_report.funnel_steps itself counts
-    it (one study dropped for that reason: the first step with none left)."""
-    found = {}
-    for reason in cxr_report.DROPS:
-        steps = cxr_report.funnel_steps({"studies": 1, "dropped": {r: int(r == reason) for r in cxr_report.DROPS},
-                                         "matched": 0})
-        found[reason] = next(name for name, left in steps if left == 0)
-    return found
-
-
-def removals(metadata: dict) -> dict[str, dict[str, int]]:
-    """Per funnel step, what removed studies since the previous one: its drop reasons, and before "written" the
-    study rejects (join/, report/, split/, images/)."""
-    counts, steps = metadata["counts"], list(metadata["funnel"])
-    last = steps[-1]
-    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
-    for reason, step in drop_steps().items():
-        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
-    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
-    return groups
-
-
-def reject_key(reason: str) -> str:
-    """A reject line count's key in funnel_cells: a study reject is the funnel's own "− rejected: ..." cell."""
-    return f"− rejected: {reason}" if reason.startswith(cxr_report.UNIT_STAGES) else f"reject line: {reason}"
-
-
-def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
-    """The funnel as (name, count) rows, each step preceded by its removals ("− " names), and the cells as shown,
-    with the reject lines by stage/reason (reject_key) and their total (REJECT_LINES), which share the study
-    rejects. Relations: each step = the next + the removals between them; the reject lines add up to their total.
-    "written" is fixed (the page header shows it). Preferred to hide: a removal (smallest first), then the earliest
-    step."""
-    groups, rows, relations = removals(metadata), [], []
-    steps = list(metadata["funnel"].items())
-    for i, (step, left) in enumerate(steps):
-        group = groups.get(step, {})
-        rows += [(f"− {name}", n) for name, n in group.items()]
-        rows.append((step, left))
-        if i:
-            relations.append([steps[i - 1][0], step, *(f"− {name}" for name in group)])
-    counts = metadata["counts"]
-    lines = {reject_key(reason): n for reason, n in counts["rejects_by_stage_reason"].items()}
-    values = {**lines, REJECT_LINES: counts["rejects_total"], **dict(rows)}
-    relations.append([*lines, REJECT_LINES])
-    order = {name: i for i, (name, _) in enumerate(steps)}
-    shown = protect(values, relations, fixed=[steps[-1][0]],
-                    rank=lambda key: (1, order[key]) if key in order else (0, values[key]))
-    return rows, shown
-
-
-def funnel_figure(metadata: dict) -> bytes:
-    """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
-    "suppressed") is not drawn and its label says which."""
-    plt = _pyplot()
-    rows, shown = funnel_cells(metadata)
-    steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
-    lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
-                                         layout="constrained")
-    for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
-        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
-        ax.barh(range(len(bars)), visible[::-1], color=color)
-        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
-        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
-            ax.text(value, i, f" {cell}", va="center", fontsize=8)
-        ax.set_xlim(0, max(visible + [1]) * 1.2)
-    left.set_title("Study funnel (studies left)", fontsize=10)
-    right.set_title("Studies dropped or rejected, by reason", fontsize=10)
-    right.tick_params(labelsize=8)
-    return _png(figure)
-
-
-# --- splits ----------------------------------------------------------------------------------------------------
-
-def split_cells(metadata: dict) -> dict:
-    """Studies and patients per split and in total, as shown: keys (column, split or "total"). Each column adds up
-    to its total (splits are patient-disjoint, so patients too); the written studies are fixed."""
-    counts = metadata["counts"]
-    values = {}
-    for column, per_split in (("studies", counts["per_split"]), ("patients", counts["patients_per_split"])):
-        for split in mimic.SPLITS:
-            values[(column, split)] = per_split.get(split, 0)
-        values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
-    relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in ("studies", "patients")]
-    return protect(values, relations, fixed=[("studies", "total")])
-
-
-def split_rows(metadata: dict) -> list[list]:
-    shown = split_cells(metadata)
-    return [[split, shown[("studies", split)], shown[("patients", split)]] for split in (*mimic.SPLITS, "total")]
+# the first step (studies with a kept-view image) is shown nowhere else, so it may be hidden
+FUNNEL = UnitFunnel(noun="study", unit="studies", one="a study", first="studies", drops=cxr_report.DROPS,
+                    funnel_steps=cxr_report.funnel_steps, unit_stages=cxr_report.UNIT_STAGES, fixed_first=False)
 
 
 # --- target length ---------------------------------------------------------------------------------------------
@@ -167,11 +77,6 @@ def word_cells(metadata: dict) -> dict:
     """The bins and the written studies (fixed), as shown: the bins add up to them."""
     bins = word_bins(metadata)
     return protect({**bins, WRITTEN: metadata["counts"]["matched"]}, [[*bins, WRITTEN]], fixed=[WRITTEN])
-
-
-def shared(cell, n: int, total: int):
-    """The share of a cell as shown: hidden with its count."""
-    return cell if isinstance(cell, str) else rate(n, total)
 
 
 def word_rows(metadata: dict) -> list[list]:
@@ -231,7 +136,7 @@ def label_rows(metadata: dict) -> list[list]:
 # --- dataset and processing ------------------------------------------------------------------------------------
 
 def dataset_rows(metadata: dict) -> list[list]:
-    config, image = metadata["config"], metadata["image"]
+    config = metadata["config"]
     low, high = metadata["report"]["words"]
     return [["cohort", config["cohort"]], ["dataset", metadata["dataset"]],
             ["record", "one image per study with a kept view (its smallest dicom_id), the findings and impression of "
@@ -241,10 +146,7 @@ def dataset_rows(metadata: dict) -> list[list]:
             ["one study per patient (--one_per_subject)",
              "yes: each patient's earliest study whose report passes" if config.get("one_per_subject") else
              "no: every study that passes"],
-            ["images written", f"yes: {image['size']} px {image['format']}, {image['resize_mode']}" if image
-             else "no"],
-            ["split", f"{metadata['split']['strategy']}: {metadata['split']['rule']}" if metadata.get("split")
-             else config.get("split_strategy", "")],
+            ["images written", images_written(metadata)], ["split", split_line(metadata)],
             ["outputs", "tfrecords/ (image, target, findings, impression, section names, labels), "
                         "instructions/<split>-*.jsonl (one chat example per written study: the instruction "
                         "and the image path, then the target), manifest/, rejects/, metadata.json"]]
@@ -262,13 +164,11 @@ def processing_rows(metadata: dict) -> list[list]:
 
 def sample_cards(picked: list[dict], names: list[str]) -> str:
     if not picked:
-        return ("<p>Aggregate only: no report text and no record's X-ray on this page. <code>python -m "
-                "beam_pipeline.report OUTPUT --samples N</code> adds N records' X-ray thumbnails with their target "
-                f"text, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+        return no_samples("no report text and no record's X-ray", "N records' X-ray thumbnails with their target text")
     cards = []
     for example, name in zip(picked, names):
         dicom_id = example["dicom_id"][0].decode()
-        image = f'<img src="{name}" alt="sample X-ray {html.escape(dicom_id)}">' if name else "<p>no image</p>"
+        image = xray(name, dicom_id)
         positive = [label for label, v in zip(mimic.LABELS, example["labels/chexpert"]) if v == 1.0]
         sections = ", ".join(s.decode() for s in example.get("report/sections", []))
         cards.append(
@@ -285,29 +185,21 @@ def sample_cards(picked: list[dict], names: list[str]) -> str:
 
 def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[str]) -> str:
     counts, config = metadata["counts"], metadata["config"]
-    rows, shown = funnel_cells(metadata)
-    reject_rows = [[name, "yes" if name.startswith(cxr_report.UNIT_STAGES) else "no (a row)",
-                    shown[reject_key(name)]] for name in counts["rejects_by_stage_reason"]] + \
-        [["total", "", shown[REJECT_LINES]]]
     low, high = metadata["report"]["words"]
     first = ("applied (--one_per_subject): a patient's later studies are dropped" if config.get("one_per_subject")
              else "not applied (the run had no --one_per_subject): no study is dropped there")
     sections = [
         _section("dataset", "Dataset", CARD_STYLE, _table(["", ""], dataset_rows(metadata), "dataset")),
-        _section("funnel", "Study funnel",
-                 "<p>Each step is what is left; the rows before it (−) removed studies since the previous one. A "
-                 f"study is counted once it has an image of a kept view ({html.escape(', '.join(config['views']))}); "
-                 "drop reasons are tested in this order, so a study counts once: no report file, no findings and no "
-                 f"impression, a target shorter than {low} or longer than {high} words; first of its subject: "
-                 f"{first}. Rejected studies (a conflicting label or split row, an unreadable report or image) are "
-                 "removed before \"written\".</p>",
-                 _table(["step", "studies"], [[name, shown[name]] for name, _ in rows], "funnel"),
-                 _figure("funnel.png", "study funnel"),
-                 "<h3>Rejects written (all stages)</h3><p>A line each in rejects/. Only join/, report/, split/ and "
-                 "images/ rejects remove a study (the funnel's rejected rows).</p>" +
-                 _table(["stage/reason", "removes a study", "lines"], reject_rows, "rejects")),
+        FUNNEL.section(metadata, FUNNEL.removals(metadata),
+                       "<p>Each step is what is left; the rows before it (−) removed studies since the previous one. "
+                       f"A study is counted once it has an image of a kept view ("
+                       f"{html.escape(', '.join(config['views']))}); drop reasons are tested in this order, so a "
+                       "study counts once: no report file, no findings and no impression, a target shorter than "
+                       f"{low} or longer than {high} words; first of its subject: {first}. Rejected studies (a "
+                       "conflicting label or split row, an unreadable report or image) are removed before "
+                       "\"written\".</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
-                 _table(["split", "studies", "patients"], split_rows(metadata), "splits"),
+                 _table(["split", "studies", "patients"], split_rows(metadata, FUNNEL.unit), "splits"),
                  "<p>instructions/&lt;split&gt;-*.jsonl hold one line per written study of the split.</p>"),
         _section("words", "Target length",
                  f"<p>Written studies per word count of the target (findings + impression, cleaned; {low} to {high} "
@@ -330,12 +222,8 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
         _section("processing", "Report processing",
                  "<p>How each report became a target (metadata.json's report).</p>",
                  _table(["", ""], processing_rows(metadata), "processing")),
-        _section("samples", f"Sample records ({len(picked)})",
-                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
-                 'agreement as the dataset.</p>', sample_cards(picked, names)),
-        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
-                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
-                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+        samples_section(picked, sample_cards(picked, names)),
+        provenance_section(metadata),
     ]
     banner = f"{len(picked)} sample records (X-ray thumbnails, report text) below." if picked else ""
     return page(metadata, sections, banner)
@@ -345,13 +233,12 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
     """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
     manifest = read_manifest(folder)
     bins, shown = word_bins(metadata), word_cells(metadata)
+    picked, names, thumbnails = sample_thumbnails(folder, metadata, samples)
     figures = {
-        "funnel.png": funnel_figure(metadata),
+        "funnel.png": FUNNEL.figure(metadata, FUNNEL.removals(metadata)),
         "words.png": histograms_figure([("written studies per target length (words)",
                                          figure_counts(bins, {k: shown[k] for k in bins}))], width=7),
         "sections.png": bars_figure("written studies with each section", section_figure_counts(metadata)),
+        **thumbnails,
     }
-    picked = sample_records(folder, metadata, samples, SAMPLE_SPLITS) if samples > 0 else []
-    names = [f"sample-{i:02d}.png" if example.get("image/encoded") else "" for i, example in enumerate(picked)]
-    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked) if name})
     return write_card(target, figures, render(metadata, manifest, picked, names))

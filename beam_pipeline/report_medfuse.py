@@ -9,7 +9,7 @@ stay (an aggregate histogram), the train-only normaliser, samples, provenance.
 
 Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count
 from 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the
-split table's rows and columns, the LOS bins, the split sources) get complementary suppression (``protect``): no
+split table's rows and columns, the LOS bins, the split sources) get complementary suppression (report_cards): no
 suppressed count follows by subtraction from one relation. A share whose complement is 1 to 10 (all but a few
 stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 stays.
 ``--samples N`` adds N records' hourly heatmap of the 17 channels (value and mask) and the paired X-ray thumbnail
@@ -19,8 +19,6 @@ stays) is not shown either, and a normaliser mean/sd only for a channel observed
 from __future__ import annotations
 
 import html
-from typing import Callable, Hashable, Iterable
-
 import numpy as np
 
 from beam_pipeline import mimic
@@ -28,13 +26,11 @@ from beam_pipeline.cohorts import medfuse_stays as stays_lib
 from beam_pipeline.cohorts.medfuse_metadata import DROPS, STAY_STAGES, funnel_steps
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import shard_files
-from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
-                                  _table, drawn, histograms_figure, page, provenance_tables, rate, read_manifest,
-                                  small, thumbnail, tick_names, write_card)
+from beam_pipeline.report import (SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section, _table,
+                                  histograms_figure, page, read_manifest, small, thumbnail, write_card)
+from beam_pipeline.report_cards import (HIDDEN, SAMPLE_SPLITS, UnitFunnel, bars_figure, figure_counts, no_samples,
+                                        of_total, protect, provenance_section, samples_section, share_bars, xray)
 
-HIDDEN = "suppressed"  # a count above SMALL_CELL hidden so that a small one does not follow by subtraction
-ALL_BUT = f"all but {SUPPRESSED}"  # a count whose complement (total - count) is small
-SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
 SAMPLE_SCAN = 200  # records read at most, beyond the N asked, looking for paired ones
 LOS_BINS = ((0, 24, "< 1 d"), (24, 48, "1–2 d"), (48, 72, "2–3 d"), (72, 120, "3–5 d"), (120, 168, "5–7 d"),
             (168, 336, "7–14 d"), (336, 720, "14–30 d"), (720, float("inf"), "≥ 30 d"))  # hours, [lower, upper)
@@ -45,130 +41,19 @@ TASKS = {"ihm": "in-hospital mortality from the first 48 h of the ICU stay",
          "phenotyping": "25 acute-care phenotypes (CCS groups of the admission's ICD codes) from the whole ICU stay"}
 
 
-# --- complementary suppression --------------------------------------------------------------------------------
-
-def protect(values: dict[Hashable, int], relations: Iterable[Iterable[Hashable]], fixed: Iterable[Hashable] = (),
-            rank: Callable[[Hashable], tuple] | None = None) -> dict[Hashable, object]:
-    """Cells as shown: counts 1 to 10 become "<11"; then, while a relation (cells of which one is the sum of the
-    others) holds exactly one hidden cell, its visible non-zero cell of lowest ``rank`` (default: the smallest) that
-    is not ``fixed`` (shown elsewhere on the page) is hidden too, as "suppressed". Others are Counts."""
-    relations = [list(r) for r in relations]
-    rank = rank or (lambda key: (values[key],))
-    fixed = set(fixed)
-    hidden = {key for key, v in values.items() if small(v)}
-    changed = True
-    while changed:
-        changed = False
-        for relation in relations:
-            if sum(key in hidden for key in relation) != 1:
-                continue
-            candidates = [key for key in relation if key not in hidden and key not in fixed and values[key]]
-            if candidates:
-                hidden.add(min(candidates, key=rank))
-                changed = True
-    return {key: (SUPPRESSED if small(v) else HIDDEN) if key in hidden else Count(v) for key, v in values.items()}
-
-
-def figure_counts(values: dict[str, int], shown: dict[str, object]) -> dict[str, int]:
-    """Bars for histograms_figure: a bar hidden to protect a small one is not drawn and says so (small ones are
-    not drawn by report.drawn)."""
-    return {f"{name} ({HIDDEN})" if shown[name] == HIDDEN else name: 0 if shown[name] == HIDDEN else n
-            for name, n in values.items()}
-
-
-def share_bars(values: dict[str, int], total: int) -> dict[str, int]:
-    """Bars of counts out of a shown total: one whose complement is small is not drawn and says so."""
-    return {f"{name} ({ALL_BUT})" if not small(n) and small(total - n) else name:
-            0 if not small(n) and small(total - n) else n for name, n in values.items()}
-
-
-def of_total(n: int, total: int) -> list:
-    """[count, share of total]: "<11" when the count is small, "all but <11" when total - count is."""
-    if small(n):
-        return [SUPPRESSED, SUPPRESSED]
-    if small(total - n):
-        return [ALL_BUT, ALL_BUT]
-    return [Count(n), rate(n, total)]
-
-
 # --- funnel ----------------------------------------------------------------------------------------------------
 
-def drop_steps() -> dict[str, str]:
-    """The funnel step before which each drop reason removes its stays, as medfuse_metadata.funnel_steps itself
-    counts it (one stay dropped for that reason: the first step with none left)."""
-    found = {}
-    for reason in DROPS:
-        steps = funnel_steps({"stays": 1, "dropped": {r: int(r == reason) for r in DROPS}, "matched": 0})
-        found[reason] = next(name for name, left in steps if left == 0)
-    return found
+FUNNEL = UnitFunnel(noun="ICU stay", unit="stays", one="a stay", first="stays", drops=DROPS,
+                    funnel_steps=funnel_steps, unit_stages=STAY_STAGES)
 
 
 def removals(metadata: dict) -> dict[str, dict[str, int]]:
     """Per funnel step, what removed stays since the previous one: its drop reasons (those of the task: no
-    los_under_48h for phenotyping), and before "written" the stay rejects (join/, images/)."""
-    counts, steps = metadata["counts"], list(metadata["funnel"])
-    last = steps[-1]
-    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
-    for reason, step in drop_steps().items():
-        if reason == "los_under_48h" and metadata["task"] != "ihm" and not counts["dropped"].get(reason):
-            continue
-        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
-    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
-    return groups
-
-
-REJECT_LINES = "reject lines"  # the key of the reject lines' total among funnel_cells' cells
-
-
-def reject_key(reason: str) -> str:
-    """A reject line count's key in funnel_cells: a stay reject is the funnel's own "− rejected: ..." cell."""
-    return f"− rejected: {reason}" if reason.startswith(STAY_STAGES) else f"reject line: {reason}"
-
-
-def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
-    """The funnel as (name, count) rows, each step preceded by its removals ("− " names), and the cells as shown,
-    with the reject lines by stage/reason (reject_key) and their total (REJECT_LINES), which share the stay
-    rejects. Relations: each step = the next + the removals between them; the reject lines add up to their total.
-    "ICU stays" and "written" are fixed (the inputs' rows and the page header show them). Preferred to hide: a
-    removal (smallest first), then the earliest step."""
-    groups, rows, relations = removals(metadata), [], []
-    steps = list(metadata["funnel"].items())
-    for i, (step, left) in enumerate(steps):
-        group = groups.get(step, {})
-        rows += [(f"− {name}", n) for name, n in group.items()]
-        rows.append((step, left))
-        if i:
-            relations.append([steps[i - 1][0], step, *(f"− {name}" for name in group)])
-    counts = metadata["counts"]
-    lines = {reject_key(reason): n for reason, n in counts["rejects_by_stage_reason"].items()}
-    values = {**lines, REJECT_LINES: counts["rejects_total"], **dict(rows)}
-    relations.append([*lines, REJECT_LINES])
-    order = {name: i for i, (name, _) in enumerate(steps)}
-    shown = protect(values, relations, fixed=[steps[0][0], steps[-1][0]],
-                    rank=lambda key: (1, order[key]) if key in order else (0, values[key]))
-    return rows, shown
-
-
-def funnel_figure(metadata: dict) -> bytes:
-    """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
-    "suppressed") is not drawn and its label says which."""
-    plt = _pyplot()
-    rows, shown = funnel_cells(metadata)
-    steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
-    lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
-                                         layout="constrained")
-    for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
-        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
-        ax.barh(range(len(bars)), visible[::-1], color=color)
-        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
-        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
-            ax.text(value, i, f" {cell}", va="center", fontsize=8)
-        ax.set_xlim(0, max(visible + [1]) * 1.2)
-    left.set_title("ICU stay funnel (stays left)", fontsize=10)
-    right.set_title("Stays dropped or rejected, by reason", fontsize=10)
-    right.tick_params(labelsize=8)
-    return _png(figure)
+    los_under_48h for phenotyping), and before "written" the stay rejects (join/, images/). "ICU stays" and
+    "written" are fixed in the funnel's cells (the inputs' rows and the page header show them)."""
+    dropped = metadata["counts"]["dropped"]
+    return FUNNEL.removals(metadata, keep=lambda reason: reason != "los_under_48h" or metadata["task"] == "ihm"
+                           or bool(dropped.get(reason)))
 
 
 # --- splits ----------------------------------------------------------------------------------------------------
@@ -320,18 +205,6 @@ def pick_samples(folder: str, metadata: dict, n: int) -> list[dict]:
     return (paired + unpaired)[:n]
 
 
-def bars_figure(title: str, counts: dict[str, int]) -> bytes:
-    """Horizontal bars in the given order (long names): small counts not drawn, their label says "<11"."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(9, 0.6 + 0.22 * len(counts)))
-    heights = list(drawn(counts).values())
-    ax.barh(tick_names(counts)[::-1], heights[::-1], color="#2e86c1")
-    ax.set_xlim(0, max(heights + [1]) * 1.05)
-    ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=10)
-    return _png(figure)
-
-
 def heatmap_figure(example: dict, channels: list[str]) -> bytes:
     """One record's hourly grid: each channel's values scaled to its own range in the record; grey: not
     observed (mask 0)."""
@@ -358,15 +231,13 @@ def heatmap_figure(example: dict, channels: list[str]) -> bytes:
 
 def sample_cards(metadata: dict, picked: list[dict], names: list[tuple[str, str]]) -> str:
     if not picked:
-        return ("<p>Aggregate only: no record's time series, X-ray or labels on this page. <code>python -m "
-                "beam_pipeline.report OUTPUT --samples N</code> adds N records' hourly heatmap of the 17 channels "
-                f"and the paired X-ray thumbnail, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+        return no_samples("no record's time series, X-ray or labels",
+                          "N records' hourly heatmap of the 17 channels and the paired X-ray thumbnail")
     cards = []
     for example, (series_name, image_name) in zip(picked, names):
         positive = [name for name, y in zip(metadata["label_names"], example["labels"]) if y]
         dicom_id = example["cxr/dicom_id"][0].decode() if example.get("cxr/dicom_id") else ""
-        image = (f'<img src="{image_name}" alt="sample X-ray {html.escape(dicom_id)}">' if image_name else
-                 "<p>no paired X-ray (has_cxr 0)</p>")
+        image = xray(image_name, dicom_id, missing="<p>no paired X-ray (has_cxr 0)</p>")
         cards.append(
             f'<figure class="series-card">{_figure(series_name, "sample hourly time series")}{image}<figcaption>'
             f'{html.escape(example["split"][0].decode())}, {example["timeseries/hours"][0]:.1f} h series, '
@@ -393,24 +264,16 @@ def task_rows(metadata: dict) -> list[list]:
 
 def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[tuple[str, str]]) -> str:
     counts = metadata["counts"]
-    rows, shown = funnel_cells(metadata)
-    reject_rows = [[name, "yes" if name.startswith(STAY_STAGES) else "no (a row)", shown[reject_key(name)]]
-                   for name in counts["rejects_by_stage_reason"]] + [["total", "", shown[REJECT_LINES]]]
     los = los_counts(manifest)
     los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
     never = metadata["never_observed_channels"]
     absent = [c for c in metadata["never_in_mimic_iv"] if c in never]
     sections = [
         _section("task", "Task", CARD_STYLE, _table(["", ""], task_rows(metadata), "task")),
-        _section("funnel", "ICU stay funnel",
-                 "<p>Each step is what is left; the rows before it (−) removed stays since the previous one. Drop "
-                 "reasons are tested in this order, so a stay counts once; rejected stays (a conflicting row, an "
-                 "unreadable image) are removed before \"written\".</p>",
-                 _table(["step", "stays"], [[name, shown[name]] for name, _ in rows], "funnel"),
-                 _figure("funnel.png", "ICU stay funnel"),
-                 "<h3>Rejects written (all stages)</h3><p>A line each in rejects/. Only join/ and images/ rejects "
-                 "remove a stay (the funnel's rejected rows).</p>" +
-                 _table(["stage/reason", "removes a stay", "lines"], reject_rows, "rejects")),
+        FUNNEL.section(metadata, removals(metadata),
+                       "<p>Each step is what is left; the rows before it (−) removed stays since the previous one. "
+                       "Drop reasons are tested in this order, so a stay counts once; rejected stays (a conflicting "
+                       "row, an unreadable image) are removed before \"written\".</p>"),
         _section("splits", "Splits (patient-disjoint) and pairing",
                  f"<p>{html.escape(metadata['split']['rule'])} (salt <code>"
                  f"{html.escape(str(metadata['split'].get('salt', '')))}</code>). Every written stay is a record: "
@@ -442,12 +305,8 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
                  _table(["LOS", "stays"], [[name, los_shown[name]] for name in (*los, "total")], "los"),
                  _figure("los.png", "ICU length of stay")),
         _section("normalizer", "Normaliser (train only)", normalizer_part(metadata)),
-        _section("samples", f"Sample records ({len(picked)})",
-                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
-                 'agreement as the dataset.</p>', sample_cards(metadata, picked, names)),
-        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
-                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
-                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+        samples_section(picked, sample_cards(metadata, picked, names)),
+        provenance_section(metadata),
     ]
     banner = (f"{len(picked)} sample records (hourly time series, X-ray thumbnails, labels) below." if picked
               else "")
@@ -462,7 +321,7 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
     los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
     labels = metadata["label_names"]
     figures = {
-        "funnel.png": funnel_figure(metadata),
+        "funnel.png": FUNNEL.figure(metadata, removals(metadata)),
         "channels.png": bars_figure("written stays with each channel observed", share_bars({
             channel + (" (never observed)" if channel in metadata["never_observed_channels"] else ""):
                 counts["channel_coverage"][channel]["stays"] for channel in metadata["channel_order"]},

@@ -19,9 +19,10 @@ import numpy as np
 from beam_pipeline import mimic
 from beam_pipeline.cohorts.symile_metadata import ADMISSION_STAGES, DROPS, funnel_steps
 from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
-                                  _table, cells, histograms_figure, page, provenance_tables, rate, read_manifest,
-                                  sample_records, split_method, split_summary, stage_funnel_figure, thumbnail,
-                                  write_card)
+                                  _table, cells, histograms_figure, label_text, page, rate, read_manifest,
+                                  sample_records, split_method, split_summary, stage_funnel_figure, write_card)
+from beam_pipeline.report_cards import (UnitFunnel, no_samples, provenance_section, sample_thumbnails,
+                                        samples_section, xray)
 
 # The 50 itemids' names as cohort-definitions.md §A.5 lists them (the original's constants.py LABS; mimic-schemas.md
 # §3.4 hosp/d_labitems is the table that names itemids). "H", "L" and "I" are the serum index items.
@@ -40,35 +41,15 @@ LAB_NAMES = {
 }
 ECG_AGGREGATE_RECORDS = 100  # read for the per-lead aggregate: bounded, whatever the dataset size
 ECG_STRIP = "sample-ecg.png"
-SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
-
-
-def drop_steps() -> dict[str, str]:
-    """The funnel step before which each drop reason removes its admissions, as symile_metadata.funnel_steps
-    itself counts it (one admission dropped for that reason: the first step with none left)."""
-    found = {}
-    for reason in DROPS:
-        steps = funnel_steps({"admissions": 1, "dropped": {r: int(r == reason) for r in DROPS}, "matched": 0})
-        found[reason] = next(name for name, left in steps if left == 0)
-    return found
-
-
-def removals(metadata: dict) -> dict[str, dict[str, int]]:
-    """Per funnel step, what removed admissions since the previous one: its drop reasons, and before "written" the
-    admission rejects."""
-    counts, steps = metadata["counts"], list(metadata["funnel"])
-    last = steps[-1]
-    groups: dict[str, dict[str, int]] = {step: {} for step in steps[1:]}
-    for reason, step in drop_steps().items():
-        groups[step if step in groups else last][f"dropped: {reason}"] = counts["dropped"].get(reason, 0)
-    groups[last].update({f"rejected: {reason}": n for reason, n in counts["rejected_by_reason"].items()})
-    return groups
+# the admission funnel's drop steps and removals (this card shows them with report.cells, not UnitFunnel.section)
+FUNNEL = UnitFunnel(noun="admission", unit="admissions", one="an admission", first="admissions", drops=DROPS,
+                    funnel_steps=funnel_steps, unit_stages=ADMISSION_STAGES)
 
 
 def funnel_rows(metadata: dict) -> list[list]:
     """Each funnel step (admissions left) preceded by its removals (−). A step's removals add up to the difference
     of two shown counts, so ``cells`` hides a second one when a single one is small."""
-    groups, rows = removals(metadata), []
+    groups, rows = FUNNEL.removals(metadata), []
     for step, left in metadata["funnel"].items():
         group = groups.get(step, {})
         rows += [[f"− {name}", shown] for name, shown in zip(group, cells(list(group.values())))]
@@ -80,7 +61,7 @@ def lost_by_reason(metadata: dict) -> dict[str, int]:
     """The removals for the funnel figure, hidden as in the table: a small bar is not drawn (report.drawn), nor one
     ``cells`` hides to protect it."""
     lost = {}
-    for group in removals(metadata).values():
+    for group in FUNNEL.removals(metadata).values():
         for (name, n), shown in zip(group.items(), cells(list(group.values()))):
             lost[f"{name} (suppressed)" if shown == "suppressed" else name] = 0 if shown == "suppressed" else n
     return lost
@@ -194,19 +175,13 @@ def ecg_part(metadata: dict, summary: dict | None, records_read: int, picked: li
 
 def sample_cards(picked: list[dict], names: list[str]) -> str:
     if not picked:
-        return ("<p>Aggregate only: no record's ECG, X-ray, labels or labs on this page. <code>python -m "
-                "beam_pipeline.report OUTPUT --samples N</code> adds one record's 12-lead ECG strip and N records' "
-                f"X-ray thumbnails and labels, and marks the page \"{PHI_BANNER.lower()}\".</p>")
+        return no_samples("no record's ECG, X-ray, labels or labs",
+                          "one record's 12-lead ECG strip and N records' X-ray thumbnails and labels")
     cards = []
     for example, name in zip(picked, names):
-        raw = example["labels/symile"]
-        positive = [label for label, v in zip(mimic.SYMILE_LABELS, raw) if v == 1.0]
-        uncertain = [label for label, v in zip(mimic.SYMILE_LABELS, raw) if v == -1.0]
-        labels = ("positive: " + (", ".join(positive) or "none") +
-                  ("; uncertain: " + ", ".join(uncertain) if uncertain else "") if not all(map(math.isnan, raw))
-                  else "no labels")
+        labels = label_text(example["labels/symile"], mimic.SYMILE_LABELS)
         dicom_id = example["dicom_id"][0].decode()
-        image = f'<img src="{name}" alt="sample X-ray {html.escape(dicom_id)}">' if name else ""
+        image = xray(name, dicom_id, missing="")
         cards.append(
             f'<figure class="card">{image}<figcaption><b>{html.escape(dicom_id[:17])}…</b> '
             f'{html.escape(example["view_position"][0].decode())}, {html.escape(example["split"][0].decode())}<br>'
@@ -260,14 +235,9 @@ def render(metadata: dict, splits: dict, summary: dict | None, records_read: int
                  "with too few admissions).</p>",
                  _table(["split", "queries", "negatives", "rows written", "short sets"], candidate_rows(metadata),
                         "candidates")),
-        _section("samples", f"Sample records ({len(picked)})",
-                 '<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
-                 'agreement as the dataset.</p>', sample_cards(picked, names)),
-        _section("provenance", "Config, versions and inputs", *provenance_tables(metadata),
-                 "<h3>Windows</h3>" + _table(["window", "rule"], [[name, w["rule"]] for name, w in
-                                                                  metadata["windows"].items()], "windows"),
-                 "<h3>Images</h3>" + (_table(["setting", "value"], [[k, str(v)] for k, v in metadata["image"].items()],
-                                             "image") if metadata["image"] else "<p>No images written.</p>")),
+        samples_section(picked, sample_cards(picked, names)),
+        provenance_section(metadata, "<h3>Windows</h3>" + _table(["window", "rule"], [
+            [name, w["rule"]] for name, w in metadata["windows"].items()], "windows")),
     ]
     banner = f"{len(picked)} sample records (an ECG strip, X-ray thumbnails, labels) below." if picked else ""
     return page(metadata, sections, banner)
@@ -283,15 +253,14 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
             f"{lab_name(itemid) or itemid}": counts["lab_coverage"].get(str(itemid), 0)
             for itemid in metadata["lab_itemids"]})], width=14),
     }
-    picked = sample_records(folder, metadata, samples, SAMPLE_SPLITS) if samples > 0 else []
+    picked, names, thumbnails = sample_thumbnails(folder, metadata, samples)
+    figures.update(thumbnails)
     aggregate = [] if picked else sample_records(folder, metadata, ECG_AGGREGATE_RECORDS, ("train", "val", "test"))
     summary = lead_summary(aggregate) if len(aggregate) > SMALL_CELL else None
     if picked:
         figures[ECG_STRIP] = ecg_strip_figure(picked[0])
     elif summary:
         figures["ecg-leads.png"] = lead_figure(summary, ecg_unit(metadata))
-    names = [f"sample-{i:02d}.png" if "image/encoded" in example else "" for i, example in enumerate(picked)]
-    figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked) if name})
     splits = split_summary(read_manifest(folder), "admissions", (("patients", "subject_id"),
                                                                  ("X-ray images", "cxr_dicom_id"),
                                                                  ("ECGs", "ecg_study_id")))

@@ -2,67 +2,28 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 import shutil
 import subprocess
 import sys
 import threading
-from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from beam_pipeline import mimic, report, sample, show
 from beam_pipeline.run import run
-from conftest import ONE_WORKER, OFFLINE_TEXT, published
+from card_checks import card, card_with_samples, manifest_rows, shown
+from conftest import ONE_WORKER, OFFLINE_TEXT
 
 SECTIONS = ["funnel", "splits", "labels", "timing", "text", "leakage", "demographics", "images", "retrieval",
             "samples", "provenance"]
 NOT_COUNTS = {"config", "versions", "probe"}  # tables whose cells are not counts (flags, versions, AUROCs)
 
 
-class Page(HTMLParser):
-    """Section ids, image sources and every table (by class) as rows of cell texts."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.sections, self.images, self.tables = [], [], {}
-        self._table = self._row = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "section":
-            self.sections.append(attrs["id"])
-        elif tag == "img":
-            self.images.append(attrs["src"])
-        elif tag == "table":
-            self._table = self.tables.setdefault(attrs.get("class", ""), [])
-        elif tag == "tr" and self._table is not None:
-            self._row = []
-            self._table.append(self._row)
-        elif tag in ("td", "th") and self._row is not None:
-            self._row.append("")
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._table = self._row = None
-
-    def handle_data(self, data):
-        if self._row is not None and self._row:
-            self._row[-1] += data
-
-
 def number(text: str) -> int:
     return int(text.replace(",", ""))
-
-
-def shown(n: int) -> str:
-    """How the data card shows a count: 1 to 10 as "<11"."""
-    return "<11" if 1 <= n <= 10 else f"{n:,}"
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +33,14 @@ def reported(tmp_path_factory, kb_index):
     output = base / "out"
     metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                     f"--output={output}", OFFLINE_TEXT, ONE_WORKER, f"--kb_index={kb_index}", "--image_size=128"])
-    index = Path(report.build(str(output)))  # the default: aggregate only
-    manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv")) for row in csv.DictReader(p.open())]
-    return output, metadata, index, Page(index.read_text()), manifest
+    index, page = card(output)  # the default: aggregate only
+    return output, metadata, index, page, manifest_rows(output)
 
 
 @pytest.fixture(scope="module")
 def with_samples(reported):
     output = reported[0]
-    index = Path(report.build(str(output), samples=6, target=str(output.parent / "report-with-samples")))
-    return index, Page(index.read_text())
+    return card_with_samples(output, samples=6)
 
 
 def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):

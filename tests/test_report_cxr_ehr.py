@@ -5,21 +5,20 @@ only by default, X-ray thumbnails with their raw variables only with samples."""
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import pytest
 
-from beam_pipeline import mimic, report, report_cxr_ehr, sample
+from beam_pipeline import mimic, report, report_cards, report_cxr_ehr, sample
 from beam_pipeline.cohorts import cxr_ehr_features as ehr
 from beam_pipeline.run import run
-from conftest import ONE_WORKER, published
-from test_report import Page, shown
+from card_checks import (HIDDEN, card, card_with_samples, check_unit_funnel, hidden_ok, manifest_rows, share_ok,
+                         shown)
+from conftest import ONE_WORKER
 
 SECTIONS = ["dataset", "funnel", "splits", "coverage", "outcomes", "feature-sets", "samples", "provenance"]
 NOT_COUNTS = {"dataset", "matching", "feature-sets", "config", "versions", "image"}  # rules, widths, settings
-HIDDEN = {"<11", "suppressed"}
 SETS = ("socio-norm", "all-age-norm")
 # the coverage table's variable -> the manifest column its categories come from (the admission / ICU stay: whether
 # the column holds an id)
@@ -38,25 +37,13 @@ def ehr_run(tmp_path_factory):
     metadata = run(["--cohort=cxr_ehr", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
                     f"--output={output}", "--image_size=32", ONE_WORKER, f"--feature_sets={','.join(SETS)}",
                     "--include_outcomes"])
-    manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv")) for row in csv.DictReader(p.open())]
-    index = Path(report.build(str(output)))  # what run.main does after every run: aggregate only
-    return output, metadata, manifest, index, Page(index.read_text())
+    return (output, metadata, manifest_rows(output),
+            *card(output))  # what run.main does after every run: aggregate only
 
 
 @pytest.fixture(scope="module")
 def with_samples(ehr_run):
-    output = ehr_run[0]
-    index = Path(report.build(str(output), samples=1, target=str(output.parent / "report-with-samples")))
-    return index, Page(index.read_text())
-
-
-def hidden_ok(cell: str, n: int) -> bool:
-    """A count as the card may show it: as Count shows it, or hidden ("suppressed") to protect a small one."""
-    return cell == shown(n) or (cell == "suppressed" and n > 10)
-
-
-def share_ok(share: str, cell: str, n: int, total: int) -> bool:
-    return share == cell if cell in HIDDEN else share == f"{n / total:.1%}"
+    return card_with_samples(ehr_run[0])
 
 
 def test_card_is_registered_with_its_sections_and_dataset_line(ehr_run):
@@ -82,35 +69,16 @@ def test_card_is_registered_with_its_sections_and_dataset_line(ehr_run):
 def test_funnel_steps_and_reasons_match_metadata(ehr_run):
     _, metadata, _, _, page = ehr_run
     counts = metadata["counts"]
-    rows = page.tables["funnel"][1:]
-    steps = [row for row in rows if not row[0].startswith("− ")]
-    assert [name for name, _ in steps] == list(metadata["funnel"]) == [
-        "images of a kept view", "with a patients row, gender and age", "written"]
-    assert steps[0] == ["images of a kept view", shown(counts["images_kept_view"])]  # never hidden: the inputs'
-    assert steps[-1] == ["written", shown(counts["matched"])]  # rows and the header show them
-    assert hidden_ok(steps[1][1], metadata["funnel"]["with a patients row, gender and age"])
-    removed = {row[0][2:]: row[1] for row in rows if row[0].startswith("− ")}
-    expected = {**{f"dropped: {r}": n for r, n in counts["dropped"].items()},
-                **{f"rejected: {r}": n for r, n in counts["rejected_by_reason"].items()}}
-    assert set(removed) == set(expected) and counts["dropped"]["no_patient"] > 0 and counts["rejected"] > 0
-    assert all(hidden_ok(cell, expected[name]) for name, cell in removed.items()), removed
-    names = [row[0] for row in rows]
+    names = check_unit_funnel(page, metadata)
+    assert list(metadata["funnel"]) == ["images of a kept view", "with a patients row, gender and age", "written"]
+    # the first step is never hidden: the inputs' rows show it
+    assert page.tables["funnel"][1] == ["images of a kept view", shown(counts["images_kept_view"])]
+    assert counts["dropped"]["no_patient"] > 0 and counts["rejected"] > 0
     assert all(names.index(f"− dropped: {r}") < names.index("with a patients row, gender and age")
                for r in ehr.DROPS)
     assert all(names.index("with a patients row, gender and age") < names.index(f"− rejected: {r}") <
                names.index("written") for r in counts["rejected_by_reason"])
-    cells = dict(rows)  # no hidden count follows from one step, the next and the removals between them
-    for before, after in zip(steps, steps[1:]):
-        group = names[names.index(before[0]) + 1:names.index(after[0])]
-        relation = [cells[before[0]], cells[after[0]], *(cells[name] for name in group)]
-        assert sum(cell in HIDDEN for cell in relation) != 1, (before, after, relation)
-    rejects = {row[0]: row[2] for row in page.tables["rejects"][1:]}
-    assert set(rejects) == {*counts["rejects_by_stage_reason"], "total"}
-    assert all(hidden_ok(rejects[k], n) for k, n in counts["rejects_by_stage_reason"].items())
-    assert hidden_ok(rejects["total"], counts["rejects_total"]) and sum(c in HIDDEN for c in rejects.values()) != 1
-    for reason in counts["rejected_by_reason"]:  # an image reject is shown the same in both tables
-        assert rejects[reason] == removed[f"rejected: {reason}"]
-    assert "<11" in cells.values()  # the sample has small rejects to hide
+    assert "<11" in [row[1] for row in page.tables["funnel"]]  # the sample has small rejects to hide
 
 
 def test_splits_show_images_and_patients(ehr_run):
@@ -257,7 +225,7 @@ def test_cells_of_a_made_up_run():
     rows = report_cxr_ehr.coverage_rows(metadata, manifest)
     assert ["gender", "M", "<11", "<11"] in rows and ["gender", "F", "suppressed", "suppressed"] in rows
     assert ["view", "PA", 60, 0.6] in rows
-    assert report_cxr_ehr.split_rows(metadata) == [["train", 80, 30], ["val", "suppressed", "suppressed"],
+    assert report_cards.split_rows(metadata, "images") == [["train", 80, 30], ["val", "suppressed", "suppressed"],
                                                    ["test", "<11", "<11"], ["total", 100, 44]]
     no_outcomes = {**metadata, "outcomes": None}
     assert report_cxr_ehr.outcome_counts(no_outcomes, manifest) == {}
@@ -265,7 +233,7 @@ def test_cells_of_a_made_up_run():
 
 
 def test_drop_reasons_are_placed_before_the_step_that_tests_them():
-    assert report_cxr_ehr.drop_steps() == {reason: "with a patients row, gender and age" for reason in ehr.DROPS}
+    assert report_cxr_ehr.FUNNEL.drop_steps() == {reason: "with a patients row, gender and age" for reason in ehr.DROPS}
 
 
 def test_a_run_without_images_outcomes_or_feature_sets(ehr_run, tmp_path):
@@ -278,8 +246,8 @@ def test_a_run_without_images_outcomes_or_feature_sets(ehr_run, tmp_path):
                     f"--mimic_iv_root={config['mimic_iv_root']}", f"--output={plain}", "--images=false",
                     "--views=AP,PA", "--ehr_match=date", ONE_WORKER])
     assert metadata["outcomes"] is None and output != plain
-    index = Path(report.build(str(plain), samples=1))
-    page, text = Page(index.read_text()), index.read_text()
+    index, page = card(plain, samples=1)
+    text = index.read_text()
     rows = dict(page.tables["dataset"][1:])
     assert rows["outcomes (--include_outcomes)"] == "not written" and rows["images written"] == "no"
     assert rows["views"] == "AP, PA" and rows["EHR match (--ehr_match)"].startswith("date: ")

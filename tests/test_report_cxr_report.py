@@ -5,23 +5,21 @@ target text only with samples."""
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from beam_pipeline import mimic, report, report_cxr_report, report_medfuse, sample
+from beam_pipeline import mimic, report, report_cards, report_cxr_report, sample
 from beam_pipeline.cohorts import cxr_report
 from beam_pipeline.run import run
+from card_checks import (HIDDEN, card, card_with_samples, check_unit_funnel, hidden_ok, manifest_rows, share_ok,
+                         shown)
 from conftest import ONE_WORKER, published
-from test_report import Page, shown
 
 SECTIONS = ["dataset", "funnel", "splits", "words", "sections", "labels", "processing", "samples", "provenance"]
 NOT_COUNTS = {"dataset", "processing", "config", "versions", "inputs", "image"}  # flags, versions, rules, values
-HIDDEN = {"<11", "suppressed"}
 
 
 @pytest.fixture(scope="module")
@@ -33,27 +31,13 @@ def reported(tmp_path_factory):
     output = base / "out"
     metadata = run(["--cohort=cxr_report", f"--mimic_cxr_root={roots.cxr}", f"--mimic_cxr_reports={roots.cxr}",
                     f"--output={output}", "--image_size=32", ONE_WORKER])
-    folder = published(output)
-    manifest = [row for p in sorted((folder / "manifest").glob("*.csv")) for row in csv.DictReader(p.open())]
     targets = {}
-    for path in sorted((folder / "instructions").glob("*.jsonl")):
+    for path in sorted((published(output) / "instructions").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             example = json.loads(line)
             targets[example["id"]] = example["messages"][1]["content"][0]["text"]
-    index = Path(report.build(str(output)))  # what run.main does after every run: aggregate only
-    with_samples = Path(report.build(str(output), samples=1, target=str(base / "report-with-samples")))
-    return (metadata, manifest, targets, index, Page(index.read_text()), with_samples,
-            Page(with_samples.read_text()))
-
-
-def hidden_ok(cell: str, n: int) -> bool:
-    """A count as the card may show it: as Count shows it, or hidden ("suppressed") to protect a small one."""
-    return cell == shown(n) or (cell == "suppressed" and n > 10)
-
-
-def share_ok(cell: str, count_cell: str, n: int, total: int) -> bool:
-    """A share: hidden with its count, else n / total."""
-    return cell == count_cell if count_cell in HIDDEN else cell == f"{n / total:.1%}"
+    # the default card (what run.main does after every run: aggregate only), then one with a sample
+    return metadata, manifest_rows(output), targets, *card(output), *card_with_samples(output)
 
 
 def test_card_is_registered_and_has_its_sections(reported):
@@ -75,19 +59,11 @@ def test_card_is_registered_and_has_its_sections(reported):
 def test_funnel_steps_and_reasons_match_metadata(reported):
     metadata, _, _, _, page, _, _ = reported
     counts = metadata["counts"]
-    rows = page.tables["funnel"][1:]
-    steps = [row for row in rows if not row[0].startswith("− ")]
-    assert [name for name, _ in steps] == list(metadata["funnel"]) == [
+    names = check_unit_funnel(page, metadata)
+    assert list(metadata["funnel"]) == [
         "studies with a kept-view image", "with a report", "with findings or impression",
         "target within the word limits", "first of its subject (--one_per_subject)", "written"]
-    assert all(hidden_ok(cell, metadata["funnel"][name]) for name, cell in steps)
-    assert steps[-1] == ["written", shown(counts["matched"])]  # the header shows it: never hidden
-    removed = {row[0][2:]: row[1] for row in rows if row[0].startswith("− ")}
-    expected = {**{f"dropped: {r}": n for r, n in counts["dropped"].items()},
-                **{f"rejected: {r}": n for r, n in counts["rejected_by_reason"].items()}}
-    assert set(removed) == set(expected) and set(counts["dropped"]) == set(cxr_report.DROPS)
-    assert all(hidden_ok(cell, expected[name]) for name, cell in removed.items()), removed
-    names = [row[0] for row in rows]
+    assert set(counts["dropped"]) == set(cxr_report.DROPS)
     for reason, step in (("no_report", "with a report"), ("no_findings_or_impression", "with findings or impression"),
                          ("target_too_short", "target within the word limits"),
                          ("target_too_long", "target within the word limits"),
@@ -96,20 +72,6 @@ def test_funnel_steps_and_reasons_match_metadata(reported):
         assert next(name for name in names[i:] if not name.startswith("− ")) == step, reason
     assert all(names.index("first of its subject (--one_per_subject)") < names.index(f"− rejected: {r}") <
                names.index("written") for r in counts["rejected_by_reason"])
-    # no hidden count follows from one step, the next and the removals between them
-    cells = dict(rows)
-    for before, after in zip(steps, steps[1:]):
-        group = names[names.index(before[0]) + 1:names.index(after[0])]
-        relation = [cells[before[0]], cells[after[0]], *(cells[name] for name in group)]
-        assert sum(cell in HIDDEN for cell in relation) != 1, (before, after, relation)
-        left = metadata["funnel"][before[0]] - sum(expected[name[2:]] for name in group)
-        assert left == metadata["funnel"][after[0]]
-    rejects = {row[0]: row[2] for row in page.tables["rejects"][1:]}
-    assert set(rejects) == {*counts["rejects_by_stage_reason"], "total"}
-    assert all(hidden_ok(rejects[k], n) for k, n in counts["rejects_by_stage_reason"].items())
-    assert hidden_ok(rejects["total"], counts["rejects_total"]) and sum(c in HIDDEN for c in rejects.values()) != 1
-    for reason in counts["rejected_by_reason"]:  # a study reject is shown the same in both tables
-        assert rejects[reason] == removed[f"rejected: {reason}"]
 
 
 def test_the_sample_has_something_to_hide(reported):
@@ -183,7 +145,7 @@ def test_section_coverage(reported):
         if 1 <= n <= 10:
             assert studies == share == "<11"
         elif 1 <= matched - n <= 10:
-            assert studies == share == report_medfuse.ALL_BUT
+            assert studies == share == report_cards.ALL_BUT
         else:
             assert studies == shown(n) and share == f"{n / matched:.1%}"
         assert source == ("parser" if name in report_cxr_report.KNOWN_SECTIONS else "a report header")
@@ -196,7 +158,7 @@ def test_rare_report_headers_are_not_named():
         "findings": 95, "impression": 60, "addendum": 2, "wet read": 0, "chest two views": 30, "dr smith": 1,
         "portable film": 3}}}
     rows = report_cxr_report.section_rows(metadata)
-    assert rows == [["findings", report_medfuse.ALL_BUT, report_medfuse.ALL_BUT, "parser"],
+    assert rows == [["findings", report_cards.ALL_BUT, report_cards.ALL_BUT, "parser"],
                     ["impression", 60, 0.6, "parser"], ["chest two views", 30, 0.3, "a report header"],
                     ["addendum", "<11", "<11", "parser"], ["wet read", 0, 0.0, "parser"],
                     ["<11 other names, not shown", "<11 each", "", "reports' own headers"]]
@@ -237,7 +199,7 @@ def test_samples_add_a_thumbnail_and_the_target_under_the_banner(reported):
     text = index.read_text()
     assert text.index(report.PHI_BANNER) < text.index("<h1>") and "do not share" in text.split("</title>")[0]
     shown_ids = re.findall(r'alt="sample X-ray ([0-9a-f-]+)"', text)
-    first = next(s for s in report_cxr_report.SAMPLE_SPLITS if any(r["split"] == s for r in manifest))
+    first = next(s for s in report_cards.SAMPLE_SPLITS if any(r["split"] == s for r in manifest))
     assert len(shown_ids) == 1 and shown_ids[0] in {r["dicom_id"] for r in manifest if r["split"] == first}
     assert "sample-00.png" in page.images and (index.parent / "sample-00.png").stat().st_size > 1_000
     assert html.escape(targets[shown_ids[0]]) in text  # the record's target, as written

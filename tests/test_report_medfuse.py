@@ -5,22 +5,20 @@ X-ray only with samples."""
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import pytest
 
-from beam_pipeline import mimic, report, report_medfuse, sample
+from beam_pipeline import mimic, report, report_cards, report_medfuse, sample
 from beam_pipeline.cohorts import medfuse_stays
 from beam_pipeline.run import run
-from conftest import ONE_WORKER, published
-from test_report import Page, shown
+from card_checks import HIDDEN, card, card_with_samples, check_unit_funnel, hidden_ok, manifest_rows, shown
+from conftest import ONE_WORKER
 
 TASKS = ("ihm", "phenotyping")
 SECTIONS = ["task", "funnel", "splits", "channels", "labels", "los", "normalizer", "samples", "provenance"]
 NOT_COUNTS = {"task", "config", "versions", "inputs", "image", "normalizer"}  # flags, versions, rules, values
-HIDDEN = {"<11", "suppressed"}
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +38,14 @@ def runs(tree, tmp_path_factory):
         output = tmp_path_factory.mktemp(f"report-medfuse-{task}") / "out"
         metadata = run([f"--cohort=medfuse_{task}", f"--mimic_cxr_root={tree.cxr}", f"--mimic_iv_root={tree.iv}",
                         f"--output={output}", "--image_size=64", ONE_WORKER])
-        manifest = [row for p in sorted((published(output) / "manifest").glob("*.csv"))
-                    for row in csv.DictReader(p.open())]
-        index = Path(report.build(str(output)))  # what run.main does after every run: aggregate only
-        found[task] = output, metadata, manifest, index, Page(index.read_text())
+        # what run.main does after every run: aggregate only
+        found[task] = output, metadata, manifest_rows(output), *card(output)
     return found
 
 
 @pytest.fixture(scope="module")
 def with_samples(runs):
-    output = runs["ihm"][0]
-    index = Path(report.build(str(output), samples=1, target=str(output.parent / "report-with-samples")))
-    return index, Page(index.read_text())
-
-
-def hidden_ok(cell: str, n: int) -> bool:
-    """A count as the card may show it: as Count shows it, or hidden ("suppressed") to protect a small one."""
-    return cell == shown(n) or (cell == "suppressed" and n > 10)
+    return card_with_samples(runs["ihm"][0])
 
 
 def test_cards_are_registered():
@@ -80,19 +69,9 @@ def test_card_and_task_line(runs, task):
 def test_funnel_steps_and_reasons_match_metadata(runs, task):
     _, metadata, _, _, page = runs[task]
     counts = metadata["counts"]
-    rows = page.tables["funnel"][1:]
-    steps = [row for row in rows if not row[0].startswith("− ")]
-    assert [name for name, _ in steps] == list(metadata["funnel"])  # the funnel's order
-    assert all(hidden_ok(cell, metadata["funnel"][name]) for name, cell in steps)
-    assert steps[-1] == ["written", shown(counts["matched"])]  # the header shows it: never hidden
-    assert steps[0] == ["ICU stays", shown(counts["stays"])]  # so do the inputs' rows
-    removed = {row[0][2:]: row[1] for row in rows if row[0].startswith("− ")}
-    expected = {**{f"dropped: {r}": n for r, n in counts["dropped"].items()
-                   if task == "ihm" or r != "los_under_48h" or n},
-                **{f"rejected: {r}": n for r, n in counts["rejected_by_reason"].items()}}
-    assert set(removed) == set(expected)
-    assert all(hidden_ok(cell, expected[name]) for name, cell in removed.items()), removed
-    names = [row[0] for row in rows]
+    names = check_unit_funnel(page, metadata, {r: n for r, n in counts["dropped"].items()
+                                               if task == "ihm" or r != "los_under_48h" or n})
+    assert page.tables["funnel"][1] == ["ICU stays", shown(counts["stays"])]  # the inputs' rows show it
     first = names.index("one care unit, one per admission, adult")
     assert all(names.index(f"− dropped: {r}") < first for r in medfuse_stays.STAY_DROPS)
     if task == "ihm":
@@ -101,18 +80,6 @@ def test_funnel_steps_and_reasons_match_metadata(runs, task):
         names.index("with events")
     assert all(names.index("with events") < names.index(f"− rejected: {r}") < names.index("written")
                for r in counts["rejected_by_reason"])
-    # no hidden count follows from one step, the next and the removals between them
-    cells = dict(rows)
-    for before, after in zip(steps, steps[1:]):
-        group = names[names.index(before[0]) + 1:names.index(after[0])]
-        relation = [cells[before[0]], cells[after[0]], *(cells[name] for name in group)]
-        assert sum(cell in HIDDEN for cell in relation) != 1, (before, after, relation)
-    rejects = {row[0]: row[2] for row in page.tables["rejects"][1:]}
-    assert set(rejects) == {*counts["rejects_by_stage_reason"], "total"}
-    assert all(hidden_ok(rejects[k], n) for k, n in counts["rejects_by_stage_reason"].items())
-    assert hidden_ok(rejects["total"], counts["rejects_total"]) and sum(c in HIDDEN for c in rejects.values()) != 1
-    for reason in counts["rejected_by_reason"]:  # a stay reject is shown the same in both tables
-        assert rejects[reason] == removed[f"rejected: {reason}"]
 
 
 def test_the_sample_has_something_to_hide(runs):
@@ -137,7 +104,7 @@ def test_rows_of_a_made_up_run():
                 "never_in_mimic_iv": ["Capillary refill rate"], "label_names": ["a", "b", "c", "d"],
                 "normalizer": {"columns": ["Glucose", "Heart Rate", "pH"], "means": [120.5, 80.25, 7.4],
                                "stds": [10.0, 12.0, 1e-7]}}
-    all_but = report_medfuse.ALL_BUT
+    all_but = report_cards.ALL_BUT
     assert report_medfuse.channel_rows(metadata) == [
         ["Capillary refill rate", 0, 0.0, 0, "never observed: no MIMIC-IV item"],
         ["Glucose", "<11", "<11", "suppressed", ""], ["Heart Rate", 50, 1.0, 900, ""],
@@ -201,7 +168,7 @@ def test_channel_coverage(runs, task):
         if 1 <= n <= 10:
             assert stays == share == "<11" and bins == "suppressed"
         elif 1 <= matched - n <= 10:
-            assert stays == share == report_medfuse.ALL_BUT and bins == shown(coverage[channel]["bins"])
+            assert stays == share == report_cards.ALL_BUT and bins == shown(coverage[channel]["bins"])
         else:
             assert stays == shown(n) and share == f"{n / matched:.1%}" and bins == shown(coverage[channel]["bins"])
         assert bool(note) == (channel in metadata["never_observed_channels"]) == (n == 0)
@@ -218,7 +185,7 @@ def test_label_prevalence_los_and_normalizer(runs, task):
     for name, positives, share in labels:
         n = prevalence[name]
         assert (positives, share) == (("<11", "<11") if 1 <= n <= 10 else
-                                      (report_medfuse.ALL_BUT,) * 2 if 1 <= matched - n <= 10 else
+                                      (report_cards.ALL_BUT,) * 2 if 1 <= matched - n <= 10 else
                                       (shown(n), f"{n / matched:.1%}")), name
         assert n == sum(r[name] == "1" for r in manifest)
     los = dict(page.tables["los"][1:])
@@ -268,11 +235,11 @@ def test_samples_add_a_heatmap_and_thumbnail_under_the_banner(runs, with_samples
 
 def test_protect_hides_a_second_cell_beside_a_lone_small_one():
     values = {"total": 40, "a": 3, "b": 25, "c": 12, "d": 0}
-    shown_cells = report_medfuse.protect(values, [["total", "a", "b", "c", "d"]], fixed=["total"])
+    shown_cells = report_cards.protect(values, [["total", "a", "b", "c", "d"]], fixed=["total"])
     assert shown_cells == {"total": 40, "a": "<11", "b": 25, "c": "suppressed", "d": 0}
     # a chain: the lone small removal hides the earlier step, whose own relation then hides the top
     steps = {"top": 50, "-x": 0, "mid": 50, "-y": 4, "end": 46}
     order = {"top": 0, "mid": 1, "end": 2}
-    cells = report_medfuse.protect(steps, [["top", "mid", "-x"], ["mid", "end", "-y"]], fixed=["end"],
-                                   rank=lambda k: (1, order[k]) if k in order else (0, steps[k]))
+    cells = report_cards.protect(steps, [["top", "mid", "-x"], ["mid", "end", "-y"]], fixed=["end"],
+                                 rank=lambda k: (1, order[k]) if k in order else (0, steps[k]))
     assert cells == {"top": "suppressed", "-x": 0, "mid": "suppressed", "-y": "<11", "end": 46}
