@@ -26,12 +26,11 @@ import functools
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import cxr_ehr_features as ehr
 from beam_pipeline.cohorts import funnel as funnel_lib
-from beam_pipeline.fileio.metadata import CountsError, WriteMetadata, image_section, split_section, summarize_outputs
+from beam_pipeline.fileio.metadata import WriteMetadata, split_section, summarize_outputs
 from beam_pipeline.fileio.outputs import (TEXT_SHARD_BYTES, WRITTEN, Manifest, Serialize, WriteExamples,
                                           WriteOutputs, csv_line, example_plan)
 from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
@@ -39,7 +38,7 @@ from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
-from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, feature_spec_json, image_values
+from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.join import unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -258,23 +257,14 @@ def document(config: Config, features: dict, events: dict[str, int], input_files
     set_rows = {name: outputs.get("features", {}).get(name, {}).get("records", 0) for name in config.feature_sets}
     problems = funnel_lib.identity_problems(counts, outputs, "images_kept_view", (
         ("feature set rows == matched", set_rows, {name: counts["matched"] for name in config.feature_sets}),))
-    if problems:
-        raise CountsError("counts do not add up: " + "; ".join(problems))
-    return {
-        "dataset": "CXR-EHR-MSN: every CXR image with the EHR variables known at its time",
-        **funnel_lib.provenance(config, input_files),
-        "feature_columns": list(ehr.FEATURE_COLUMNS),
-        "feature_sets": {name: ehr.feature_csv_header(name)[1:] for name in config.feature_sets},
-        "ehr_match": {"admission": dataclasses.replace(ehr.ADMISSION_INTERVAL, granularity=config.ehr_match).as_dict(),
-                      "icu_stay": dataclasses.replace(ehr.ICU_INTERVAL, granularity=config.ehr_match).as_dict()},
-        "outcomes": list(ehr.OUTCOMES) if config.include_outcomes else None,
-        "features": feature_spec_json(features),
-        "image": image_section(config),
-        "counts": counts,
-        "funnel": dict(funnel_steps(counts)),
-        "split": split_section(config, events, counts),
-        "outputs": outputs,
-    }
+    return funnel_lib.document(
+        COHORTS["cxr_ehr"].description, config, input_files, features, counts, funnel_steps(counts),
+        split_section(config, events, counts), outputs, problems,
+        feature_columns=list(ehr.FEATURE_COLUMNS),
+        feature_sets={name: ehr.feature_csv_header(name)[1:] for name in config.feature_sets},
+        ehr_match={"admission": dataclasses.replace(ehr.ADMISSION_INTERVAL, granularity=config.ehr_match).as_dict(),
+                   "icu_stay": dataclasses.replace(ehr.ICU_INTERVAL, granularity=config.ehr_match).as_dict()},
+        outcomes=list(ehr.OUTCOMES) if config.include_outcomes else None)
 
 
 def empty_message(document: dict) -> str:

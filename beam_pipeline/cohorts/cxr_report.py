@@ -27,12 +27,11 @@ import zipfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import funnel as funnel_lib
 from beam_pipeline.cohorts import report_sections as rs
-from beam_pipeline.fileio.metadata import CountsError, WriteMetadata, image_section, split_section, summarize_outputs
+from beam_pipeline.fileio.metadata import WriteMetadata, split_section, summarize_outputs
 from beam_pipeline.fileio.outputs import (WRITTEN, Manifest, Serialize, WriteExamples, WriteOutputs, csv_line,
                                           example_plan)
 from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
@@ -41,7 +40,7 @@ from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import labels as labels_lib
-from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, feature_spec_json, image_values
+from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -318,24 +317,14 @@ def document(config: Config, features: dict, events: dict[str, int], input_files
     problems = funnel_lib.identity_problems(counts, outputs, "studies", (
         ("instruction lines == per_split", listed, counts["per_split"]),
         ("target word buckets == matched", sum(counts["target_words"].values()), counts["matched"])))
-    if problems:
-        raise CountsError("counts do not add up: " + "; ".join(problems))
-    return {
-        "dataset": "MIMIC-CXR report generation: one image per study with its findings and impression",
-        **funnel_lib.provenance(config, input_files),
-        "label_order": list(mimic.LABELS),
-        "report": {"parser": "MIT-LCP mimic-cxr section_parser rules (cohorts/report_sections.py; the 54 per-study "
-                             "manual overrides are not reproduced)",
-                   "cleaning": "from NOTIFICATION: on removed, underscores removed, whitespace collapsed",
-                   "target": "findings + ' ' + impression", "words": [config.min_words, config.max_words],
-                   "instruction": config.instruction},
-        "features": feature_spec_json(features),
-        "image": image_section(config),
-        "counts": counts,
-        "funnel": dict(funnel_steps(counts)),
-        "split": split_section(config, events, counts),
-        "outputs": outputs,
-    }
+    return funnel_lib.document(
+        COHORTS["cxr_report"].description, config, input_files, features, counts, funnel_steps(counts),
+        split_section(config, events, counts), outputs, problems, label_order=list(mimic.LABELS),
+        report={"parser": "MIT-LCP mimic-cxr section_parser rules (cohorts/report_sections.py; the 54 per-study "
+                          "manual overrides are not reproduced)",
+                "cleaning": "from NOTIFICATION: on removed, underscores removed, whitespace collapsed",
+                "target": "findings + ' ' + impression", "words": [config.min_words, config.max_words],
+                "instruction": config.instruction})
 
 
 def empty_message(document: dict) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from beam_pipeline import mimic
-from beam_pipeline.fileio.metadata import prefixed, versions
+from beam_pipeline.fileio.metadata import CountsError, image_section, prefixed, versions
 from beam_pipeline.options import Config
+from beam_pipeline.transforms.examples import feature_spec_json
 
 
 def unit_counts(events: dict[str, int], unit: str, drops: Sequence[str], unit_stages: tuple[str, ...]) -> dict:
@@ -73,6 +74,17 @@ def provenance(config: Config, input_files: list[dict]) -> dict:
     return {"config": config.as_dict(), "versions": versions(),
             "inputs": {i["table"]: {k: i[k] for k in ("path", "bytes", "sha256", "rows")}
                        for i in sorted(input_files, key=lambda i: i["table"])}}
+
+
+def document(dataset: str, config: Config, input_files: list[dict], features: dict, counts: dict,
+             funnel_steps: list[tuple[str, int]], split: dict, outputs: dict, problems: list[str], **specific) -> dict:
+    """metadata.json: what every cohort reports (provenance, feature spec, image, counts, funnel, split, outputs)
+    around the cohort's ``specific`` sections. Raises CountsError when an identity does not hold."""
+    if problems:
+        raise CountsError("counts do not add up: " + "; ".join(problems))
+    return {"dataset": dataset, **provenance(config, input_files), **specific,
+            "features": feature_spec_json(features), "image": image_section(config), "counts": counts,
+            "funnel": dict(funnel_steps), "split": split, "outputs": outputs}
 
 
 def empty_message(document: dict, funnel_steps: list[tuple[str, int]], units: str) -> str:

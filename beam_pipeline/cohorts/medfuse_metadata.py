@@ -5,15 +5,14 @@ no_events) + rejected + written.
 """
 
 from __future__ import annotations
-
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as stays_lib
 from beam_pipeline.cohorts.medfuse_events import NEVER_IN_MIMIC_IV
 from beam_pipeline.cohorts import funnel as funnel_lib
-from beam_pipeline.fileio.metadata import CountsError, image_section, prefixed, summarize_outputs
+from beam_pipeline.fileio.metadata import prefixed, summarize_outputs
 from beam_pipeline.options import Config
 from beam_pipeline.transforms import hourly
-from beam_pipeline.transforms.examples import feature_spec_json
+
 
 DROPS = (*stays_lib.STAY_DROPS, "los_under_48h", "no_events")
 STAY_STAGES = ("join/", "images/")  # rejects of whole stays (the others are of rows: read/, metadata/)
@@ -52,33 +51,22 @@ def document(task: str, config: Config, features: dict, events: dict[str, int], 
     label_names = ("in_hospital_mortality",) if task == "ihm" else stays_lib.PHENOTYPES
     counts = summarize_counts(events, label_names)
     outputs = summarize_outputs(files, config.output)
-    problems = check_counts(counts, outputs)
-    if problems:
-        raise CountsError("counts do not add up: " + "; ".join(problems))
     coverage = counts["channel_coverage"]
-    return {
-        "dataset": {"ihm": "MedFuse in-hospital mortality (48 h of ICU time series + AP CXR when paired)",
-                    "phenotyping": "MedFuse phenotyping (ICU time series + AP CXR when paired)"}[task],
-        **funnel_lib.provenance(config, input_files),
-        "task": task,
-        "window": {"cxr": stays_lib.IHM_WINDOW.as_dict() if task == "ihm" else {
+    return funnel_lib.document(
+        {"ihm": "MedFuse in-hospital mortality (48 h of ICU time series + AP CXR when paired)",
+         "phenotyping": "MedFuse phenotyping (ICU time series + AP CXR when paired)"}[task], config, input_files,
+        features, counts, funnel_steps(counts),
+        {"rule": SPLIT_RULE, "salt": config.split_salt, "sources": counts["split_sources"],
+         "patients_per_split": counts["patients_per_split"]}, outputs, check_counts(counts, outputs),
+        task=task,
+        window={"cxr": stays_lib.IHM_WINDOW.as_dict() if task == "ihm" else {
             **stays_lib.IHM_WINDOW.as_dict(), "upper_hours": "the stay's LOS (outtime)",
             "rule": "0 h ≤ Δ ≤ LOS from intime (latest; ties: smallest dicom_id)"}},
-        "label_names": list(label_names),
-        "channel_order": list(hourly.CHANNELS),
-        "feature_names": hourly.feature_names(),
-        "features": feature_spec_json(features),
-        "image": image_section(config),
-        "counts": counts,
-        "funnel": dict(funnel_steps(counts)),
-        "never_observed_channels": sorted(ch for ch, n in coverage.items() if not n["stays"]),
-        "never_in_mimic_iv": list(NEVER_IN_MIMIC_IV),
-        "split": {"rule": SPLIT_RULE, "salt": config.split_salt, "sources": counts["split_sources"],
-                  "patients_per_split": counts["patients_per_split"]},
-        "normalizer": None if normalizer is None else {**normalizer.as_dict(), "fitted_on": "train split, every hour "
-                                                                                            "of every written stay"},
-        "outputs": outputs,
-    }
+        label_names=list(label_names), channel_order=list(hourly.CHANNELS), feature_names=hourly.feature_names(),
+        never_observed_channels=sorted(ch for ch, n in coverage.items() if not n["stays"]),
+        never_in_mimic_iv=list(NEVER_IN_MIMIC_IV),
+        normalizer=None if normalizer is None else {**normalizer.as_dict(),
+                                                    "fitted_on": "train split, every hour of every written stay"})
 
 
 def empty_message(document: dict) -> str:

@@ -4,12 +4,11 @@ The funnel is per admission: admissions = each drop reason (in the order they ar
 """
 
 from __future__ import annotations
-
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import funnel as funnel_lib
-from beam_pipeline.fileio.metadata import CountsError, image_section, prefixed, split_section, summarize_outputs
+from beam_pipeline.fileio.metadata import prefixed, split_section, summarize_outputs
 from beam_pipeline.options import Config
-from beam_pipeline.transforms.examples import feature_spec_json
+
 
 DROPS = ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window", "no_usable_ecg")
 # Rejects of whole admissions; the others are of rows (read/), images that were never chosen (metadata/) and ECGs
@@ -61,29 +60,16 @@ def document(config: Config, features: dict, windows: dict, events: dict[str, in
              files: list[dict], ecdf) -> dict:
     counts = summarize_counts(events)
     outputs = summarize_outputs(files, config.output)
-    problems = check_counts(counts, outputs)
-    if problems:
-        raise CountsError("counts do not add up: " + "; ".join(problems))
-    return {
-        "dataset": "Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs",
-        **funnel_lib.provenance(config, input_files),
-        "windows": {name: window.as_dict() for name, window in windows.items()},
-        "label_order": list(mimic.LABELS),
-        "symile_label_order": list(mimic.SYMILE_LABELS),
-        "lab_itemids": list(mimic.SYMILE_LAB_ITEMIDS),
-        "ecg_leads": list(mimic.ECG_LEADS),
-        "features": feature_spec_json(features),
-        "image": image_section(config),
-        "counts": counts,
-        "funnel": dict(funnel_steps(counts)),
-        "split": split_section(config, events, counts),
-        "ecdf": ecdf.summary(),
-        "candidates": {"splits": ["val", "test"], "seed": config.candidate_seed,
-                       "negatives": config.candidate_negatives,
-                       "rule": "per query: itself (label 1), then negatives drawn without replacement from the other "
-                               "written admissions of its split by random.Random(sha256(f'{seed}:{hadm_id}'))"},
-        "outputs": outputs,
-    }
+    return funnel_lib.document(
+        "Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs", config, input_files,
+        features, counts, funnel_steps(counts), split_section(config, events, counts), outputs,
+        check_counts(counts, outputs),
+        windows={name: window.as_dict() for name, window in windows.items()}, label_order=list(mimic.LABELS),
+        symile_label_order=list(mimic.SYMILE_LABELS), lab_itemids=list(mimic.SYMILE_LAB_ITEMIDS),
+        ecg_leads=list(mimic.ECG_LEADS), ecdf=ecdf.summary(),
+        candidates={"splits": ["val", "test"], "seed": config.candidate_seed, "negatives": config.candidate_negatives,
+                    "rule": "per query: itself (label 1), then negatives drawn without replacement from the other "
+                            "written admissions of its split by random.Random(sha256(f'{seed}:{hadm_id}'))"})
 
 
 def empty_message(document: dict) -> str:
