@@ -290,6 +290,13 @@ SYMILE_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Edema", "Lung 
                                   "Pleural Effusion")  # the 6 CheXpert labels the original keeps (§A.7)
 
 
+def report_path(subject_id: int, study_id: int) -> str:
+    """Relative path of a MIMIC-CXR report (one per study, beside its image folder):
+    ``files/p10/p10000032/s50414267.txt``."""
+    sid = str(subject_id)
+    return f"files/p{sid[:2]}/p{sid}/s{study_id}.txt"
+
+
 def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
     """Relative path of a MIMIC-CXR-JPG image: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``."""
     sid = str(subject_id)

@@ -102,12 +102,6 @@ def raw_words(text: str) -> int:
     return len(text.split())
 
 
-def report_path(subject_id: int, study_id: int) -> str:
-    """Relative path of a MIMIC-CXR report: ``files/p10/p10000032/s50414267.txt``."""
-    sid = str(subject_id)
-    return f"files/p{sid[:2]}/p{sid}/s{study_id}.txt"
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Text
 
@@ -429,7 +423,7 @@ def write(world: sample.World, roots: sample.SampleRoots, seed: int) -> dict[str
         case = planted.get(id(study))
         build = REPORT_CASES[case] if case else ordinary
         draft = build(rng, study) if build else Draft(None)
-        path = report_path(study.subject_id, study.study_id)
+        path = mimic.report_path(study.subject_id, study.study_id)
         if draft.text is not None:
             file = Path(roots.cxr, path)
             file.parent.mkdir(parents=True, exist_ok=True)

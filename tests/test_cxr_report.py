@@ -16,7 +16,6 @@ import pytest
 
 from beam_pipeline import mimic, sample
 from beam_pipeline.cohorts import report_sections as rs
-from beam_pipeline.cohorts.cxr_report import report_path
 from beam_pipeline.run import run
 from cohort_files import examples, read_csv, table_rows
 from conftest import ONE_WORKER, published
@@ -56,7 +55,7 @@ def expected(roots: sample.SampleRoots, one_per_subject: bool = False) -> tuple[
             studies[(int(r["subject_id"]), int(r["study_id"]))].append((r["dicom_id"], t))
     kept, drops = {}, defaultdict(int)
     for (subject, study), images in sorted(studies.items()):
-        path = Path(roots.cxr, report_path(subject, study))
+        path = Path(roots.cxr, mimic.report_path(subject, study))
         if not path.exists():
             drops["no_report"] += 1
             continue

@@ -41,7 +41,7 @@ def test_one_report_per_study_where_the_manifest_says(roots, section, reports) -
     studies = {(int(r["subject_id"]), int(r["study_id"])) for r in table_rows(roots.cxr, mimic.CXR_METADATA)}
     missing = {c["path"] for c in section["cases"] if c["expected"] is None}
     assert len(missing) == 2
-    expected = {sample_reports.report_path(subject, study) for subject, study in studies}
+    expected = {mimic.report_path(subject, study) for subject, study in studies}
     assert set(reports) == expected - missing
     for path in reports:
         first_two, subject, study = PATH.fullmatch(path).groups()

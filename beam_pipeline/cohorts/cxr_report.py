@@ -51,12 +51,6 @@ UNIT_STAGES = ("join/", "report/", "split/", "images/")  # rejects of whole stud
 WORD_BUCKETS = (0, 10, 20, 30, 40, 50, 65, 80, 100, 150)  # the data card's histogram of target lengths
 
 
-def report_path(subject_id: int, study_id: int) -> str:
-    """MIMIC-CXR's report of a study: ``files/p10/p10000032/s50414267.txt``."""
-    sid = str(subject_id)
-    return f"files/p{sid[:2]}/p{sid}/s{study_id}.txt"
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyRecord:
     subject_id: int
@@ -153,7 +147,7 @@ class ReadReports(beam.DoFn):
         return self._source.read(path) if self._source.exists(path) else None
 
     def process(self, record: StudyRecord):
-        relative = report_path(record.subject_id, record.study_id)
+        relative = mimic.report_path(record.subject_id, record.study_id)
         try:
             data = self._read(relative)
             text = None if data is None else rs.decode(data)
