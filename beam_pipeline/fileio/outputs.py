@@ -143,13 +143,27 @@ def check_writable(output: str) -> None:
         probe = FileSystems.join(output, RUNS, f".write-probe-{uuid.uuid4().hex}")
         with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(b"write probe of a starting run\n")
-        FileSystems.delete([probe])
+        _delete_probe(probe)
     except Exception as err:  # whatever the filesystem raises, the run could not write its files there
         reason = _missing_bucket(output) or f"{type(err).__name__}: {err}"
         raise OutputNotWritableError(f"--output={output} cannot be written: {reason}") from None
     finally:
         if runs:
             _remove_empty_folders([runs], above)
+
+
+def _delete_probe(probe: str, attempts: int = 3) -> None:
+    """Delete the probe, retrying: on gs:// Beam deletes through a batch request, whose response can come back
+    empty under load (GcsIO.delete_batch then fails on a None response) although the object can be deleted."""
+    for attempt in range(attempts):
+        try:
+            FileSystems.delete([probe])
+            return
+        except Exception:
+            if not FileSystems.exists(probe):  # the delete went through; only its response was lost
+                return
+            if attempt == attempts - 1:
+                raise
 
 
 def _missing_bucket(path: str) -> str:
