@@ -23,6 +23,7 @@ RUNTIME_REQUIREMENTS = [
     "opencv-python-headless==5.0.0.93",
     "simplejpeg==1.9.0",
     "numpy==2.4.6",
+    "scipy==1.17.1",
     "google-cloud-storage==3.17.1",
     "google-api-core==2.44.0",
     "google-crc32c==1.9.0",
