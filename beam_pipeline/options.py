@@ -164,7 +164,8 @@ class Config:
         parse=parse_bool)
     target_shard_mb: float = _flag(
         "Target size of one TFRecord shard in MB; the shard count per split follows from the record count and an "
-        "estimate of a record's size (at least 16 shards of 32+ records).", 200.0,
+        "estimate of a record's size (a small run: at least 32 shards in all, of one size, 32+ records each).",
+        200.0,
         parse=float, bounds=(0.001, 1_000_000))
     compression: str = _flag("TFRecord compression: none or gzip (files end in .tfrecord.gz).", "none",
                              choices=("none", "gzip"))

@@ -107,13 +107,22 @@ def test_example_round_trip_without_tensorflow():
     assert parsed["f"][1] != parsed["f"][1]  # NaN survives
 
 
-def test_shard_plan_spreads_small_groups_but_keeps_shards_full():
-    plan = ShardPlan(1000, item_bytes=10, min_shards=16, min_items=32)
+def test_shard_plan_spreads_small_runs_in_shards_of_one_size_but_keeps_shards_full():
+    plan = ShardPlan(1000, item_bytes=10, min_shards=32, min_items=32)
     assert plan.size(b"whatever the payload") == 10
-    assert plan.shards(0, 0) == 1 and plan.shards(31, 310) == 1  # too few items for a second shard
-    assert plan.shards(100, 1000) == 3  # 100 // 32: at least 32 items per shard
-    assert plan.shards(10_000, 100_000) == 100  # big groups follow the byte target
-    assert plan.shards(1000, 10_000) == 16  # the floor, not the 10 the bytes alone would give
+
+    def shards(**items):
+        totals = {group: (n, n * 10) for group, n in items.items()}
+        return {group: plan.shards(group, totals) for group in items}
+
+    assert plan.shards("val", {}) == 1 and shards(train=31) == {"train": 1}  # too few items for a second shard
+    assert shards(train=100) == {"train": 4}  # at least 32 items per shard
+    assert shards(train=10_000) == {"train": 100}  # big groups follow the byte target
+    # small runs: 32 shards in all, ceil(2,054 / 32) = 65 records each in every split (previously a floor of 16 per
+    # split gave train shards of 103 records beside val/test shards of 33, which a local runner balances badly)
+    assert shards(train=1648, val=199, test=207) == {"train": 26, "val": 4, "test": 4}
+    # the byte target still rules where it gives more shards: shards are about target_bytes in every split
+    assert shards(train=80_000, val=10_000, test=10_000) == {"train": 800, "val": 100, "test": 100}
 
 
 class _Halves:

@@ -259,7 +259,7 @@ WRITTEN = "written"
 # radiographs: PNG ~0.6 B/px, JPEG q95 ~0.3 B/px, an edge map PNG ~0.15 B/px). metadata.json records the real sizes.
 TEXT_BYTES = 6 * 2 ** 10
 BYTES_PER_PIXEL = {"png": 0.6, "jpeg": 0.3, "edge_map": 0.15}
-MIN_SHARDS = 16  # so a small run still spreads the image work over every core, and readers over files...
+MIN_SHARDS = 32  # over all splits, of one size: a small run still spreads the image work evenly over the cores...
 MIN_RECORDS_PER_SHARD = 32  # ...but never shards of a handful of records
 
 

@@ -38,9 +38,11 @@ class ShardFormat:
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
-    """How many shards a group gets: ``ceil(bytes / target_bytes)``, but at least ``min_shards`` as long as each
-    still holds ``min_items`` items. ``item_bytes`` (when set) is the size estimate used for every item instead
-    of its payload length."""
+    """How many shards each group gets: ``ceil(bytes / target_bytes)``, and at least ``min_shards`` over all groups
+    together as long as each still holds ``min_items`` items. The floor is one records-per-shard count for every
+    group, so shards are about the same size in every group: they are the writers' work units, and a local runner
+    deals them to its workers round-robin, which only balances units of one size. ``item_bytes`` (when set) is the
+    size estimate used for every item instead of its payload length."""
     target_bytes: float
     item_bytes: int = 0
     min_shards: int = 1
@@ -49,9 +51,11 @@ class ShardPlan:
     def size(self, item) -> int:
         return self.item_bytes or len(item)
 
-    def shards(self, items: int, total_bytes: int) -> int:
-        floor = min(self.min_shards, items // self.min_items)
-        return max(1, num_shards(total_bytes, self.target_bytes), floor)
+    def shards(self, group: str, totals: dict[str, tuple[int, int]]) -> int:
+        """Shards of ``group`` given every group's (items, bytes)."""
+        items, total_bytes = totals.get(group, (0, 0))
+        per_shard = max(self.min_items, math.ceil(sum(n for n, _ in totals.values()) / self.min_shards))
+        return max(num_shards(total_bytes, self.target_bytes), math.ceil(items / per_shard))
 
 
 class Renderer(Protocol):
@@ -150,8 +154,7 @@ class _WriteShard(beam.DoFn):
 
 def _fill_missing(group, directory, fmt, plan, totals, written):
     """Write the empty shards of a group (no item hashed there, or no items at all)."""
-    count, size = totals.get(group, (0, 0))
-    shards = plan.shards(count, size)
+    shards = plan.shards(group, totals)
     done = {w["shard"] for w in written if w["group"] == group}
     for index in range(shards):
         if index not in done:
@@ -192,7 +195,7 @@ class WriteShards(beam.PTransform):
 
         def assign(element, totals):
             group, key, item = element
-            shards = plan.shards(*totals[group])
+            shards = plan.shards(group, totals)
             return (group, shard_of(key, shards), shards), (key, item)
 
         after = [beam.pvalue.AsList(self._after)] if self._after is not None else []

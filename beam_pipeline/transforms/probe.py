@@ -203,8 +203,8 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
 # --- the probe -----------------------------------------------------------------------------------------------
 
 METHOD = {
-    "classifier": f"logistic regression, intercept + L2 penalty {L2} on the weights, Newton-CG (numpy, scipy sparse), fitted on "
-                  "train, AUROC on val (labels/binary where labels/mask == 1)",
+    "classifier": f"logistic regression, intercept + L2 penalty {L2} on the weights, Newton-CG (numpy, scipy "
+                  "sparse), fitted on train, AUROC on val (labels/binary where labels/mask == 1)",
     "text_features": f"binary hashed unigrams and bigrams: runs of [a-z0-9] in the lower-cased note, CRC-32 of the "
                      f"UTF-8 term mod {BUCKETS}",
     "structured_features": "features/values and features/missing, standardised with train mean and std",
