@@ -26,6 +26,7 @@ import functools
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import cxr_ehr_features as ehr

@@ -27,6 +27,7 @@ import zipfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import funnel as funnel_lib

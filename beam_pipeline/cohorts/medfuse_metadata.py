@@ -5,6 +5,7 @@ no_events) + rejected + written.
 """
 
 from __future__ import annotations
+
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as stays_lib
 from beam_pipeline.cohorts.medfuse_events import NEVER_IN_MIMIC_IV
@@ -12,7 +13,6 @@ from beam_pipeline.cohorts import funnel as funnel_lib
 from beam_pipeline.fileio.metadata import prefixed, summarize_outputs
 from beam_pipeline.options import Config
 from beam_pipeline.transforms import hourly
-
 
 DROPS = (*stays_lib.STAY_DROPS, "los_under_48h", "no_events")
 STAY_STAGES = ("join/", "images/")  # rejects of whole stays (the others are of rows: read/, metadata/)

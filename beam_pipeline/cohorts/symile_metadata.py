@@ -4,12 +4,13 @@ The funnel is per admission: admissions = each drop reason (in the order they ar
 """
 
 from __future__ import annotations
+
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import funnel as funnel_lib
 from beam_pipeline.fileio.metadata import prefixed, split_section, summarize_outputs
 from beam_pipeline.options import Config
 
-
+DATASET = "Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs"
 DROPS = ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window", "no_usable_ecg")
 # Rejects of whole admissions; the others are of rows (read/), images that were never chosen (metadata/) and ECGs
 # whose admission went on to the next one (ecg_check/).
@@ -61,9 +62,8 @@ def document(config: Config, features: dict, windows: dict, events: dict[str, in
     counts = summarize_counts(events)
     outputs = summarize_outputs(files, config.output)
     return funnel_lib.document(
-        "Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs", config, input_files,
-        features, counts, funnel_steps(counts), split_section(config, events, counts), outputs,
-        check_counts(counts, outputs),
+        DATASET, config, input_files, features, counts, funnel_steps(counts), split_section(config, events, counts),
+        outputs, check_counts(counts, outputs),
         windows={name: window.as_dict() for name, window in windows.items()}, label_order=list(mimic.LABELS),
         symile_label_order=list(mimic.SYMILE_LABELS), lab_itemids=list(mimic.SYMILE_LAB_ITEMIDS),
         ecg_leads=list(mimic.ECG_LEADS), ecdf=ecdf.summary(),

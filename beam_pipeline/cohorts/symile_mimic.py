@@ -34,7 +34,7 @@ import numpy as np
 
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
-from beam_pipeline.cohorts.symile_metadata import DROPS, document, empty_message, funnel
+from beam_pipeline.cohorts.symile_metadata import DATASET, DROPS, document, empty_message, funnel
 from beam_pipeline.fileio.metadata import WriteMetadata
 from beam_pipeline.fileio.outputs import WRITTEN, Manifest, WriteExamples, WriteOutputs, csv_line, example_plan
 from beam_pipeline.fileio.sources import make_source
@@ -388,7 +388,7 @@ def check(config: Config) -> list[str]:
 
 COHORTS = {"symile_mimic": Cohort(
     name="symile_mimic",
-    description="Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs",
+    description=DATASET,
     roots=("mimic_iv_root", "mimic_ecg_root"),
     defaults={"image_size": 320, "resize_mode": "crop", "split_strategy": "hash",
               "split_fractions": (0.86, 0.065, 0.075), "split_salt": "symile-mimic-v1"},
