@@ -123,6 +123,23 @@ def test_enlarging_small_images_works():
     assert out.reduction == 1 and decode(out.encoded).shape == (518, 518) and out.geometry.scale_x > 1
 
 
+@pytest.mark.parametrize("name", ["00000001_000.png", "00027426_000.png"])
+def test_radiograph_pngs_are_lossless_and_smaller_than_opencvs_default(name):
+    """Real chest X-rays (512 px, so enlarged): the stored PNG decodes to exactly the processed pixels and is smaller than OpenCV's default
+    encoding of them; the binary edge map keeps the default, which Huffman-only coding would more than double."""
+    image = cv2.imread(str(OPEN_DATA / "nih-chestxray14-sample" / name), cv2.IMREAD_GRAYSCALE)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    out = pixels.preprocess(data, 518, "pad", "png", with_edge_map=True)
+    geo = out.geometry
+    decoded = pixels.decode(data, pixels.inspect_jpeg(data), out.reduction)
+    expected = pixels.place(cv2.resize(decoded, (geo.width, geo.height), interpolation=cv2.INTER_LINEAR), geo)
+    assert np.array_equal(decode(out.encoded), expected)
+    assert len(out.encoded) < len(cv2.imencode(".png", expected)[1])
+    edges = decode(out.edge_map)
+    assert out.edge_map == cv2.imencode(".png", edges)[1].tobytes()
+    assert len(out.edge_map) < 0.6 * len(pixels.encode(edges, "png", 95))
+
+
 def scan_data(data: bytes) -> tuple[int, int]:
     """(start, end) of the entropy-coded data of a baseline JPEG: after the start-of-scan header, up to EOI."""
     sos = data.index(b"\xff\xda")

@@ -6,7 +6,8 @@ image is still at least as large as the target, which skips most of the work for
 strict mode: libjpeg only warns about damaged scan data and fills in the rest, so any warning refuses the image
 (OpenCV's decoder, used before, prints the warning and returns the damaged image). The resize uses area
 interpolation (linear when enlarging). Output pixels x_out map to the original as
-``x_orig = (x_out - offset_x) / scale_x`` (same for y).
+``x_orig = (x_out - offset_x) / scale_x`` (same for y). PNGs of radiographs use the "up" filter and Huffman-only
+deflate (README, Images: smaller, faster to write and to read than OpenCV's default); edge maps keep the default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 16384, 4.0  # outside these a "radiograph" 
 RESIZE_MODES = ("pad", "crop", "squash")
 FORMATS = ("png", "jpeg")
 PAD_VALUE = 0  # black, the background of a radiograph
+RADIOGRAPH_PNG = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+                  cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY)
+EDGE_MAP_PNG = ()  # OpenCV's default (sub filter, RLE): runs of zeros, 2-20 KB where Huffman-only needs 34+
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -139,8 +143,8 @@ def edge_map(resized: np.ndarray) -> np.ndarray:
     return cv2.Canny(equalized, 50, 150)
 
 
-def encode(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
-    ok, data = (cv2.imencode(".png", image) if fmt == "png" else
+def encode(image: np.ndarray, fmt: str, jpeg_quality: int, png_params: tuple = RADIOGRAPH_PNG) -> bytes:
+    ok, data = (cv2.imencode(".png", image, png_params) if fmt == "png" else
                 cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]))
     if not ok:
         raise ImageError("encode_failed", fmt)
@@ -168,6 +172,6 @@ def preprocess(data: bytes, size: int, mode: str, fmt: str, jpeg_quality: int = 
     shrinking = decoded.shape[0] * decoded.shape[1] >= geo.height * geo.width
     resized = cv2.resize(decoded, (geo.width, geo.height),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    edges = encode(place(edge_map(resized), geo), "png", jpeg_quality) if with_edge_map else None
+    edges = encode(place(edge_map(resized), geo), "png", jpeg_quality, EDGE_MAP_PNG) if with_edge_map else None
     return ProcessedImage(encode(place(resized, geo), fmt, jpeg_quality), fmt, edges, frame.height, frame.width, geo,
                           factor)
