@@ -125,8 +125,9 @@ def test_enlarging_small_images_works():
 
 @pytest.mark.parametrize("name", ["00000001_000.png", "00027426_000.png"])
 def test_radiograph_pngs_are_lossless_and_smaller_than_opencvs_default(name):
-    """Real chest X-rays (512 px, so enlarged): the stored PNG decodes to exactly the processed pixels and is smaller than OpenCV's default
-    encoding of them; the binary edge map keeps the default, which Huffman-only coding would more than double."""
+    """Real chest X-rays (512 px, so enlarged): the stored PNG decodes to exactly the processed pixels and is smaller
+    than OpenCV's default encoding of them; the binary edge map keeps the default, which Huffman-only coding would
+    more than double."""
     image = cv2.imread(str(OPEN_DATA / "nih-chestxray14-sample" / name), cv2.IMREAD_GRAYSCALE)
     data = cv2.imencode(".jpg", image)[1].tobytes()
     out = pixels.preprocess(data, 518, "pad", "png", with_edge_map=True)

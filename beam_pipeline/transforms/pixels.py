@@ -25,7 +25,7 @@ FORMATS = ("png", "jpeg")
 PAD_VALUE = 0  # black, the background of a radiograph
 RADIOGRAPH_PNG = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY)
-EDGE_MAP_PNG = ()  # OpenCV's default (sub filter, RLE): runs of zeros, 2-20 KB where Huffman-only needs 34+
+EDGE_MAP_PNG = ()  # OpenCV's default (sub filter, RLE): runs of zeros, 2-20 KB where Huffman-only needs 34+ KB
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
