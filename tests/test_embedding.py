@@ -45,6 +45,7 @@ def test_same_passages_as_the_padded_embedding_and_exact_token_ids(sample_record
     assert sum(same) / len(same) >= 0.95
     tokenizer = models.load_tokenizer(models.PACKAGED)
     for record in after:
+        assert record.input_ids.itemsize == record.enhanced_input_ids.itemsize == 2  # packed (vocabulary < 2^16)
         assert list(record.input_ids) == tokenizer(record.note, truncation=True, max_length=512)["input_ids"]
         assert list(record.enhanced_input_ids) == tokenizer(record.enhanced_note, truncation=True,
                                                             max_length=512)["input_ids"]

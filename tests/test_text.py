@@ -1,11 +1,13 @@
 import json
+import pickle
 from pathlib import Path
 
 import apache_beam as beam
+import objsize
 import pytest
 
 from beam_pipeline import kb, models
-from beam_pipeline.transforms.records import Record
+from beam_pipeline.transforms.records import Record, token_ids
 from beam_pipeline.transforms.text import DeterministicBatches, enhanced_note, retrieve
 from conftest import test_pipeline
 
@@ -78,6 +80,16 @@ def _batches(items, path) -> list[str]:
              | beam.Map(lambda batch: ",".join(r.dicom_id for r in batch))
              | beam.io.WriteToText(str(path), shard_name_template=""))
     return sorted(path.read_text().splitlines())
+
+
+def test_token_ids_are_packed_two_bytes_each_unless_the_vocabulary_needs_four():
+    ids = list(range(29_000, 29_600))  # distinct ids, as in a note
+    packed = token_ids(ids)
+    assert list(packed) == ids and packed.itemsize == 2 and len(packed) == 600
+    assert objsize.get_deep_size(packed) < 1_400 < 20_000 < objsize.get_deep_size(tuple(ids))
+    wide = token_ids([0, 2 ** 16, 250_001])
+    assert list(wide) == [0, 2 ** 16, 250_001] and wide.itemsize == 4
+    assert list(token_ids([])) == [] and pickle.loads(pickle.dumps(packed)) == packed
 
 
 def test_batches_depend_only_on_the_data(tmp_path):

@@ -17,7 +17,7 @@ from apache_beam.utils import shared
 
 from beam_pipeline import accounting, kb as kb_lib, models
 from beam_pipeline.fileio.sharded import shard_of
-from beam_pipeline.transforms.records import Record
+from beam_pipeline.transforms.records import Record, token_ids
 
 CONTEXT_HEADER = "Retrieved context:"
 
@@ -129,8 +129,8 @@ class TokenizeAndRetrieve(beam.DoFn):
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
             for i, row in enumerate(hits):
-                extra[i] = {"enhanced_note": enhanced[i], "enhanced_input_ids": tuple(enhanced_ids[i]),
+                extra[i] = {"enhanced_note": enhanced[i], "enhanced_input_ids": token_ids(enhanced_ids[i]),
                             "rag_ids": tuple(m.knowledge.passages[p]["id"] for p, _ in row),
                             "rag_scores": tuple(score for _, score in row)}
         for record, record_ids, cut, more in zip(batch, ids, truncated, extra):
-            yield dataclasses.replace(record, input_ids=tuple(record_ids), truncated=cut, **more)
+            yield dataclasses.replace(record, input_ids=token_ids(record_ids), truncated=cut, **more)
