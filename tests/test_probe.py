@@ -27,7 +27,7 @@ COMPLAINTS = ("Dyspnea", "Fever, Cough", "Chest pain", "s/p Fall", "Weakness", "
 def test_terms_are_crc32_buckets_of_unigrams_and_bigrams_never_pythons_hash():
     terms = P.hashed_terms("Fever, COUGH.")
     expected = {zlib.crc32(t.encode()) % 2 ** 18 for t in ("fever", "cough", "fever cough")}
-    assert np.frombuffer(terms, "<u4").tolist() == sorted(expected) and P.BUCKETS == 2 ** 18
+    assert np.frombuffer(terms, P.TERMS).tolist() == sorted(expected) and P.BUCKETS == 2 ** 18
     assert P.hashed_terms("") == b"" and P.hashed_terms(f"a {MARKER} b") != P.hashed_terms(
         P.without_marker(f"a {MARKER} b", MARKER))
     assert P.without_marker(f"a {MARKER} b", "") == f"a {MARKER} b"
@@ -38,8 +38,8 @@ def test_a_row_is_packed_so_the_subsample_every_worker_holds_stays_small():
     takes about 2 KB packed, where tuples of Python numbers took about 12 KB."""
     note = " ".join(f"word{i % 50} w{i}" for i in range(35))
     row = P.probe_row(FakeRecord("d1", "train", note, features=(0.5,) * 23, features_missing=(0,) * 23), MARKER)
-    assert len(row.filtered) == 4 * len(set(np.frombuffer(row.filtered, "<u4"))) == 4 * 139  # 70 words, 69 bigrams
-    assert np.frombuffer(row.structured, "<f8").tolist() == [0.5] * 23 + [0.0] * 23
+    assert len(row.filtered) == 4 * len(set(np.frombuffer(row.filtered, P.TERMS))) == 4 * 139  # 70 words, 69 bigrams
+    assert np.frombuffer(row.structured, P.FEATURES).tolist() == [0.5] * 23 + [0.0] * 23
     assert objsize.get_deep_size(row) < 2_500
 
 
@@ -77,7 +77,7 @@ def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
         rows.append(dataclasses.replace(
             P.ProbeRow(P.rank(f"d{i}"), f"d{i}", split, P.hashed_terms(filtered),
                        P.hashed_terms(P.without_marker(filtered, token)), None,
-                       np.array([rng.gauss(0, 1) for _ in range(4)], "<f8").tobytes(), tuple(labels),
+                       np.array([rng.gauss(0, 1) for _ in range(4)], P.FEATURES).tobytes(), tuple(labels),
                        (1,) * len(mimic.LABELS)),
             unfiltered=P.hashed_terms(note) if hits else None))
     return rows

@@ -64,8 +64,7 @@ class Record:
 
 def token_ids(ids: Iterable[int]) -> array.array:
     """Token ids packed 2 bytes each (4 when the vocabulary needs it): a record's ~600 ids take 1.2 KB in memory and
-    encoded, where a tuple of Python ints takes 21 KB in memory (the local runner holds the records of every
-    grouping step decoded) and 1.8 KB encoded."""
+    encoded, where a tuple of Python ints takes 21 KB in memory and 1.8 KB encoded."""
     ids = list(ids)
     return array.array("H" if max(ids, default=0) < 2 ** 16 else "I", ids)
 
