@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  top-3 passage sets identical    {t['agreement']:7.1%} of the notes")
         if args.only == "text":
             return
-    pool = make_pool(workdir / "pool", args.pool)
+    pool = make_pool(workdir / f"pool-v{sample.RADIOGRAPH_VERSION}", args.pool)
     settings = ImageSettings(args.image_size, args.resize_mode, args.image_format, 95, False)
     if args.child:
         print(json.dumps(beam_stage(workdir / "tree", pool, args.child, settings, args.seconds)))

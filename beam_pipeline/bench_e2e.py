@@ -337,10 +337,12 @@ def subjects_for(records: int) -> int:
 
 
 def sample_tree(workdir: Path, subjects: int, image_size: str = "full", seed: int = 0):
-    """The generated MIMIC tree for ``subjects`` (cached: SAMPLE.json is written last, so its presence means done)."""
+    """The generated MIMIC tree for ``subjects`` (cached per version of the generator's pixels: SAMPLE.json is written
+    last, so its presence means done)."""
     from beam_pipeline import sample
 
-    folder = workdir / "e2e" / "samples" / f"subjects-{subjects}{'' if image_size == 'full' else '-' + image_size}"
+    folder = (workdir / "e2e" / "samples" / f"radiographs-v{sample.RADIOGRAPH_VERSION}"
+              / f"subjects-{subjects}{'' if image_size == 'full' else '-' + image_size}")
     roots = sample.SampleRoots(str(folder / "mimic-cxr-jpg"), str(folder / "mimic-iv-ed"), str(folder / "mimiciv"))
     if not (folder / "SAMPLE.json").exists():
         roots = sample.generate(folder, subjects=subjects, seed=seed, image_size=image_size)

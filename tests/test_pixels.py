@@ -191,10 +191,9 @@ def test_strict_decoder_gives_opencvs_pixels(factor):
 @pytest.mark.parametrize("factor", [1, 2, 4, 8])
 @pytest.mark.parametrize("damage", [
     lambda data: damage_scan(data, 64),
-    lambda data: damage_scan(data, 1),
     lambda data: data[:sum(scan_data(data)) // 2] + b"\xff\xd9",  # cut inside the scan, end-of-image appended
     lambda data: data[:sum(scan_data(data)) // 2] + data[sum(scan_data(data)) // 2 + 1000:],  # a piece missing
-], ids=["64_random_bytes", "1_random_byte", "cut_then_eoi", "piece_missing"])
+], ids=["64_random_bytes", "cut_then_eoi", "piece_missing"])
 def test_damaged_scan_data_is_corrupt_although_opencv_decodes_it(damage, factor):
     data = jpeg(1600, 1300, seed=6)
     bad = damage(data)
@@ -207,10 +206,30 @@ def test_damaged_scan_data_is_corrupt_although_opencv_decodes_it(damage, factor)
 
 
 def test_the_damage_is_real():
-    """What corrupt_image keeps out of the training records: a 64-byte overwrite bands a third of the image."""
+    """What corrupt_image keeps out of the training records: a 64-byte overwrite bands an eighth of the image."""
     data = jpeg(1600, 1300, seed=6)
     off = np.abs(opencv(damage_scan(data)).astype(int) - opencv(data)) > 30
-    assert off.mean() > 0.2
+    assert off.mean() > 0.1
+
+
+def test_damage_that_keeps_the_entropy_code_valid_is_not_seen():
+    """The limit of strict decoding (README, Images): libjpeg warns only when damage breaks the entropy code's
+    structure. Random overwrites of a radiograph of MIMIC's weight per pixel are caught rarely for 1 byte and mostly
+    for 64; the others decode to wrong pixels with no warning, as good images. Only a checksum would find those."""
+    data = jpeg(1600, 1300, seed=6)
+    frame, clean = pixels.inspect_jpeg(data), opencv(data)
+    caught = {1: 0, 64: 0}
+    for length in caught:
+        for seed in range(40):
+            bad = damage_scan(data, length, seed)
+            try:
+                unseen = pixels.decode(bad, frame, 1)
+            except pixels.ImageError as err:
+                assert err.reason == "corrupt_image"
+                caught[length] += 1
+            else:
+                assert not np.array_equal(unseen, clean)
+    assert caught[1] <= 8 and caught[64] >= 20
 
 
 def test_bytes_after_the_end_of_image_are_ignored():
