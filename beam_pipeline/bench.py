@@ -142,7 +142,14 @@ def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings, se
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {"n": n, "seconds": wall, "rate": n / wall, "cpu_rate": n / cpu,
             "raw_decode": (before + cpu_rate(raw_decode, [p.read_bytes() for p in pool[:6]], seconds)) / 2,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ``getrusage``'s ``ru_maxrss``: Linux carries that over fork and exec,
+    so a child started by the benchmark (which holds the text models, ~1 GB) would report the parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def sample_notes(workdir: Path, count: int, index: str) -> list[tuple[str, str]]:
