@@ -1,6 +1,7 @@
 # The two README commands: `make demo` runs the pipeline on generated sample data, `make test` runs the tests.
-# `make bench` measures the image and text stages against their raw limits, then the whole pipeline end to end on
-# generated full-size samples at two sizes (beam_pipeline/bench_e2e.py; about 15 minutes on 2 cores; not part of CI).
+# `make bench` measures the image and text stages against their raw limits, the image stage reading from a GCS
+# emulator with storage latency (beam_pipeline/bench_gcs.py), then the whole pipeline end to end on generated
+# full-size samples at two sizes (beam_pipeline/bench_e2e.py; about 17 minutes on 2 cores; not part of CI).
 # Each (re)creates .venv when requirements change: the development set (requirements-dev.txt = the runtime
 # requirements.txt that the image installs, plus tests and user-side tools), pinned by constraints.txt.
 # Everything runs offline.
@@ -35,4 +36,5 @@ clean:
 
 bench: $(STAMP)
 	$(PY) -m beam_pipeline.bench
+	$(PY) -m beam_pipeline.bench_gcs
 	$(PY) -m beam_pipeline.bench_e2e

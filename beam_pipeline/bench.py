@@ -50,7 +50,7 @@ from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import resolve_output
 from beam_pipeline.transforms import leakage, pixels, text
 from beam_pipeline.transforms.examples import to_example
-from beam_pipeline.transforms.images import ImageLoader, ImageSettings
+from beam_pipeline.transforms.images import READ_AHEAD, ImageLoader, ImageSettings
 from beam_pipeline.transforms.records import Record
 
 
@@ -134,15 +134,22 @@ def beam_stage(root: Path, pool: list[Path], n: int, settings: ImageSettings, se
     items = records(root, pool, n)
     output = root.parent / f"beam-out-{n}"
     shutil.rmtree(output, ignore_errors=True)
-    start, cpu = time.perf_counter(), cpu_seconds()
-    with beam.Pipeline(runner=FnApiRunner()) as p:
-        _ = (p | beam.Create(items, reshuffle=False)
-             | WriteExamples(str(output), example_plan(200.0, settings), "none", ImageLoader(str(root), settings),
-                             Serialize(to_example), key=lambda r: r.dicom_id, after=p | "NoChecks" >> beam.Create([])))
-    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    wall, cpu = write_examples(items, ImageLoader(str(root), settings, read_ahead=READ_AHEAD), settings, output)
     return {"n": n, "seconds": wall, "rate": n / wall, "cpu_rate": n / cpu,
             "raw_decode": (before + cpu_rate(raw_decode, [p.read_bytes() for p in pool[:6]], seconds)) / 2,
             "peak_rss_mb": peak_rss_mb()}
+
+
+def write_examples(items: list[Record], loader: ImageLoader, settings: ImageSettings, output: Path
+                   ) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of the TFRecord shard writer (``WriteExamples``) reading,
+    preprocessing, serialising and appending ``items`` in Beam's in-process runner (one worker)."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = (p | beam.Create(items, reshuffle=False)
+             | WriteExamples(str(output), example_plan(200.0, settings), "none", loader, Serialize(to_example),
+                             key=lambda r: r.dicom_id, after=p | "NoChecks" >> beam.Create([])))
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def peak_rss_mb() -> float:

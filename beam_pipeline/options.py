@@ -14,6 +14,7 @@ import typing
 from typing import Any, Callable
 
 from beam_pipeline import cohorts, mimic
+from beam_pipeline.transforms.images import READ_AHEAD
 
 
 def _flag(help: str, default: Any = dataclasses.MISSING, *, parse: Callable[[str], Any] = str,
@@ -162,6 +163,10 @@ class Config:
     edge_map: bool = _flag(
         "Also store a saliency map: CLAHE + Canny edges at the output size, as a uint8 PNG.", False,
         parse=parse_bool)
+    image_read_ahead: int = _flag(
+        "Images the TFRecord writer fetches ahead of the one it decodes, on as many I/O threads, so storage "
+        "latency (gs://) overlaps the decoding; it holds at most this + 1 JPEGs. 0 reads each image in turn. The "
+        "output does not change.", READ_AHEAD, parse=int, bounds=(0, 256))
     target_shard_mb: float = _flag(
         "Target size of one TFRecord shard in MB; the shard count per split follows from the record count and an "
         "estimate of a record's size (a small run: at least 32 shards in all, of one size, 32+ records each).",

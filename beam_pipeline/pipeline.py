@@ -110,7 +110,7 @@ def image_stage(config: Config, source) -> tuple[ImageSettings | None, ImageLoad
         return None, None
     settings = ImageSettings(config.image_size, config.resize_mode, config.image_format, config.jpeg_quality,
                              config.edge_map)
-    return settings, ImageLoader(config.mimic_cxr_root, settings, source)
+    return settings, ImageLoader(config.mimic_cxr_root, settings, source, config.image_read_ahead)
 
 
 def build_pipeline(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict | None, base: str,

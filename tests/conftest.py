@@ -15,8 +15,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from beam_pipeline import mimic, sample
+from beam_pipeline import gcs_emulator as emulated_gcs  # the fixture below is named gcs_emulator
 from beam_pipeline.readers.common import resolve_output
-from gcs_proxy import RequesterPaysProxy
 
 # The small real open-data files the core tests read, committed with their licences (tests/data/open-data/README.md).
 OPEN_DATA = Path(__file__).resolve().parent / "data" / "open-data"
@@ -148,16 +148,11 @@ def gcs_server():
     with "rp-" are requester pays), for the whole session. Beam's credential lookup (a ~25 s stall without
     credentials) is short-circuited to its anonymous client. Yields (storage client, proxy)."""
     from apache_beam.internal.gcp import auth
-    from gcp_storage_emulator.server import create_server
     from google.cloud import storage
 
-    server = create_server("127.0.0.1", 0, in_memory=True)
-    server.start()
-    proxy = RequesterPaysProxy(server._api._httpd.server_address[1]).start()
+    server, proxy = emulated_gcs.start()
     patch = pytest.MonkeyPatch()
-    for name, value in {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy.port}",
-                        "GOOGLE_CLOUD_PROJECT": "test-project", "NO_GCE_CHECK": "true",
-                        "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1"}.items():
+    for name, value in emulated_gcs.client_environment(proxy.port).items():
         patch.setenv(name, value)
     patch.setattr(auth._Credentials, "_credentials_init", True)
     patch.setattr(auth._Credentials, "_credentials", None)

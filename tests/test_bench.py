@@ -1,6 +1,7 @@
 """The benchmark runs end to end and prints its ratios and memory (timings are not asserted: they live in the
 benchmark's output and the README's performance section)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -35,3 +36,18 @@ def test_a_child_reports_its_own_peak_rss():
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()
     own, carried = float(out[0]), float(out[1])
     assert ballast.all() and own < 400 and carried > 600
+
+
+def test_gcs_bench_reads_through_the_emulator_and_writes_the_same_files_in_every_configuration(tmp_path):
+    """``python -m beam_pipeline.bench_gcs`` as ``make bench`` runs it (a child process that starts its own emulator
+    child on loopback): local files and GCS objects, with latency and read-ahead, give byte-identical TFRecords."""
+    out = subprocess.run([sys.executable, "-m", "beam_pipeline.bench_gcs", f"--workdir={tmp_path}", "--records=6",
+                          "--pool=2", "--latency_ms=0,20", "--read_ahead=0,3"], check=True, capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=600).stdout
+    names = re.findall(r"^  (local|gcs \d+ ms, read-ahead \d+)\s+[\d.]+ images/s\s+[\d.]+ ms CPU per image", out,
+                       re.MULTILINE)
+    assert names == ["local", "gcs 0 ms, read-ahead 0", "gcs 0 ms, read-ahead 3", "gcs 20 ms, read-ahead 0",
+                     "gcs 20 ms, read-ahead 3"]
+    assert "TFRecords byte-identical in every configuration: yes" in out
+    summary = json.loads((tmp_path / "gcs-bench" / "summary.json").read_text())
+    assert summary["identical_files"] and len({r["files_sha256"] for r in summary["runs"].values()}) == 1

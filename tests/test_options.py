@@ -21,8 +21,8 @@ def config(**values) -> Config:
 
 def test_number_options_are_found_by_type_and_each_declares_bounds_around_its_default():
     assert set(NUMBERS) == {"window_start_hours", "window_end_hours", "split_fractions", "max_tokens", "rag_top_k",
-                            "text_batch_size", "image_size", "jpeg_quality", "target_shard_mb", "candidate_seed",
-                            "candidate_negatives", "min_words", "max_words"}
+                            "text_batch_size", "image_size", "jpeg_quality", "image_read_ahead", "target_shard_mb",
+                            "candidate_seed", "candidate_negatives", "min_words", "max_words"}
     for name, field in NUMBERS.items():
         low, high = field.metadata["bounds"]
         default = field.default if isinstance(field.default, tuple) else (field.default,)

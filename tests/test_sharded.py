@@ -1,5 +1,7 @@
 import gzip
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import pytest
@@ -8,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline import accounting
 from beam_pipeline.fileio.sharded import (AssertUniqueKeys, DuplicateKeyError, ShardFormat, ShardPlan, WriteShards,
-                                          num_shards, shard_of)
+                                          fetched_in_order, num_shards, shard_of)
 from conftest import test_pipeline
 
 TFRECORD = ShardFormat(".tfrecord", tfrecord.frame)
@@ -126,25 +128,34 @@ def test_shard_plan_spreads_small_runs_in_shards_of_one_size_but_keeps_shards_fu
 
 
 class _Halves:
-    """A renderer that writes even items, rejects odd ones and reports every item it wrote."""
+    """A renderer that writes even items, rejects odd ones and reports every item it wrote; its fetch (on the
+    read-ahead threads when ``read_ahead`` > 0) names the thread it ran on."""
+
+    def __init__(self, read_ahead: int = 0):
+        self.read_ahead = read_ahead
 
     def setup(self):
         self.ready = True
 
-    def render(self, item):
+    def fetch(self, item):
+        return item, threading.current_thread().name
+
+    def render(self, item, fetched):
         assert self.ready  # setup ran in the worker before any item
+        assert fetched[0] == item and fetched[1].startswith("read-ahead") == (self.read_ahead > 0)
         if item % 2:
             return None, list(accounting.reject("test", "odd", detail=str(item)))
         return str(item).encode(), [beam.pvalue.TaggedOutput("written", item)]
 
 
-def test_a_renderer_writes_one_item_at_a_time_and_reports_what_it_skipped(tmp_path):
+@pytest.mark.parametrize("read_ahead", [0, 3])
+def test_a_renderer_writes_one_item_at_a_time_and_reports_what_it_skipped(tmp_path, read_ahead):
     elements = [("train", f"k{i:03d}", i) for i in range(40)]
     with test_pipeline() as p:
         checks = p | "Checks" >> beam.Create([])
         out = p | beam.Create(elements) | WriteShards(
             str(tmp_path), ["train"], ShardFormat(".txt", frame=lambda b: b + b"\n"),
-            ShardPlan(100, item_bytes=10, min_shards=4, min_items=5), renderer=_Halves(),
+            ShardPlan(100, item_bytes=10, min_shards=4, min_items=5), renderer=_Halves(read_ahead),
             tags=("written", accounting.REJECTS, accounting.EVENTS), after=checks)
         assert_that(out["written"], equal_to(list(range(0, 40, 2))), label="Written")
         assert_that(out[accounting.REJECTS] | beam.Map(lambda r: r["detail"]),
@@ -153,6 +164,58 @@ def test_a_renderer_writes_one_item_at_a_time_and_reports_what_it_skipped(tmp_pa
                     label="Files")
     lines = [line for path in sorted(tmp_path.glob("train-*-of-00004.txt")) for line in path.read_text().split()]
     assert sorted(map(int, lines)) == list(range(0, 40, 2)) and len(list(tmp_path.iterdir())) == 4
+
+
+def test_read_ahead_keeps_the_order_and_at_most_n_fetches_ahead():
+    """Fetches run ahead on the pool, concurrently (the first three meet at a barrier, which times out unless they
+    run at once), never more than ``ahead`` beyond the item being consumed, and the items come back in order."""
+    ahead, started, lock = 3, [], threading.Lock()
+    meet = threading.Barrier(ahead, timeout=30)
+
+    def fetch(item):
+        with lock:
+            started.append(item)
+        if item < ahead:
+            meet.wait()
+        return item * 10
+
+    consumed = []
+    with ThreadPoolExecutor(ahead) as pool:
+        for item, fetched in fetched_in_order(range(20), fetch, pool, ahead):
+            with lock:
+                assert len(started) <= len(consumed) + 1 + ahead
+            consumed.append((item, fetched))
+    assert consumed == [(i, i * 10) for i in range(20)]
+    assert sorted(started) == list(range(20))
+
+
+def test_a_failed_fetch_is_raised_at_its_turn_and_later_fetches_are_cancelled():
+    """An error a fetch raises (a bug, not an unreadable file, which fetch returns) reaches the consumer when its
+    item comes up, after every item before it; fetches queued beyond it never start."""
+    release, started = threading.Event(), []
+
+    def fetch(item):
+        started.append(item)
+        if item == 2:
+            raise RuntimeError("broken fetch")
+        if item == 3:
+            release.wait(30)  # holds the single thread, so items 4+ stay queued until the consumer stops
+        return item
+
+    consumed = []
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(RuntimeError, match="broken fetch"):
+            for item, _ in fetched_in_order(range(10), fetch, pool, 4):
+                consumed.append(item)
+        release.set()
+    assert consumed == [0, 1] and max(started) <= 3
+
+
+def test_without_a_pool_each_item_is_fetched_in_turn():
+    calls = []
+    pairs = fetched_in_order(range(3), lambda i: calls.append(i) or -i, None, 8)
+    assert next(pairs) == (0, 0) and calls == [0]
+    assert list(pairs) == [(1, -1), (2, -2)] and calls == [0, 1, 2]
 
 
 def test_unique_keys_are_checked_before_the_writer(tmp_path):

@@ -299,16 +299,22 @@ class _Examples:
     def __init__(self, images: ImageLoader | None, encoder):
         self._images = images
         self._encoder = encoder
+        self.read_ahead = images.read_ahead if images is not None else 0
 
     def setup(self):
         if self._images is not None:
             self._images.setup()
         self._encoder.setup()
 
-    def render(self, record):
+    def fetch(self, record):
+        """The record's image bytes (or the read's OSError); None when it has no image to read."""
+        # a record may have no image (an unpaired ICU stay)
+        return self._images.fetch(record) if self._images is not None and record.image_path else None
+
+    def render(self, record, fetched):
         outputs: list = []
-        if self._images is not None and record.image_path:  # a record may have no image (an unpaired ICU stay)
-            record, outputs = self._images.load(record)
+        if fetched is not None:
+            record, outputs = self._images.load(record, fetched)
             if record is None:
                 return None, outputs
         payload, more = self._encoder.encode(record)

@@ -10,6 +10,9 @@ mean a bug upstream).
 
 An item is its payload bytes, or, with a ``Renderer``, whatever the renderer turns into a payload inside the
 writer, one item at a time, as it appends to the file: the image stage runs there, so pixels are never shuffled.
+The renderer's input (an image file) is fetched by ``fetch``; with ``read_ahead`` N > 0 the writer fetches the next N
+items' inputs on N I/O threads while it renders one, so storage latency overlaps the CPU work; the file's bytes and
+order do not change, and at most N + 1 fetched inputs are held at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import collections
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Protocol
 
 import apache_beam as beam
@@ -59,12 +64,39 @@ class ShardPlan:
 
 
 class Renderer(Protocol):
-    """Turns an item into its payload inside the writer. ``render`` returns (payload, or None to skip the item;
-    tagged outputs to emit, e.g. rejects, events, the item as written)."""
+    """Turns an item into its payload inside the writer. ``fetch`` does the item's I/O (thread-safe; errors the
+    renderer handles are returned, not raised); ``render`` gets the item and what ``fetch`` returned, and returns
+    (payload, or None to skip the item; tagged outputs to emit, e.g. rejects, events, the item as written).
+    ``read_ahead``: how many items' fetches may run ahead of the one being rendered (0: fetch each in turn)."""
+    read_ahead: int
 
     def setup(self) -> None: ...
 
-    def render(self, item) -> tuple[bytes | None, list[Any]]: ...
+    def fetch(self, item) -> Any: ...
+
+    def render(self, item, fetched) -> tuple[bytes | None, list[Any]]: ...
+
+
+def fetched_in_order(items: Iterable, fetch: Callable[[Any], Any], pool: ThreadPoolExecutor | None,
+                     ahead: int) -> Iterable[tuple[Any, Any]]:
+    """(item, fetch(item)) in the items' order; with a pool, up to ``ahead`` fetches run ahead of the one consumed.
+    A fetch's exception is raised when its item's turn comes; fetches not yet consumed are cancelled if the consumer
+    stops."""
+    if pool is None or ahead <= 0:
+        for item in items:
+            yield item, fetch(item)
+        return
+    items = iter(items)
+    window = collections.deque((item, pool.submit(fetch, item)) for item in itertools.islice(items, ahead))
+    try:
+        while window:
+            item, future = window.popleft()
+            for following in itertools.islice(items, 1):
+                window.append((following, pool.submit(fetch, following)))
+            yield item, future.result()
+    finally:
+        for _, future in window:
+            future.cancel()
 
 
 class DuplicateKeyError(RuntimeError):
@@ -120,10 +152,17 @@ class _WriteShard(beam.DoFn):
         self._fmt = fmt
         self._unique = unique_keys
         self._renderer = renderer
+        self._pool: ThreadPoolExecutor | None = None  # the read-ahead threads, made in setup
 
     def setup(self):
         if self._renderer is not None:
             self._renderer.setup()
+            if self._renderer.read_ahead > 0:
+                self._pool = ThreadPoolExecutor(self._renderer.read_ahead, thread_name_prefix="read-ahead")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def process(self, element, *after):
         (group, index, shards), items = element
@@ -136,11 +175,14 @@ class _WriteShard(beam.DoFn):
         written = [0]
 
         def frames():
-            for _, item in items:
-                payload = item
-                if self._renderer is not None:
-                    payload, outputs = self._renderer.render(item)
-                    emitted.extend(outputs)
+            renderer = self._renderer
+            if renderer is None:
+                rendered = ((item, []) for _, item in items)
+            else:
+                rendered = (renderer.render(item, fetched) for item, fetched in fetched_in_order(
+                    (item for _, item in items), renderer.fetch, self._pool, renderer.read_ahead))
+            for payload, outputs in rendered:
+                emitted.extend(outputs)
                 if payload is not None:
                     written[0] += 1
                     yield self._fmt.frame(payload)

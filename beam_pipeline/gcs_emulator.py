@@ -1,8 +1,11 @@
-"""An HTTP proxy in front of the GCS emulator that enforces requester pays, as real GCS does.
+"""A GCS emulator on loopback for the tests and the benchmarks (never used by the job): gcp-storage-emulator behind
+an HTTP proxy that behaves more like real GCS.
 
-gcp-storage-emulator accepts any request, so a missing ``userProject`` would go unnoticed. This proxy answers
+gcp-storage-emulator accepts any request, so a missing ``userProject`` would go unnoticed. The proxy answers
 requests for a requester-pays bucket that lack ``userProject`` with GCS's own 400 error, forwards everything else,
-records every request, and can answer with injected errors (429, 503) to exercise retries.
+records every request, can answer with injected errors (429, 503) to exercise retries, and can hold every object
+read (``alt=media``) for ``delay_s`` before answering, as a real bucket's time to first byte (reads are held
+concurrently, each on its own thread, as on GCS).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import http.client
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +28,7 @@ class RequesterPaysProxy:
         self.requester_pays: set[str] = set()
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
         self.inject: dict[str, list[int]] = {}  # path substring -> statuses to answer before forwarding
+        self.delay_s = 0.0  # held before forwarding an object read (GET ...?alt=media)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -71,6 +76,8 @@ class RequesterPaysProxy:
                 if bucket and bucket.group(1) in proxy.requester_pays and "userProject" not in query:
                     self._error(400, REQUESTER_PAYS_MESSAGE)
                     return
+                if self.delay_s_for(query):
+                    time.sleep(proxy.delay_s)  # simulated storage latency, not synchronisation
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
@@ -78,6 +85,26 @@ class RequesterPaysProxy:
                 self._answer(response.status, response.read(), response.getheaders())
                 upstream.close()
 
+            def delay_s_for(self, query) -> bool:
+                return proxy.delay_s > 0 and self.command == "GET" and query.get("alt") == ["media"]
+
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
         return Handler
+
+
+def start() -> tuple[object, RequesterPaysProxy]:
+    """gcp-storage-emulator (in memory) on a free loopback port and the proxy in front of it, both started; stop
+    them with ``proxy.stop()`` then ``server.stop()``. Clients talk to the proxy (``client_environment``)."""
+    from gcp_storage_emulator.server import create_server
+
+    server = create_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    return server, RequesterPaysProxy(server._api._httpd.server_address[1]).start()
+
+
+def client_environment(proxy_port: int) -> dict[str, str]:
+    """Environment that points google-cloud-storage (and Beam's GCS layer) at the proxy, with anonymous
+    credentials, and sends any metadata-server probe to a closed loopback port: nothing leaves the machine."""
+    return {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{proxy_port}", "GOOGLE_CLOUD_PROJECT": "test-project",
+            "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1"}
