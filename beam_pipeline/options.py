@@ -164,9 +164,9 @@ class Config:
         "Also store a saliency map: CLAHE + Canny edges at the output size, as a uint8 PNG.", False,
         parse=parse_bool)
     image_read_ahead: int = _flag(
-        "Images the TFRecord writer fetches ahead of the one it decodes, on as many I/O threads, so storage "
-        "latency (gs://) overlaps the decoding; it holds at most this + 1 JPEGs. 0 reads each image in turn. The "
-        "output does not change.", READ_AHEAD, parse=int, bounds=(0, 256))
+        "Images the TFRecord writer fetches ahead of the one it decodes (with symile_mimic's ECG of each record), on "
+        "as many I/O threads, so storage latency (gs://) overlaps the decoding; it holds at most this + 1 JPEGs. 0 "
+        "reads each image in turn. The output does not change.", READ_AHEAD, parse=int, bounds=(0, 256))
     target_shard_mb: float = _flag(
         "Target size of one TFRecord shard in MB; the shard count per split follows from the record count and an "
         "estimate of a record's size (a small run: at least 32 shards in all, of one size, 32+ records each).",

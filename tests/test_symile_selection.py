@@ -26,10 +26,11 @@ import numpy as np
 import pytest
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.cohorts.symile_mimic import (ECG_WINDOW, LAB_FILTER, Admission, CheckEcgs, Ecg,
+from beam_pipeline.cohorts.symile_mimic import (ECG_WINDOW, LAB_FILTER, Admission, CheckEcgs, Ecg, EncodeAdmission,
                                                 KeepSubjectsWithImages, SelectAdmissions, earliest_labs)
 from beam_pipeline.fileio.csv_tables import ReadCsvRows
 from beam_pipeline.fileio.sources import BeamSource
+from beam_pipeline.fileio.tfrecord import parse_example
 from beam_pipeline.transforms.ecg import write_ecg
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.windows import in_window
@@ -716,6 +717,24 @@ def test_check_ecgs_none_usable_drops_the_admission(tmp_path):
     assert events == Counter({"ecg_checked/nan": 1, "ecg_checked/unreadable": 1,
                               "rejects/ecg_check/unreadable_ecg": 1, "ecg_checked/all_zero": 1,
                               "dropped/no_usable_ecg": 1})
+
+
+def test_the_writer_reads_the_chosen_ecg_again_and_one_gone_since_the_check_is_a_reject(tmp_path):
+    """EncodeAdmission's fetch (run on the shard writer's read-ahead threads) returns the ECG, or the error of a read
+    that fails now; encode writes the first and rejects the second (stage ecg), never raising."""
+    admission = dataclasses.replace(admission_with_ecgs(tmp_path, ["good", "missing"]), split="train")
+    encoder = EncodeAdmission(str(tmp_path), BeamSource(), "none")
+    kept, gone = (dataclasses.replace(admission, ecgs=(ecg,)) for ecg in admission.ecgs)
+    payload, outputs = encoder.encode(kept, encoder.fetch(kept))
+    assert outputs == []
+    signal = np.array(parse_example(payload)["ecg/signal"]).reshape(mimic.ECG_SAMPLES, len(mimic.ECG_LEADS))
+    assert np.allclose(signal, good_signal(0), atol=1e-2)
+    fetched = encoder.fetch(gone)
+    assert isinstance(fetched, FileNotFoundError)
+    payload, outputs = encoder.encode(gone, fetched)
+    [reject] = [o.value for o in outputs if o.tag == accounting.REJECTS]
+    assert payload is None and (reject["stage"], reject["reason"]) == ("ecg", "unreadable_ecg")
+    assert gone.ecg.path in reject["detail"] and "FileNotFoundError" in reject["detail"]
 
 
 # --------------------------------------------------------------------------------------------------------------

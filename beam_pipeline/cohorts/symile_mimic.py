@@ -285,8 +285,9 @@ def feature_spec(config: Config) -> dict:
 
 
 class EncodeAdmission:
-    """The shard writer's encoder: reads the chosen ECG again (it was only checked before the split) and
-    serialises the Example; an ECG that cannot be read now rejects the admission."""
+    """The shard writer's encoder: reads the chosen ECG again (it was only checked before the split; ``fetch``, on
+    the writer's read-ahead threads) and serialises the Example; an ECG that cannot be read now rejects the
+    admission."""
 
     def __init__(self, ecg_root: str, source, scaling: str):
         self._root = ecg_root
@@ -296,13 +297,20 @@ class EncodeAdmission:
     def setup(self):
         pass
 
-    def encode(self, r: Admission) -> tuple[bytes | None, list]:
+    def fetch(self, r: Admission):
+        """The chosen ECG, or the OSError / EcgFormatError its read raised (``encode`` makes it a reject)."""
         try:
-            signal = read_ecg(self._source, self._root, r.ecg.path).signal
+            return read_ecg(self._source, self._root, r.ecg.path)
         except (OSError, EcgFormatError) as err:
+            return err
+
+    def encode(self, r: Admission, ecg) -> tuple[bytes | None, list]:
+        """``ecg``: what ``fetch`` returned for this admission."""
+        if isinstance(ecg, (OSError, EcgFormatError)):
             return None, list(accounting.reject(
                 "ecg", "unreadable_ecg", subject_id=r.subject_id, study_id=r.study_id, dicom_id=r.dicom_id,
-                detail=f"hadm_id={r.hadm_id} ecg {r.ecg.path}: {type(err).__name__}: {err}", counter="rejected"))
+                detail=f"hadm_id={r.hadm_id} ecg {r.ecg.path}: {type(ecg).__name__}: {ecg}", counter="rejected"))
+        signal = ecg.signal
         low, high = float(np.min(signal)), float(np.max(signal))
         if self._scaling == "minmax":
             signal = minmax_scale(signal)[0]

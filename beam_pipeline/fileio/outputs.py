@@ -286,7 +286,10 @@ class Serialize:
     def setup(self):
         pass
 
-    def encode(self, record) -> tuple[bytes | None, list]:
+    def fetch(self, record) -> None:
+        """Nothing to read."""
+
+    def encode(self, record, fetched: None) -> tuple[bytes | None, list]:
         return self._to_example(record), []
 
 
@@ -294,7 +297,8 @@ class _Examples:
     """The TFRecord renderer: record -> its image read and preprocessed (if any) -> the cohort's encoder (which may
     read more, e.g. an ECG, and may reject) -> serialised tf.train.Example. A record whose image or encoding fails is
     not written; it becomes a reject. Every written record is emitted again without its pixels (tag ``written``)
-    for the manifest and the counts."""
+    for the manifest and the counts. The reads of both (``fetch``) run on the writer's read-ahead threads, as far
+    ahead as the image loader's ``read_ahead``."""
 
     def __init__(self, images: ImageLoader | None, encoder):
         self._images = images
@@ -307,17 +311,20 @@ class _Examples:
         self._encoder.setup()
 
     def fetch(self, record):
-        """The record's image bytes (or the read's OSError); None when it has no image to read."""
+        """(the record's image bytes or the read's OSError, None when it has no image to read; what the encoder
+        reads)."""
         # a record may have no image (an unpaired ICU stay)
-        return self._images.fetch(record) if self._images is not None and record.image_path else None
+        image = self._images.fetch(record) if self._images is not None and record.image_path else None
+        return image, self._encoder.fetch(record)
 
     def render(self, record, fetched):
+        image, encoder_input = fetched
         outputs: list = []
-        if fetched is not None:
-            record, outputs = self._images.load(record, fetched)
+        if image is not None:
+            record, outputs = self._images.load(record, image)
             if record is None:
                 return None, outputs
-        payload, more = self._encoder.encode(record)
+        payload, more = self._encoder.encode(record, encoder_input)
         if payload is None:
             return None, outputs + more
         return payload, outputs + more + [beam.pvalue.TaggedOutput(WRITTEN, without_pixels(record))]
@@ -326,7 +333,7 @@ class _Examples:
 class WriteExamples(beam.PTransform):
     """Records (no pixels) -> TFRecord shards per split, the image work done inside the shard writer. Outputs
     {"files", "written" (records actually written, without pixels), "rejects", "events"}. ``encoder``: how a
-    record becomes its Example (``Serialize(to_example)`` or an object with setup() and encode()); ``key``: the
+    record becomes its Example (``Serialize(to_example)`` or an object with setup(), fetch() and encode()); ``key``: the
     record's unique key, which orders and places it; ``after``: checks that must pass before any image is read."""
 
     def __init__(self, output: str, plan: ShardPlan, compression: str, images: ImageLoader | None, encoder,
