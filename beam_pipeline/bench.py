@@ -70,19 +70,23 @@ def make_pool(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 def records(root: Path, pool: list[Path], n: int) -> list[Record]:
     """n records whose image paths (symlinks under root) point at the pool round-robin."""
-    t = dt.datetime(2150, 1, 1)
     out = []
     for i in range(n):
-        subject, study, dicom = 10000000 + i, 50000000 + i, f"bench-{i:06d}"
-        relative = mimic.image_path(subject, study, dicom)
+        relative = mimic.image_path(10000000 + i, 50000000 + i, f"bench-{i:06d}")
         link = root / relative
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(pool[i % len(pool)])
-        out.append(Record(subject, study, dicom, 30000000, "AP", t, t, None, relative, None, None, note="", query="",
-                          features=(), features_missing=(), labels_raw=(), labels_binary=(), labels_mask=(),
-                          split="train"))
+        out.append(record(i, relative))
     return out
+
+
+def record(i: int, image_path: str) -> Record:
+    """The i-th benchmark record (subject, study and dicom_id from i), its image at ``image_path``."""
+    t = dt.datetime(2150, 1, 1)
+    return Record(10000000 + i, 50000000 + i, f"bench-{i:06d}", 30000000, "AP", t, t, None, image_path, None, None,
+                  note="", query="", features=(), features_missing=(), labels_raw=(), labels_binary=(),
+                  labels_mask=(), split="train")
 
 
 def rate(fn, items, seconds: float, clock=time.perf_counter) -> float:

@@ -14,7 +14,6 @@ included), and the wall rate as a share of the local-file run's. Offline: everyt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -76,15 +75,14 @@ def upload(pool: list[Path]) -> None:
 
 
 def records_on(pool: list[Path], root: Path, n: int):
-    """``bench.records`` with each image path pointing at a pool file's name (an object under PREFIX on GCS, a
-    symlink under ``root`` locally)."""
+    """n benchmark records whose image paths are the pool files' names, round-robin: an object under PREFIX on
+    GCS, a symlink under ``root`` locally."""
     root.mkdir(parents=True, exist_ok=True)
     for path in pool:
         link = root / path.name
         if not link.exists():
             link.symlink_to(path)
-    return [dataclasses.replace(r, image_path=pool[i % len(pool)].name)
-            for i, r in enumerate(bench.records(root / "unused", pool, n))]
+    return [bench.record(i, pool[i % len(pool)].name) for i in range(n)]
 
 
 def measure(items, loader: ImageLoader, settings: ImageSettings, output: Path) -> dict:
