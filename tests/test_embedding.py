@@ -4,12 +4,15 @@ measured by ``make bench``, not here)."""
 
 import dataclasses
 import datetime as dt
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from beam_pipeline import bench, kb, models
+from beam_pipeline import bench, bert, kb, models
 from beam_pipeline.transforms.records import Record
 from beam_pipeline.transforms.text import TextSettings, TokenizeAndRetrieve
 
@@ -93,3 +96,46 @@ def test_the_packaged_index_is_built_once_into_the_cache_and_reused(tmp_path, mo
     assert kb.index_directory("none", models.PACKAGED) is None and kb.index_directory("", models.PACKAGED) is None
     assert kb.index_directory("gs://b/kb", models.PACKAGED) == "gs://b/kb"
     assert [p.name for p in (tmp_path / "kb").iterdir()] == [Path(first).name]  # no half-built folder left
+
+
+def test_the_built_in_bert_forward_gives_transformers_hidden_states(sample_records):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = models.resolve(models.PACKAGED)
+    ours, theirs = bert.load(path), AutoModel.from_pretrained(path).eval()
+    queries = [r.query for batch in sample_records for r in batch]
+    batch = AutoTokenizer.from_pretrained(path)(queries, padding=True, return_tensors="pt")
+    assert batch["attention_mask"].sum(1).min() < batch["attention_mask"].shape[1]  # padding is exercised
+    with torch.inference_mode():
+        difference = ours(batch) - theirs(**batch).last_hidden_state
+    assert difference[batch["attention_mask"].bool()].abs().max().item() < 1e-5
+
+
+def test_the_default_embedder_does_not_import_transformers_model_classes():
+    """Each worker process loads the encoder; transformers' model classes alone cost seconds to import there."""
+    code = ("import sys; from beam_pipeline import models; e = models.Embedder(models.PACKAGED); "
+            "print(e.dim, 'transformers.modeling_utils' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["384", "False", "True"]  # the tokenizer still comes from transformers
+
+
+def test_other_encoders_load_through_transformers(tmp_path):
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    folder = tmp_path / "distilbert"
+    DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(models.resolve(models.PACKAGED)).save_pretrained(folder)
+    assert bert.load(str(folder)) is None and bert.load("sentence-transformers/all-MiniLM-L6-v2") is None
+    vectors = models.Embedder(str(folder)).embed(["chest pain", "fever and cough for three days"])
+    assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_bert_checkpoints_the_forward_does_not_reproduce_are_declined(tmp_path):
+    path = Path(models.resolve(models.PACKAGED))
+    for change in ({"hidden_act": "gelu_new"}, {"position_embedding_type": "relative_key"}):
+        folder = tmp_path / next(iter(change.values()))
+        folder.mkdir()
+        (folder / "model.safetensors").symlink_to(path / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps({**json.loads((path / "config.json").read_text()), **change}))
+        assert bert.load(str(folder)) is None
