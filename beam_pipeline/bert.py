@@ -33,8 +33,9 @@ class BertEncoder:
         for i in range(config["num_hidden_layers"]):
             p = f"encoder.layer.{i}."
             attention = [p + f"attention.self.{part}" for part in ("query", "key", "value")]
+            qkv = tuple(torch.cat([w[f"{a}.{kind}"] for a in attention]) for kind in ("weight", "bias"))
             self.layers.append({
-                "qkv": (torch.cat([w[a + ".weight"] for a in attention]), torch.cat([w[a + ".bias"] for a in attention])),
+                "qkv": qkv,
                 "out": (w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"]),
                 "norm1": (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
                 "up": (w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"]),

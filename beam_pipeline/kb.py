@@ -115,7 +115,8 @@ def packaged_index(embedding_model: str = models.PACKAGED) -> str:
     """The directory of the packaged passages' index for ``embedding_model``: built into the cache on first use
     (into a temporary folder renamed into place, so processes building at once never see half an index)."""
     stack = [importlib.metadata.version(name) for name in ("torch", "transformers", "faiss-cpu")]
-    key = hashlib.sha256(_read(PACKAGED_PASSAGES) + repr((embedding_model, models.EMBED_SUB_BATCH, bert.FORWARD, stack)).encode())
+    identity = (embedding_model, models.EMBED_SUB_BATCH, bert.FORWARD, stack)
+    key = hashlib.sha256(_read(PACKAGED_PASSAGES) + repr(identity).encode())
     final = cache_root() / "kb" / key.hexdigest()[:16]
     if not (final / "kb.json").exists():
         final.parent.mkdir(parents=True, exist_ok=True)
