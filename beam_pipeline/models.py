@@ -12,6 +12,8 @@ import of transformers' model classes; other encoders load through transformers'
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 
 import numpy as np
 
@@ -32,35 +34,71 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_tokenizer(name: str, revision: str = "main"):
+class Tokenizer:
+    """A fast tokenizer's Rust core (``tokenizers.Tokenizer``), the object transformers' fast tokenizers hand the
+    text to, so the ids are transformers' ids. Each truncation length gets its own copy of the core (copies are never
+    mutated, so threads may share them)."""
+
+    def __init__(self, core, cls: str, pad_token_id: int | None, padding_side: str, truncation_side: str):
+        self.definition = core.to_str()  # as loaded: what the identity's checksum covers
+        self.cls = cls
+        self.vocab_size = core.get_vocab_size(with_added_tokens=True)
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self._cores: dict[int, object] = {}
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.definition.encode("utf-8")).hexdigest()
+
+    def encode(self, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+        """Unpadded input ids (special tokens included) truncated to max_tokens, and whether each was truncated:
+        what ``tokenizer(texts, truncation=True, max_length=max_tokens)`` gives in transformers."""
+        core = self._cores.get(max_tokens)
+        if core is None:
+            import tokenizers
+
+            core = tokenizers.Tokenizer.from_str(self.definition)
+            core.no_padding()
+            core.enable_truncation(max_tokens, direction=self.truncation_side)
+            self._cores[max_tokens] = core
+        encodings = core.encode_batch(texts)
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
+
+def load_tokenizer(name: str, revision: str = "main") -> Tokenizer:
+    """The packaged tokenizer straight from its tokenizer.json (``tests/test_text.py`` checks it equals what
+    transformers loads: definition, identity and ids), sparing each process the ~4 s import of transformers; any
+    other through transformers' AutoTokenizer, which may adjust a definition from its tokenizer_config.json."""
+    if name == PACKAGED:
+        return _packaged_tokenizer(resolve(name))
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve(name), revision=revision, use_fast=True)
+        loaded = AutoTokenizer.from_pretrained(resolve(name), revision=revision, use_fast=True)
     except (OSError, ValueError) as err:
         raise OSError(f"cannot load tokenizer {name!r} (revision {revision}): {err}. Pass a local directory, or "
                       f"--tokenizer={PACKAGED} to use the tokenizer shipped in the package.") from None
+    if getattr(loaded, "backend_tokenizer", None) is None:
+        raise OSError(f"tokenizer {name!r} has no fast (Rust) version; the pipeline needs one for exact ids")
+    return Tokenizer(loaded.backend_tokenizer, type(loaded).__name__, loaded.pad_token_id, loaded.padding_side,
+                     loaded.truncation_side)
 
 
-def tokenizer_identity(tokenizer, name: str, revision: str) -> dict:
+def _packaged_tokenizer(path: str) -> Tokenizer:
+    import tokenizers
+
+    with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    core = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    return Tokenizer(core, config["tokenizer_class"], core.token_to_id(config["pad_token"]), "right", "right")
+
+
+def tokenizer_identity(tokenizer: Tokenizer, name: str, revision: str) -> dict:
     """Name, revision and a checksum of the full tokenizer definition (vocabulary, normalisation, special tokens)."""
-    definition = tokenizer.backend_tokenizer.to_str().encode("utf-8")
-    return {"name": name, "revision": revision, "class": type(tokenizer).__name__,
-            "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-            "sha256": hashlib.sha256(definition).hexdigest()}
-
-
-def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
-    """Unpadded input ids (special tokens included) truncated to max_tokens, and whether each was truncated."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_tokens, return_overflowing_tokens=True,
-                        add_special_tokens=True)
-    ids: list[list[int]] = [[] for _ in texts]
-    pieces = [0] * len(texts)
-    for row, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
-        if not pieces[sample]:
-            ids[sample] = list(row)
-        pieces[sample] += 1
-    return ids, [n > 1 for n in pieces]
+    return {"name": name, "revision": revision, "class": tokenizer.cls, "vocab_size": tokenizer.vocab_size,
+            "pad_token_id": tokenizer.pad_token_id, "sha256": tokenizer.sha256}
 
 
 def length_groups(lengths: list[int], texts: list[str], size: int) -> list[list[int]]:
@@ -78,20 +116,19 @@ class Embedder:
 
     def __init__(self, name: str, sub_batch: int = EMBED_SUB_BATCH):
         import torch
-        from transformers import AutoTokenizer
 
         torch.set_num_threads(1)
         self.name = name
         self.sub_batch = sub_batch
         path = resolve(name)
         self._torch = torch
-        self._tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        self._tokenizer = load_tokenizer(name)
         self._encoder = bert.load(path) or _TransformersEncoder(path)
         self.dim = self._encoder.dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 [n, dim], unit length, in the order of ``texts``."""
-        ids = self._tokenizer(texts, truncation=True, max_length=EMBED_MAX_TOKENS)["input_ids"]
+        ids, _ = self._tokenizer.encode(texts, EMBED_MAX_TOKENS)
         out = np.empty((len(texts), self.dim), np.float32)
         for group in length_groups([len(row) for row in ids], texts, self.sub_batch):
             out[group] = self._forward([ids[i] for i in group])
@@ -100,12 +137,25 @@ class Embedder:
     def _forward(self, ids: list[list[int]]) -> np.ndarray:
         """One padded forward pass, mean pooling over the attention mask, L2 normalisation."""
         torch = self._torch
-        batch = self._tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        batch = padded(ids, self._tokenizer, torch)
         with torch.inference_mode():
             hidden = self._encoder(batch)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
+
+
+def padded(ids: list[list[int]], tokenizer: Tokenizer, torch) -> dict:
+    """input_ids and attention_mask [n, longest] as transformers' ``tokenizer.pad`` makes them; a tokenizer without
+    a pad token pads with 0, which the mask keeps out of every real token's attention and out of the pooling."""
+    longest = max(len(row) for row in ids)
+    right, pad = tokenizer.padding_side == "right", tokenizer.pad_token_id or 0
+    rows, masks = [], []
+    for row in ids:
+        fill = longest - len(row)
+        rows.append(row + [pad] * fill if right else [pad] * fill + row)
+        masks.append([1] * len(row) + [0] * fill if right else [0] * fill + [1] * len(row))
+    return {"input_ids": torch.tensor(rows, dtype=torch.long), "attention_mask": torch.tensor(masks, dtype=torch.long)}
 
 
 class _TransformersEncoder:

@@ -153,7 +153,9 @@ def test_sample_records_carry_filtered_notes_tokens_and_retrieval(synthetic, kb_
     the records; tokenizer, embedding model, index checksum and per-rule hit counts in metadata.json."""
     _, output, metadata, _, _ = synthetic
     records = tf_records(output, metadata)
-    tokenizer = models.load_tokenizer(models.PACKAGED)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(models.PACKAGED))  # the reference, not our loader
     passage_ids = {json.loads(line)["id"] for line in Path(kb_index, "passages.jsonl").open()}
     for record in records.values():
         note = record["note/text"].decode()

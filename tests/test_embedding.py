@@ -46,7 +46,9 @@ def test_same_passages_as_the_padded_embedding_and_exact_token_ids(sample_record
     assert len(after) == len(before) >= 60
     same = [set(b.rag_ids) == set(a.rag_ids) for b, a in zip(before, after)]
     assert sum(same) / len(same) >= 0.95
-    tokenizer = models.load_tokenizer(models.PACKAGED)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(models.PACKAGED))  # the reference, not our loader
     for record in after:
         assert record.input_ids.itemsize == record.enhanced_input_ids.itemsize == 2  # packed (vocabulary < 2^16)
         assert list(record.input_ids) == tokenizer(record.note, truncation=True, max_length=512)["input_ids"]
@@ -112,12 +114,23 @@ def test_the_built_in_bert_forward_gives_transformers_hidden_states(sample_recor
     assert difference[batch["attention_mask"].bool()].abs().max().item() < 1e-5
 
 
-def test_the_default_embedder_does_not_import_transformers_model_classes():
-    """Each worker process loads the encoder; transformers' model classes alone cost seconds to import there."""
+def test_padding_is_transformers_padding():
+    import torch
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(models.resolve(models.PACKAGED))
+    ids, _ = models.load_tokenizer(models.PACKAGED).encode(["chest pain", "", "fever and cough for three days"], 64)
+    expected = reference.pad({"input_ids": ids}, return_tensors="pt")
+    batch = models.padded(ids, models.load_tokenizer(models.PACKAGED), torch)
+    assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
+
+
+def test_the_default_embedder_does_not_import_transformers():
+    """Each worker process loads the encoder and the tokenizer; transformers costs seconds to import there."""
     code = ("import sys; from beam_pipeline import models; e = models.Embedder(models.PACKAGED); "
-            "print(e.dim, 'transformers.modeling_utils' in sys.modules, 'transformers' in sys.modules)")
+            "print(e.dim, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["384", "False", "True"]  # the tokenizer still comes from transformers
+    assert out == ["384", "False"]  # neither the model classes nor the tokenizer (models.load_tokenizer)
 
 
 def test_other_encoders_load_through_transformers(tmp_path):

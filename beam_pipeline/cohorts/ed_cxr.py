@@ -82,7 +82,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
         accounting.REJECTS, accounting.EVENTS, AUDIT, UNFILTERED_TERMS, main="records")
     retrieval = text["retrieval"] or {}
     settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens, config.kb_index,
-                            config.embedding_model, config.rag_top_k, index_sha256=retrieval.get("index_sha256", ""))
+                            config.embedding_model, config.rag_top_k, index_sha256=retrieval.get("index_sha256", ""),
+                            tokenizer_sha256=text["tokenizer"]["sha256"])
     tokenized = stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
     split = tokenized.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,

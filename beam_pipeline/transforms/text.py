@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.utils import shared
 
 from beam_pipeline import accounting, kb as kb_lib, models
+from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.sharded import shard_of
 from beam_pipeline.transforms.records import Record, token_ids
 
@@ -82,6 +83,7 @@ class TextSettings:
     top_k: int
     embed_sub_batch: int = models.EMBED_SUB_BATCH  # 0 = one padded forward pass per batch (the benchmark's reference)
     index_sha256: str = ""  # the index resolved at launch: every worker must load exactly this one
+    tokenizer_sha256: str = ""  # the tokenizer resolved at launch, likewise ("" = unchecked, the benchmark's)
 
 
 class _Models:
@@ -89,6 +91,10 @@ class _Models:
 
     def __init__(self, settings: TextSettings):
         self.tokenizer = models.load_tokenizer(settings.tokenizer, settings.tokenizer_revision)
+        if settings.tokenizer_sha256 and self.tokenizer.sha256 != settings.tokenizer_sha256:
+            raise InputError(f"tokenizer {settings.tokenizer!r} (revision {settings.tokenizer_revision}) loads as "
+                             f"sha256 {self.tokenizer.sha256} on this worker, not the {settings.tokenizer_sha256} "
+                             "checked at launch; pin --tokenizer_revision to a commit or pass a local directory")
         directory = kb_lib.index_directory(settings.kb_index, settings.embedding_model)
         self.embedder = models.Embedder(settings.embedding_model, settings.embed_sub_batch) if directory else None
         self.knowledge = kb_lib.load(directory) if directory else None
@@ -116,7 +122,7 @@ class TokenizeAndRetrieve(beam.DoFn):
     def process(self, batch: list[Record]):
         s, m = self._settings, self._models
         notes = [r.note for r in batch]
-        ids, truncated = models.tokenize(m.tokenizer, notes, s.max_tokens)
+        ids, truncated = m.tokenizer.encode(notes, s.max_tokens)
         yield accounting.event("notes_tokenized", len(batch))
         if any(truncated):
             yield accounting.event("notes_truncated", sum(truncated))
@@ -125,7 +131,7 @@ class TokenizeAndRetrieve(beam.DoFn):
             hits = retrieve(m.knowledge, m.embedder.embed([r.query for r in batch]), s.top_k)
             enhanced = [enhanced_note(note, [m.knowledge.passages[p] for p, _ in row])
                         for note, row in zip(notes, hits)]
-            enhanced_ids, enhanced_truncated = models.tokenize(m.tokenizer, enhanced, s.max_tokens)
+            enhanced_ids, enhanced_truncated = m.tokenizer.encode(enhanced, s.max_tokens)
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
             for i, row in enumerate(hits):
