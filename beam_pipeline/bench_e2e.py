@@ -29,8 +29,9 @@ How the process tree is measured:
 
 The limits: the raw JPEG decode limit is ``bench.micro`` on frontal JPEGs of the 1x sample (``bench.raw_decode``:
 a full-resolution strict decode with the stage's own decoder, one core; the per-image stage rate comes with it), the
-raw embedding limit is ``bench.text_micro``'s embedding forward pass (notes per CPU-second). The in-job image stage rate is records written per busy second of
-the TFRecord shard writer (``WriteShard``: read, decode, resize, pad, PNG, serialise, append).
+raw embedding limit is ``bench.text_micro``'s embedding forward pass (notes per CPU-second). The in-job image stage
+rate is records written per busy second of the TFRecord shard writer (``WriteShard``: read, decode, resize, pad, PNG,
+serialise, append).
 """
 
 from __future__ import annotations
@@ -438,8 +439,8 @@ def limits(workdir: Path, roots, index: str, seconds: float, notes: int, image_s
     t = bench.text_micro(workdir, notes, seconds, index)
     embed = next((t[k] for k in ("embed_after", "raw_embed") if k in t), None)  # text_micro's key (now / before)
     stage = next((t[k] for k in ("stage_after", "stage") if k in t), None)
-    return {"raw_decode_per_s": m["raw_decode"], "jpeg_paths": [str(p) for p in jpegs], "image_stage_per_s": m["stage"], "jpegs": len(jpegs),
-            "mean_jpeg_mb": m["mean_jpeg_mb"], "raw_embed_per_s": embed, "text_stage_per_s": stage,
+    return {"raw_decode_per_s": m["raw_decode"], "jpeg_paths": [str(p) for p in jpegs], "image_stage_per_s": m["stage"],
+            "jpegs": len(jpegs), "mean_jpeg_mb": m["mean_jpeg_mb"], "raw_embed_per_s": embed, "text_stage_per_s": stage,
             "notes": t.get("notes")}
 
 

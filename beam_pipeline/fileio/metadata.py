@@ -1,8 +1,9 @@
 """metadata.json: config, versions, feature spec, label order, input checksums, outputs and the counts that add up.
 
 Written by the pipeline itself after every shard, so it exists only for a complete run and works the same on
-Dataflow; the same step then publishes the run (LATEST) and removes earlier ones (beam_pipeline.fileio.outputs). Counts come from the events every stage emits; if they do not add up the job fails rather
-than publish a dataset that lost records silently.
+Dataflow; the same step then publishes the run (LATEST) and removes earlier ones (beam_pipeline.fileio.outputs).
+Counts come from the events every stage emits; if they do not add up the job fails rather than publish a dataset that
+lost records silently.
 """
 
 from __future__ import annotations
