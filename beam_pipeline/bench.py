@@ -14,7 +14,7 @@ CPU-second of the process (so per core, and less moved than wall time by other l
 
 Text, on the notes and retrieval queries of a generated sample (torch single-threaded, batches of 32, rates per
 CPU-second of the process, so per core), before 2026-11-30 (one padded forward pass per batch) and now (queries sorted
-by token length, sub-batches of ``models.EMBED_SUB_BATCH``):
+by token length, packed sub-batches of ``models.EMBED_SUB_BATCH``):
 
 - the embedding of the retrieval queries (tokenise + encoder + pooling);
 - the text stage: leakage filter + ``TokenizeAndRetrieve`` (tokenisation of the note and of the enhanced note,
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"text stage benchmark: {t['notes']} sample notes ({t['distinct']} distinct; mean {t['mean_chars']:.0f} "
               f"characters, retrieval query {t['mean_query_chars']:.0f}), batches of 32, per core (CPU time)")
         for name, how in (("before", "before 2026-11-30: one padded embedding pass per batch"),
-                          ("after", f"now: queries sorted by length, sub-batches of {models.EMBED_SUB_BATCH}")):
+                          ("after", f"now: queries sorted by length, packed sub-batches of {models.EMBED_SUB_BATCH}")):
             gain = (f"   x{t['embed_after'] / t['embed_before']:.2f}", f"   x{t['stage_after'] / t['stage_before']:.2f}"
                     ) if name == "after" else ("", "")
             print(f"  {how}")

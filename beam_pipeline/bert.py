@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-FORWARD = "bert-torch-1"  # names this implementation in the packaged index's cache key (kb.packaged_index)
+FORWARD = "bert-torch-2"  # names this implementation in the packaged index's cache key (kb.packaged_index)
 
 
 class BertEncoder:
@@ -43,19 +43,50 @@ class BertEncoder:
                 "norm2": (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])})
 
     def __call__(self, batch: dict):
-        """``batch``: input_ids, attention_mask and optionally token_type_ids, [n, length] -> [n, length, dim]."""
-        import torch.nn.functional as F
-
+        """``batch``: input_ids, attention_mask and optionally token_type_ids, [n, length] -> [n, length, dim]
+        (padded: every position, pads included, goes through every layer)."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         n, length = ids.shape
         types = batch.get("token_type_ids")
         x = self.word[ids] + self.position[:length] + (self.token_type[types] if types is not None
                                                         else self.token_type[0])
+        return self._layers(x.reshape(n * length, self.dim), None, mask.bool()).view(n, length, self.dim)
+
+    def pooled(self, rows: list[list[int]]):
+        """Unpadded id lists -> mean of each one's last hidden states, [n, dim]. Packed: only real tokens go through
+        the position-wise layers (the matrix products, most of the work, no longer compute pads); the attention
+        alone sees them laid out padded, pads masked, as in ``__call__``."""
+        import torch
+
+        lengths = torch.tensor([len(row) for row in rows])
+        n, longest = len(rows), int(lengths.max())
+        if longest == 0:  # no tokens at all (a tokenizer without special tokens, empty texts): zero vectors
+            return torch.zeros(n, self.dim)
+        positions = torch.cat([torch.arange(length) for length in lengths.tolist()])
+        sequence = torch.repeat_interleave(torch.arange(n), lengths)
+        ids = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+        x = self.word[ids] + self.position[positions] + self.token_type[0]
+        keep = torch.arange(longest)[None, :] < lengths[:, None]
+        x = self._layers(x, sequence * longest + positions, keep)
+        return x.new_zeros(n, self.dim).index_add_(0, sequence, x) / lengths.clamp(min=1)[:, None].to(x.dtype)
+
+    def _layers(self, x, slots, keep):
+        """The embedding LayerNorm and the transformer layers over tokens ``x`` [tokens, dim]; ``keep`` [n, longest]
+        marks real tokens, ``slots`` says where each row of ``x`` sits in the flattened [n, longest] layout (None:
+        ``x`` is that layout, pads included)."""
+        import torch.nn.functional as F
+
+        n, longest = keep.shape
+        mask = keep[:, None, None, :]  # attend to real tokens only
         x = F.layer_norm(x, (self.dim,), *self.norm, self.eps)
-        keep = mask.bool()[:, None, None, :]  # attend to real tokens only
         for layer in self.layers:
-            q, k, v = F.linear(x, *layer["qkv"]).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(n, length, -1)
+            qkv = F.linear(x, *layer["qkv"])
+            if slots is not None:
+                qkv = qkv.new_zeros(n * longest, qkv.shape[1]).index_copy_(0, slots, qkv)
+            q, k, v = qkv.view(n, longest, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n * longest, -1)
+            if slots is not None:
+                context = context[slots]
             x = F.layer_norm(x + F.linear(context, *layer["out"]), (self.dim,), *layer["norm1"], self.eps)
             hidden = F.linear(F.gelu(F.linear(x, *layer["up"])), *layer["down"])
             x = F.layer_norm(x + hidden, (self.dim,), *layer["norm2"], self.eps)

@@ -1,5 +1,5 @@
-"""The retrieval embedding in length-sorted sub-batches: the same retrievals as the one padded pass per batch it
-replaced, outputs that depend only on a batch's content, and stored token ids exactly the tokenizer's (speed is
+"""The retrieval embedding in length-sorted, packed sub-batches: the same retrievals as the one padded pass per batch
+it replaced, outputs that depend only on a batch's content, and stored token ids exactly the tokenizer's (speed is
 measured by ``make bench``, not here)."""
 
 import dataclasses
@@ -112,6 +112,24 @@ def test_the_built_in_bert_forward_gives_transformers_hidden_states(sample_recor
     with torch.inference_mode():
         difference = ours(batch) - theirs(**batch).last_hidden_state
     assert difference[batch["attention_mask"].bool()].abs().max().item() < 1e-5
+
+
+def test_the_packed_forward_pools_transformers_hidden_states(sample_records):
+    """Packing (only real tokens through the matrix products) regroups the arithmetic, not the result."""
+    import torch
+    from transformers import AutoModel
+
+    path = models.resolve(models.PACKAGED)
+    ours, theirs = bert.load(path), AutoModel.from_pretrained(path).eval()
+    tokenizer = models.load_tokenizer(models.PACKAGED)
+    ids, _ = tokenizer.encode([r.query for batch in sample_records for r in batch][:48], models.EMBED_MAX_TOKENS)
+    assert len({len(row) for row in ids}) > 5  # rows of many lengths: the packing is exercised
+    batch = models.padded(ids, tokenizer, torch)
+    with torch.inference_mode():
+        packed, hidden = ours.pooled(ids), theirs(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    assert (packed - (hidden * mask).sum(1) / mask.sum(1)).abs().max().item() < 1e-5
+    assert not ours.pooled([[], []]).any() and not ours.pooled([[], ids[0]])[0].any()  # no tokens: zero vector
 
 
 def test_padding_is_transformers_padding():
