@@ -49,8 +49,12 @@ class Tokenizer:
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self._cores: dict[int | None, object] = {}
-        self._wrap = _specials_if_newlines_compose(self._core(None), json.loads(self.definition))
         self._line_ids = functools.lru_cache(maxsize=LINE_CACHE)(self._untruncated_inner_ids)
+
+    @functools.cached_property
+    def _wrap(self) -> tuple[list[int], list[int]] | None:
+        """Worked out on first use: most tokenizers (the embedder's, for one) never append."""
+        return _specials_if_newlines_compose(self._core(None), json.loads(self.definition))
 
     @property
     def sha256(self) -> str:

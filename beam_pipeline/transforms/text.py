@@ -31,6 +31,7 @@ def context_lines(passages: list[dict]) -> list[str]:
 
 
 def enhanced_note(note: str, passages: list[dict]) -> str:
+    """The note and its context lines, joined by newlines (as ``models.Tokenizer.encode_appended`` joins them)."""
     return "\n".join([note, *context_lines(passages)])
 
 
@@ -133,8 +134,9 @@ class TokenizeAndRetrieve(beam.DoFn):
         extra: list[dict] = [{} for _ in batch]
         if m.knowledge is not None:
             hits = retrieve(m.knowledge, m.embedder.embed([r.query for r in batch]), s.top_k)
-            tails = [context_lines([m.knowledge.passages[p] for p, _ in row]) for row in hits]
-            enhanced = ["\n".join([note, *tail]) for note, tail in zip(notes, tails)]
+            passages = [[m.knowledge.passages[p] for p, _ in row] for row in hits]
+            tails = [context_lines(found) for found in passages]
+            enhanced = [enhanced_note(note, found) for note, found in zip(notes, passages)]
             enhanced_ids, enhanced_truncated = m.tokenizer.encode_appended(notes, (ids, truncated), tails, s.max_tokens)
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
