@@ -7,6 +7,7 @@ import gzip
 import ipaddress
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,19 @@ def _loopback(host) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_folder(tmp_path_factory):
+    """Temporary files of the tests and of the jobs they start go to a session folder inside pytest's own (which
+    pytest prunes), not the user's /tmp: Beam makes a folder per pipeline and removes it only at the end of a run,
+    so every job a crash test kills would leave one behind."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", folder)
+    patch.setattr(tempfile, "tempdir", folder)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session", autouse=True)
