@@ -59,7 +59,8 @@ def test_k_larger_than_the_index_and_empty_notes(knowledge, embedder):
 def test_enhanced_note_format():
     passages = [{"id": "kb-1", "title": "T1", "source": "S1", "text": "One."},
                 {"id": "kb-2", "title": "T2", "source": "S2", "text": "Two."}]
-    assert enhanced_note("Note.", passages) == "Note.\n\nRetrieved context:\n[1] T1 (S1): One.\n[2] T2 (S2): Two."
+    expected = "Note.\n\nRetrieved context:\n[1] T1 (S1): One.\n[2] T2 (S2): Two."
+    assert enhanced_note("Note.", context_lines(passages)) == expected
 
 
 def _transformers_tokenizer(path):
@@ -87,7 +88,8 @@ def test_the_packaged_tokenizer_is_what_transformers_loads(kb_index):
         "pad_token_id": reference.pad_token_id,
         "sha256": hashlib.sha256(reference.backend_tokenizer.to_str().encode("utf-8")).hexdigest()}
     passages = [json.loads(line) for line in Path(kb_index, "passages.jsonl").open()]
-    texts = [enhanced_note(note, passages[:3]) for note in NOTES.values()] + [p["text"] for p in passages] + AWKWARD + [
+    context = context_lines(passages[:3])
+    texts = [enhanced_note(note, context) for note in NOTES.values()] + [p["text"] for p in passages] + AWKWARD + [
         " ".join(p["text"] for p in passages)]
     for max_tokens in (8, 128, 512):
         expected = reference(texts, truncation=True, max_length=max_tokens, return_overflowing_tokens=True)

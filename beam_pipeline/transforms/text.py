@@ -30,9 +30,9 @@ def context_lines(passages: list[dict]) -> list[str]:
                                    for i, p in enumerate(passages, start=1)]
 
 
-def enhanced_note(note: str, passages: list[dict]) -> str:
-    """The note and its context lines, joined by newlines (as ``models.Tokenizer.encode_appended`` joins them)."""
-    return "\n".join([note, *context_lines(passages)])
+def enhanced_note(note: str, lines: list[str]) -> str:
+    """The note and its ``context_lines``, joined by newlines (as ``models.Tokenizer.encode_appended`` joins them)."""
+    return "\n".join([note, *lines])
 
 
 def effective_top_k(top_k: int, index_size: int) -> int:
@@ -134,9 +134,8 @@ class TokenizeAndRetrieve(beam.DoFn):
         extra: list[dict] = [{} for _ in batch]
         if m.knowledge is not None:
             hits = retrieve(m.knowledge, m.embedder.embed([r.query for r in batch]), s.top_k)
-            passages = [[m.knowledge.passages[p] for p, _ in row] for row in hits]
-            tails = [context_lines(found) for found in passages]
-            enhanced = [enhanced_note(note, found) for note, found in zip(notes, passages)]
+            tails = [context_lines([m.knowledge.passages[p] for p, _ in row]) for row in hits]
+            enhanced = [enhanced_note(note, tail) for note, tail in zip(notes, tails)]
             enhanced_ids, enhanced_truncated = m.tokenizer.encode_appended(notes, (ids, truncated), tails, s.max_tokens)
             if any(enhanced_truncated):
                 yield accounting.event("enhanced_notes_truncated", sum(enhanced_truncated))
