@@ -44,28 +44,20 @@ def _loopback(host) -> bool:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def temp_folder(tmp_path_factory):
-    """Temporary files of the tests and of the jobs they start go to a session folder inside pytest's own (which
-    pytest prunes), not the user's /tmp: Beam makes a folder per pipeline and removes it only at the end of a run,
-    so every job a crash test kills would leave one behind."""
-    folder = str(tmp_path_factory.mktemp("tmp"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TMPDIR", folder)
-    patch.setattr(tempfile, "tempdir", folder)
-    yield
-    patch.undo()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def kb_cache(tmp_path_factory):
-    """The packaged knowledge base's index cache (--kb_index=packaged) in a session folder, not the user's ~/.cache:
-    the first run of the session builds it, later ones reuse it."""
+def session_folders(tmp_path_factory):
+    """Folders of the session inside pytest's own (which pytest prunes), not the user's:
+    - temporary files of the tests and of the jobs they start, not /tmp: Beam makes a folder per pipeline and removes
+      it only at the end of a run, so every job a crash test kills would leave one behind;
+    - the packaged knowledge base's index cache (--kb_index=packaged), not ~/.cache: the first run of the session
+      builds it, later ones reuse it."""
     from beam_pipeline import kb
 
-    patch = pytest.MonkeyPatch()
-    patch.setenv(kb.CACHE_ENV, str(tmp_path_factory.mktemp("kb-cache")))
-    yield
-    patch.undo()
+    temp = str(tmp_path_factory.mktemp("tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", temp)
+        patch.setattr(tempfile, "tempdir", temp)
+        patch.setenv(kb.CACHE_ENV, str(tmp_path_factory.mktemp("kb-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)
