@@ -102,6 +102,17 @@ def test_the_probe_is_deterministic_whatever_the_row_order():
     assert json.dumps(P.probe(random.Random(1).sample(rows, len(rows)), MARKER), sort_keys=True) == first
 
 
+def test_fits_dealt_round_robin_give_every_worker_a_like_share_of_each_input():
+    """The local runner deals the fits to its workers in list order; a note's sparse fit costs over ten times a
+    structured one, so each worker must get its share of every input, not whole inputs."""
+    tasks = P.fit_tasks(MARKER)
+    assert sorted(tasks) == sorted((i, name) for i in range(len(mimic.LABELS)) for name in P.INPUTS)
+    for workers in (2, 3, 4):
+        for k in range(workers):
+            per_input = [sum(name == wanted for _, name in tasks[k::workers]) for wanted in P.INPUTS]
+            assert all(abs(n - len(mimic.LABELS) / workers) < 1 for n in per_input), (workers, k, per_input)
+
+
 @dataclasses.dataclass(frozen=True)
 class FakeRecord:
     dicom_id: str

@@ -267,6 +267,13 @@ def fit_one(rows: list[ProbeRow], index: int, name: str) -> tuple[int, str, floa
     return index, name, round(auroc(y_val, val_x.dot(fit_logistic(train_x, y_train))), 4)
 
 
+def fit_tasks(token: str) -> list[tuple[int, str]]:
+    """Every (label index, input) classifier, input by input: the local runner deals them to its workers
+    round-robin, so each gets a like share of every input (a note's sparse fit costs over ten times a structured
+    one; listed label by label, one of two workers drew two note inputs' fits, the other one and the cheap ones)."""
+    return [(i, name) for name in inputs_for(token) for i in range(len(mimic.LABELS))]
+
+
 def assemble(rows: list[ProbeRow], fits: list[tuple[int, str, float | None]], token: str) -> dict:
     """The ``leakage_probe`` block of metadata.json from the rows and every (label, input) fit."""
     scores = {(index, name): value for index, name, value in fits}
@@ -285,8 +292,7 @@ def probe(rows: list[ProbeRow], token: str) -> dict:
     """The whole probe in one process (the pipeline runs the same fits in parallel); order of ``rows`` is
     irrelevant."""
     rows = prepared(rows)
-    return assemble(rows, [fit_one(rows, i, name) for i in range(len(mimic.LABELS)) for name in inputs_for(token)],
-                    token)
+    return assemble(rows, [fit_one(rows, *task) for task in fit_tasks(token)], token)
 
 
 def _designs(name: str, train: list[ProbeRow], val: list[ProbeRow]) -> tuple[Design, Design]:
@@ -333,9 +339,7 @@ class LeakageProbe(beam.PTransform):
         rows = beam.pvalue.AsSingleton(joined | "AllRows" >> beam.combiners.ToList()
                                        | "Order" >> beam.Map(prepared))
         fits = (records.pipeline
-                | "Classifiers" >> beam.Create([(i, name) for i in range(len(mimic.LABELS))
-                                                for name in inputs_for(token)])
-                | "Spread" >> beam.Reshuffle()
+                | "Classifiers" >> beam.Create(fit_tasks(token))  # Create reshuffles: the fits spread out
                 | "Fit" >> beam.Map(lambda task, rows: fit_one(rows, *task), rows=rows))
         return (records.pipeline
                 | "Once" >> beam.Create([None])
