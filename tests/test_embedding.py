@@ -5,6 +5,7 @@ measured by ``make bench``, not here)."""
 import dataclasses
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,29 @@ def test_bert_checkpoints_the_forward_does_not_reproduce_are_declined(tmp_path):
         (folder / "model.safetensors").symlink_to(path / "model.safetensors")
         (folder / "config.json").write_text(json.dumps({**json.loads((path / "config.json").read_text()), **change}))
         assert bert.load(str(folder)) is None
+
+
+def test_the_stage_starts_no_thread_pools(kb_index):
+    """Local runs and Dataflow run one worker process per core, so the text stage must compute on its own thread:
+    torch, FAISS and the Rust tokenizer would each start a thread per core otherwise. A fresh process (a pool, once
+    started, stays) counts its threads around a batch."""
+    script = f"""
+import datetime as dt, os
+from beam_pipeline import kb, models
+from beam_pipeline.transforms.records import Record
+from beam_pipeline.transforms.text import TextSettings, TokenizeAndRetrieve
+index = {kb_index!r}
+stage = TokenizeAndRetrieve(TextSettings(models.PACKAGED, "main", 512, index, models.PACKAGED, 3,
+                                         index_sha256=kb.read_manifest(index)["index_sha256"]))
+stage.setup()
+t = dt.datetime(2150, 1, 1)
+batch = [Record(1, 2, f"d{{i}}", 3, "AP", t, t, None, "p", None, None, f"Chief complaint: cough {{i}}.",
+                f"cough fever {{i}}", (), (), (), (), ()) for i in range(64)]
+before = len(os.listdir("/proc/self/task"))
+assert len([r for r in stage.process(batch) if isinstance(r, Record)]) == 64
+print(before, len(os.listdir("/proc/self/task")))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    before, after = map(int, out.stdout.split())
+    assert after == before
