@@ -42,6 +42,8 @@ class Tokenizer:
     mutated, so threads may share them)."""
 
     def __init__(self, core, cls: str, pad_token_id: int | None, padding_side: str, truncation_side: str):
+        # One worker process per core (as Embedder sets torch): else encode_batch starts a thread per core in each.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.definition = core.to_str()  # as loaded: what the identity's checksum covers
         self.cls = cls
         self.vocab_size = core.get_vocab_size(with_added_tokens=True)

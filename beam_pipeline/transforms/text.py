@@ -11,7 +11,6 @@ single-threaded per bundle.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import apache_beam as beam
 from apache_beam.utils import shared
@@ -122,9 +121,9 @@ class TokenizeAndRetrieve(beam.DoFn):
     def setup(self):
         import faiss
 
-        # One worker process per core: a library's own thread pool would only oversubscribe (torch: Embedder).
+        # One worker process per core: a library's own thread pool would only oversubscribe (torch and the
+        # tokenizer: models).
         faiss.omp_set_num_threads(1)
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # else the Rust tokenizer starts a thread per core
         self._models = self._shared.acquire(lambda: _Models(self._settings))
 
     def process(self, batch: list[Record]):
