@@ -10,7 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_pipeline.fileio import tfrecord
 from beam_pipeline import accounting
 from beam_pipeline.fileio.sharded import (AssertUniqueKeys, DuplicateKeyError, ShardFormat, ShardPlan, WriteShards,
-                                          fetched_in_order, num_shards, shard_of)
+                                          boundaries, fetched_in_order, key_hash, num_shards, shard_index,
+                                          shard_of)
 from conftest import test_pipeline
 
 TFRECORD = ShardFormat(".tfrecord", tfrecord.frame)
@@ -33,11 +34,24 @@ def _digests(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
-def test_shard_assignment_is_a_pure_function_of_the_key():
+def test_hash_buckets_are_a_pure_function_of_the_key():
     assert num_shards(0, 100) == 1 and num_shards(100, 100) == 1 and num_shards(101, 100) == 2
     assert all(0 <= shard_of(f"k{i}", 7) < 7 for i in range(1000))
     assert shard_of("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", 16) == shard_of(
         "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", 16)
+
+
+@pytest.mark.parametrize("records,shards", [(2054, 34), (1648, 26), (100, 7), (60, 4), (5, 5), (2, 4), (1, 1)])
+def test_shards_cut_the_hash_order_into_runs_whose_sizes_differ_by_at_most_one(records, shards):
+    keys = [f"{i:08x}-dicom" for i in range(records)]
+    bounds = boundaries(sorted(key_hash(k) for k in keys), shards)
+    index = {k: shard_index(k, bounds) for k in keys}
+    sizes = [sum(i == s for i in index.values()) for s in range(shards)]
+    assert sum(sizes) == records and max(sizes) - min(sizes) <= 1
+    # consecutive in hash order: walking the keys by hash never returns to an earlier shard
+    walk = [index[k] for k in sorted(keys, key=key_hash)]
+    assert walk == sorted(walk)
+    assert boundaries([], 3) == [] and shard_index("any key", []) == 0
 
 
 def test_shards_are_byte_identical_across_runs_and_input_order(tmp_path):
@@ -51,6 +65,8 @@ def test_shards_are_byte_identical_across_runs_and_input_order(tmp_path):
     assert shards > 1
     assert sorted(first) == sorted([f"train-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
                                    + ["val-00000-of-00001.tfrecord"])  # the empty split still has its shard
+    counts = [len(list(tfrecord.read_records(str(path)))) for path in sorted((tmp_path / "a").glob("train-*"))]
+    assert sum(counts) == 40 and max(counts) - min(counts) <= 1  # equal shards
 
 
 def test_tfrecords_read_back_with_tensorflow_in_key_order(tmp_path):

@@ -2,8 +2,10 @@
 
 Each element is ``(group, key, item)``. Per group the shard count follows from the group's size (``ShardPlan``:
 ``ceil(total bytes / target)``, where an item's bytes are its payload's length or an estimate, with an optional
-floor so a small dataset still spreads over several shards), a record's shard is a pure function of its key (sha256
-scaled into the shard range, as TensorFlow Datasets does), and items are written sorted by key inside a shard. Files
+floor so a small dataset still spreads over several shards). The group's records are ordered by a hash of their key
+(the first 8 bytes of sha256) and cut into that many runs of consecutive records whose sizes differ by at most one
+(as TensorFlow Datasets does), so shards hold equal numbers of records, spread over the key space; items are written
+sorted by key inside a shard. Files
 are ``<dir>/<group>-SSSSS-of-NNNNN<suffix>``; every shard of every expected group exists, empty ones included, so
 readers can rely on the pattern. Duplicate keys fail the job when keys must be unique (two records for one dicom_id
 mean a bug upstream).
@@ -17,10 +19,12 @@ order do not change, and at most N + 1 fetched inputs are held at a time.
 
 from __future__ import annotations
 
+import array
+import bisect
+import collections
 import dataclasses
 import gzip
 import hashlib
-import collections
 import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -122,10 +126,48 @@ def num_shards(total_bytes: int, target_bytes: float) -> int:
     return max(1, math.ceil(total_bytes / target_bytes))
 
 
+def key_hash(key: str) -> int:
+    """The first 8 bytes of sha256(key), big-endian: a record's place in its group's hash order."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
 def shard_of(key: str, shards: int) -> int:
-    """Order-preserving hash bucket: floor(h * shards / 2**64) with h the first 8 bytes of sha256(key)."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return (h * shards) >> 64
+    """Order-preserving hash bucket: floor(h * shards / 2**64) with h = key_hash(key). Bucket sizes vary (about
+    the square root of their mean); the shard writer uses ``boundaries`` for equal shards."""
+    return (key_hash(key) * shards) >> 64
+
+
+def boundaries(hashes, shards: int) -> list[int]:
+    """The hash at which each shard after the first starts, from a group's sorted key hashes: shard i holds the
+    records of ranks floor(i*n/shards) up to floor((i+1)*n/shards) - 1, so shard sizes differ by at most one (a
+    shard is empty only when there are fewer records than shards)."""
+    n = len(hashes)
+    return [hashes[(i * n) // shards] for i in range(1, shards)] if n else []
+
+
+def shard_index(key: str, bounds: list[int]) -> int:
+    return bisect.bisect_right(bounds, key_hash(key))
+
+
+class _SortedHashes(beam.CombineFn):
+    """(key hash, bytes) of a group's items -> (their hashes, sorted, packed 8 bytes each; total bytes)."""
+
+    def create_accumulator(self):
+        return array.array("Q"), 0
+
+    def add_input(self, accumulator, item):
+        accumulator[0].append(item[0])
+        return accumulator[0], accumulator[1] + item[1]
+
+    def merge_accumulators(self, accumulators):
+        hashes, size = array.array("Q"), 0
+        for more, more_size in accumulators:
+            hashes.extend(more)
+            size += more_size
+        return hashes, size
+
+    def extract_output(self, accumulator):
+        return array.array("Q", sorted(accumulator[0])), accumulator[1]
 
 
 def shard_path(directory: str, group: str, index: int, shards: int, suffix: str) -> str:
@@ -205,11 +247,6 @@ def _fill_missing(group, directory, fmt, plan, totals, written):
             yield {"group": group, "path": path, "shard": index, "records": 0, "bytes": size}
 
 
-def _sum_pairs(pairs):
-    pairs = list(pairs)
-    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-
-
 class WriteShards(beam.PTransform):
     """(group, key, item) -> files. Outputs the file records (group, path, shard, records, bytes) and, with a
     renderer, a dict {"files": ..., <each tag the renderer emits>: ...}. ``after``: a PCollection that must be
@@ -230,19 +267,20 @@ class WriteShards(beam.PTransform):
 
     def expand(self, pcoll):
         plan = self._plan
-        totals = beam.pvalue.AsDict(
-            pcoll
-            | "SizeOf" >> beam.Map(lambda e: (e[0], (1, plan.size(e[2]))))
-            | "SumSizes" >> beam.CombinePerKey(_sum_pairs))
+        hashes = (pcoll
+                  | "HashAndSize" >> beam.Map(lambda e: (e[0], (key_hash(e[1]), plan.size(e[2]))))
+                  | "SortHashes" >> beam.CombinePerKey(_SortedHashes()))
+        totals = beam.pvalue.AsDict(hashes | "Totals" >> beam.MapTuple(lambda group, h: (group, (len(h[0]), h[1]))))
+        bounds = beam.pvalue.AsDict(hashes | "Boundaries" >> beam.Map(
+            lambda kv, totals: (kv[0], boundaries(kv[1][0], plan.shards(kv[0], totals))), totals=totals))
 
-        def assign(element, totals):
+        def assign(element, totals, bounds):
             group, key, item = element
-            shards = plan.shards(group, totals)
-            return (group, shard_of(key, shards), shards), (key, item)
+            return (group, shard_index(key, bounds[group]), plan.shards(group, totals)), (key, item)
 
         after = [beam.pvalue.AsList(self._after)] if self._after is not None else []
         results = (pcoll
-                   | "AssignShard" >> beam.Map(assign, totals=totals)
+                   | "AssignShard" >> beam.Map(assign, totals=totals, bounds=bounds)
                    | "GroupByShard" >> beam.GroupByKey()
                    | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._fmt, self._unique,
                                                             self._renderer), *after).with_outputs(
