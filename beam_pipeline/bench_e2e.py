@@ -25,7 +25,10 @@ How the process tree is measured:
   recorded too: that is the memory the tree really holds. The monitor's own CPU time is reported (~1 % of a core);
 - per-stage wall time: the child wraps the FnApiRunner's bundle execution and records, per fused stage, its wall
   time and, per worker part of each bundle, how long that part ran, so a stage that runs on one worker shows up;
-  plus Beam's own per-transform ``process_bundle_msecs`` (busy time summed over workers).
+  plus Beam's own per-transform ``process_bundle_msecs`` (busy time summed over workers);
+- the host's moment: the 1-minute load average at the start, and the share of the host's CPU time during the run that
+  the hypervisor gave to other guests (``steal %``, from /proc/stat). On a shared VM the same code's wall and CPU time
+  move with it (2026-12-01: 10 % steal in a run that took 1.3x the CPU of a quiet one), so compare runs with it.
 
 The limits: the raw JPEG decode limit is ``bench.micro`` on frontal JPEGs of the 1x sample (``bench.raw_decode``:
 a full-resolution strict decode with the stage's own decoder, one core; the per-image stage rate comes with it), the
@@ -162,6 +165,21 @@ def _role(pid: int) -> str:
         "shell" if command.startswith(b"/bin/sh") else "job")
 
 
+def host_cpu_ticks() -> list[int]:
+    """The host's CPU time so far, in clock ticks summed over its CPUs (/proc/stat's first line: user, nice, system,
+    idle, iowait, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def host_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Between two ``host_cpu_ticks``: the share of the host's CPU time that was idle (idle + iowait) and the share
+    the hypervisor gave to other guests (steal). A run with steal is slower for reasons outside the job."""
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta) or 1
+    return {"idle": (delta[3] + delta[4]) / total, "steal": delta[7] / total}
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants (a worker outliving the job) get re-parented to this process, so they are reaped here and
     their CPU time counted. Linux only; harmless elsewhere."""
@@ -194,6 +212,7 @@ def measure(command: list[str], log: Path, interval: float = 0.1, env: dict | No
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     monitor = TreeMonitor(interval)
     load = os.getloadavg()[0]
+    ticks = host_cpu_ticks()
     start = time.perf_counter()
     with open(log, "wb") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ)
@@ -201,6 +220,7 @@ def measure(command: list[str], log: Path, interval: float = 0.1, env: dict | No
         _, status, _ = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
+    host = host_shares(ticks, host_cpu_ticks())
     monitor.stop()
     _reap(monitor.seen, timeout=10.0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -211,7 +231,8 @@ def measure(command: list[str], log: Path, interval: float = 0.1, env: dict | No
             "peak_rss_mb": monitor.peak_rss / 2 ** 20, "peak_pss_mb": monitor.peak_pss / 2 ** 20,
             "peak_rss_mb_by_role": {k: v / 2 ** 20 for k, v in sorted(monitor.peak_rss_by_role.items())},
             "peak_processes": monitor.peak_processes, "samples": monitor.samples, "monitor_cpu_s": monitor.own_cpu,
-            "loadavg_1m_before": load, "loadavg_1m_after": os.getloadavg()[0]}
+            "loadavg_1m_before": load, "loadavg_1m_after": os.getloadavg()[0],
+            "host_idle_share": host["idle"], "host_steal_share": host["steal"]}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -584,7 +605,7 @@ def table(summary: dict) -> str:
              f"full-size samples, each run a fresh process tree",
              f"{'records':>8} {'workers':>7} {'wall s':>7} {'rec/s':>6} {'CPU s':>7} {'CPU ms/rec':>10} "
              f"{'peak RSS MB':>11} {'peak PSS MB':>11} {'procs':>5} {'image rec/busy-s':>16} {'decode/CPU-s':>12} "
-             f"{'machine x':>9} {'load':>5}"]
+             f"{'machine x':>9} {'load':>5} {'steal %':>7}"]
     for r in summary["runs"]:
         image = f"{r['image_stage_per_busy_s']:.1f}" if r["image_stage_per_busy_s"] else "-"
         decode = f"{r['decode_per_cpu_s_before']:.1f}" if r.get("decode_per_cpu_s_before") else "-"
@@ -592,7 +613,7 @@ def table(summary: dict) -> str:
         lines.append(f"{r['records']:>8,} {r['workers']:>7} {r['wall_s']:>7.1f} {r['records_per_s']:>6.1f} "
                      f"{r['cpu_s']:>7.1f} {r['cpu_ms_per_record']:>10.1f} {r['peak_rss_mb']:>11.0f} "
                      f"{r['peak_pss_mb']:>11.0f} {r['peak_processes']:>5} {image:>16} {decode:>12} {machine:>9} "
-                     f"{r['loadavg_1m_before']:>5.1f}")
+                     f"{r['loadavg_1m_before']:>5.1f} {100 * r['host_steal_share']:>7.1f}")
     lines.append(f"limits, one core, same run: raw full-resolution JPEG decode {lim['raw_decode_per_s']:.1f} img/s "
                  f"({1000 / lim['raw_decode_per_s']:.1f} ms; {lim['jpegs']} frontal JPEGs of the sample, mean "
                  f"{lim['mean_jpeg_mb']:.2f} MB), image stage per image {lim['image_stage_per_s']:.1f} img/s; raw "

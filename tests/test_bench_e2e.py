@@ -38,6 +38,16 @@ def test_measure_sums_the_whole_tree(tmp_path):
     assert m["peak_processes"] == 3
     assert m["cpu_s"] >= 0.8 and abs(m["cpu_s"] - m["cpu_s_proc"]) < 0.5
     assert m["wall_s"] >= 0.9
+    assert 0 <= m["host_steal_share"] < 1 and 0 <= m["host_idle_share"] < 1
+
+
+def test_host_shares_come_from_the_ticks_between_two_readings():
+    before = [100, 0, 50, 1000, 10, 0, 5, 20]  # user nice system idle iowait irq softirq steal
+    after = [250, 0, 80, 1100, 30, 0, 5, 40]   # +150 +0 +30 +100 +20 +0 +0 +20: 320 ticks
+    shares = bench_e2e.host_shares(before, after)
+    assert shares == {"idle": 120 / 320, "steal": 20 / 320}
+    ticks = bench_e2e.host_cpu_ticks()
+    assert len(ticks) == 8 and all(t >= 0 for t in ticks) and sum(ticks) > 0
 
 
 def test_end_to_end_bench_on_a_tiny_sample(tmp_path, capsys, kb_index):
