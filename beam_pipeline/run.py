@@ -65,12 +65,19 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
 
 
 def local_parallelism(beam_args: list[str], cores: int) -> list[str]:
-    """Flags that make a local run use every core (one worker process per core) unless the user set the worker
-    count or mode (``--direct_num_workers=1`` caps it to one in-process worker)."""
-    given = {arg.split("=", 1)[0] for arg in beam_args}
-    if "--direct_num_workers" in given or "--direct_running_mode" in given or cores < 2:
+    """Flags that make a local run use every core, one worker process per core, unless the user set the mode.
+    ``--direct_num_workers=N`` alone gives N worker processes (Beam's own default mode would run N threads in one
+    process, and warns that it should not); ``--direct_num_workers=1`` is one in-process worker."""
+    given = {}
+    for i, arg in enumerate(beam_args):  # --flag=value or --flag value
+        name, _, value = arg.partition("=")
+        given[name] = value if "=" in arg else (beam_args[i + 1] if i + 1 < len(beam_args) else "")
+    if "--direct_running_mode" in given:
         return []
-    return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"]
+    workers = given.get("--direct_num_workers")
+    if workers is None:
+        return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"] if cores > 1 else []
+    return ["--direct_running_mode=multi_processing"] if workers.isdigit() and int(workers) > 1 else []
 
 
 def is_local(options: PipelineOptions) -> bool:

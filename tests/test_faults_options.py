@@ -118,6 +118,24 @@ def test_unknown_flag_is_an_argument_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# --- local parallelism: every core by default, N worker processes for --direct_num_workers=N ---
+
+@pytest.mark.parametrize("flags, workers, mode", [
+    ((), os.cpu_count(), "multi_processing"),
+    (("--direct_num_workers=1",), 1, "in_memory"),  # one in-process worker
+    (("--direct_num_workers=3",), 3, "multi_processing"),  # not Beam's N threads in one process
+    (("--direct_num_workers", "3"), 3, "multi_processing"),
+    (("--direct_num_workers=2", "--direct_running_mode=multi_threading"), 2, "multi_threading"),  # as given
+])
+def test_local_runs_use_worker_processes(flags, workers, mode, tmp_path):
+    _, options = parse([f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}",
+                        *flags])
+    direct = options.view_as(beam.options.pipeline_options.DirectOptions)
+    if os.cpu_count() == 1 and not flags:
+        workers, mode = 1, "in_memory"
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (workers, mode)
+
+
 # --- a run that writes no records fails, names the stage that emptied it, and is not published ---
 
 def only_run(output: Path) -> Path:
