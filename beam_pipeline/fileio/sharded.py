@@ -4,8 +4,8 @@ Each element is ``(group, key, item)``. Per group the shard count follows from t
 ``ceil(total bytes / target)``, where an item's bytes are its payload's length or an estimate, with an optional
 floor so a small dataset still spreads over several shards). The group's records are ordered by a hash of their key
 (the first 8 bytes of sha256) and cut into that many runs of consecutive records whose sizes differ by at most one
-(as TensorFlow Datasets does), so shards hold equal numbers of records, spread over the key space; items are written
-sorted by key inside a shard. Files
+(as TensorFlow Datasets does), so shards hold equal numbers of records (± one) whose keys are scattered at random;
+items are written sorted by key inside a shard. Files
 are ``<dir>/<group>-SSSSS-of-NNNNN<suffix>``; every shard of every expected group exists, empty ones included, so
 readers can rely on the pattern. Duplicate keys fail the job when keys must be unique (two records for one dicom_id
 mean a bug upstream).
