@@ -20,7 +20,8 @@ import sys
 
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, cohorts, report
@@ -51,7 +52,7 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)
     if is_local(options):
-        options = PipelineOptions(beam_args + local_parallelism(beam_args, os.cpu_count() or 1))
+        options = PipelineOptions(beam_args + local_parallelism(options, beam_args, os.cpu_count() or 1))
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
     if unknown:
         parser.error("unknown flags: " + ", ".join("--" + name for name in unknown))
@@ -64,20 +65,16 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     return config, options
 
 
-def local_parallelism(beam_args: list[str], cores: int) -> list[str]:
+def local_parallelism(options: PipelineOptions, beam_args: list[str], cores: int) -> list[str]:
     """Flags that make a local run use every core, one worker process per core, unless the user set the mode.
     ``--direct_num_workers=N`` alone gives N worker processes (Beam's own default mode would run N threads in one
     process, and warns that it should not); ``--direct_num_workers=1`` is one in-process worker."""
-    given = {}
-    for i, arg in enumerate(beam_args):  # --flag=value or --flag value
-        name, _, value = arg.partition("=")
-        given[name] = value if "=" in arg else (beam_args[i + 1] if i + 1 < len(beam_args) else "")
+    given = {arg.split("=", 1)[0] for arg in beam_args}  # which flags were passed; Beam parsed their values
     if "--direct_running_mode" in given:
         return []
-    workers = given.get("--direct_num_workers")
-    if workers is None:
+    if "--direct_num_workers" not in given:
         return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"] if cores > 1 else []
-    return ["--direct_running_mode=multi_processing"] if workers.isdigit() and int(workers) > 1 else []
+    return [] if options.view_as(DirectOptions).direct_num_workers == 1 else ["--direct_running_mode=multi_processing"]
 
 
 def is_local(options: PipelineOptions) -> bool:

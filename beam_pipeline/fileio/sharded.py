@@ -149,6 +149,11 @@ def shard_index(key: str, bounds: list[int]) -> int:
     return bisect.bisect_right(bounds, key_hash(key))
 
 
+def shard_count(group: str, bounds: dict[str, list[int]]) -> int:
+    """A group's shards from its cut points (one fewer than shards; a group without items has one empty shard)."""
+    return len(bounds.get(group, ())) + 1
+
+
 class _SortedHashes(beam.CombineFn):
     """(key hash, bytes) of a group's items -> (their hashes, sorted, packed 8 bytes each; total bytes)."""
 
@@ -236,9 +241,9 @@ class _WriteShard(beam.DoFn):
         yield from emitted
 
 
-def _fill_missing(group, directory, fmt, plan, totals, written):
-    """Write the empty shards of a group (no item hashed there, or no items at all)."""
-    shards = plan.shards(group, totals)
+def _fill_missing(group, directory, fmt, bounds, written):
+    """Write the empty shards of a group (fewer items than shards, or no items at all)."""
+    shards = shard_count(group, bounds)
     done = {w["shard"] for w in written if w["group"] == group}
     for index in range(shards):
         if index not in done:
@@ -274,20 +279,20 @@ class WriteShards(beam.PTransform):
         bounds = beam.pvalue.AsDict(hashes | "Boundaries" >> beam.Map(
             lambda kv, totals: (kv[0], boundaries(kv[1][0], plan.shards(kv[0], totals))), totals=totals))
 
-        def assign(element, totals, bounds):
+        def assign(element, bounds):
             group, key, item = element
-            return (group, shard_index(key, bounds[group]), plan.shards(group, totals)), (key, item)
+            return (group, shard_index(key, bounds[group]), shard_count(group, bounds)), (key, item)
 
         after = [beam.pvalue.AsList(self._after)] if self._after is not None else []
         results = (pcoll
-                   | "AssignShard" >> beam.Map(assign, totals=totals, bounds=bounds)
+                   | "AssignShard" >> beam.Map(assign, bounds=bounds)
                    | "GroupByShard" >> beam.GroupByKey()
                    | "WriteShard" >> beam.ParDo(_WriteShard(self._directory, self._fmt, self._unique,
                                                             self._renderer), *after).with_outputs(
                        *self._tags, main="files"))
         filled = (pcoll.pipeline
                   | "Groups" >> beam.Create(self._groups)
-                  | "WriteEmptyShards" >> beam.FlatMap(_fill_missing, self._directory, self._fmt, plan, totals,
+                  | "WriteEmptyShards" >> beam.FlatMap(_fill_missing, self._directory, self._fmt, bounds,
                                                        beam.pvalue.AsList(results.files)))
         files = (results.files, filled) | "Files" >> beam.Flatten()
         if self._renderer is None:
