@@ -52,6 +52,8 @@ import threading
 import time
 from pathlib import Path
 
+from beam_pipeline import local_workers  # stdlib only: the measuring process stays light
+
 RECORDS_PER_SUBJECT = 2.06  # written records per generated subject (seed 0, full-size images): measured
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PR_SET_CHILD_SUBREAPER = 36
@@ -482,7 +484,7 @@ def one_run(workdir: Path, roots, records_target: int, workers: int, index: str,
     command = [sys.executable, "-m", "beam_pipeline.bench_e2e", f"--child={timeline_path}", "--",
                *run_flags(roots, folder / "output", index, workers, extra)]
     decode = decode_probe(list(jpegs)) if jpegs else None
-    machine = parallel_probe(list(jpegs)[:8], os.cpu_count() or 1, 2.0)["speedup"] if jpegs else None
+    machine = parallel_probe(list(jpegs)[:8], local_workers.machine()[1], 2.0)["speedup"] if jpegs else None
     m = measure(command, folder / "log.txt", interval)
     if m["returncode"]:
         raise RuntimeError(f"the pipeline failed ({m['returncode']}); see {folder / 'log.txt'}:\n"
@@ -495,7 +497,7 @@ def one_run(workdir: Path, roots, records_target: int, workers: int, index: str,
     marks = timeline["marks"]
     spans = [(s["start"], s["start"] + s["seconds"]) for s in timeline["stages"]]
     first, last = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0.0, 0.0)
-    return {"records_target": records_target, "records": written, "workers": workers or (os.cpu_count() or 1),
+    return {"records_target": records_target, "records": written, "workers": workers or local_workers.machine()[0],
             "images_listed": metadata["counts"]["images_total"], **m,
             "records_per_s": written / m["wall_s"], "cpu_ms_per_record": 1000 * m["cpu_s"] / written,
             "pipeline_s": marks.get("pipeline_done", 0) - marks.get("graph_start", 0),
@@ -518,7 +520,7 @@ def run_all(workdir: Path, sizes: list[int], workers: list[int], seconds: float,
     index = kb_index(workdir, index)
     _progress("limits: raw JPEG decode, raw embedding")
     lim = limits(workdir, trees[sizes[0]], index, seconds, notes, 518, pool)
-    cores = os.cpu_count() or 1
+    cores = local_workers.machine()[1]
     lim["parallel"] = parallel_probe([Path(p) for p in lim["jpeg_paths"][:8]], cores, max(1.0, seconds))
     runs = []
     for n in sizes:
@@ -526,7 +528,7 @@ def run_all(workdir: Path, sizes: list[int], workers: list[int], seconds: float,
             _progress(f"pipeline on ~{n} records, {'default workers' if not w else f'{w} worker(s)'}")
             runs.append(one_run(workdir, trees[n], n, w, index, interval, extra or [],
                                 [Path(p) for p in lim["jpeg_paths"]]))
-    return {"date": dt.date.today().isoformat(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+    return {"date": dt.date.today().isoformat(), "cores": cores, "python": sys.version.split()[0],
             "git": _git_state(), "limits": lim, "runs": runs, "targets": check_targets(runs, lim, sizes)}
 
 

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
-import os
 import re
 import sys
 
@@ -24,7 +23,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   StandardOptions)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import accounting, cohorts, report
+from beam_pipeline import accounting, cohorts, local_workers, report
 from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.metadata import CountsError
 from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
@@ -52,7 +51,7 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)
     if is_local(options):
-        options = PipelineOptions(beam_args + local_parallelism(options, beam_args, os.cpu_count() or 1))
+        options = PipelineOptions(beam_args + local_parallelism(options, beam_args))
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
     if unknown:
         parser.error("unknown flags: " + ", ".join("--" + name for name in unknown))
@@ -65,15 +64,27 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     return config, options
 
 
-def local_parallelism(options: PipelineOptions, beam_args: list[str], cores: int) -> list[str]:
-    """Flags that make a local run use every core, one worker process per core, unless the user set the mode.
+def default_workers() -> int:
+    """One worker process per usable core, as many as fit in memory (``local_workers``); says so when memory caps it."""
+    workers, cores, memory = local_workers.machine()
+    if workers < cores:
+        logging.getLogger(__name__).info(
+            "%d worker processes, not %d (one per core): %.1f GB of memory available, about %.1f GB per worker "
+            "beside the runner; --direct_num_workers=N sets the number", workers, cores, memory / 2**30,
+            local_workers.WORKER_BYTES / 2**30)
+    return workers
+
+
+def local_parallelism(options: PipelineOptions, beam_args: list[str]) -> list[str]:
+    """Flags that give a local run ``default_workers()`` worker processes, unless the user set the number or the mode.
     ``--direct_num_workers=N`` alone gives N worker processes (Beam's own default mode would run N threads in one
     process, and warns that it should not); ``--direct_num_workers=1`` is one in-process worker."""
     given = {arg.split("=", 1)[0] for arg in beam_args}  # which flags were passed; Beam parsed their values
     if "--direct_running_mode" in given:
         return []
     if "--direct_num_workers" not in given:
-        return [f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing"] if cores > 1 else []
+        count = default_workers()
+        return [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"] if count > 1 else []
     return [] if options.view_as(DirectOptions).direct_num_workers == 1 else ["--direct_running_mode=multi_processing"]
 
 

@@ -18,7 +18,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import sample
+from beam_pipeline import local_workers, sample
 from beam_pipeline.fileio.metadata import check_counts, empty_run_message
 from beam_pipeline.fileio.outputs import check_writable
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
@@ -121,7 +121,7 @@ def test_unknown_flag_is_an_argument_error(tmp_path):
 # --- local parallelism: every core by default, N worker processes for --direct_num_workers=N ---
 
 @pytest.mark.parametrize("flags, workers, mode", [
-    ((), os.cpu_count(), "multi_processing"),
+    ((), local_workers.machine()[0], "multi_processing"),  # one per usable core that fits in memory
     (("--direct_num_workers=1",), 1, "in_memory"),  # one in-process worker
     (("--direct_num_workers=3",), 3, "multi_processing"),  # not Beam's N threads in one process
     (("--direct_num_workers", "3"), 3, "multi_processing"),
@@ -131,7 +131,7 @@ def test_local_runs_use_worker_processes(flags, workers, mode, tmp_path):
     _, options = parse([f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}",
                         *flags])
     direct = options.view_as(beam.options.pipeline_options.DirectOptions)
-    if os.cpu_count() == 1 and not flags:
+    if workers == 1 and not flags:
         workers, mode = 1, "in_memory"
     assert (direct.direct_num_workers, direct.direct_running_mode) == (workers, mode)
 

@@ -1,0 +1,87 @@
+"""How many worker processes a local run starts by default: the cores this process may use (affinity, the cgroup's
+CPU quota), no more than fit in memory (MemAvailable, the cgroup's limit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import local_workers as lw
+
+GIB = 1 << 30
+
+
+def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, cpus", [
+    ({"cpu.max": "max 100000"}, None),  # v2, no quota
+    ({"cpu.max": "150000 100000"}, 1.5),  # v2: docker --cpus=1.5
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),  # v1, no quota
+    ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),  # v1
+    ({}, None),  # no cgroup files at all (macOS, a bare chroot)
+])
+def test_cpu_quota_reads_v2_and_v1(tmp_path, files, cpus):
+    assert lw.cpu_quota(cgroup(tmp_path, files)) == cpus
+
+
+@pytest.mark.parametrize("files, limit", [
+    ({"memory.max": "max"}, None),
+    ({"memory.max": str(4 * GIB)}, 4 * GIB),
+    ({"memory/memory.limit_in_bytes": str(6 * GIB)}, 6 * GIB),
+    ({}, None),
+])
+def test_memory_limit_reads_v2_and_v1(tmp_path, files, limit):
+    assert lw.memory_limit(cgroup(tmp_path, files)) == limit
+
+
+MEMINFO = "MemTotal:       24576000 kB\nMemFree:         1000000 kB\nMemAvailable:   20971520 kB\n"
+
+
+def test_available_memory_is_memavailable_capped_by_the_cgroup():
+    assert lw.available_memory(MEMINFO, None) == 20 * GIB
+    assert lw.available_memory(MEMINFO, 4 * GIB) == 4 * GIB
+    assert lw.available_memory(MEMINFO, 9223372036854771712) == 20 * GIB  # cgroup v1's "no limit"
+    assert lw.available_memory("", 3 * GIB) == 3 * GIB and lw.available_memory("", None) is None
+
+
+@pytest.mark.parametrize("affinity, quota, cores", [(64, 2.0, 2), (64, 1.5, 2), (2, None, 2), (4, 0.5, 1), (0, None, 1)])
+def test_usable_cores_are_the_affinity_capped_by_the_quota(affinity, quota, cores):
+    assert lw.usable_cores(affinity, quota) == cores
+
+
+@pytest.mark.parametrize("cores, memory, workers", [
+    (2, 24 * GIB, 2),  # this project's VMs: every core
+    (16, 16 * GIB, 15),  # a laptop: 16 workers of ~0.9 GB and the runner would not fit
+    (8, 2 * GIB, 1),  # a small container: one worker (then in-process)
+    (4, None, 4),  # memory unknown: every core
+])
+def test_default_workers_fit_in_memory(cores, memory, workers):
+    assert lw.default_workers(cores, memory) == workers
+
+
+def test_this_machine():
+    workers, cores, memory = lw.machine()
+    assert 1 <= workers <= cores <= len(os.sched_getaffinity(0))
+    assert memory is not None and memory > 0
+
+
+def test_a_job_pinned_to_one_core_runs_one_in_process_worker(tmp_path):
+    """The CLI's own parsing in a process that may run on one CPU only (``taskset -c 0``, as a scheduler or a
+    container would pin it): no worker processes, although the host has more cores."""
+    code = ("import sys; from beam_pipeline.run import parse; from apache_beam.options.pipeline_options import "
+            "DirectOptions; o = parse(sys.argv[1:])[1].view_as(DirectOptions); "
+            "print(o.direct_num_workers, o.direct_running_mode)")
+    argv = [f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}"]
+    one = min(os.sched_getaffinity(0))
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    assert done.stdout.split() == ["1", "in_memory"]
