@@ -64,7 +64,7 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
     return config, options
 
 
-def default_workers() -> int:
+def local_worker_count() -> int:
     """One worker process per usable core, as many as fit in memory (``local_workers``); says so when memory caps it."""
     workers, cores, memory = local_workers.machine()
     if workers < cores:
@@ -76,14 +76,15 @@ def default_workers() -> int:
 
 
 def local_parallelism(options: PipelineOptions, beam_args: list[str]) -> list[str]:
-    """Flags that give a local run ``default_workers()`` worker processes, unless the user set the number or the mode.
+    """Flags that give a local run ``local_worker_count()`` worker processes, unless the user set the number or the
+    mode.
     ``--direct_num_workers=N`` alone gives N worker processes (Beam's own default mode would run N threads in one
     process, and warns that it should not); ``--direct_num_workers=1`` is one in-process worker."""
     given = {arg.split("=", 1)[0] for arg in beam_args}  # which flags were passed; Beam parsed their values
     if "--direct_running_mode" in given:
         return []
     if "--direct_num_workers" not in given:
-        count = default_workers()
+        count = local_worker_count()
         return [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"] if count > 1 else []
     return [] if options.view_as(DirectOptions).direct_num_workers == 1 else ["--direct_running_mode=multi_processing"]
 
