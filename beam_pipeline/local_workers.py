@@ -5,13 +5,23 @@ than fit in its memory.
 workers of ~0.9 GB each would start. So the cores are the ones this process may run on (its affinity) capped by the
 cgroup's CPU quota, and the workers by the memory the cgroup allows and the kernel reports available. Only the
 job's own cgroup root is read (``/sys/fs/cgroup``: a container's own cgroup, v2 or v1), as loky and the JVM do.
+
+The worker processes run ``worker_main`` (``LocalRunner``): Beam's SDK harness, then an exit that skips the
+interpreter's clean-up. With torch, the encoder and the index loaded that clean-up takes 1-2 s a worker, and the
+runner closes its workers one after another, so it was 2-4 s of a two-worker run's end (more with more cores).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shlex
+import sys
 from pathlib import Path
+
+from apache_beam.portability import python_urns
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # A worker process holds about 700-900 MB (torch, the MiniLM encoder, the retrieval index, OpenCV) and the runner
@@ -72,3 +82,35 @@ def machine() -> tuple[int, int, int | None]:
     cores = usable_cores(affinity, cpu_quota())
     memory = available_memory(_read(Path("/proc/meminfo")) or "", memory_limit())
     return default_workers(cores, memory), cores, memory
+
+
+# What Beam's FnApiRunner starts for a worker process (``--direct_running_mode=multi_processing``), and ours: the
+# folder this package was imported from goes at the end of the worker's path, so the worker finds it wherever the
+# launcher did (else it would exit at once, and Beam waits forever for a worker that never connects).
+BEAM_WORKER_COMMAND = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+WORKER_COMMAND = " ".join(shlex.quote(part) for part in (
+    sys.executable, "-c", f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r}); "
+                          "from beam_pipeline import local_workers; local_workers.worker_main()"))
+
+
+class LocalRunner(FnApiRunner):
+    """Beam's in-process FnApiRunner whose worker processes run ``worker_main``."""
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        for environment in pipeline_proto.components.environments.values():
+            if (environment.urn == python_urns.SUBPROCESS_SDK
+                    and environment.payload == BEAM_WORKER_COMMAND.encode()):
+                environment.payload = WORKER_COMMAND.encode()
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+def worker_main() -> None:
+    """A local worker process: Beam's SDK harness until the runner closes it (its bundles done, its DoFns torn
+    down), then ``os._exit``. A harness that fails raises as before (exit status 1, traceback)."""
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

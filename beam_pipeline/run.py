@@ -21,7 +21,6 @@ import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import accounting, cohorts, local_workers, report
 from beam_pipeline.fileio.csv_tables import InputError
@@ -107,7 +106,7 @@ def execute(config: Config, options: PipelineOptions, started: dt.datetime | Non
     paths = resolve_inputs(config)
     text = resolve_text(config)
     base, config = config.output, in_run_folder(config, started or dt.datetime.now(dt.timezone.utc))
-    runner = FnApiRunner() if local else options.view_as(StandardOptions).runner
+    runner = local_workers.LocalRunner() if local else options.view_as(StandardOptions).runner
     if not local:
         stage_package(options)  # workers install this exact code (beam_pipeline/staging.py)
     pipeline = beam.Pipeline(runner=runner, options=options)

@@ -85,3 +85,31 @@ def test_a_job_pinned_to_one_core_runs_one_in_process_worker(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
                           preexec_fn=lambda: os.sched_setaffinity(0, {one}))
     assert done.stdout.split() == ["1", "in_memory"]
+
+
+def test_worker_processes_run_our_entry_point_and_tear_down_their_dofns(tmp_path):
+    """A local multi-process run's workers start as ``worker_main`` (which skips the interpreter's clean-up at exit)
+    and still run every DoFn's teardown before they end; the job's output is complete."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class Mark(beam.DoFn):  # defined here: pickled by value, so the worker needs no tests/ on its path
+        def process(self, element):
+            pid = os.getpid()
+            (tmp_path / f"cmdline-{pid}").write_bytes(Path(f"/proc/{pid}/cmdline").read_bytes())
+            yield element
+
+        def teardown(self):
+            (tmp_path / f"teardown-{os.getpid()}").touch()
+
+    options = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(runner=lw.LocalRunner(), options=options) as pipeline:
+        _ = (pipeline | beam.Create(range(40)) | beam.Reshuffle() | beam.ParDo(Mark())
+             | beam.combiners.Count.Globally()
+             | beam.Map(lambda n, out=str(tmp_path / "count"): Path(out).write_text(str(n))))
+    workers = {p.name.split("-")[1] for p in tmp_path.glob("cmdline-*")}
+    assert workers and str(os.getpid()) not in workers
+    for pid in workers:
+        assert "local_workers.worker_main()" in (tmp_path / f"cmdline-{pid}").read_bytes().decode()
+        assert (tmp_path / f"teardown-{pid}").exists()
+    assert (tmp_path / "count").read_text() == "40"
