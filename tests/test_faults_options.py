@@ -126,6 +126,8 @@ def test_unknown_flag_is_an_argument_error(tmp_path):
     (("--direct_num_workers=3",), 3, "multi_processing"),  # not Beam's N threads in one process
     (("--direct_num_workers", "3"), 3, "multi_processing"),
     (("--direct_num_workers=2", "--direct_running_mode=multi_threading"), 2, "multi_threading"),  # as given
+    (("--direct_num_workers=0",), local_workers.machine()[1],  # "one per core": the usable cores, not the host's
+     "multi_processing" if local_workers.machine()[1] > 1 else "in_memory"),
 ])
 def test_local_runs_use_worker_processes(flags, workers, mode, tmp_path):
     _, options = parse([f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}",

@@ -74,7 +74,8 @@ def test_this_machine():
     assert memory is not None and memory > 0
 
 
-def test_a_job_pinned_to_one_core_runs_one_in_process_worker(tmp_path):
+@pytest.mark.parametrize("flags", [(), ("--direct_num_workers=0",)])  # by default, and Beam's "one per core"
+def test_a_job_pinned_to_one_core_runs_one_in_process_worker(tmp_path, flags):
     """The CLI's own parsing in a process that may run on one CPU only (``taskset -c 0``, as a scheduler or a
     container would pin it): no worker processes, although the host has more cores."""
     code = ("import sys; from beam_pipeline.run import parse; from apache_beam.options.pipeline_options import "
@@ -82,7 +83,7 @@ def test_a_job_pinned_to_one_core_runs_one_in_process_worker(tmp_path):
             "print(o.direct_num_workers, o.direct_running_mode)")
     argv = [f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}"]
     one = min(os.sched_getaffinity(0))
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+    done = subprocess.run([sys.executable, "-c", code, *argv, *flags], capture_output=True, text=True, check=True,
                           preexec_fn=lambda: os.sched_setaffinity(0, {one}))
     assert done.stdout.split() == ["1", "in_memory"]
 
