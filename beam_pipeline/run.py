@@ -81,15 +81,14 @@ def local_parallelism(options: PipelineOptions, beam_args: list[str]) -> list[st
     process, and warns that it should not); ``--direct_num_workers=1`` is one in-process worker; ``0``, Beam's "one
     per core", is one per core this job may use (Beam would count the host's cores, however few a container gets)."""
     given = {arg.split("=", 1)[0] for arg in beam_args}  # which flags were passed; Beam parsed their values
-    count, flags = options.view_as(DirectOptions).direct_num_workers, []
+    count = options.view_as(DirectOptions).direct_num_workers
     if "--direct_num_workers" not in given:
         if "--direct_running_mode" in given:
             return []
         count = local_worker_count()
-        flags = [f"--direct_num_workers={count}"]
     elif count == 0:
         count = local_workers.machine()[1]
-        flags = [f"--direct_num_workers={count}"]
+    flags = [f"--direct_num_workers={count}"]
     if count > 1 and "--direct_running_mode" not in given:
         flags.append("--direct_running_mode=multi_processing")
     return flags
