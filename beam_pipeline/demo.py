@@ -12,7 +12,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from beam_pipeline import kb, models, run, sample
+from beam_pipeline import kb, local_workers, models, run, sample
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,3 +40,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    local_workers.end_process()  # a second or two sooner than the interpreter's own tear-down

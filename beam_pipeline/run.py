@@ -169,3 +169,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    local_workers.end_process()  # a second or two sooner than the interpreter's own tear-down

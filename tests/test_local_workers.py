@@ -114,3 +114,36 @@ def test_worker_processes_run_our_entry_point_and_tear_down_their_dofns(tmp_path
         assert "local_workers.worker_main()" in (tmp_path / f"cmdline-{pid}").read_bytes().decode()
         assert (tmp_path / f"teardown-{pid}").exists()
     assert (tmp_path / "count").read_text() == "40"
+
+
+END_CHILD = """
+import atexit, os, sys, threading
+from beam_pipeline import local_workers
+
+class Loud:
+    def __del__(self, write=os.write):  # runs in the interpreter's tear-down, which end_process skips
+        write(1, b"torn down\\n")
+
+kept = Loud()
+atexit.register(lambda: open(sys.argv[1], "w").write("atexit ran"))
+go = threading.Event()
+threading.Thread(target=lambda: go.wait() and sys.stdout.write("thread done|")).start()  # not a daemon
+sys.stdout.write("buffered|")  # a pipe: block-buffered, not yet written
+go.set()
+if sys.argv[2] == "end_process":
+    local_workers.end_process()
+"""
+
+
+@pytest.mark.parametrize("ending", ["end_process", "interpreter"])
+def test_end_process_does_what_the_interpreters_exit_does_but_its_tear_down(tmp_path, ending):
+    """The command line's end (``python -m beam_pipeline.run`` and the demo): non-daemon threads joined, atexit
+    handlers run, buffered output written, status 0; only the tear-down that would call ``__del__`` is skipped."""
+    marker = tmp_path / "atexit"
+    done = subprocess.run([sys.executable, "-c", END_CHILD, str(marker), ending], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "atexit ran"
+    torn_down = "" if ending == "end_process" else "torn down\n"
+    assert sorted(done.stdout.removesuffix(torn_down).split("|")) == ["", "buffered", "thread done"]
+    assert done.stdout.endswith(torn_down) and done.stderr == ""

