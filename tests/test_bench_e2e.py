@@ -68,3 +68,39 @@ def test_end_to_end_bench_on_a_tiny_sample(tmp_path, capsys, kb_index):
         assert any("TokenizeAndRetrieve" in s["stage"] for s in r["stages"])
     assert set(summary["targets"]) >= {"rss_growth_1_worker", "cpu_ms_per_record_1_worker", "image_vs_decode"}
     assert summary["limits"]["raw_decode_per_s"] > 0 and summary["limits"]["raw_embed_per_s"] > 0
+
+
+def test_repeats_interleave_the_worker_counts_within_each_size():
+    assert bench_e2e.run_order([500, 2000], [0, 1], 2) == [
+        (500, 0, 0), (500, 0, 1), (500, 1, 0), (500, 1, 1), (2000, 0, 0), (2000, 0, 1), (2000, 1, 0), (2000, 1, 1)]
+    assert bench_e2e.run_order([500], [0, 1], 1) == [(500, 0, 0), (500, 0, 1)]
+
+
+def _run(records_target, repeat, workers, wall, cpu_ms, rss, records):
+    return {"records_target": records_target, "repeat": repeat, "workers": workers, "records": records,
+            "wall_s": wall, "pipeline_s": wall - 2, "cpu_ms_per_record": cpu_ms, "cpu_s": cpu_ms * records / 1000,
+            "peak_rss_mb": rss, "peak_pss_mb": rss * 0.8, "image_stage_per_busy_s": 30.0 + repeat,
+            "machine_speedup_before": 1.9, "stages": []}
+
+
+def test_targets_over_repeats_are_medians_and_the_speed_up_pairs_runs_by_repeat():
+    # one worker drifts 100 -> 140 s over three repeats; the paired two-worker runs drift alike
+    runs = [_run(500, i, 1, 30.0, 70.0, 700, 499) for i in range(3)] + \
+           [_run(500, i, 2, 20.0, 90.0, 1500, 499) for i in range(3)] + \
+           [_run(2000, i, 1, wall, 50.0 + i, 800, 2054) for i, wall in enumerate((100.0, 120.0, 140.0))] + \
+           [_run(2000, i, 2, wall, 60.0 - i, 1800, 2054) for i, wall in enumerate((50.0, 80.0, 70.0))]
+    targets = bench_e2e.check_targets(runs, {"raw_decode_per_s": 40.0}, [500, 2000])
+    speedup = targets["speedup_2000"]
+    assert speedup["pairs"] == [2.0, 1.5, 2.0] and speedup["value"] == 2.0 and speedup["met"]
+    assert targets["speedup_500"]["value"] == 1.5 and not targets["speedup_500"]["met"]
+    assert targets["cpu_ms_per_record"]["value"] == 59.0 and targets["cpu_ms_per_record"]["runs"] == [60, 59, 58]
+    assert targets["cpu_ms_per_record_1_worker"]["value"] == 51.0
+    assert targets["rss_growth"]["value"] == 1.2 and targets["rss_growth"]["met"]
+    assert targets["image_vs_decode"]["value"] == 31.0 / 40.0
+    summary = {"date": "2026-12-02", "cores": 2, "python": "3.11", "git": "x", "runs": runs, "targets": targets,
+               "limits": {"raw_decode_per_s": 40.0, "jpegs": 8, "mean_jpeg_mb": 1.4, "image_stage_per_s": 38.0,
+                          "raw_embed_per_s": 100.0, "text_stage_per_s": 50.0}}
+    for r in runs:
+        r.update(records_per_s=1.0, loadavg_1m_before=0.0, host_steal_share=0.0, peak_processes=3)
+    assert re.search(r"1 -> 2 workers, 2000 records\s+2\.00\s+target >= 1\.6: met.*median of 3: 2\.00, 1\.50, 2\.00",
+                     bench_e2e.table(summary))
