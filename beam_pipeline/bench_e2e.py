@@ -561,14 +561,17 @@ def _git_state() -> str:
         return ""
 
 
-def _select(runs: list[dict], target: int, parallel: bool) -> list[dict]:
-    """The runs of one size and worker kind, in repeat order."""
-    return sorted((r for r in runs if r["records_target"] == target and (r["workers"] > 1) == parallel),
-                  key=lambda r: r.get("repeat", 0))
+def _select(runs: list[dict], target: int, parallel: bool) -> dict[int, dict]:
+    """Repeat -> the run of one size and worker kind (of several parallel worker counts, the first listed)."""
+    chosen: dict[int, dict] = {}
+    for r in runs:
+        if r["records_target"] == target and (r["workers"] > 1) == parallel:
+            chosen.setdefault(r.get("repeat", 0), r)
+    return dict(sorted(chosen.items()))
 
 
-def _median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+def _median(runs: dict[int, dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs.values())
 
 
 def check_targets(runs: list[dict], lim: dict, sizes: list[int]) -> dict:
@@ -588,9 +591,10 @@ def check_targets(runs: list[dict], lim: dict, sizes: list[int]) -> dict:
             value = _median(b, "cpu_ms_per_record")
             out["cpu_ms_per_record" + suffix] = {"value": value, "target": TARGETS["cpu_ms_per_record"],
                                                  "met": value <= TARGETS["cpu_ms_per_record"],
-                                                 "runs": [r["cpu_ms_per_record"] for r in b]}
+                                                 "runs": [r["cpu_ms_per_record"] for r in b.values()]}
     for n in sizes:
-        pairs = list(zip(_select(runs, n, False), _select(runs, n, True)))
+        alone, together = _select(runs, n, False), _select(runs, n, True)
+        pairs = [(alone[k], together[k]) for k in alone if k in together]  # paired by repeat
         if pairs:
             ratios = [one["wall_s"] / many["wall_s"] for one, many in pairs]
             value = statistics.median(ratios)
@@ -605,7 +609,8 @@ def check_targets(runs: list[dict], lim: dict, sizes: list[int]) -> dict:
     ones = [r for r in runs if r["workers"] == 1 and r["image_stage_per_busy_s"]]
     if ones and lim.get("raw_decode_per_s"):
         most = max(r["records"] for r in ones)
-        value = _median([r for r in ones if r["records"] == most], "image_stage_per_busy_s") / lim["raw_decode_per_s"]
+        value = statistics.median(r["image_stage_per_busy_s"] for r in ones if r["records"] == most) / lim[
+            "raw_decode_per_s"]
         out["image_vs_decode"] = {"value": value, "target": TARGETS["image_vs_decode"],
                                   "met": value >= TARGETS["image_vs_decode"]}
     # marginal CPU per record between the sizes: the fixed costs (start-up, model loading, data card) cancel
@@ -698,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default="", help="also write the summary here (default WORKDIR/e2e/summary.json)")
     parser.add_argument("run_flags", nargs="*", help="after --: extra flags for beam_pipeline.run")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     workdir = Path(args.workdir).resolve()
     summary = run_all(workdir, [int(s) for s in args.records.split(",")], [int(w) for w in args.workers.split(",")],
                       args.seconds, args.notes, args.interval, args.kb_index, args.image_size, args.run_flags,

@@ -104,3 +104,8 @@ def test_targets_over_repeats_are_medians_and_the_speed_up_pairs_runs_by_repeat(
         r.update(records_per_s=1.0, loadavg_1m_before=0.0, host_steal_share=0.0, peak_processes=3)
     assert re.search(r"1 -> 2 workers, 2000 records\s+2\.00\s+target >= 1\.6: met.*median of 3: 2\.00, 1\.50, 2\.00",
                      bench_e2e.table(summary))
+
+
+def test_with_several_parallel_worker_counts_each_repeat_pairs_one_worker_with_the_first_listed():
+    runs = [_run(500, i, w, wall, 60.0, 1000, 499) for i in range(2) for w, wall in ((2, 10.0), (1, 30.0), (3, 7.5))]
+    assert bench_e2e.check_targets(runs, {}, [500])["speedup_500"]["pairs"] == [3.0, 3.0]
