@@ -606,11 +606,9 @@ def check_targets(runs: list[dict], lim: dict, sizes: list[int]) -> dict:
                                    # what the machine itself allowed just before the parallel run (raw decode in
                                    # 1 vs N processes): below N means other load or shared cores
                                    "machine": statistics.median(machine) if machine else None}
-    ones = [r for r in runs if r["workers"] == 1 and r["image_stage_per_busy_s"]]
+    ones = {k: r for k, r in _select(runs, large, False).items() if r["image_stage_per_busy_s"]}
     if ones and lim.get("raw_decode_per_s"):
-        most = max(r["records"] for r in ones)
-        value = statistics.median(r["image_stage_per_busy_s"] for r in ones if r["records"] == most) / lim[
-            "raw_decode_per_s"]
+        value = _median(ones, "image_stage_per_busy_s") / lim["raw_decode_per_s"]
         out["image_vs_decode"] = {"value": value, "target": TARGETS["image_vs_decode"],
                                   "met": value >= TARGETS["image_vs_decode"]}
     # marginal CPU per record between the sizes: the fixed costs (start-up, model loading, data card) cancel
