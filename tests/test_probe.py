@@ -61,6 +61,23 @@ def test_logistic_regression_reaches_the_penalised_optimum():
     assert w[0] > 0.5 and w[2] < -0.5 and abs(w[4]) < 0.3
 
 
+def test_term_columns_are_centred_yet_the_fit_solves_the_uncentred_problem():
+    """Centring moves only the unpenalised intercept: the weights must be the optimum of the documented objective on
+    the raw binary terms, and score the validation notes as a fit on the uncentred matrix does."""
+    rows = _rows(600, MARKER)
+    train, val = ([r for r in rows if r.split == split] for split in ("train", "val"))
+    design, val_design = P.term_designs([r.filtered for r in train], [r.filtered for r in val])
+    assert design.center.max() == 1.0 and design.center[-1] == 0.0  # the template's words are in every note
+    assert val_design.center is design.center  # val is centred on the train means
+    y = np.array([r.labels[PNEUMONIA] for r in train], np.float64)
+    w = P.fit_logistic(design, y)
+    p = 1 / (1 + np.exp(-design.dot(w)))
+    penalty = np.r_[np.full(design.d - 1, P.L2), 0.0]
+    assert np.abs(design.matrix.T @ (p - y) + penalty * w).max() < 1e-5  # raw terms: the gradient vanishes
+    uncentred = P.fit_logistic(P.Design(design.matrix), y)
+    assert np.allclose(val_design.dot(w), P.Design(val_design.matrix).dot(uncentred), atol=1e-5)
+
+
 def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
     """Notes where only a finding word tells positives apart: a positive's complaint has "PNA" added, which the
     filter replaces by ``token`` (deletes it when token is ""); the structured features are noise."""
