@@ -104,9 +104,8 @@ class Design:
     ``center`` (the train column means, 0 for the intercept) makes the products those of the centred matrix
     X - 1 center^T without storing it (X stays sparse). As the intercept is not penalised, centring only moves it:
     the term weights and predictions are those of the uncentred problem; but it no longer competes with the terms
-    every note has, which left
-    the Hessian so ill-conditioned that conjugate gradients hit their cap at every Newton step (8,591 records:
-    13-17 Newton steps against 7-9 centred, the note fits 1.7x faster)."""
+    every note has, which left the Hessian so ill-conditioned that conjugate gradients hit their cap at every Newton
+    step (8,591 records: 13-17 Newton steps against 7-9 centred, the fits 1.6x faster)."""
 
     def __init__(self, matrix, center: np.ndarray | None = None):
         self.matrix, self.center = matrix, center
