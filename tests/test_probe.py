@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import objsize
 import pytest
+from scipy import sparse
 import apache_beam as beam
 from apache_beam.testing.util import assert_that
 
@@ -61,21 +62,35 @@ def test_logistic_regression_reaches_the_penalised_optimum():
     assert w[0] > 0.5 and w[2] < -0.5 and abs(w[4]) < 0.3
 
 
-def test_term_columns_are_centred_yet_the_fit_solves_the_uncentred_problem():
-    """Centring moves only the unpenalised intercept: the weights must be the optimum of the documented objective on
-    the raw binary terms, and score the validation notes as a fit on the uncentred matrix does."""
+def test_term_columns_are_merged_and_centred_yet_the_fit_solves_the_documented_problem():
+    """Merging the buckets of the same train notes and centring the columns are reparameterisations: the weights
+    must give the optimum of the documented objective on the raw binary terms, and score the validation notes as a
+    plain fit on the raw terms does."""
     rows = _rows(600, MARKER)
-    train, val = ([r for r in rows if r.split == split] for split in ("train", "val"))
-    design, val_design = P.term_designs([r.filtered for r in train], [r.filtered for r in val])
-    assert design.center.max() == 1.0 and design.center[-1] == 0.0  # the template's words are in every note
-    assert val_design.center is design.center  # val is centred on the train means
-    y = np.array([r.labels[PNEUMONIA] for r in train], np.float64)
+    train, val = ([r.filtered for r in rows if r.split == split] for split in ("train", "val"))
+    design, val_design = P.term_designs(train, val)
+    raw_train, raw_val = _binary_terms(train, train), _binary_terms(train, val)
+    merge = P.merged_columns(raw_train)
+    assert design.d - 1 == merge.shape[1] < raw_train.shape[1] / 2  # the template's words come together
+    assert design.center[-1] == 0.0 and val_design.center is design.center  # val is centred on the train means
+    y = np.array([r.labels[PNEUMONIA] for r in rows if r.split == "train"], np.float64)
     w = P.fit_logistic(design, y)
-    p = 1 / (1 + np.exp(-design.dot(w)))
-    penalty = np.r_[np.full(design.d - 1, P.L2), 0.0]
-    assert np.abs(design.matrix.T @ (p - y) + penalty * w).max() < 1e-5  # raw terms: the gradient vanishes
-    uncentred = P.fit_logistic(P.Design(design.matrix), y)
-    assert np.allclose(val_design.dot(w), P.Design(val_design.matrix).dot(uncentred), atol=1e-5)
+    weights = merge @ w[:-1]  # one per raw bucket
+    intercept = w[-1] - design.center[:-1] @ w[:-1]
+    p = 1 / (1 + np.exp(-(raw_train @ weights + intercept)))
+    assert np.abs(raw_train.T @ (p - y) + P.L2 * weights).max() < 1e-5  # raw terms: the gradient vanishes
+    assert abs((p - y).sum()) < 1e-5
+    plain = P.fit_logistic(P.Design(sparse.hstack([raw_train, np.ones((len(train), 1))], format="csr")), y)
+    assert np.allclose(val_design.dot(w), raw_val @ plain[:-1] + plain[-1], atol=1e-5)
+
+
+def _binary_terms(train: list[bytes], notes: list[bytes]):
+    """The documented design, built plainly: one binary column per bucket seen in train."""
+    vocab = sorted(set().union(*(np.frombuffer(t, P.TERMS).tolist() for t in train)))
+    column = {bucket: j for j, bucket in enumerate(vocab)}
+    cells = [(i, column[b]) for i, t in enumerate(notes) for b in np.frombuffer(t, P.TERMS).tolist() if b in column]
+    rows, cols = zip(*cells)
+    return sparse.csr_matrix((np.ones(len(cells)), (rows, cols)), shape=(len(notes), len(vocab)))
 
 
 def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
