@@ -24,6 +24,7 @@ RUNTIME_REQUIREMENTS = [
     "faiss-cpu==1.15.1",
     "opencv-python-headless==5.0.0.93",
     "simplejpeg==1.9.0",
+    "deflate==0.9.0",
     "numpy==2.4.6",
     "scipy==1.17.1",
     "google-cloud-storage==3.17.1",
