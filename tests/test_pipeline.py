@@ -13,6 +13,7 @@ import pytest
 from beam_pipeline import accounting, failpoints, mimic, report
 from beam_pipeline.accounting import NAMESPACE
 from beam_pipeline.fileio import tfrecord
+from beam_pipeline.fileio.metadata import summarize_outputs
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.cohorts.ed_cxr import funnel as format_funnel
 from beam_pipeline.run import execute, main, parse, run
@@ -367,3 +368,17 @@ def test_ignore_policy_never_turns_uncertain_into_zero(mini_mimic, tmp_path):
     assert (mid["labels/binary"][pneumonia], mid["labels/mask"][pneumonia]) == (-1, 0)  # uncertain
     assert (mid["labels/binary"][edema], mid["labels/mask"][edema]) == (1, 1)
     assert sum(mid["labels/mask"]) == 13 and mid["labels/present"] == [1]
+
+
+def test_outputs_summary_does_not_depend_on_the_order_writers_finish():
+    """metadata.json's ``outputs`` once listed kinds and splits in the order their files were written, so reruns
+    could differ in bytes (seen between two runs of the same sample)."""
+    files = [{"path": f"/out/{kind}/{group}-{shard}", "group": group, "records": 2 + shard, "bytes": 100 * shard}
+             for kind, groups in (("tfrecords", ("train", "val", "test")), ("manifest", ("manifest",)),
+                                  ("rejects", ("rejects",))) for group in groups for shard in range(2)]
+    summaries = {json.dumps(summarize_outputs(order, "/out")) for order in (files, files[::-1], files[3:] + files[:3])}
+    assert len(summaries) == 1
+    summary = summarize_outputs(files, "/out")
+    assert list(summary) == ["manifest", "rejects", "tfrecords", "files"]
+    assert list(summary["tfrecords"]) == ["test", "train", "val"]
+    assert summary["tfrecords"]["val"] == {"shards": 2, "records": 5, "bytes": 100}

@@ -82,9 +82,10 @@ def summarize_counts(events: dict[str, int]) -> dict:
 
 
 def summarize_outputs(files: list[dict], output: str) -> dict:
-    """Per output kind and group: shard count, records and bytes; plus every file relative to --output."""
+    """Per output kind and group: shard count, records and bytes; plus every file relative to --output. Kinds and
+    groups come in path order, not in the order the writers finished, so metadata.json's bytes do not depend on it."""
     summary: dict = {}
-    for f in files:
+    for f in sorted(files, key=lambda f: f["path"]):
         kind = f["path"][len(output):].strip("/").split("/")[0]
         entry = summary.setdefault(kind, {}).setdefault(f["group"], {"shards": 0, "records": 0, "bytes": 0})
         entry["shards"] += 1
