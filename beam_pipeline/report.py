@@ -72,7 +72,7 @@ def passage_titles(metadata: dict) -> dict[str, str]:
     """Titles of the knowledge-base passages, when the index the run used can still be read (ids otherwise)."""
     retrieval = metadata["text"]["retrieval"]
     try:
-        with FileSystems.open(FileSystems.join(retrieval["kb_index"], "passages.jsonl"),
+        with FileSystems.open(FileSystems.join(retrieval["directory"], "passages.jsonl"),
                               compression_type=CompressionTypes.UNCOMPRESSED) as f:
             return {p["id"]: p["title"] for p in map(json.loads, f.read().decode("utf-8").splitlines()) if p}
     except (OSError, TypeError, ValueError, KeyError):

@@ -4,6 +4,9 @@ split, one worker process per core) and never try to reach anything beyond loopb
 
 from __future__ import annotations
 
+import collections
+import html
+import json
 import os
 import re
 import subprocess
@@ -54,3 +57,8 @@ def test_the_readme_main_command_runs_offline_on_its_defaults(tmp_path):
     assert len(records) == metadata["counts"]["matched"] > 10
     assert all(len(r["rag/ids"]) == 3 and len(r["rag/scores"]) == 3 for r in records)
     assert all(r["note/enhanced"][0].startswith(r["note/text"][0]) for r in records)
+    # The data card names the passages retrieved most (it once looked for them under the flag's value, "packaged").
+    titles = {p["id"]: p["title"] for p in map(json.loads, (cache / "passages.jsonl").read_text().splitlines())}
+    most = collections.Counter(i.decode() for r in records for i in r["rag/ids"]).most_common(1)[0][0]
+    card = (Path(folder) / "report" / "index.html").read_text()
+    assert f"<td>{html.escape(most)}</td><td>{html.escape(titles[most])}</td>" in card
