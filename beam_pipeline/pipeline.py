@@ -6,7 +6,8 @@ pieces: ``read_tables`` (typed rows + rejects + checksums), ``stage`` (a DoFn wi
 (``transforms.split``), ``WriteOutputs`` and ``WriteMetadata`` (accounting, publishing).
 
 Inputs, models and the retrieval index are resolved before anything runs (``resolve_inputs``, ``resolve_text``), so
-a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message.
+a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message;
+workers load the index directory resolved there (``index_for_remote_workers`` for a remote job's).
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ def resolve_text(config: Config) -> dict | None:
                               "rule_ids": [r["id"] for r in rules["rules"]],
                               "redaction_token": config.redaction_token},
             "retrieval": retrieval}
+
+
+def index_for_remote_workers(text: dict | None, temp_location: str | None) -> dict | None:
+    """``text`` with the retrieval directory that a remote job's workers load (``kb.for_remote_workers``), so none
+    of them builds or looks for its own; InputError when that cannot be."""
+    retrieval = (text or {}).get("retrieval")
+    if not retrieval:
+        return text
+    try:
+        directory = kb.for_remote_workers(retrieval["directory"], temp_location)
+    except (OSError, ValueError) as err:
+        raise InputError(str(err)) from None
+    return {**text, "retrieval": {**retrieval, "directory": directory}}
 
 
 def read_tables(p: beam.Pipeline, paths: dict[str, str], source, row_filters: dict | None = None) -> dict:

@@ -29,7 +29,7 @@ from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
 from beam_pipeline.fileio.sharded import DuplicateKeyError
 from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments, make_config
-from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
+from beam_pipeline.pipeline import build_pipeline, index_for_remote_workers, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.staging import StagingError, stage_package
 from beam_pipeline.transforms.split import PatientOverlapError
@@ -114,6 +114,8 @@ def execute(config: Config, options: PipelineOptions, started: dt.datetime | Non
     base, config = config.output, in_run_folder(config, started or dt.datetime.now(dt.timezone.utc))
     runner = local_workers.LocalRunner() if local else options.view_as(StandardOptions).runner
     if not local:
+        cloud = options.view_as(GoogleCloudOptions)
+        text = index_for_remote_workers(text, cloud.temp_location or cloud.staging_location)
         stage_package(options)  # workers install this exact code (beam_pipeline/staging.py)
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, config, paths, text, base, fail_when_empty=not local)

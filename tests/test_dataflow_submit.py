@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 import subprocess
@@ -40,8 +41,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from beam_pipeline import cloud, run, sample, staging
+from beam_pipeline import cloud, kb, run, sample, staging
 from beam_pipeline.options import Config
+from beam_pipeline.transforms.text import TextSettings
 from conftest import create_bucket, upload_tree
 from fake_dataflow import FakeDataflow
 
@@ -91,6 +93,45 @@ def template_py_file() -> Path:
     found = re.findall(r"FLEX_TEMPLATE_PYTHON_PY_FILE=(\S+)", (ROOT / "Dockerfile").read_text())
     assert len(found) == 1 and found[0].startswith("/template/"), found
     return ROOT / found[0].removeprefix("/template/")
+
+
+def subprocess_env(tmp_path: Path, **more: str) -> tuple[dict, Path]:
+    """(environment, network log) for a process of this test: the emulator's settings, the network guard and
+    credential short-cut of tests/submit_site, no gcloud configuration, plus ``more``."""
+    network_log = tmp_path / "network-attempts.log"
+    network_log.touch()
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "PYTHONPATH")}
+    env.update(PYTHONPATH=str(SITE), MIMIC_TEST_NETWORK_LOG=str(network_log), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               **more)
+    assert env["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")  # the requester-pays proxy
+    return env, network_log
+
+
+def submit(argv: list[str], fake_dataflow: FakeDataflow, tmp_path: Path, **env: str) -> dict:
+    """Run the template's launcher file as a script in a fresh interpreter, elsewhere than the repository, with
+    ``argv`` (+ ``env``); check it submitted one job and nothing else; return the job as jobs.create received it."""
+    env, network_log = subprocess_env(tmp_path, **env)
+    command = [sys.executable, str(template_py_file()), *argv, f"--dataflow_endpoint={fake_dataflow.endpoint}",
+               "--no_auth"]
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+
+    # Nothing beyond loopback, no credential stall, no call the fake does not know, no waiting for the job.
+    assert network_log.read_text() == ""
+    assert "Retry with exponential backoff" not in done.stderr and "DefaultCredentialsError" not in done.stderr
+    assert fake_dataflow.unknown == []
+    creates = fake_dataflow.calls("POST", f"/v1b3/projects/{PROJECT}/locations/{REGION}/jobs")
+    assert len(creates) == 1 and len(fake_dataflow.requests) == 1  # no jobs.get poll: run.py did not wait
+    return creates[0].body
+
+
+def staged_pipeline(client, job: dict) -> beam_runner_api_pb2.Pipeline:
+    """The pipeline proto the launcher staged for the job (what the service and the workers read)."""
+    url = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
+    bucket, name = url.removeprefix("gs://").split("/", 1)
+    return beam_runner_api_pb2.Pipeline.FromString(client.bucket(bucket).blob(name).download_as_bytes())
 
 
 def _objects(value, depth: int = 0):
@@ -187,26 +228,7 @@ def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, clo
             list(t.outputs.values())}
     expected = {t.unique_name for t in transforms} - noop
 
-    network_log = tmp_path / "network-attempts.log"
-    network_log.touch()
-    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "PYTHONPATH")}
-    env.update(PYTHONPATH=str(SITE), MIMIC_TEST_NETWORK_LOG=str(network_log),
-               CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))  # no gcloud configuration either
-    assert env["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")  # the requester-pays proxy
-    command = [sys.executable, str(template_py_file()), *argv, f"--dataflow_endpoint={fake_dataflow.endpoint}",
-               "--no_auth"]
-    cwd = tmp_path / "elsewhere"
-    cwd.mkdir()
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-6000:]
-
-    # Nothing beyond loopback, no credential stall, no call the fake does not know, no waiting for the job.
-    assert network_log.read_text() == ""
-    assert "Retry with exponential backoff" not in done.stderr and "DefaultCredentialsError" not in done.stderr
-    assert fake_dataflow.unknown == []
-    creates = fake_dataflow.calls("POST", f"/v1b3/projects/{PROJECT}/locations/{REGION}/jobs")
-    assert len(creates) == 1 and len(fake_dataflow.requests) == 1  # no jobs.get poll: run.py did not wait
-    job = creates[0].body
+    job = submit(argv, fake_dataflow, tmp_path)
 
     # The job: name, batch, the template's image for the SDK harness, and the launch environment.
     assert job["name"] == launch["jobName"] and job["type"] == 1  # JOB_TYPE_BATCH
@@ -276,8 +298,67 @@ def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, clo
         assert value.output.startswith(f"gs://{BUCKET}/mimic-cxr-ed/runs/")
         assert dataclasses.replace(value, output=config.output) == config
     assert config.mimic_cxr_root == cloud_inputs["mimic_cxr_root"] and config.billing_project == BILLING
+
+    # Retrieval: the workers load the launcher's index, copied from the local folder it named to the temp location.
+    text_settings = {o for fn in dofns.values() for o in _objects(fn) if isinstance(o, TextSettings)}
+    if "kb_index" in parameters:
+        [settings] = text_settings
+        sha = kb.read_manifest(kb_index)["index_sha256"]
+        assert settings.kb_index == f"{environment['tempLocation']}/{kb.STAGED}/{sha}" and settings.index_sha256 == sha
+        for name in kb.FILES:
+            blob = client.bucket(BUCKET).blob(f"dataflow/tmp/{kb.STAGED}/{sha}/{name}")
+            assert blob.download_as_bytes() == (Path(kb_index) / name).read_bytes(), name
     assert (config.image_size, config.resize_mode, config.image_format, config.edge_map) == (224, "crop", "jpeg",
                                                                                              True)
+
+
+# A worker of the job, in its own process: unpickles the retrieval DoFn the launcher staged, sets it up as the SDK
+# harness does (tokenizer, encoder, the index its settings name, checksum checked), retrieves for one query, and
+# reports what it loaded and what it would have built itself from the packaged passages on its CPU code path.
+WORKER = """
+import json, sys
+import torch
+from apache_beam.internal import pickler
+from beam_pipeline import kb
+from beam_pipeline.transforms.text import retrieve
+dofn = pickler.loads(open(sys.argv[1], "rb").read())[0]  # (DoFn, args, kwargs, side inputs, windowing)
+dofn.setup()
+models = dofn._models
+hits = retrieve(models.knowledge, models.embedder.embed(["chest pain radiating to the left arm"]), 3)
+print(json.dumps({"cpu": torch.backends.cpu.get_cpu_capability(), "loaded": models.knowledge.manifest["index_sha256"],
+                  "hits": len(hits[0]), "own": kb.read_manifest(kb.packaged_index())["index_sha256"]}))
+"""
+
+
+def test_workers_on_another_cpu_load_the_launchers_packaged_index(fake_dataflow, cloud_inputs, gcs_server, tmp_path):
+    """The template's default --kb_index=packaged on Dataflow: the launcher (its own VM) indexes the packaged
+    passages; a worker on another CPU type would index them with other last bits in every float (another checksum),
+    so the job fails if workers build their own. Here the worker runs torch's generic kernels
+    (ATEN_CPU_CAPABILITY=default, not the AVX2/AVX-512 ones the launcher used) with an empty cache: it loads the
+    copy the launcher left in the temp location, checksum and all, and what it would have built differs."""
+    client, _ = gcs_server
+    parameters = {name: cloud_inputs[name] for name in COHORT_ROOTS["ed_cxr"]}
+    body = cloud.launch_body(PROJECT, REGION, BUCKET, IMAGE, SERVICE_ACCOUNT,
+                             {**parameters, "billing_project": BILLING, "tokenizer": OFFLINE_TOKENIZER,
+                              "kb_index": "packaged"})
+    launcher_cache = tmp_path / "launcher-cache"
+    job = submit(launcher_argv(body, PROJECT, REGION), fake_dataflow, tmp_path, **{kb.CACHE_ENV: str(launcher_cache)})
+    [built] = [path for path in (launcher_cache / "kb").iterdir()]
+    sha = kb.read_manifest(str(built))["index_sha256"]
+    [payload] = [beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload
+                 for t in staged_pipeline(client, job).components.transforms.values()
+                 if t.unique_name == "TokenizeAndRetrieve/ParDo(TokenizeAndRetrieve)"]
+    (tmp_path / "dofn.pickle").write_bytes(payload)
+
+    env, network_log = subprocess_env(tmp_path, ATEN_CPU_CAPABILITY="default",
+                                      **{kb.CACHE_ENV: str(tmp_path / "worker-cache")})
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "dofn.pickle")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    worker = json.loads(done.stdout.splitlines()[-1])
+    assert worker["cpu"] == "DEFAULT" and worker["loaded"] == sha and worker["hits"] == 3
+    assert worker["own"] != sha  # the index this worker would have built: the job would have failed
+    assert network_log.read_text() == ""
 
 
 @pytest.mark.parametrize("flag", ["--extra_package=/somewhere/own-1.0-py3-none-any.whl",

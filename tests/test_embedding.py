@@ -101,6 +101,20 @@ def test_the_packaged_index_is_built_once_into_the_cache_and_reused(tmp_path, mo
     assert [p.name for p in (tmp_path / "kb").iterdir()] == [Path(first).name]  # no half-built folder left
 
 
+def test_a_remote_jobs_workers_get_the_launchers_index_where_they_can_read_it(kb_index, tmp_path):
+    """A local index is copied under the temp location by its checksum (the Dataflow submission test does it on
+    GCS); one already remote is used in place; without a temp location a local one is refused at launch."""
+    temp = str(tmp_path / "temp")
+    sha = kb.read_manifest(kb_index)["index_sha256"]
+    staged = kb.for_remote_workers(kb_index, temp)
+    assert staged == os.path.join(temp, kb.STAGED, sha)
+    assert all((Path(staged) / name).read_bytes() == (Path(kb_index) / name).read_bytes() for name in kb.FILES)
+    assert kb.load(staged).manifest["index_sha256"] == sha
+    assert kb.for_remote_workers("gs://bucket/kb", None) == "gs://bucket/kb"
+    with pytest.raises(kb.KnowledgeBaseError, match=f"{kb_index} is a local folder.*--temp_location"):
+        kb.for_remote_workers(kb_index, None)
+
+
 def test_the_built_in_bert_forward_gives_transformers_hidden_states(sample_records):
     import torch
     from transformers import AutoModel, AutoTokenizer

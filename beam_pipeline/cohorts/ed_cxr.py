@@ -81,8 +81,9 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
         config.leakage_rules, config.redaction_token, config.leakage_audit)).with_outputs(
         accounting.REJECTS, accounting.EVENTS, AUDIT, UNFILTERED_TERMS, main="records")
     retrieval = text["retrieval"] or {}
-    settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens, config.kb_index,
-                            config.embedding_model, config.rag_top_k, index_sha256=retrieval.get("index_sha256", ""),
+    settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens,
+                            retrieval.get("directory", ""), config.embedding_model, config.rag_top_k,
+                            index_sha256=retrieval.get("index_sha256", ""),
                             tokenizer_sha256=text["tokenizer"]["sha256"])
     tokenized = stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))

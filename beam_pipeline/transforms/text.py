@@ -83,7 +83,7 @@ class TextSettings:
     tokenizer: str
     tokenizer_revision: str
     max_tokens: int
-    kb_index: str  # --kb_index: "packaged", an index directory, or "none"/"" (no retrieval)
+    kb_index: str  # the index directory resolved at launch (the pipeline's: workers never build one), "" for none
     embedding_model: str
     top_k: int
     embed_sub_batch: int = models.EMBED_SUB_BATCH  # 0 = one padded forward pass per batch (the benchmark's reference)
