@@ -7,13 +7,18 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from beam_pipeline import mimic, models, sample
+from beam_pipeline.fileio.tfrecord import Example, parse_example, read_records
+from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.readers.tf_data import dataset
 from beam_pipeline.run import run
 from beam_pipeline.transforms.snapshot import FEATURE_NAMES
@@ -257,6 +262,41 @@ def test_same_input_and_config_give_byte_identical_output(synthetic, tmp_path):
             hashlib.sha256((published(output) / name).read_bytes()).digest(), name
     strip = lambda m: {**m, "config": {**m["config"], "output": None, "image_read_ahead": None}}  # noqa: E731
     assert json.dumps(strip(again)) == json.dumps(strip(metadata))  # key order too: metadata.json's bytes
+
+
+def without_scores(raw: bytes) -> bytes:
+    """A serialized Example without its rag/scores feature, re-serialized with its features in key order."""
+    example = Example.FromString(raw)
+    del example.features.feature["rag/scores"]
+    return example.SerializeToString(deterministic=True)
+
+
+def test_other_cpu_kernels_change_only_the_retrieval_scores_last_bits(synthetic, tmp_path):
+    """Byte-identical output is promised on one CPU type (README, "Text"): another CPU takes other kernel variants.
+    The same run with torch's generic kernels in every process (ATEN_CPU_CAPABILITY=default) instead of this
+    machine's AVX2/AVX-512 ones: every file the same but the TFRecords, whose records differ only in rag/scores, by
+    float rounding; the retrieved passages, so the enhanced notes and their tokens, and metadata.json are the same."""
+    import torch
+
+    _, output, metadata, _, flags = synthetic
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.run", *flags, f"--output={tmp_path}"],
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    strip = lambda m: {**m, "config": {**m["config"], "output": None}}  # noqa: E731
+    assert json.dumps(strip(load_metadata(str(tmp_path)))) == json.dumps(strip(metadata))
+    changed = 0
+    for name in metadata["outputs"]["files"]:
+        ours, theirs = published(output) / name, published(tmp_path) / name
+        if not name.endswith(".tfrecord"):
+            assert ours.read_bytes() == theirs.read_bytes(), name
+            continue
+        for a, b in zip(read_records(str(ours)), read_records(str(theirs)), strict=True):
+            scores, other_scores = (parse_example(raw)["rag/scores"] for raw in (a, b))
+            assert np.allclose(scores, other_scores, rtol=0, atol=1e-6)
+            assert without_scores(a) == without_scores(b)  # every other feature, to the bit
+            changed += scores != other_scores
+    assert changed or torch.backends.cpu.get_cpu_capability() == "DEFAULT"  # else both runs took the same kernels
 
 
 @pytest.fixture(scope="module")
