@@ -265,7 +265,7 @@ def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, clo
     wheel = wheels[0]
     assert {"pipeline.pb", "extra_packages.txt", "submission_environment_dependencies.txt"} <= names
     blob_prefix = staging.split("/", 3)[3]
-    proto = beam_runner_api_pb2.Pipeline.FromString(staged[f"{blob_prefix}/pipeline.pb"].download_as_bytes())
+    proto = staged_pipeline(client, job)
     submitted = {t.unique_name for t in proto.components.transforms.values()}
     assert ours and ours <= submitted, sorted(ours - submitted)
     assert submitted == expected, (sorted(expected - submitted), sorted(submitted - expected))
@@ -304,7 +304,8 @@ def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, clo
     if "kb_index" in parameters:
         [settings] = text_settings
         sha = kb.read_manifest(kb_index)["index_sha256"]
-        assert settings.kb_index == f"{environment['tempLocation']}/{kb.STAGED}/{sha}" and settings.index_sha256 == sha
+        assert settings.index_directory == f"{environment['tempLocation']}/{kb.STAGED}/{sha}"
+        assert settings.index_sha256 == sha
         for name in kb.FILES:
             blob = client.bucket(BUCKET).blob(f"dataflow/tmp/{kb.STAGED}/{sha}/{name}")
             assert blob.download_as_bytes() == (Path(kb_index) / name).read_bytes(), name

@@ -155,7 +155,7 @@ def test_other_tokenizers_load_through_transformers(tmp_path):
 
 
 def test_a_worker_refuses_a_tokenizer_other_than_the_one_checked_at_launch():
-    settings = TextSettings(models.PACKAGED, "main", 128, "none", models.PACKAGED, 3, tokenizer_sha256="0" * 64)
+    settings = TextSettings(models.PACKAGED, "main", 128, "", models.PACKAGED, 3, tokenizer_sha256="0" * 64)
     with pytest.raises(InputError, match="not the 0{64} checked at launch"):
         TokenizeAndRetrieve(settings).setup()
 

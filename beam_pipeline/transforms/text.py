@@ -83,7 +83,7 @@ class TextSettings:
     tokenizer: str
     tokenizer_revision: str
     max_tokens: int
-    kb_index: str  # the index directory resolved at launch (the pipeline's: workers never build one), "" for none
+    index_directory: str  # the retrieval index resolved at launch, "" for none: workers load it, never build one
     embedding_model: str
     top_k: int
     embed_sub_batch: int = models.EMBED_SUB_BATCH  # 0 = one padded forward pass per batch (the benchmark's reference)
@@ -100,7 +100,7 @@ class _Models:
             raise InputError(f"tokenizer {settings.tokenizer!r} (revision {settings.tokenizer_revision}) loads as "
                              f"sha256 {self.tokenizer.sha256} on this worker, not the {settings.tokenizer_sha256} "
                              "checked at launch; pin --tokenizer_revision to a commit or pass a local directory")
-        directory = kb_lib.index_directory(settings.kb_index, settings.embedding_model)
+        directory = settings.index_directory
         self.embedder = models.Embedder(settings.embedding_model, settings.embed_sub_batch) if directory else None
         self.knowledge = kb_lib.load(directory) if directory else None
         if self.knowledge is not None and self.knowledge.manifest["index_sha256"] != settings.index_sha256:
