@@ -306,7 +306,6 @@ def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Times
 
-DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?")
 _STUDY_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\.0*)?")
@@ -325,8 +324,10 @@ def parse_datetime(text: str) -> dt.datetime:
 
 
 def format_datetime(value: dt.datetime) -> str:
-    """``YYYY-MM-DD HH:MM:SS`` (fractional seconds dropped), the format of every datetime we write."""
-    return value.strftime(DATETIME_FORMAT)
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]``, MIMIC's own spelling, for every datetime we write: the fraction (StudyTime
+    has one) is written when there is one, so a written time is the time the job compared (a film 0.5 s after
+    departure must not read as taken at it)."""
+    return value.isoformat(sep=" ")
 
 
 def parse_study_datetime(study_date: str, study_time: str) -> dt.datetime:
@@ -457,7 +458,7 @@ def parse_image_row(raw: Mapping[str, str | None]) -> Image:
             typed[column] = int(float(text)) if text else None
             if text and float(text) != typed[column]:
                 raise ValueError
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: inf, 1e400
             raise RowError("bad_int", f"cxr_metadata.{column}={_short(text)}") from None
     try:
         study_time = parse_study_datetime(raw["StudyDate"], raw["StudyTime"])

@@ -140,6 +140,10 @@ def test_sample_ed_departure_and_label_counts_are_of_written_records(synthetic):
         assert record["after_ed_departure"] == int(expected) and rows[dicom_id]["after_ed_departure"] == str(
             int(expected))
         assert rows[dicom_id]["ed_outtime"] == mimic.format_datetime(outtime)  # the manifest: always
+        written = mimic.format_datetime(metadata_times[dicom_id])  # the time compared, fraction and all
+        assert record["study_datetime"].decode() == rows[dicom_id]["study_datetime"] == written
+        read_back = (mimic.parse_datetime(rows[dicom_id][c]) for c in ("study_datetime", "ed_outtime"))
+        assert (next(read_back) > next(read_back)) == expected  # the written times agree with the flag
         assert record["ed_outtime"] == (mimic.format_datetime(outtime).encode() if expected else b"")  # known only
         note = record["note/text"].decode()
         assert ("In the ED for" not in note and "Left the ED" in note) if expected else "Left the ED" not in note

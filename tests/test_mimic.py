@@ -44,6 +44,14 @@ def test_parse_datetime_is_strict():
             mimic.parse_datetime(bad)
 
 
+def test_written_datetimes_keep_the_fraction_the_job_compared():
+    """A film 0.5 s after ED departure is after it; written without the fraction it would read as taken at it."""
+    assert mimic.format_datetime(dt.datetime(2180, 1, 1, 5, 54)) == "2180-01-01 05:54:00"
+    film = mimic.parse_study_datetime("21800101", "55400.5")
+    assert mimic.format_datetime(film) == "2180-01-01 05:54:00.500000"
+    assert mimic.parse_datetime(mimic.format_datetime(film)) == film
+
+
 def test_type_row_types_and_names_the_bad_column():
     row = mimic.type_row(mimic.VITALSIGN, {"subject_id": "10000032", "stay_id": "33258284",
                                            "charttime": "2180-05-06 20:00:00", "temperature": "98.6",
@@ -74,7 +82,9 @@ def test_parse_image_row():
     assert image.study_time == dt.datetime(2180, 7, 23, 8, 5, 56, 875000)
     assert image.path == "files/p10/p10000032/s53911762/68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714.jpg"
     for column, value, reason in (("subject_id", "", "missing_value"), ("study_id", "5x", "bad_int"),
-                                  ("Rows", "12.5", "bad_int"), ("StudyTime", "", "bad_study_time")):
+                                  ("Rows", "12.5", "bad_int"), ("Columns", "inf", "bad_int"),
+                                  ("study_id", "1e400", "bad_int"), ("Rows", "nan", "bad_int"),
+                                  ("StudyTime", "", "bad_study_time")):
         with pytest.raises(mimic.RowError) as err:
             mimic.parse_image_row({**raw, column: value})
         assert err.value.reason == reason
