@@ -103,10 +103,21 @@ def test_equal_times_keep_the_largest_value():
 @pytest.mark.parametrize("event,message", [
     ((0.5, "Heart rate", 80.0), "unknown channel"), ((0.5, EYE, "to speech"), "possible values"),
     ((0.5, HR, "80"), "finite number"), ((0.5, HR, math.nan), "finite number"), ((0.5, HR, None), "finite number"),
-    ((math.nan, HR, 80.0), "finite number of hours")])
+    ((math.nan, HR, 80.0), "finite number of hours"), ((0.5, HR, 1e39), "float32"), ((0.5, HR, -1e39), "float32"),
+    ((0.5, HR, 10 ** 39), "float32")])
 def test_unclean_events_are_refused(event, message):
     with pytest.raises(ValueError, match=message):
         discretize([event], hours=48)
+
+
+def test_only_values_float32_can_hold_are_storable():
+    """1e39 is finite in float64 but would be inf in the stored float32 series (and the normaliser would refuse it);
+    float32's largest finite value is fine and is stored as it is."""
+    assert not any(hourly.storable(v) for v in (1e39, -1e39, math.inf, math.nan, 10 ** 39))
+    assert all(hourly.storable(v) for v in (hourly.FLOAT32_MAX, -hourly.FLOAT32_MAX, 0.0, 80, "To Speech"))
+    series = discretize([(0.5, HR, hourly.FLOAT32_MAX)], hours=1)
+    assert series.raw_array()[0, CHANNELS.index(HR)] == np.finfo(np.float32).max
+    assert np.isfinite(series.features()).all()
 
 
 # ----------------------------------------------------------------------------------------------------------------

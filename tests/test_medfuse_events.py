@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -116,6 +117,11 @@ def test_weight_pounds_and_ounces_to_kg(value, uom, label, expected):
     ("66.5", "Inch", "Height", 169.0)])
 def test_height_inches_to_whole_cm(value, uom, label, expected):
     assert clean("Height", value, float(value), uom, label) == expected
+
+
+def test_an_absurd_height_in_inches_is_left_to_the_float32_check():
+    """1e308 inches is inf cm: returned as is (the stage leaves it out as value_beyond_float32), not round(inf)."""
+    assert clean("Height", "", 1e308, "Inch", "Height") == math.inf
 
 
 @pytest.mark.parametrize("variable", ["Glucose", "pH", "Heart Rate", "Respiratory rate", "Mean blood pressure"])

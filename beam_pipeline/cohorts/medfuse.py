@@ -27,7 +27,7 @@ import dataclasses
 import datetime as dt
 import functools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import apache_beam as beam
 import numpy as np
@@ -49,7 +49,7 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectImages
-from beam_pipeline.transforms.join import unique_rows
+from beam_pipeline.transforms.join import Unique, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import CountPatientsAndStudies
 
@@ -110,7 +110,8 @@ class IcuRecord:
 def stay_events(stay: stays_lib.Stay, rows, hours: float):
     """The stay's cleaned events in [0, hours] since intime: rows of its admission (labevents carry no stay_id;
     chartevents of another stay of the admission are not its own). Also the count of the subject's rows left out
-    for this stay, by reason (a row of one kept stay is left out by the subject's others)."""
+    for this stay, by reason (a row of one kept stay is left out by the subject's others). A number the float32
+    series cannot hold (1e39 is a finite float64) is left out like a value the cleaning drops, not stored as inf."""
     kept, left_out = [], defaultdict(int)
     for row in rows:
         if row.get("hadm_id") != stay.hadm_id or row.get("stay_id") not in (None, stay.stay_id):
@@ -119,6 +120,8 @@ def stay_events(stay: stays_lib.Stay, rows, hours: float):
         cleaned = event(row, stay.intime)
         if cleaned is None:
             left_out["value_dropped_by_cleaning"] += 1
+        elif not hourly.storable(cleaned[2]):
+            left_out["value_beyond_float32"] += 1
         elif not -hourly.EPS < cleaned[0] < hours + hourly.EPS:
             left_out["outside_series"] += 1
         else:
@@ -126,18 +129,42 @@ def stay_events(stay: stays_lib.Stay, rows, hours: float):
     return sorted(kept, key=lambda e: (e[0], e[1], str(e[2]))), left_out
 
 
+STAY_TABLES = (("icustays", mimic.ICUSTAYS, "stay_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
+               ("patients", mimic.PATIENTS, "subject_id"))
+
+
+def stay_tables(groups) -> dict[str, Unique]:
+    """A subject's icustays, admissions and patients rows by key: exact copies merged, differing rows set aside."""
+    return {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in STAY_TABLES}
+
+
+def stay_selection(tables: dict[str, Unique]) -> tuple[dict[int, tuple[str, str]], list[stays_lib.Stay], Counter]:
+    """(stay_id -> (reason, detail) of the stays to reject, kept stays, drops by reason). A stay whose icustays,
+    admissions or patients rows differ is rejected before the stay rules, which would read them (the patient's for
+    the age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient would
+    hide the conflict. A conflict takes out every stay of its admission or subject, so the others' fate is the same."""
+    icu, admissions, patients = (tables[tag] for tag, _, _ in STAY_TABLES)
+    problems = {stay_id: icu.conflict(stay_id) for stay_id in icu.conflicts}
+    for stay_id, row in icu.rows.items():
+        problem = admissions.conflict(row["hadm_id"]) or patients.conflict(row["subject_id"])
+        if problem:
+            problems[stay_id] = problem
+    usable = [row for stay_id, row in icu.rows.items() if stay_id not in problems]
+    kept, drops = stays_lib.select_stays(usable, admissions.rows.values(), patients.rows.values())
+    return dict(sorted(problems.items())), kept, drops
+
+
 def series_windows_of(element, task: str):
-    """(subject_id, icustays/admissions/patients rows) -> (hadm_id, (stay_id, intime, end)) of each stay the task
-    keeps, end = intime + 48 h (IHM) or outtime: the events worth shuffling (KeepStayEvents)."""
-    _, groups = element
-    unique = [unique_rows(groups.get(tag, ()), table.name, key).rows.values() for tag, table, key in (
-        ("icustays", mimic.ICUSTAYS, "stay_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
-        ("patients", mimic.PATIENTS, "subject_id"))]
-    for stay in stays_lib.select_stays(*unique)[0]:
+    """(subject_id, icustays/admissions/patients rows) -> ((subject_id, hadm_id), (stay_id, intime, end)) of each
+    stay the task keeps, end = intime + 48 h (IHM) or outtime: the events worth shuffling (KeepStayEvents). Keyed
+    with the subject: a hadm_id shared by two subjects' kept stays would leave one window to arrival order."""
+    _, kept, _ = stay_selection(stay_tables(element[1]))
+    for stay in kept:
+        key = (stay.subject_id, stay.hadm_id)
         if task == "phenotyping":
-            yield stay.hadm_id, (stay.stay_id, stay.intime, stay.outtime)
+            yield key, (stay.stay_id, stay.intime, stay.outtime)
         elif stays_lib.ihm_eligible(stay):
-            yield stay.hadm_id, (stay.stay_id, stay.intime, stay.intime + dt.timedelta(hours=stays_lib.IHM_HOURS))
+            yield key, (stay.stay_id, stay.intime, stay.intime + dt.timedelta(hours=stays_lib.IHM_HOURS))
 
 
 class KeepStayEvents(beam.DoFn):
@@ -146,7 +173,7 @@ class KeepStayEvents(beam.DoFn):
     records hold, and memory per subject to its stays' hours. The rest is counted."""
 
     def process(self, row, windows):
-        window = windows.get(row.get("hadm_id"))
+        window = windows.get((row["subject_id"], row.get("hadm_id")))
         if window is None or row.get("stay_id") not in (None, window[0]):
             yield accounting.event("events/not_of_a_kept_stay")
         elif not window[1] - EVENT_SLACK <= row["charttime"] <= window[2] + EVENT_SLACK:
@@ -165,21 +192,18 @@ class BuildStays(beam.DoFn):
 
     def process(self, element):
         subject_id, groups = element
-        tables = {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in (
-            ("icustays", mimic.ICUSTAYS, "stay_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
-            ("patients", mimic.PATIENTS, "subject_id"))}
+        tables = stay_tables(groups)
         for table in tables.values():
             if table.copies:
                 yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
             if table.conflicts:
                 yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
-        icu = tables["icustays"]
-        for stay_id, versions in sorted(icu.conflicts.items()):
+        problems, kept, drops = stay_selection(tables)
+        for stay_id, (reason, detail) in problems.items():
             yield accounting.event("stays")
-            yield from accounting.reject("join", icu.conflict(stay_id)[0], subject_id=subject_id,
-                                         detail=f"stay_id={stay_id}: {icu.conflict(stay_id)[1]}", counter="rejected")
+            yield from accounting.reject("join", reason, subject_id=subject_id, detail=f"stay_id={stay_id}: {detail}",
+                                         counter="rejected")
         admissions, patients = tables["admissions"].rows, tables["patients"].rows
-        kept, drops = stays_lib.select_stays(icu.rows.values(), admissions.values(), patients.values())
         for reason, n in sorted(drops.items()):
             yield accounting.event("stays", n)
             yield accounting.event(f"dropped/{reason}", n)
@@ -191,11 +215,6 @@ class BuildStays(beam.DoFn):
         test_flags, val_flags = stays_lib.load_split_files()
         for stay in kept:
             yield accounting.event("stays")
-            problem = (tables["admissions"].conflict(stay.hadm_id) or tables["patients"].conflict(subject_id))
-            if problem:
-                yield from accounting.reject("join", problem[0], subject_id=subject_id,
-                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
-                continue
             if self._task == "ihm" and not stays_lib.ihm_eligible(stay):
                 yield accounting.event("dropped/los_under_48h")
                 continue

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import re
 from importlib import resources
 from typing import Mapping
@@ -121,7 +122,8 @@ def clean_value(variable: str, value: str | None, valuenum: float | None, uom: s
         if ounces or "lb" in unit or "lb" in label:
             number = number * _KG_PER_LB
     if variable == "Height" and ("in" in unit or "in" in label):
-        return float(round(number * 2.54))
+        centimetres = number * 2.54
+        return float(round(centimetres)) if math.isfinite(centimetres) else centimetres  # round(inf) raises
     return number
 
 

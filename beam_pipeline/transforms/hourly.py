@@ -33,6 +33,7 @@ import numpy as np
 EPS = 1e-6  # upstream Discretizer.transform: bin count, bin index and the end-of-series bound
 STD_FLOOR = 1e-7  # upstream Normalizer._save_params: smaller standard deviations are raised to this
 ONE_HOT = "->"  # upstream header: "<channel>-><value>" for one-hot columns, "mask-><channel>" for masks
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the series are stored as float32: larger magnitudes become inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +149,9 @@ def discretize(events: Iterable[tuple[float, str, float | str]], hours: float, t
     bounds. The last value in a bin wins: the one with the latest t, and among equal t the largest value (numeric
     order for a continuous channel, text order for a categorical one) so the result never depends on input order;
     upstream sorts by (charttime, variable, value) and keeps the last, which is the same rule for its cleaned
-    (float) channels. Values must be clean: a finite number for a continuous channel, one of the possible values
-    for a categorical one (``cohorts.medfuse_events.clean_value`` returns None for anything else)."""
+    (float) channels. Values must be clean: a number finite in float32 for a continuous channel (``storable``), one
+    of the possible values for a categorical one (``cohorts.medfuse_events.clean_value`` returns None for anything
+    else)."""
     if not hours >= 0 or not timestep > 0:
         raise ValueError(f"need hours >= 0 and timestep > 0, got {hours} and {timestep}")
     count = n_bins(hours, timestep)
@@ -170,13 +172,19 @@ def discretize(events: Iterable[tuple[float, str, float | str]], hours: float, t
     return Hourly(raw, config)
 
 
+def storable(value: float | str) -> bool:
+    """Whether a cleaned value survives the float32 the series is stored in: a categorical's text, or a number
+    within float32's finite range (1e39 is finite in float64 but inf in float32, which the normaliser cannot fit)."""
+    return isinstance(value, str) or abs(value) <= FLOAT32_MAX
+
+
 def _checked(config: DiscretizerConfig, c: int, value) -> float | str:
     if config.categorical[c]:
         if value not in config.possible_values[c]:
             raise ValueError(f"{config.channels[c]}: {value!r} is not one of its possible values")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{config.channels[c]}: {value!r} is not a finite number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not storable(value):
+        raise ValueError(f"{config.channels[c]}: {value!r} is not a finite number within float32's range")
     return float(value)
 
 
