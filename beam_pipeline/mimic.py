@@ -320,7 +320,8 @@ def parse_datetime(text: str) -> dt.datetime:
     """Parse MIMIC's ``YYYY-MM-DD HH:MM:SS`` with optional fractional seconds; raise ValueError otherwise."""
     if not _DATETIME_RE.fullmatch(text):
         raise ValueError(f"not YYYY-MM-DD HH:MM:SS[.ffffff]: {text!r}")
-    return dt.datetime.fromisoformat(text)
+    # Padded to six fraction digits: Python 3.10's fromisoformat takes only three or six.
+    return dt.datetime.fromisoformat(text if len(text) in (19, 26) else text.ljust(26, "0"))
 
 
 def format_datetime(value: dt.datetime) -> str:

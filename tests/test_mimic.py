@@ -39,6 +39,8 @@ def test_format_study_time_round_trips_and_drops_leading_zeros():
 
 def test_parse_datetime_is_strict():
     assert mimic.parse_datetime("2142-08-03 21:06:00.090") == dt.datetime(2142, 8, 3, 21, 6, 0, 90000)
+    assert mimic.parse_datetime("2142-08-03 21:06:00.5") == dt.datetime(2142, 8, 3, 21, 6, 0, 500000)
+    assert mimic.parse_datetime("2142-08-03 21:06:00.12345") == dt.datetime(2142, 8, 3, 21, 6, 0, 123450)
     for bad in ("2142-08-03T21:06:00", "2142-08-03", "2142-08-03 21:06", "2142-13-03 21:06:00", "garbage"):
         with pytest.raises(ValueError):
             mimic.parse_datetime(bad)
