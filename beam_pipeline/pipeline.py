@@ -28,13 +28,15 @@ from beam_pipeline.transforms.split import AssertPatientDisjoint
 from beam_pipeline.transforms.text import CONTEXT_HEADER, effective_top_k
 
 def resolve_inputs(config: Config) -> dict[str, str]:
-    """Table name -> input path, with every needed column checked; raises InputError naming file and column (or
-    RequesterPaysError naming the bucket and the flag)."""
+    """Table name -> input path, with every needed column checked, and the cohort's other inputs; raises InputError
+    naming file and column (or RequesterPaysError naming the bucket and the flag)."""
     roots = {"cxr": config.mimic_cxr_root, "ed": config.mimic_ed_root, "iv": config.mimic_iv_root,
              "ecg": config.mimic_ecg_root}
     source = make_source(config.billing_project)
-    return {table.name: resolve_and_check(roots[table.module], table, source)
-            for table in cohorts.get(config.cohort).tables(config)}
+    cohort = cohorts.get(config.cohort)
+    paths = {table.name: resolve_and_check(roots[table.module], table, source) for table in cohort.tables(config)}
+    cohort.check_inputs(config, source)
+    return paths
 
 
 def resolve_text(config: Config) -> dict | None:

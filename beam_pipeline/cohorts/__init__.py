@@ -37,6 +37,8 @@ class Cohort:
     empty_message: Callable[[dict], str]  # metadata.json of a run that wrote nothing -> why, naming the flags
     uses_text: bool = False  # needs the tokenizer, leakage rules and retrieval index (pipeline.resolve_text)
     check: Callable[[Config], list[str]] = lambda config: []  # flag problems specific to the cohort
+    # (config, source) -> raise InputError for an input other than a table that is missing, checked at launch
+    check_inputs: Callable[[Config, Any], None] = lambda config, source: None
 
 
 def get(name: str) -> Cohort:

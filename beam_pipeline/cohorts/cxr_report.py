@@ -22,8 +22,10 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import lzma
 import math
 import zipfile
+import zlib
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -32,11 +34,12 @@ from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import Cohort
 from beam_pipeline.cohorts import funnel as funnel_lib
 from beam_pipeline.cohorts import report_sections as rs
+from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.metadata import WriteMetadata, split_section, summarize_outputs
 from beam_pipeline.fileio.outputs import (WRITTEN, Manifest, Serialize, WriteExamples, WriteOutputs, csv_line,
                                           example_plan)
 from beam_pipeline.fileio.sharded import ShardFormat, ShardPlan, WriteShards
-from beam_pipeline.fileio.sources import make_source
+from beam_pipeline.fileio.sources import RequesterPaysError, RequesterPaysSource, make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
@@ -50,6 +53,10 @@ from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 DROPS = ("no_report", "no_findings_or_impression", "target_too_short", "target_too_long", "not_first_of_subject")
 UNIT_STAGES = ("join/", "report/", "split/", "images/")  # rejects of whole studies
 WORD_BUCKETS = (0, 10, 20, 30, 40, 50, 65, 80, 100, 150)  # the data card's histogram of target lengths
+# What else than BadZipFile (a bad CRC or local header) and OSError reading one damaged member of the zip raises:
+# damaged deflate data (zlib.error), data running past the archive's end (EOFError), damaged LZMA data (LZMAError),
+# a damaged directory entry naming an unsupported method or flag (NotImplementedError) or encryption (RuntimeError).
+DAMAGED_MEMBER = (zlib.error, EOFError, lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,13 +144,17 @@ class ReadReports(beam.DoFn):
         self._zip = self._members = None
         if self._reports.endswith(".zip"):
             self._zip = zipfile.ZipFile(self._source.open(self._reports))
-            self._members = {name[name.index("files/"):]: name for name in self._zip.namelist()
-                             if "files/" in name and name.endswith(".txt")}
+            self._members = report_members(self._zip.namelist())
 
     def _read(self, relative: str) -> bytes | None:
         if self._zip is not None:
             name = self._members.get(relative)
-            return None if name is None else self._zip.read(name)
+            try:
+                return None if name is None else self._zip.read(name)
+            except RequesterPaysError:  # the bucket, not the member: stop the job naming the flag
+                raise
+            except DAMAGED_MEMBER as err:  # only this report is lost: rejected below like any unreadable one
+                raise zipfile.BadZipFile(repr(err)) from err
         path = FileSystems.join(self._reports, relative)
         return self._source.read(path) if self._source.exists(path) else None
 
@@ -155,7 +166,7 @@ class ReadReports(beam.DoFn):
         except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
             yield from accounting.reject("report", "unreadable_report", subject_id=record.subject_id,
                                          study_id=record.study_id, dicom_id=record.dicom_id,
-                                         detail=f"{relative}: {type(err).__name__}", counter="rejected")
+                                         detail=f"{relative}: {type(err).__name__}: {err}", counter="rejected")
             return
         if text is None:
             yield accounting.event("dropped/no_report")
@@ -170,6 +181,33 @@ class ReadReports(beam.DoFn):
             return
         yield dataclasses.replace(record, findings=findings, impression=impression, target=target,
                                   sections=tuple(rs.names(sections)))
+
+
+def report_members(names: list[str]) -> dict[str, str]:
+    """files/pXX/pXXXXXXXX/sNNNNNNNN.txt -> its name in the zip, which may nest the tree in a folder (the release's
+    mimic-cxr-reports/)."""
+    return {name[name.index("files/"):]: name for name in names if "files/" in name and name.endswith(".txt")}
+
+
+def check_reports(reports: str, source) -> None:
+    """Raise InputError naming --mimic_cxr_reports when it is missing or holds no report, before the job runs: a
+    wrong folder would drop every study as no_report, a wrong zip fail every worker after the join. A gs:// folder
+    read with --billing_project is not listed (Beam's listing cannot bill a requester-pays bucket)."""
+    if reports.startswith("gs://") and not reports.endswith(".zip") and isinstance(source, RequesterPaysSource):
+        return
+    where = f"--mimic_cxr_reports={reports}"
+    try:
+        if reports.endswith(".zip"):
+            if not source.exists(reports):
+                raise InputError(f"{where}: no such file")
+            with source.open(reports) as raw, zipfile.ZipFile(raw) as archive:
+                found = report_members(archive.namelist())
+        else:  # listed lazily: the first report ends the search
+            found = FileSystems.match([FileSystems.join(reports, "files", "**.txt")], limits=[1])[0].metadata_list
+    except (OSError, zipfile.BadZipFile, NotImplementedError) as err:
+        raise InputError(f"{where}: cannot be read ({err})") from None
+    if not found:
+        raise InputError(f"{where}: no report found there (files/pXX/pXXXXXXXX/sNNNNNNNN.txt)")
 
 
 class FirstOfSubject(beam.DoFn):
@@ -346,4 +384,5 @@ COHORTS = {"cxr_report": Cohort(
     funnel=funnel,
     empty_message=empty_message,
     check=check,
+    check_inputs=lambda config, source: check_reports(config.mimic_cxr_reports, source),
 )}
