@@ -16,9 +16,11 @@ import pytest
 
 from beam_pipeline import mimic, sample
 from beam_pipeline.cohorts import cxr_ehr_features as ehr
+from beam_pipeline.cohorts.cxr_ehr import DescribeImages
 from beam_pipeline.run import run
 from cohort_files import examples, read_csv, table_rows
 from conftest import ONE_WORKER, published
+from test_medfuse_stays import HOUR, SUBJECT, T0, admission, icustay, image, patient
 
 SETS = ("socio-norm", "image_meta", "all-age-norm")
 
@@ -136,3 +138,17 @@ def test_rerun_is_byte_identical_with_one_worker(ehr_tree, ehr_run, tmp_path):
         assert filecmp.cmpfiles(folder / sub, other / sub, names, shallow=False)[0] == names, sub
     strip = lambda m: {**m, "config": {**m["config"], "output": ""}}  # noqa: E731
     assert strip(again) == strip(metadata)
+
+
+@pytest.mark.parametrize("table", ["admissions", "icustays"])
+def test_an_image_in_an_admission_or_icu_stay_whose_rows_differ_is_rejected(table):
+    """The match is chosen among every version of the rows, then rejected when its key conflicts: never written as
+    in no admission (or ICU stay) with the next-best match's variables."""
+    groups = {"images": [image("d1", T0 + 2 * HOUR)], "patients": [patient()],
+              "admissions": [admission(7, T0, T0 + 50 * HOUR)], "icustays": [icustay(9, 7, T0, T0 + 30 * HOUR)]}
+    groups[table].append(admission(7, T0, T0 + 60 * HOUR) if table == "admissions"
+                         else icustay(9, 7, T0, T0 + 30 * HOUR, last="SICU"))
+    out = list(DescribeImages("time", include_outcomes=True).process((SUBJECT, groups)))
+    rejects = [o.value for o in out if getattr(o, "tag", None) == "rejects"]
+    assert [(r["stage"], r["reason"], r["dicom_id"]) for r in rejects] == [("join", f"conflicting_{table}", "d1")]
+    assert not [o for o in out if not hasattr(o, "tag")]  # no record written

@@ -97,8 +97,8 @@ class DescribeImages(beam.DoFn):
             problem = (("duplicate_dicom_id", "dicom_id appears more than once in the metadata")
                        if image.dicom_id in seen else patients.conflict(subject_id) or splits.conflict(image.dicom_id))
             seen.add(image.dicom_id)
-            admission = ehr.admission_of(image, admissions.rows.values(), self._granularity)
-            stay = ehr.icu_stay_of(image, icustays.rows.values(), self._granularity)
+            admission = ehr.admission_of(image, admissions.candidates(), self._granularity)
+            stay = ehr.icu_stay_of(image, icustays.candidates(), self._granularity)
             problem = problem or (admissions.conflict(admission["hadm_id"]) if admission else None) or (
                 icustays.conflict(stay["stay_id"]) if stay else None)
             if problem:

@@ -107,6 +107,11 @@ class Unique:
     conflicts: dict[Any, tuple[Row, ...]]  # key -> its differing versions, in a fixed order
     copies: int  # rows dropped as exact copies of another row
 
+    def candidates(self) -> list[Row]:
+        """Every row, each version of a conflicting key included: a match chosen among them, then rejected if its
+        key conflicts, is never silently replaced by the next-best match."""
+        return [*self.rows.values(), *(v for versions in self.conflicts.values() for v in versions)]
+
     def conflict(self, value: Any) -> tuple[str, str] | None:
         """(reason, detail) of the reject of an image that needs ``value``'s row, if its rows differ."""
         versions = self.conflicts.get(value)
@@ -170,7 +175,7 @@ class LinkSubject(beam.DoFn):
             return
         stays, triage, patients, labels, splits = (unique[t] for t in ("stays", "triage", "patients", "labels",
                                                                        "splits"))
-        candidates = [*stays.rows.values(), *(v for versions in stays.conflicts.values() for v in versions)]
+        candidates = stays.candidates()
         stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
         labels_rejected = {study: rejected_reasons(rows)
                            for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
