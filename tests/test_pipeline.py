@@ -172,6 +172,10 @@ def test_layout_is_exact_and_counts_match_beam_metrics(scenario_run):
     for name in ("images_kept_view", "images_other_view", "matched", "no_ed_stay", "rejected"):
         assert metrics[name] == counts[name]
     assert metrics["rows_read/cxr_metadata"] == counts["images_total"]
+    decoded = counts["images_decoded_at"]  # every written image was decoded once, at one scale
+    assert decoded and sum(decoded.values()) == counts["matched"]
+    assert decoded == {k: metrics[f"images_decoded_at_{k}"] for k in decoded}
+    assert counts["images_size_differs_from_metadata"] == metrics.get("images_size_differs_from_metadata", 0)
 
 
 def test_official_split_is_the_default_and_rejects_images_missing_from_the_split_file(mini_mimic, tmp_path):

@@ -65,6 +65,8 @@ def summarize_counts(events: dict[str, int]) -> dict:
         "written_notes": {"redacted": events.get("written/notes_redacted", 0),
                           "truncated": events.get("written/notes_truncated", 0)},
         "vitals_implausible_dropped": events.get("vitals_implausible_dropped", 0),
+        "images_decoded_at": prefixed(events, "images_decoded_at_"),  # {"1/4": n}: the JPEG decode's scaling
+        "images_size_differs_from_metadata": events.get("images_size_differs_from_metadata", 0),
         "notes": {"tokenized": events.get("notes_tokenized", 0), "truncated": events.get("notes_truncated", 0),
                   "enhanced_truncated": events.get("enhanced_notes_truncated", 0),
                   "redacted": events.get("leakage_notes_redacted", 0)},
