@@ -198,6 +198,32 @@ def test_identical_duplicate_rows_are_one_row_and_change_nothing(clean, clean_tr
     assert files and all((folder / f).read_bytes() == (clean_folder / f).read_bytes() for f in files)
 
 
+def test_a_dicom_id_under_two_subjects_is_rejected_for_both_and_the_job_goes_on(clean, clean_tree, tmp_path):
+    """A written image's metadata row copied under another subject, at the time of one of that subject's written
+    images (so it links too): which subject is right cannot be known, so both rows are rejected
+    (metadata/dicom_id_of_several_subjects). Before, the official split file (whose row names the first subject)
+    happened to reject the copy and the first was written; with a hash split both were, and the record-key check
+    stopped the job."""
+    record = clean.written()[0]
+    other_record = next(r for r in clean.written() if r["subject_id"] != record["subject_id"])
+    other = other_record["subject_id"]
+    [when] = [{c: r[c] for c in ("StudyDate", "StudyTime")} for r in clean.rows(mimic.CXR_METADATA)
+              if r["dicom_id"] == other_record["dicom_id"]]
+    roots = faults.fresh_tree(clean_tree, tmp_path)
+    edit_rows(roots.cxr, mimic.CXR_METADATA,
+              lambda rows: add_copy(rows, lambda r: r["dicom_id"] == record["dicom_id"], subject_id=other, **when))
+    output, metadata = run(roots, tmp_path)
+
+    reason = "metadata/dicom_id_of_several_subjects"
+    assert clean.changes(roots, output) == {record["dicom_id"]: (WRITTEN, (reason, reason))}
+    assert clean.delta(metadata) == {"images_total": 1, "images_kept_view": 1, "matched": -1, "rejected": 2,
+                                     f"rejected_by_reason/{reason}": 2, "rejects_total": 2}
+    details = {r["detail"] for r in faults.rejects(output) if r["reason"] == reason.split("/")[1]}
+    assert details == {f"dicom_id under subject_ids {','.join(sorted([record['subject_id'], other], key=int))}"}
+    hashed = faults.run_job(roots, tmp_path / "hash", "--split_strategy=hash")
+    assert hashed["counts"]["rejected_by_reason"][reason] == 2
+
+
 CONFLICTS = {  # table -> (key column, also in the manifest; column changed in the copy)
     "edstays": ("stay_id", "intime"),
     "triage": ("stay_id", "acuity"),

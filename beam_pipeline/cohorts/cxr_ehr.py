@@ -40,7 +40,7 @@ from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
@@ -212,8 +212,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
           fail_when_empty: bool = False) -> None:
     source = make_source(config.billing_project)
     reads = read_tables(p, paths, source)
-    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
-    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
+    images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
+    keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     for tag, table in (("patients", "patients"), ("admissions", "admissions"), ("icustays", "icustays"),
                        ("splits", "cxr_split")):
         if table in reads:

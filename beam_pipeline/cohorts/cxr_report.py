@@ -45,7 +45,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
@@ -288,8 +288,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
           fail_when_empty: bool = False) -> None:
     source = make_source(config.billing_project)
     reads = read_tables(p, paths, source)
-    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
-    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
+    images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
+    keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
              "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
              "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
                                                | beam.Filter(lambda r: r["subject_id"] is not None))}

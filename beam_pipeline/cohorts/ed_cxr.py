@@ -27,7 +27,7 @@ from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import to_example
-from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import REJECTED_LABELS, REJECTED_STAYS, LinkImagesToStays
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage
 from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
@@ -66,8 +66,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
     source = make_source(config.billing_project)
     reads = read_tables(p, paths, source)
 
-    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
-    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
+    images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
+    keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     for tag, table in JOIN_TABLES.items():
         if table.name in reads:
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table.name].rows)

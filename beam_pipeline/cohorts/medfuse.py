@@ -48,7 +48,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import Unique, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import CountPatientsAndStudies
@@ -373,8 +373,8 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
           fail_when_empty: bool = False) -> None:
     source = make_source(config.billing_project)
     reads = read_tables(p, paths, source, row_filters=ROW_FILTERS)
-    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
-    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
+    images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
+    keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     for tag, table in (("icustays", "icustays"), ("admissions", "admissions"), ("patients", "patients"),
                        ("diagnoses", "diagnoses_icd")):
         keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)

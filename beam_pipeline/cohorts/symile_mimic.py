@@ -45,7 +45,7 @@ from beam_pipeline.transforms.candidates import WriteCandidateSets
 from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectImages
+from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
@@ -348,12 +348,12 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
           fail_when_empty: bool = False) -> None:
     source = make_source(config.billing_project)
     reads = read_tables(p, paths, source, row_filters={mimic.LABEVENTS.name: LAB_FILTER})
-    images = stage(reads["cxr_metadata"].rows, "SelectImages", SelectImages(config.views), main="images")
-    subjects = (images.images | "ImageSubjects" >> beam.Map(lambda im: (im.subject_id, None))
+    images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
+    subjects = (images["images"] | "ImageSubjects" >> beam.Map(lambda im: (im.subject_id, None))
                 | "DistinctSubjects" >> beam.CombinePerKey(lambda _: None))
     labs = reads["labevents"].rows | "KeepSubjectsWithImages" >> beam.ParDo(
         KeepSubjectsWithImages(), beam.pvalue.AsDict(subjects)).with_outputs(accounting.EVENTS, main="labs")
-    keyed = {"images": images.images | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
+    keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
                                                | beam.Filter(lambda r: r["subject_id"] is not None))}
