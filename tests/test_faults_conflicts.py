@@ -219,7 +219,8 @@ def test_a_dicom_id_under_two_subjects_is_rejected_for_both_and_the_job_goes_on(
     assert clean.delta(metadata) == {"images_total": 1, "images_kept_view": 1, "matched": -1, "rejected": 2,
                                      f"rejected_by_reason/{reason}": 2, "rejects_total": 2}
     details = {r["detail"] for r in faults.rejects(output) if r["reason"] == reason.split("/")[1]}
-    assert details == {f"dicom_id under subject_ids {','.join(sorted([record['subject_id'], other], key=int))}"}
+    subjects = ",".join(sorted([record["subject_id"], other], key=int))
+    assert details == {f"dicom_id={record['dicom_id']} under subject_ids {subjects}"}
     hashed = faults.run_job(roots, tmp_path / "hash", "--split_strategy=hash")
     assert hashed["counts"]["rejected_by_reason"][reason] == 2
 

@@ -4,9 +4,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline import mimic
-from beam_pipeline.transforms.join import (LinkImagesToStays, after_departure, as_of, in_time_order, select_stay,
-                                          unique_rows)
+from beam_pipeline import accounting, mimic
+from beam_pipeline.transforms.join import (LinkImagesToStays, OneSubjectPerId, after_departure, as_of, in_time_order,
+                                          select_stay, unique_rows)
 from conftest import test_pipeline
 
 T0 = dt.datetime(2180, 7, 22, 16, 24)
@@ -276,3 +276,21 @@ def test_conflicting_triage_patient_and_split_rows_reject_the_images_that_use_th
             ("duplicates/conflicting_keys/patients", 1), ("duplicates/conflicting_keys/triage", 1),
             ("images_linked", 1), ("rejected", 3), ("rejects/join/conflicting_cxr_split", 1),
             ("rejects/join/conflicting_patients", 1), ("rejects/join/conflicting_triage", 1)]), label="Events")
+
+
+def test_an_id_under_two_subjects_is_rejected_for_each_and_counted_as_a_unit():
+    """hadm_id 1 under subjects 10 and 11: both rows rejected, each an admission the funnel counts; hadm_id 2's two
+    differing rows of one subject pass on (the subject's own conflict, settled next to its other rows)."""
+    rows = [{"hadm_id": 1, "subject_id": 11, "v": "a"}, {"hadm_id": 1, "subject_id": 10, "v": "b"},
+            {"hadm_id": 2, "subject_id": 10, "v": "c"}, {"hadm_id": 2, "subject_id": 10, "v": "d"}]
+    with test_pipeline() as p:
+        out = p | beam.Create(rows) | OneSubjectPerId("hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None),
+                                                      "join", unit="admissions")
+        assert_that(out.rows | beam.Map(lambda r: r["v"]), equal_to(["c", "d"]))
+        assert_that(out[accounting.REJECTS] | beam.Map(lambda r: (r["stage"], r["reason"], r["subject_id"],
+                                                                  r["detail"])),
+                    equal_to([("join", "hadm_id_of_several_subjects", s, "hadm_id=1 under subject_ids 10,11")
+                              for s in (10, 11)]), label="Rejects")
+        assert_that(out[accounting.EVENTS] | beam.CombinePerKey(sum),
+                    equal_to([("admissions", 2), ("rejected", 2), ("rejects/join/hadm_id_of_several_subjects", 2)]),
+                    label="Events")

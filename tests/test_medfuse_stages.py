@@ -127,17 +127,19 @@ def _train_subject(start: int) -> int:
 
 def test_a_run_over_bad_input_rejects_and_counts_instead_of_crashing(tmp_path):
     """In-process run of medfuse_ihm: a stay with conflicting admissions rows, one with conflicting patients rows,
-    a train stay with a 1e39 heart rate, two subjects' stays sharing a hadm_id; metadata.json's identities hold."""
-    subjects = [_train_subject(90000000 + 10000 * i) for i in range(5)]
-    conflicting_adm, conflicting_pat, huge, shared_a, shared_b = subjects
+    a train stay with a 1e39 heart rate, two subjects' stays sharing a hadm_id, two subjects' stays sharing a stay_id
+    (both rejected: the stay_id keys the records); metadata.json's identities hold."""
+    subjects = [_train_subject(90000000 + 10000 * i) for i in range(7)]
+    conflicting_adm, conflicting_pat, huge, shared_a, shared_b, same_stay_a, same_stay_b = subjects
     icu, adm, pat, chartevents = [], [], [], []
     for n, subject in enumerate(subjects):
         hadm = HADM if subject in (shared_a, shared_b) else HADM + 10 + n
         start = T0 + n * 100 * HOUR
-        icu.append(icustay(STAY + n, hadm, start, start + 50 * HOUR, subject_id=subject))
+        stay = STAY + 99 if subject in (same_stay_a, same_stay_b) else STAY + n
+        icu.append(icustay(stay, hadm, start, start + 50 * HOUR, subject_id=subject))
         adm.append(admission(hadm, start - HOUR, start + 60 * HOUR, subject_id=subject))
         pat.append(patient(subject_id=subject))
-        chartevents += [chart(m, str(v), float(v), subject_id=subject, hadm_id=hadm, stay_id=STAY + n, start=start)
+        chartevents += [chart(m, str(v), float(v), subject_id=subject, hadm_id=hadm, stay_id=stay, start=start)
                         for m, v in ((30, 80 + n), (150, 90 + n))]
     adm.append(admission(HADM + 10, T0 - HOUR, T0 + 70 * HOUR, subject_id=conflicting_adm))
     pat.append(patient(anchor_age=70, subject_id=conflicting_pat))
@@ -154,8 +156,9 @@ def test_a_run_over_bad_input_rejects_and_counts_instead_of_crashing(tmp_path):
     metadata = run(["--cohort=medfuse_ihm", f"--mimic_cxr_root={tmp_path / 'cxr'}", f"--mimic_iv_root={iv}",
                     f"--output={tmp_path / 'out'}", ONE_WORKER])
     c = metadata["counts"]
-    assert c["rejected_by_reason"] == {"join/conflicting_admissions": 1, "join/conflicting_patients": 1}
-    assert c["stays"] == 5 and c["matched"] == 3 and not any(c["dropped"].values())
+    assert c["rejected_by_reason"] == {"join/conflicting_admissions": 1, "join/conflicting_patients": 1,
+                                       "join/stay_id_of_several_subjects": 2}
+    assert c["stays"] == 7 and c["matched"] == 3 and not any(c["dropped"].values())
     assert c["stay_events"]["value_beyond_float32"] == 1 and metadata["normalizer"]["rows"] == 3 * 48
     assert set(manifest(published(tmp_path / "out"), "stay_id")) == {STAY + 2, STAY + 3, STAY + 4}
 

@@ -49,7 +49,7 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import Unique, unique_rows
+from beam_pipeline.transforms.join import OneSubjectPerId, Unique, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import CountPatientsAndStudies
 
@@ -375,9 +375,11 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     reads = read_tables(p, paths, source, row_filters=ROW_FILTERS)
     images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
-    for tag, table in (("icustays", "icustays"), ("admissions", "admissions"), ("patients", "patients"),
-                       ("diagnoses", "diagnoses_icd")):
-        keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
+    icustays = reads["icustays"].rows | "OneSubjectPerStayId" >> OneSubjectPerId(
+        "stay_id", lambda r: (r["stay_id"], r["subject_id"], None), "join", unit="stays")
+    for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),
+                      ("patients", reads["patients"].rows), ("diagnoses", reads["diagnoses_icd"].rows)):
+        keyed[tag] = key_by_subject(f"Key {tag}", rows)
     series_windows = ({tag: keyed[tag] for tag in ("icustays", "admissions", "patients")}
                       | "CoGroupStays" >> beam.CoGroupByKey()
                       | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))
@@ -405,7 +407,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
             ShardFormat("_listfile.csv", header=csv_line(("stay", "period_length", "stay_id",
                                                           *(("y_true",) if task == "ihm" else LABEL_NAMES[task])))),
             ShardPlan(math.inf)))
-    rejects, counted, input_files = gather(reads, [images, built, examples, final],
+    rejects, counted, input_files = gather(reads, [images, icustays, built, examples, final],
                                            [events[accounting.EVENTS], patients])
     written = [examples["files"], listfiles,
                {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(

@@ -46,7 +46,7 @@ from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.join import OneSubjectPerId, label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -357,9 +357,11 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
                                                | beam.Filter(lambda r: r["subject_id"] is not None))}
-    for tag, table in (("admissions", "admissions"), ("patients", "patients"), ("labels", "cxr_chexpert"),
-                       ("ecgs", "ecg_record_list")):
-        keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
+    admissions = reads["admissions"].rows | "OneSubjectPerHadmId" >> OneSubjectPerId(
+        "hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None), "join", unit="admissions")
+    for tag, rows in (("admissions", admissions.rows), ("patients", reads["patients"].rows),
+                      ("labels", reads["cxr_chexpert"].rows), ("ecgs", reads["ecg_record_list"].rows)):
+        keyed[tag] = key_by_subject(f"Key {tag}", rows)
     selected = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "SelectAdmissions", SelectAdmissions())
     checked = stage(selected.records, "CheckEcgs", CheckEcgs(config.mimic_ecg_root, source))
     split = checked.records | "AssignSplits" >> AssignSplits("hash", config.split_salt, config.split_fractions)
@@ -377,7 +379,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
                   | "WriteCandidateSets" >> WriteCandidateSets(config.output, ("val", "test"),
                                                                config.candidate_seed, config.candidate_negatives))
     patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
-    rejects, events, input_files = gather(reads, [images, selected, checked, split, examples, final],
+    rejects, events, input_files = gather(reads, [images, admissions, selected, checked, split, examples, final],
                                           [labs[accounting.EVENTS], candidates["events"], patients])
     files = ((examples["files"], candidates["files"],
               {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(config.output, MANIFEST))

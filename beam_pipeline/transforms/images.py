@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline import accounting, mimic
 from beam_pipeline.fileio.sources import BeamSource
 from beam_pipeline.transforms import pixels
+from beam_pipeline.transforms.join import OneSubjectPerId
 from beam_pipeline.transforms.records import Record
 
 
@@ -41,28 +42,9 @@ class SelectImages(beam.DoFn):
                                          detail=err.detail, counter="rejected")
 
 
-class OneSubjectPerDicomId(beam.DoFn):
-    """(dicom_id, its images) -> the images, when they are all of one subject (a repeat within a subject is the
-    cohort's to settle, next to the subject's other rows). A dicom_id under several subjects is rejected for each:
-    which subject is right cannot be known, and the record key must be unique (else the job would fail later)."""
-
-    def process(self, element):
-        dicom_id, images = element
-        images = sorted(images, key=lambda im: (im.subject_id, im.study_id, im.study_time))
-        subjects = sorted({im.subject_id for im in images})
-        if len(subjects) == 1:
-            yield from images
-            return
-        for image in images:
-            yield from accounting.reject("metadata", "dicom_id_of_several_subjects", subject_id=image.subject_id,
-                                         study_id=image.study_id, dicom_id=dicom_id,
-                                         detail=f"dicom_id under subject_ids {','.join(map(str, subjects))}",
-                                         counter="rejected")
-
-
 class SelectKeptImages(beam.PTransform):
-    """Metadata rows -> kept-view images (SelectImages), each dicom_id of one subject (OneSubjectPerDicomId); like
-    a stage, its outputs are ``images`` plus the tagged rejects and events."""
+    """Metadata rows -> kept-view images (SelectImages), each dicom_id of one subject (join.OneSubjectPerId); like a
+    stage, its outputs are ``images`` plus the tagged rejects and events."""
 
     def __init__(self, views: tuple[str, ...]):
         super().__init__()
@@ -71,10 +53,8 @@ class SelectKeptImages(beam.PTransform):
     def expand(self, rows):
         tags = (accounting.REJECTS, accounting.EVENTS)
         selected = rows | "KeptViews" >> beam.ParDo(SelectImages(self._views)).with_outputs(*tags, main="images")
-        unique = (selected.images
-                  | "KeyByDicomId" >> beam.Map(lambda im: (im.dicom_id, im))
-                  | "GroupByDicomId" >> beam.GroupByKey()
-                  | "OneSubjectPerDicomId" >> beam.ParDo(OneSubjectPerDicomId()).with_outputs(*tags, main="images"))
+        unique = selected.images | "OneSubjectPerDicomId" >> OneSubjectPerId(
+            "dicom_id", lambda im: (im.dicom_id, im.subject_id, im.study_id), "metadata", main="images")
         return {"images": unique.images,
                 **{tag: (selected[tag], unique[tag]) | f"All{tag.title()}" >> beam.Flatten() for tag in tags}}
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 
@@ -134,6 +134,47 @@ def unique_rows(rows: Iterable[Row], table: str, key: str) -> Unique:
             same_key.append(row)
     return Unique(table, key, {k: v[0] for k, v in versions.items() if len(v) == 1},
                   {k: tuple(sorted(v, key=_fingerprint)) for k, v in versions.items() if len(v) > 1}, copies)
+
+
+class _OneSubject(beam.DoFn):
+    def __init__(self, name: str, ids: Callable, stage: str, unit: str | None):
+        self._name, self._ids, self._stage, self._unit = name, ids, stage, unit
+
+    def process(self, element):
+        value, items = element
+        found = sorted(((self._ids(item), item) for item in items), key=lambda pair: pair[0][1:])
+        subjects = sorted({subject for (_, subject, _), _ in found})
+        if len(subjects) == 1:
+            yield from (item for _, item in found)
+            return
+        detail = f"{self._name}={value} under subject_ids {','.join(map(str, subjects))}"
+        for (_, subject, study), _ in found:
+            if self._unit:
+                yield accounting.event(self._unit)
+            yield from accounting.reject(self._stage, f"{self._name}_of_several_subjects", subject_id=subject,
+                                         study_id=study, dicom_id=value if self._name == "dicom_id" else None,
+                                         detail=detail, counter="rejected")
+
+
+class OneSubjectPerId(beam.PTransform):
+    """Items carrying an id MIMIC gives one subject (a dicom_id, hadm_id, stay_id) -> the items whose id is under
+    one subject; a repeat within a subject is the cohort's to settle, beside the subject's other rows. An id under
+    several subjects is rejected for each item (``<stage>/<name>_of_several_subjects``): which subject is right
+    cannot be known, and the id keys the records (the key check would stop the job). ``ids``: item -> (id,
+    subject_id, study_id or None); ``unit``: the event each rejected item also counts as, so the funnel adds up."""
+
+    def __init__(self, name: str, ids: Callable[[Any], tuple[Any, int, int | None]], stage: str,
+                 unit: str | None = None, main: str = "rows"):
+        super().__init__()
+        self._name, self._ids, self._stage, self._unit, self._main = name, ids, stage, unit, main
+
+    def expand(self, items):
+        ids = self._ids
+        return (items
+                | "KeyById" >> beam.Map(lambda item: (ids(item)[0], item))
+                | "GroupById" >> beam.GroupByKey()
+                | "OneSubject" >> beam.ParDo(_OneSubject(self._name, ids, self._stage, self._unit)).with_outputs(
+                    accounting.REJECTS, accounting.EVENTS, main=self._main))
 
 
 def rejected_reasons(rejects: Iterable[Row]) -> str:
