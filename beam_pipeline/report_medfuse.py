@@ -229,6 +229,11 @@ def heatmap_figure(example: dict, channels: list[str]) -> bytes:
     return _png(figure)
 
 
+def los(example: dict) -> str:
+    """The stay's length where the record has it (phenotyping; IHM records leave it out: it is after 48 h)."""
+    return f", LOS {example['los_hours'][0]:.1f} h" if "los_hours" in example else ""
+
+
 def sample_cards(metadata: dict, picked: list[dict], names: list[tuple[str, str]]) -> str:
     if not picked:
         return no_samples("no record's time series, X-ray or labels",
@@ -241,7 +246,7 @@ def sample_cards(metadata: dict, picked: list[dict], names: list[tuple[str, str]
         cards.append(
             f'<figure class="series-card">{_figure(series_name, "sample hourly time series")}{image}<figcaption>'
             f'{html.escape(example["split"][0].decode())}, {example["timeseries/hours"][0]:.1f} h series, '
-            f'{example["timeseries/shape"][0]} hourly bins, LOS {example["los_hours"][0]:.1f} h<br><i>positive: '
+            f'{example["timeseries/shape"][0]} hourly bins{los(example)}<br><i>positive: '
             f'{html.escape(", ".join(positive) or "none")}</i></figcaption></figure>')
     return "".join(cards)
 

@@ -188,6 +188,9 @@ def test_series_are_the_hourly_bins_of_the_cleaned_events(task, medfuse_tree, me
                 assert values[b, c] == pytest.approx(value, rel=1e-6)
         assert example["has_cxr"] == [int(bool(want["dicom_id"]))]
         assert ("image/encoded" in example) == bool(want["dicom_id"])
+        # IHM predicts at intime + 48 h: when the stay ends is not in its records (phenotyping's horizon is the stay)
+        assert ("los_hours" in example) == ("outtime" in example) == (task == "phenotyping")
+    assert ("los_hours" in metadata["features"]) == (task == "phenotyping")  # the spec readers parse with
 
 
 @pytest.mark.parametrize("task", TASKS)

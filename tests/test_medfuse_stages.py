@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from types import SimpleNamespace
 
 import apache_beam as beam
 import pytest
 
 from beam_pipeline import accounting, mimic
 from beam_pipeline.cohorts import medfuse_stays
-from beam_pipeline.cohorts.medfuse import BuildStays, FitNormalizer, KeepStayEvents, _matrix, series_windows_of
+from beam_pipeline.cohorts.medfuse import (BuildStays, FitNormalizer, KeepStayEvents, _matrix, series_windows_of,
+                                           stay_events, timeseries_csv)
 from beam_pipeline.run import run
+from beam_pipeline.transforms import hourly
 from cohort_files import manifest
 from conftest import ONE_WORKER, metadata_row, published, write_table
-from test_medfuse_stays import HOUR, SUBJECT, T0, admission, icustay, patient, typed
+from test_medfuse_stays import HOUR, SUBJECT, T0, admission, icustay, patient, stay_of, typed
 
 HADM, STAY = 20000001, 30000001
 HR_ITEM, GLUCOSE_ITEM = 220045, 50931  # chartevents Heart Rate, labevents Glucose
@@ -167,3 +170,14 @@ def mimic_text(value) -> str:
     if isinstance(value, dt.datetime):
         return mimic.format_datetime(value)
     return "" if value is None else str(value)
+
+
+def test_the_benchmark_csv_keeps_the_value_the_series_keeps_at_one_time():
+    """Heart rates 9 and 10 at one time: the series keeps the larger number, 10; the CSV did keep "9" (the larger
+    text) while events were ordered by their text."""
+    events, _ = stay_events(stay_of(T0, 50), [chart(300, "10", 10.0, hadm_id=20000001, stay_id=30000001),
+                                              chart(300, "9", 9.0, hadm_id=20000001, stay_id=30000001)], 50)
+    series = hourly.discretize(events, 50)
+    [row] = timeseries_csv(SimpleNamespace(events=events)).decode().splitlines()[1:]
+    assert row.split(",")[1 + hourly.CHANNELS.index("Heart Rate")] == "10.0"
+    assert series.raw[4][hourly.CHANNELS.index("Heart Rate")] == 10.0

@@ -126,7 +126,9 @@ def stay_events(stay: stays_lib.Stay, rows, hours: float):
             left_out["outside_series"] += 1
         else:
             kept.append(cleaned)
-    return sorted(kept, key=lambda e: (e[0], e[1], str(e[2]))), left_out
+    # Values at one time in value order (numbers as numbers: a channel's values are all numbers or all text), so
+    # the benchmark CSV keeps the same one as the series (the larger).
+    return sorted(kept, key=lambda e: (e[0], e[1], e[2])), left_out
 
 
 STAY_TABLES = (("icustays", mimic.ICUSTAYS, "stay_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
@@ -142,7 +144,8 @@ def stay_selection(tables: dict[str, Unique]) -> tuple[dict[int, tuple[str, str]
     """(stay_id -> (reason, detail) of the stays to reject, kept stays, drops by reason). A stay whose icustays,
     admissions or patients rows differ is rejected before the stay rules, which would read them (the patient's for
     the age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient would
-    hide the conflict. A conflict takes out every stay of its admission or subject, so the others' fate is the same."""
+    hide the conflict. An admissions or patients conflict takes out every stay of its admission or subject; a stay
+    whose own rows conflict leaves its siblings judged without it (one fewer for several_icu_stays)."""
     icu, admissions, patients = (tables[tag] for tag, _, _ in STAY_TABLES)
     problems = {stay_id: icu.conflict(stay_id) for stay_id in icu.conflicts}
     for stay_id, row in icu.rows.items():
@@ -281,8 +284,8 @@ FEATURES = {
     "stay_id": (INT64, (), "MIMIC-IV ICU stay_id (the record key)"),
     "split": (BYTES, (), "train, val or test"),
     "intime": (BYTES, (), "ICU intime, YYYY-MM-DD HH:MM:SS"),
-    "outtime": (BYTES, (), "ICU outtime"),
-    "los_hours": (FLOAT, (), "ICU length of stay in hours"),
+    "outtime": (BYTES, (), "ICU outtime (phenotyping only)"),
+    "los_hours": (FLOAT, (), "ICU length of stay in hours (phenotyping only)"),
     "age": (INT64, (), "age in the stay's year (anchor_age + year(intime) - anchor_year)"),
     "timeseries/hours": (FLOAT, (), "length of the series: 48 (IHM) or the LOS (phenotyping)"),
     "timeseries/shape": (INT64, (2,), "bins, channels (channel_order)"),
@@ -296,18 +299,22 @@ FEATURES = {
     "cxr/dicom_id": (BYTES, (), "the paired X-ray's dicom_id, empty when unpaired"),
     "cxr/study_datetime": (BYTES, (), "the paired X-ray's StudyDate + StudyTime, empty when unpaired"),
 }
+# IHM predicts at intime + 48 h: when the stay ends (for those who die, about when) is future there, so its records
+# leave these out (the manifest, an index rather than an input, keeps them); phenotyping's horizon is the whole stay.
+STAY_END = ("outtime", "los_hours")
 NORMALIZED_FEATURE = {"timeseries/normalized": (FLOAT, (None,), "timeseries/features with the continuous columns "
                                                                 "standardised by the train-only normaliser")}
 ALL_FEATURES = {**FEATURES, **NORMALIZED_FEATURE, **IMAGE_FEATURES, **EDGE_MAP_FEATURE}
 
 
 def feature_spec(config: Config) -> dict:
-    return {**FEATURES, **(NORMALIZED_FEATURE if config.normalize_timeseries else {}),
+    stay = {k: v for k, v in FEATURES.items() if config.cohort != "medfuse_ihm" or k not in STAY_END}
+    return {**stay, **(NORMALIZED_FEATURE if config.normalize_timeseries else {}),
             **(IMAGE_FEATURES if config.images else {}), **(EDGE_MAP_FEATURE if config.images and config.edge_map
                                                           else {})}
 
 
-def to_example(r: IcuRecord) -> bytes:
+def to_example(task: str, r: IcuRecord) -> bytes:
     values = {
         "subject_id": [r.subject_id], "hadm_id": [r.hadm_id], "stay_id": [r.stay_id], "split": [r.split.encode()],
         "intime": [mimic.format_datetime(r.intime).encode()], "outtime": [mimic.format_datetime(r.outtime).encode()],
@@ -319,6 +326,8 @@ def to_example(r: IcuRecord) -> bytes:
         **image_values(r.image)}
     if r.normalized:
         values["timeseries/normalized"] = r.normalized
+    if task == "ihm":
+        values = {k: v for k, v in values.items() if k not in STAY_END}
     return serialize_example({name: (ALL_FEATURES[name][0], v) for name, v in values.items()})
 
 
@@ -397,7 +406,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     image_settings, loader = image_stage(config, source)
     examples = records | "WriteExamples" >> WriteExamples(
         config.output, example_plan(config.target_shard_mb, image_settings, SERIES_BYTES), config.compression,
-        loader, Serialize(to_example), key=lambda r: f"{r.stay_id:012d}", after=checks)
+        loader, Serialize(functools.partial(to_example, task)), key=lambda r: f"{r.stay_id:012d}", after=checks)
     final = stage(examples[WRITTEN], "CountWritten", accounting.CountWritten())
     patients = final.records | "CountPatientsAndStudies" >> CountPatientsAndStudies()
     listfiles = (final.records | "ToListfileRow" >> beam.Map(
