@@ -37,10 +37,11 @@ def launch_body(project: str, region: str, bucket: str, image: str, service_acco
     than run twice; every run still gets its own run folder under the output."""
     values = {"mimic_cxr_root": PHYSIONET_CXR_BUCKET, "output": f"gs://{bucket}/mimic-cxr-ed",
               "billing_project": project, "kb_index": IMAGE_KB_INDEX,
-              "keep_runs": "true", **parameters}
+              **({} if "overwrite" in parameters else {"keep_runs": "true"}), **parameters}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(options.Config)})
     if unknown:
         raise ValueError(f"not pipeline parameters: {', '.join(unknown)}")
+    options.config_from_text(values)  # what the launcher VM would refuse, refused here: values, ranges, roots
     return {"launchParameter": {
         "jobName": job_name,
         "containerSpecGcsPath": f"gs://{bucket}/templates/mimic-cxr-ed.json",
@@ -116,9 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     body.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="pipeline parameter (repeatable), e.g. mimic_ed_root=gs://b/mimic-iv-ed/2.2")
     args = parser.parse_args(argv)
-    parameters = dict(p.split("=", 1) for p in args.param)
-    request = launch_body(args.project, args.region, args.bucket, args.image, args.service_account, parameters,
-                          args.job_name)
+    malformed = [p for p in args.param if "=" not in p]
+    if malformed:
+        parser.error(f"--param takes NAME=VALUE, got {', '.join(malformed)}")
+    try:
+        request = launch_body(args.project, args.region, args.bucket, args.image, args.service_account,
+                              dict(p.split("=", 1) for p in args.param), args.job_name)
+    except ValueError as err:
+        parser.error(str(err))
     errors = launch_errors(request)
     if errors:
         parser.error("invalid launch request: " + "; ".join(errors))

@@ -244,6 +244,9 @@ class Config:
                 problems.append(f"--split_fractions must be three non-negative numbers summing to 1, got {fractions}")
         if not self.redaction_token.strip():
             problems.append("--redaction_token must not be blank")
+        if self.overwrite and self.keep_runs:
+            problems.append("--overwrite (replace the published run) and --keep_runs (add one beside it) exclude "
+                            "each other")
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
             if choices and getattr(self, field.name) not in choices:
@@ -261,6 +264,18 @@ def make_config(values: dict[str, Any]) -> Config:
     name = values.get("cohort", cohorts.DEFAULT)
     defaults = cohorts.get(name).defaults if name in cohorts.NAMES else {}
     return Config(**{**defaults, **values})
+
+
+def config_from_text(values: dict[str, str]) -> Config:
+    """A Config from flag values as text (a template's parameters), parsed as the command line parses them; raises
+    ValueError naming the flag."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    try:
+        args = parser.parse_args([f"--{name}={value}" for name, value in values.items()])
+    except argparse.ArgumentError as err:
+        raise ValueError(str(err)) from None
+    return make_config({k: v for k, v in vars(args).items() if v is not None})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,11 @@ def parse(argv: list[str]) -> tuple[Config, PipelineOptions]:
                                      allow_abbrev=False)
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
+    stray = [t for i, t in enumerate(beam_args)  # a word no flag takes (Beam would only log that it dropped it)
+             if not t.startswith("-") and (i == 0 or not beam_args[i - 1].startswith("-") or "=" in beam_args[i - 1])]
+    if stray:
+        parser.error(f"unexpected arguments: {' '.join(stray)} (a list takes one comma-separated value: "
+                     "--views=AP,PA)")
     options = PipelineOptions(beam_args)
     if is_local(options):
         options = PipelineOptions(beam_args + local_parallelism(options, beam_args))

@@ -84,6 +84,26 @@ def test_the_validator_catches_what_the_api_would_refuse():
         cloud.launch_body(**{**EXAMPLE, "parameters": {"imag_size": "224"}})
 
 
+@pytest.mark.parametrize("param, message", [
+    ("image_size=abc", "argument --image_size: invalid int value: 'abc'"),
+    ("keep_runs=maybe", "argument --keep_runs: expected true or false"),
+    ("mimic_ed_root=", "--mimic_ed_root is required by --cohort=ed_cxr"),
+    ("mimic_ed_root", "--param takes NAME=VALUE, got mimic_ed_root"),
+])
+def test_launch_body_refuses_what_the_launcher_would(param, message, capsys):
+    """Found when the body is made, not a week later on the launcher VM of a scheduled run."""
+    with pytest.raises(SystemExit):
+        cloud.main(["launch-body", "--project=p", "--region=r", "--bucket=b", "--image=i", "--service_account=s",
+                    "--param", "mimic_ed_root=gs://b/ed", "--param", param])
+    assert message in capsys.readouterr().err
+
+
+def test_overwrite_in_a_launch_body_replaces_the_default_keep_runs():
+    body = cloud.launch_body(**{**EXAMPLE, "parameters": {**EXAMPLE["parameters"], "overwrite": "true"}})
+    parameters = body["launchParameter"]["parameters"]
+    assert parameters["overwrite"] == "true" and "keep_runs" not in parameters
+
+
 def _terraform() -> dict:
     return hcl2.load((TEMPLATES / "terraform" / "main.tf").open())
 
@@ -120,6 +140,8 @@ def test_scripts_parse_and_use_the_shared_pieces(script):
         assert "--metadata-file=templates/metadata.json" in text
     if script == "launch.sh":
         assert "beam_pipeline.cloud launch-body" in text and "flexTemplates:launch" in text
+        # the scheduled job's name: Dataflow refuses a manual launch while a scheduled run is active, and vice versa
+        assert '--job_name="${JOB_NAME:-mimic-cxr-ed}"' in text and cloud.launch_body.__defaults__[-1] == "mimic-cxr-ed"
     if script == "schedule.sh":
         assert "--message-body-from-file" in text
         assert "--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform" in text

@@ -230,6 +230,8 @@ def test_missing_column_fails_before_running(mini_mimic, tmp_path):
     (["--split_fractions=0.5,0.5,0.5"], "must be three non-negative numbers summing to 1"),
     (["--window_start_hours=5", "--window_end_hours=1"], "window_start_hours must be <="),
     (["--uncertain_policy=maybe"], "invalid choice"),
+    (["--views", "AP", "PA"], "unexpected arguments: PA"),  # Beam alone would drop PA with a warning
+    (["--overwrite", "--keep_runs"], "--overwrite (replace the published run) and --keep_runs"),
 ])
 def test_bad_flags_are_errors(flags, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
