@@ -9,16 +9,31 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from beam_pipeline import options
+from beam_pipeline import cohorts, options
 
 GCS_PATH = r"^gs:\/\/[^\n\r]+$"
 PARAM_TYPES = {"mimic_cxr_root": "GCS_READ_FOLDER", "mimic_ed_root": "GCS_READ_FOLDER",
                "mimic_iv_root": "GCS_READ_FOLDER", "mimic_ecg_root": "GCS_READ_FOLDER", "output": "GCS_WRITE_FOLDER"}
 
 
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def cohort_defaults(field: dataclasses.Field) -> dict[str, str]:
+    """Cohort -> its default for this flag, when some cohort's differs from Config's (else empty)."""
+    chosen = {name: cohorts.get(name).defaults.get(field.name, field.default) for name in cohorts.NAMES}
+    return {name: _text(value) for name, value in chosen.items()} if len(set(map(_text, chosen.values()))) > 1 else {}
+
+
 def _parameter(field: dataclasses.Field) -> dict:
     meta = field.metadata
-    parameter = {"name": field.name, "label": field.name.replace("_", " ").capitalize(), "helpText": meta["help"],
+    by_cohort = cohort_defaults(field)
+    # A defaultValue pre-fills the console's form, and a filled value overrides the chosen cohort's own default:
+    # such flags get none, and their help lists each cohort's.
+    help_text = meta["help"] + (" Default by cohort: " + "; ".join(f"{c} {v}" for c, v in by_cohort.items()) + "."
+                                if by_cohort else "")
+    parameter = {"name": field.name, "label": field.name.replace("_", " ").capitalize(), "helpText": help_text,
                  "isOptional": field.name not in options.REQUIRED_FLAGS}
     if field.name in PARAM_TYPES:
         parameter.update(paramType=PARAM_TYPES[field.name], regexes=[GCS_PATH])
@@ -30,9 +45,8 @@ def _parameter(field: dataclasses.Field) -> dict:
         parameter.update(paramType="NUMBER")
     else:
         parameter.update(paramType="TEXT")
-    if field.name not in options.REQUIRED_FLAGS:
-        default = field.default
-        parameter["defaultValue"] = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    if field.name not in options.REQUIRED_FLAGS and not by_cohort:
+        parameter["defaultValue"] = _text(field.default)
     return parameter
 
 
@@ -40,8 +54,10 @@ def template_metadata() -> dict:
     return {
         "name": "MIMIC multimodal training data",
         "description": "Builds a multimodal MIMIC dataset (--cohort: ed_cxr links MIMIC-CXR-JPG X-rays to MIMIC-IV-ED "
-                       "stays; symile_mimic pairs admissions with a CXR, an ECG and labs) as leakage-safe, "
-                       "patient-disjoint TFRecord splits, a manifest, rejects and metadata.json.",
+                       "stays; symile_mimic pairs admissions with a CXR, an ECG and labs; medfuse_ihm and "
+                       "medfuse_phenotyping, ICU time series with a CXR; cxr_ehr, each CXR with the EHR of its time; "
+                       "cxr_report, report generation) as leakage-safe, patient-disjoint TFRecord splits, a "
+                       "manifest, rejects and metadata.json.",
         "parameters": [_parameter(f) for f in dataclasses.fields(options.Config)],
     }
 

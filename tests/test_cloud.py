@@ -11,7 +11,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from beam_pipeline import cloud, options
+from beam_pipeline import cloud, cohorts, options
 from beam_pipeline.run import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,12 @@ def _sample_values(parameter: dict) -> list[str]:
         return ["true", "false"]
     if parameter.get("regexes"):
         return [f"gs://bucket/{parameter['name']}"]
-    return [parameter["defaultValue"]] if parameter.get("defaultValue") else ["7" if parameter["paramType"] ==
-                                                                               "NUMBER" else "text"]
+    if "defaultValue" in parameter:
+        return [parameter["defaultValue"]]
+    default = {f.name: f.default for f in dataclasses.fields(options.Config)}[parameter["name"]]
+    if "Default by cohort" in parameter["helpText"]:  # not pre-filled; Config's own default is a valid value
+        return [",".join(map(str, default)) if isinstance(default, tuple) else str(default)]
+    return ["7" if parameter["paramType"] == "NUMBER" else "text"]
 
 
 ROOTS = ("mimic_ed_root", "mimic_iv_root", "mimic_ecg_root", "mimic_cxr_reports")  # each cohort requires some
@@ -49,6 +53,17 @@ def test_template_parameters_and_pipeline_options_match_both_ways():
             assert getattr(config, parameter["name"]) == fields[parameter["name"]].metadata["parse"](value)
             assert all(re.fullmatch(r, value) for r in parameter.get("regexes", []))
         assert parameter["helpText"] and parameter["label"] and parameter["paramType"]
+
+
+def test_the_template_pre_fills_no_value_a_cohort_sets_itself():
+    """The console pre-fills a parameter's defaultValue and sends it: a filled image_size=518 would override
+    cxr_report's 224. Flags whose default depends on the cohort carry none, and their help lists each cohort's."""
+    metadata = json.loads((TEMPLATES / "metadata.json").read_text())
+    overridden = {name for cohort in cohorts.NAMES for name in cohorts.get(cohort).defaults}
+    for parameter in metadata["parameters"]:
+        if parameter["name"] in overridden:
+            assert "defaultValue" not in parameter and "Default by cohort: ed_cxr " in parameter["helpText"]
+    assert {"views", "image_size", "resize_mode", "split_strategy"} <= overridden
 
 
 def test_launch_request_validates_against_the_dataflow_discovery_schema():
