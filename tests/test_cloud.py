@@ -167,3 +167,20 @@ def test_the_image_bakes_what_the_template_points_at():
     assert "from_pretrained" not in dockerfile  # nothing is downloaded: the default models ship in a package
     assert f"beam_pipeline.kb build {cloud.IMAGE_KB_INDEX}" in dockerfile
     assert "HF_HUB_OFFLINE=1" in dockerfile and "credentials" not in dockerfile.lower().replace("no credentials", "")
+
+
+def test_cloud_build_uploads_only_what_the_dockerfile_copies(tmp_path):
+    """``gcloud builds submit .`` uploads the checkout minus .gcloudignore (gitignore syntax, checked here by git
+    itself): MIMIC data downloaded into the checkout as the README shows (physionet.org/), outputs and launch bodies
+    must never reach the Cloud Build bucket, while everything the Dockerfile copies must."""
+    copied = [name for line in re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+              for name in line.split()]
+    needed = [str(p.relative_to(ROOT)) for name in copied for p in ([ROOT / name] if (ROOT / name).is_file() else
+              sorted(f for f in (ROOT / name).rglob("*") if f.is_file() and "__pycache__" not in f.parts))]
+    private = ["physionet.org/files/mimic-iv-ed/2.2/ed/edstays.csv.gz", "out/cxr-ed-v1/runs/x/metadata.json",
+               "launch_body.json", ".venv/bin/python", "tests/data/open-data/x.csv", ".demo/output/LATEST",
+               "beam_pipeline/__pycache__/run.cpython-311.pyc"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    done = subprocess.run(["git", "-c", f"core.excludesFile={ROOT / '.gcloudignore'}", "check-ignore", "--no-index",
+                           "--stdin"], cwd=tmp_path, input="\n".join(needed + private), capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(private) and len(needed) > 50
