@@ -106,7 +106,8 @@ class Config:
         "included.", mimic.DEFAULT_VIEWS, parse=_csv_list)
     window_start_hours: float = _flag(
         "A study matches an ED stay when intime + start <= study time <= intime + end (hours, inclusive). "
-        "Negative start admits X-rays taken before arrival.", 0.0, parse=float, bounds=WINDOW_HOURS)
+        "Negative start admits X-rays taken before arrival; such a record exists because a visit followed, which "
+        "its hours_from_arrival < 0 tells (not known at the X-ray's time).", 0.0, parse=float, bounds=WINDOW_HOURS)
     window_end_hours: float = _flag("End of the matching window in hours after ED intime (inclusive).", 24.0,
                                     parse=float, bounds=WINDOW_HOURS)
     within_ed_stay: bool = _flag(
