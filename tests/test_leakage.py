@@ -1,4 +1,5 @@
 import csv
+import datetime as dt
 import gzip
 import json
 import random
@@ -11,8 +12,9 @@ import pytest
 from beam_pipeline import mimic, sample
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.run import run
-from beam_pipeline.transforms.leakage import load_rules, redact, rules_document
+from beam_pipeline.transforms.leakage import FilterLeakage, load_rules, redact, rules_document
 from beam_pipeline.transforms.notes import render_note
+from beam_pipeline.transforms.records import Record
 from beam_pipeline.transforms.snapshot import Snapshot
 from conftest import ONE_WORKER, OFFLINE_TEXT, published, write_table
 
@@ -92,6 +94,7 @@ NON_CHEST = [  # rules are scoped to chest findings: these must survive untouche
     "hip fx", "L hip fx", "R wrist fx", "ankle fracture", "nasal fx", "fx of the left hip", "CT head", "head CT",
     "CT abd/pelvis", "abnormal CT head", "MRI brain", "renal ultrasound", "L ankle swelling", "knee effusion",
     "R knee effusion", "elbow effusion", "abdominal mass", "breast mass", "thyroid nodule", "LLE edema",
+    "x ray of the ankle", "L wrist fx",
 ]
 CHEST_COUNTERPARTS = ["rib fx", "clavicle fx", "CT chest", "chest CT", "CT", "abnormal CT", "effusion",
                       "pleural effusion", "lung mass", "lung nodule", "pulmonary edema", "edema"]
@@ -106,6 +109,34 @@ def test_non_chest_phrases_survive_the_filter(phrase):
 def test_their_chest_counterparts_are_still_redacted(phrase):
     filtered, hits = redact(leak(phrase), RULES, TOKEN)
     assert hits and TOKEN in filtered
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("SOB, pleural effusion", "SOB, #"), ("bilat pleural effusions", "bilat #"), ("CT chest", "#"),
+    ("chest CT", "#"), ("Abn CXR", "#"), ("abnormal X ray", "#"), ("Abnormal chest x ray", "#"), ("CTA chest", "#"),
+    ("LLL infiltrate", "#"), ("ADHF", "#"), ("HF exac", "#"), ("NGT dislodged", "# dislodged"), ("PPM", "#"),
+    ("pacer", "#"), ("mediport", "#"), ("trached", "#"), ("pneumomediastinum", "#"), ("empyema", "#"),
+    ("NSCLC", "#"), ("pneumonía", "#"), ("Rhythm: Paced Rhythm.", "Rhythm: #."),
+    # a non-chest word beside a chest fracture does not make it benign
+    ("s/p fall rib fx hip pain", "s/p fall # hip pain"), ("R rib fx L arm pain", "R # L arm pain"),
+    ("L clavicle fx R hand pain", "L # R hand pain"), ("rib/hip fx", "#"), ("rib and hip fx", "#"),
+])
+def test_no_telling_word_is_left_beside_the_token(text, expected):
+    """Whole phrases go as one span ("pleural" of "pleural effusion" named the label on its own), and the variants
+    ED triage writes (a spaced "x ray", CTA, ADHF, NGT, a paced rhythm in the vitals, lobe names) are covered."""
+    assert redact(text, RULES, "#")[0] == expected
+
+
+def test_the_retrieval_query_loses_its_leaking_spans_without_a_marker():
+    """A marker in the query would steer the search to chest-finding passages: "Cough, [REDACTED]" retrieved
+    contusion and infiltrate passages that "Cough" does not. The query is embedded as if the span were never there."""
+    t = dt.datetime(2150, 1, 1)
+    stage = FilterLeakage("", TOKEN, audit=False)
+    stage.setup()
+    record = Record(1, 2, "d1", 3, "AP", t, t, None, "p", None, None, "Chief complaint: Cough, PNA.",
+                    "Cough, PNA abnormal CXR", (), (), (), (), ())
+    [out] = [o for o in stage.process(record) if isinstance(o, Record)]
+    assert out.note == f"Chief complaint: Cough, {TOKEN}." and out.query == "Cough,"
 
 
 def test_our_note_template_is_never_redacted():

@@ -118,5 +118,8 @@ class FilterLeakage(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(AUDIT, {
                     "warning": AUDIT_WARNING, "dicom_id": record.dicom_id, "subject_id": record.subject_id,
                     "hits": hits, "original_note": record.note, "filtered_note": filtered})
-        query, _ = redact(record.query, self._rules, self._token)  # a subset of the note's facts: hits counted once
+        # The query is a subset of the note's facts (hits counted once), and its spans are deleted, not marked: a
+        # marker would pull the search towards chest-finding passages ("Cough, [REDACTED]" retrieved contusion
+        # and infiltrate passages that "Cough" does not), telling through them what was redacted.
+        query = " ".join(redact(record.query, self._rules, "")[0].split())
         yield dataclasses.replace(record, note=filtered, query=query, redacted=bool(hits))
