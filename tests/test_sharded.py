@@ -141,6 +141,9 @@ def test_shard_plan_spreads_small_runs_in_shards_of_one_size_but_keeps_shards_fu
     assert shards(train=1648, val=199, test=207) == {"train": 26, "val": 4, "test": 4}
     # the byte target still rules where it gives more shards: shards are about target_bytes in every split
     assert shards(train=80_000, val=10_000, test=10_000) == {"train": 800, "val": 100, "test": 100}
+    # never more shards than items: a tiny --target_shard_mb (0.001) asked for 159,396 shards for 1,000 records
+    assert ShardPlan(0.001, item_bytes=167_138).shards("train", {"train": (1000, 167_138_000)}) == 1000
+    assert ShardPlan(0.001, item_bytes=10).shards("test", {"test": (0, 0)}) == 1
 
 
 class _Halves:

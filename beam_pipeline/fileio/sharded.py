@@ -61,10 +61,11 @@ class ShardPlan:
         return self.item_bytes or len(item)
 
     def shards(self, group: str, totals: dict[str, tuple[int, int]]) -> int:
-        """Shards of ``group`` given every group's (items, bytes)."""
+        """Shards of ``group`` given every group's (items, bytes); never more than its items (a tiny target would
+        otherwise ask for empty shards by the hundred thousand), and one for an empty group."""
         items, total_bytes = totals.get(group, (0, 0))
         per_shard = max(self.min_items, math.ceil(sum(n for n, _ in totals.values()) / self.min_shards))
-        return max(num_shards(total_bytes, self.target_bytes), math.ceil(items / per_shard))
+        return max(1, min(items, max(num_shards(total_bytes, self.target_bytes), math.ceil(items / per_shard))))
 
 
 class Renderer(Protocol):
