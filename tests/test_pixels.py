@@ -106,6 +106,20 @@ def test_coordinates_map_back_to_the_original(mode):
     assert abs(y_orig - 707.5) < 3 and abs(x_orig - 307.5) < 3
 
 
+@pytest.mark.parametrize("side", [1024, 1025, 1030])
+def test_the_far_edge_maps_back_when_a_side_is_not_a_multiple_of_the_dct_scaling(side):
+    """At 1/8 a 1025-pixel side decodes to 129 pixels spanning 1032 original ones; the scale must be that span's,
+    else a band near the far edge maps back about 7 original pixels too low (0.84 output pixels)."""
+    canvas = np.zeros((side, side), np.uint8)
+    canvas[side - 40:side - 24, :] = 255  # rows [side - 40, side - 24): centre side - 32 (continuous coordinates)
+    data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    out = pixels.preprocess(data, 128, "pad", "png")
+    assert out.reduction == 8
+    profile = decode(out.encoded).astype(float).mean(axis=1)
+    centre = (profile * (np.arange(len(profile)) + 0.5)).sum() / profile.sum()
+    assert abs((centre - out.geometry.offset_y) / out.geometry.scale_y - (side - 32)) < 1.5
+
+
 def test_jpeg_output_edge_map_and_determinism():
     data = jpeg(900, 700, seed=2)
     first = pixels.preprocess(data, 224, "pad", "jpeg", jpeg_quality=90, with_edge_map=True)

@@ -232,7 +232,8 @@ def image_section(config: Config) -> dict | None:
             "jpeg_quality": config.jpeg_quality if config.image_format == "jpeg" else None,
             "edge_map": config.edge_map, "channels": 1, "dtype": "uint8", "pad_value": pixels.PAD_VALUE,
             "to_original": "x_orig = (x - image/offset_x) / image/scale_x; y_orig = (y - image/offset_y) / "
-                           "image/scale_y",
+                           "image/scale_y; continuous coordinates, origin at the top-left corner (pixel i's centre "
+                           "is i + 0.5)",
             "normalized": False}
 
 

@@ -5,8 +5,11 @@ decoding; the decode then uses libjpeg-turbo's DCT scaling (1/2, 1/4, 1/8, throu
 image is still at least as large as the target, which skips most of the work for 3000-pixel radiographs. It runs in
 strict mode: libjpeg only warns about damaged scan data and fills in the rest, so any warning refuses the image
 (OpenCV's decoder, used before, prints the warning and returns the damaged image). The resize uses area
-interpolation (linear when enlarging). Output pixels x_out map to the original as
-``x_orig = (x_out - offset_x) / scale_x`` (same for y). PNGs are written here (``png``): 8-bit grayscale, every row
+interpolation (linear when enlarging). Output coordinates map to the original as
+``x_orig = (x_out - offset_x) / scale_x`` (same for y), in continuous coordinates with the origin at the top-left
+corner (pixel i spans [i, i + 1), its centre is i + 0.5). With DCT scaling the scale is the decoded image's, which
+spans ceil(side / f) * f original pixels: when a side is not a multiple of f its last decoded pixel reaches into
+the encoder's padding (a copy of the edge), so the output's far edge holds up to one pixel of it. PNGs are written here (``png``): 8-bit grayscale, every row
 "up"-filtered, deflated by libdeflate, which is twice as fast as zlib and gives the same bytes on every CPU for a
 pinned version (README, Images).
 """
@@ -193,6 +196,9 @@ def preprocess(data: bytes, size: int, mode: str, fmt: str, jpeg_quality: int = 
     geo = geometry(frame.height, frame.width, size, mode)
     factor = reduction(frame.height, frame.width, geo)
     decoded = decode(data, frame, factor)
+    if factor > 1:  # 1/f decoding gives ceil(side / f) pixels, which span ceil(side / f) * f original ones
+        geo = dataclasses.replace(geo, scale_y=geo.height / (decoded.shape[0] * factor),
+                                  scale_x=geo.width / (decoded.shape[1] * factor))
     shrinking = decoded.shape[0] * decoded.shape[1] >= geo.height * geo.width
     resized = cv2.resize(decoded, (geo.width, geo.height),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
