@@ -59,6 +59,9 @@ LABELS: tuple[str, ...] = (
 the outputs uses exactly this order."""
 
 VITALS: tuple[str, ...] = ("temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp")
+# vitalsign.rhythm values that name a pacemaker ("Paced Rhythm", "V Paced"): a device the X-ray shows (Support
+# Devices), so the note leaves them out like a blank rhythm; a redaction marker in their place would tell the same.
+DEVICE_RHYTHM = re.compile(r"(?<![a-z])(?:[av]{1,2}[-\s]?)?(?:paced|pacing|pacer|pacemaker)(?![a-z])", re.IGNORECASE)
 
 CXR_METADATA = Table(
     name="cxr_metadata",

@@ -47,6 +47,17 @@ def test_full_note_is_readable_and_exact():
         "Medications given in the ED so far: Ondansetron 4mg/2mL 2mL VIAL, Albuterol 0.083% Neb Soln.")
 
 
+def test_a_rhythm_that_names_a_pacemaker_is_left_out_like_a_blank_one():
+    """A pacemaker is a finding of the X-ray (Support Devices). "Rhythm: [REDACTED]." would tell it as plainly as
+    "Rhythm: Paced Rhythm.", so the note shows the latest rhythm that names no device, or none."""
+    def note(*rhythms):
+        rows = [vitals_row(30 + 10 * i, rhythm=r) for i, r in enumerate(rhythms)]
+        return render_note(take_snapshot(linked(triage=FULL_TRIAGE, vitals=rows)))
+
+    assert "Rhythm: Sinus Rhythm." in note("Sinus Rhythm", "Paced Rhythm") and "aced" not in note("V Paced")
+    assert note("Paced Rhythm") == note(None) and "Rhythm" not in note("AV Paced", None)
+
+
 def test_missing_values_are_left_out_cleanly():
     snap = take_snapshot(linked(triage={"temperature": None, "heartrate": 88.0, "sbp": 140.0, "pain": "",
                                         "acuity": None, "chiefcomplaint": None},

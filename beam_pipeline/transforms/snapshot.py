@@ -109,7 +109,8 @@ def medication_names(rows, *, sort: bool) -> tuple[str, ...]:
 
 
 def _latest_vitals(rows) -> tuple[dict[str, float | None], str | None, int]:
-    """Latest plausible value of each vital (rows are oldest first) and how many values were implausible."""
+    """Latest plausible value of each vital (rows are oldest first), the latest rhythm that names no pacemaker
+    (mimic.DEVICE_RHYTHM), and how many values were implausible."""
     latest: dict[str, float | None] = {v: None for v in mimic.VITALS}
     rhythm = None
     implausible = 0
@@ -119,7 +120,8 @@ def _latest_vitals(rows) -> tuple[dict[str, float | None], str | None, int]:
             implausible += row.get(name) is not None and value is None
             if value is not None:
                 latest[name] = value
-        rhythm = clean_text(row.get("rhythm")) or rhythm
+        text = clean_text(row.get("rhythm"))
+        rhythm = text if text and not mimic.DEVICE_RHYTHM.search(text) else rhythm
     return latest, rhythm, implausible
 
 
