@@ -106,15 +106,22 @@ class Count(int):
         return SUPPRESSED if small(int(self)) else f"{int(self):,}"
 
 
-def cells(values: list[int]) -> list:
-    """A row of counts that add up to a shown total: small ones become "<11", and when that hides just one cell the
-    smallest other non-zero cell becomes "suppressed" too, so no small count follows by subtraction."""
-    hidden = {i for i, v in enumerate(values) if small(v)}
-    if len(hidden) == 1:
-        rest = sorted((v, i) for i, v in enumerate(values) if v and i not in hidden)
+def hidden(values: list[int]) -> set[int]:
+    """Positions not to show in counts that add up to a shown total: the small ones, and when that is just one, the
+    smallest other non-zero one too, so no small count follows by subtraction (in a table or a figure alike)."""
+    found = {i for i, v in enumerate(values) if small(v)}
+    if len(found) == 1:
+        rest = sorted((v, i) for i, v in enumerate(values) if v and i not in found)
         if rest:
-            hidden.add(rest[0][1])
-    return [SUPPRESSED if small(v) else "suppressed" if i in hidden else Count(v) for i, v in enumerate(values)]
+            found.add(rest[0][1])
+    return found
+
+
+def cells(values: list[int]) -> list:
+    """A row of counts that add up to a shown total: small ones become "<11", the one hidden with them
+    "suppressed" (``hidden``)."""
+    gone = hidden(values)
+    return [SUPPRESSED if small(v) else "suppressed" if i in gone else Count(v) for i, v in enumerate(values)]
 
 
 def rate(count: int, total: int):
@@ -122,13 +129,17 @@ def rate(count: int, total: int):
     return SUPPRESSED if small(count) else count / max(1, total)
 
 
-def drawn(counts: dict[str, int]) -> dict[str, int]:
-    """Bar heights: small counts are not drawn (0; the axis label says "<11")."""
-    return {k: 0 if small(v) else v for k, v in counts.items()}
+def drawn(counts: dict[str, int], parts: bool = False) -> dict[str, int]:
+    """Bar heights: small counts are not drawn (0; the axis label says "<11"); with ``parts`` (counts that add up to
+    a shown total) neither is the cell a table hides with them."""
+    gone = hidden(list(counts.values())) if parts else {i for i, v in enumerate(counts.values()) if small(v)}
+    return {k: 0 if i in gone else v for i, (k, v) in enumerate(counts.items())}
 
 
-def tick_names(counts: dict[str, int]) -> list[str]:
-    return [f"{k} ({SUPPRESSED})" if small(v) else k for k, v in counts.items()]
+def tick_names(counts: dict[str, int], parts: bool = False) -> list[str]:
+    gone = hidden(list(counts.values())) if parts else set()
+    return [f"{k} ({SUPPRESSED})" if small(v) else f"{k} (suppressed)" if i in gone else k
+            for i, (k, v) in enumerate(counts.items())]
 
 
 # --- figures -------------------------------------------------------------------------------------------------
@@ -152,9 +163,9 @@ def _pyplot():
 
 
 def _bars(ax, counts: dict[str, int], title: str, color: str = "#2e86c1") -> None:
-    heights = drawn(counts)  # a small count is not drawn, its tick says "<11"
+    heights = drawn(counts, parts=True)  # a hidden count is not drawn, its tick says why
     ax.bar(range(len(heights)), list(heights.values()), color=color)
-    ax.set_xticks(range(len(heights)), tick_names(counts), rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(heights)), tick_names(counts, parts=True), rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)
 
 
@@ -184,7 +195,8 @@ def stage_funnel_figure(stages: dict[str, int], reasons: dict[str, int], unit: s
     for i, value in enumerate(list(stages.values())[::-1]):
         left.text(0 if small(value) else value, i, f" {Count(value)}", va="center", fontsize=8)
     left.set_title(f"Stage funnel ({unit})", fontsize=10)
-    right.barh(tick_names(reasons)[::-1], list(drawn(reasons).values())[::-1], color="#c0392b")
+    right.barh(tick_names(reasons, parts=True)[::-1], list(drawn(reasons, parts=True).values())[::-1],
+               color="#c0392b")
     right.set_title(reasons_title, fontsize=10)
     right.tick_params(labelsize=8)
     return _png(figure)
@@ -197,12 +209,15 @@ def labels_figure(stats: dict) -> bytes:
         labels = stats["per_split"][split]["labels"]
         total = max(1, sum(labels[mimic.LABELS[0]].values()))
         left = np.zeros(len(mimic.LABELS))
+        gone = {name: {list(COLORS)[i] for i in hidden([labels[name][state] for state in COLORS])}
+                for name in mimic.LABELS}
         for state, color in COLORS.items():
-            share = np.array([0.0 if small(labels[name][state]) else labels[name][state] / total
-                              for name in mimic.LABELS])  # small cells are gaps
+            share = np.array([0.0 if state in gone[name] else labels[name][state] / total
+                              for name in mimic.LABELS])  # hidden cells are not drawn: the bar ends short
             ax.barh(mimic.LABELS, share, left=left, color=color, label=state)
             left += share
-        ax.set_title(f"{split} ({Count(total)} images; gaps: cells {SUPPRESSED})", fontsize=10)
+        ax.set_title(f"{split} ({Count(total)} images; short bars: cells {SUPPRESSED} and one more)",
+                     fontsize=10)
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
     axes[0].legend(fontsize=8, loc="lower right")
@@ -224,11 +239,11 @@ def demographics_figure(stats: dict) -> bytes:
     for i, split in enumerate(mimic.SPLITS):
         ages = stats["per_split"][split]["age"]
         total = max(1, sum(ages.values()))
-        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in drawn(ages).values()], width,
+        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in drawn(ages, parts=True).values()], width,
                    label=split)
         sexes = stats["per_split"][split]["sex"]
         total = max(1, sum(sexes.values()))
-        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in drawn(sexes).values()], width,
+        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in drawn(sexes, parts=True).values()], width,
                    label=split)
     age_ax.set_xticks(range(len(ages)), list(ages), rotation=45, fontsize=8)
     sex_ax.set_xticks(range(len(sexes)), list(sexes), fontsize=8)
@@ -269,13 +284,22 @@ def _figure(name: str, alt: str) -> str:
 
 
 def label_rows(stats: dict, split: str) -> list[list]:
+    """Per label: positives, and the positive, uncertain and blank rates of the split's images. The four states add up
+    to the split's shown total, so the cells ``hidden`` picks among them (negatives included, though not shown)
+    are suppressed: a small negative count would otherwise follow by subtraction."""
     labels = stats["per_split"][split]["labels"]
     rows = []
     for name in mimic.LABELS:
         states = labels[name]
         total = max(1, sum(states.values()))
-        rows.append([name, states["positive"], rate(states["positive"], total), rate(states["uncertain"], total),
-                     rate(states["blank"], total)])
+        order = list(states)
+        gone = {order[i] for i in hidden([states[s] for s in order])}
+
+        def shown(state, value):
+            return (SUPPRESSED if small(states[state]) else "suppressed") if state in gone else value
+
+        rows.append([name, shown("positive", states["positive"]), shown("positive", states["positive"] / total),
+                     shown("uncertain", states["uncertain"] / total), shown("blank", states["blank"] / total)])
     return rows
 
 

@@ -64,9 +64,11 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
         assert studies == shown(len({r["study_id"] for r in rows})) == shown(counts["studies_per_split"][split])
         assert patients == shown(len({r["subject_id"] for r in rows})) == shown(counts["patients_per_split"][split])
     for split in mimic.SPLITS:
-        table = {row[0]: row[1] for row in page.tables[f"labels-{split}"][1:]}
-        assert table == {label: shown(stats["per_split"][split]["labels"][label]["positive"])
-                         for label in mimic.LABELS}
+        table = {row[0]: row[1:] for row in page.tables[f"labels-{split}"][1:]}
+        for label, states in stats["per_split"][split]["labels"].items():
+            gone = {list(states)[i] for i in report.hidden(list(states.values()))}
+            assert table[label][0] == ("suppressed" if "positive" in gone and not report.small(states["positive"])
+                                       else shown(states["positive"]))
         sexes = stats["per_split"][split]["sex"]
         assert page.tables[f"sex-{split}"][1][1:] == [str(c) for c in report.cells(list(sexes.values()))]
     hours = {row[0]: row[1] for row in page.tables["hours"][1:]}
@@ -124,6 +126,18 @@ def test_suppression_helpers_hide_small_cells_and_their_complement():
     assert [str(c) for c in report.cells([500, 3, 40, 0])] == ["500", "<11", "suppressed", "0"]  # 3 = total - rest
     assert [str(c) for c in report.cells([500, 3, 4, 40])] == ["500", "<11", "<11", "40"]
     assert report.drawn({"a": 5, "b": 50, "c": 0}) == {"a": 0, "b": 50, "c": 0}
+    # a figure hides what the table hides: 412 images, 370 + 38 + 4, the 4 hidden, the 38 with it
+    parts = {"<12": 370, "12-24": 38, ">=24": 4}
+    assert report.drawn(parts, parts=True) == {"<12": 370, "12-24": 0, ">=24": 0}
+    assert report.tick_names(parts, parts=True) == ["<12", "12-24 (suppressed)", ">=24 (<11)"]
+
+
+def test_a_small_negative_count_cannot_be_worked_out_from_a_label_row():
+    """The row shows positives and the positive, uncertain and blank rates of a shown total: 48 images, 0 positive,
+    0 uncertain, 40 blank told the 8 negatives by subtraction. The blank rate is suppressed with them now."""
+    states = {"positive": 0, "uncertain": 0, "negative": 8, "blank": 40}
+    stats = {"per_split": {"val": {"labels": {name: dict(states) for name in mimic.LABELS}}}}
+    assert report.label_rows(stats, "val")[0][1:] == [0, 0.0, 0.0, "suppressed"]
     assert report.rate(3, 100) == "<11" and report.rate(30, 100) == 0.3
 
 
