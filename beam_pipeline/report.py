@@ -389,7 +389,8 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
                    ["no ED stay in window", counts["no_ed_stay"]],
                    ["after ED departure, dropped (--within_ed_stay)", counts.get("dropped_after_ed_departure", 0)],
                    ["rejected", counts["rejected"]],
-                   *[[f"rejected: {k}", v] for k, v in counts["rejected_by_reason"].items()],
+                   *[[f"rejected: {k}", v] for k, v in zip(counts["rejected_by_reason"],  # they add up to rejected
+                                                            cells(list(counts["rejected_by_reason"].values())))],
                    ["written (matched)", counts["matched"]],
                    ["written: without labels", counts["labels"].get("no_label_row", 0) +
                     counts["labels"].get("all_blank", 0)],
