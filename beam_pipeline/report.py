@@ -239,12 +239,12 @@ def demographics_figure(stats: dict) -> bytes:
     for i, split in enumerate(mimic.SPLITS):
         ages = stats["per_split"][split]["age"]
         total = max(1, sum(ages.values()))
-        age_ax.bar(np.arange(len(ages)) + (i - 1) * width, [v / total for v in drawn(ages, parts=True).values()], width,
-                   label=split)
+        age_ax.bar(np.arange(len(ages)) + (i - 1) * width,
+                   [v / total for v in drawn(ages, parts=True).values()], width, label=split)
         sexes = stats["per_split"][split]["sex"]
         total = max(1, sum(sexes.values()))
-        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width, [v / total for v in drawn(sexes, parts=True).values()], width,
-                   label=split)
+        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width,
+                   [v / total for v in drawn(sexes, parts=True).values()], width, label=split)
     age_ax.set_xticks(range(len(ages)), list(ages), rotation=45, fontsize=8)
     sex_ax.set_xticks(range(len(sexes)), list(sexes), fontsize=8)
     age_ax.set_title(f"Age at the X-ray (share of images; cells {SUPPRESSED} not drawn)", fontsize=10)

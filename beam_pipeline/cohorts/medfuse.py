@@ -307,8 +307,8 @@ NORMALIZED_FEATURE = {"timeseries/normalized": (FLOAT, (None,), "timeseries/feat
 ALL_FEATURES = {**FEATURES, **NORMALIZED_FEATURE, **IMAGE_FEATURES, **EDGE_MAP_FEATURE}
 
 
-def feature_spec(config: Config) -> dict:
-    stay = {k: v for k, v in FEATURES.items() if config.cohort != "medfuse_ihm" or k not in STAY_END}
+def feature_spec(task: str, config: Config) -> dict:
+    stay = {k: v for k, v in FEATURES.items() if task != "ihm" or k not in STAY_END}
     return {**stay, **(NORMALIZED_FEATURE if config.normalize_timeseries else {}),
             **(IMAGE_FEATURES if config.images else {}), **(EDGE_MAP_FEATURE if config.images and config.edge_map
                                                           else {})}
@@ -425,7 +425,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
         written.append(final.records | "WriteTimeseries" >> beam.ParDo(WriteTimeseries(config.output)))
     files = written | "Written" >> beam.Flatten()
     (counted, input_files, files, normalizer) | "WriteMetadata" >> WriteMetadata(
-        config, base, functools.partial(document, task, config, feature_spec(config)), empty_message,
+        config, base, functools.partial(document, task, config, feature_spec(task, config)), empty_message,
         fail_when_empty)
 
 

@@ -144,8 +144,7 @@ class SelectAdmissions(beam.DoFn):
             else:
                 images[image.dicom_id] = image
         ecg_rows = tables["ecgs"]
-        ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in
-                [*ecg_rows.rows.values(), *(v for versions in ecg_rows.conflicts.values() for v in versions)]]
+        ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in ecg_rows.candidates()]
         labs_by_item: dict[int, list[dict]] = defaultdict(list)
         for row in groups.get("labs", ()):
             labs_by_item[row["itemid"]].append(row)
