@@ -1,7 +1,8 @@
 """Named points where crash-consistency tests kill the job: inert unless BEAM_PIPELINE_KILL_AT names one.
 
-``BEAM_PIPELINE_KILL_AT=<point>[:<signal>]`` (signal SIGKILL by default, or SIGTERM) makes the process that
-reaches ``<point>`` signal itself there, so a test can stop a real run at an exact step instead of racing a timer;
+``BEAM_PIPELINE_KILL_AT=<point>[:<signal>]`` (signal SIGKILL by default, or SIGTERM; SIGSTOP pauses it) makes the
+process that reaches ``<point>`` signal itself there, so a test can stop a real run at an exact step instead of racing
+a timer;
 ``<point>:raise`` fails the job there with an exception instead (a failed rather than a killed run).
 The points are the steps of publishing a run (see beam_pipeline.fileio.outputs).
 """

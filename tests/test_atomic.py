@@ -124,3 +124,58 @@ def test_unknown_failpoint_is_an_error(monkeypatch):
     monkeypatch.setenv(failpoints.ENV, "nowhere")
     with pytest.raises(ValueError, match="unknown point"):
         failpoints.reached("published")
+
+
+@pytest.fixture
+def paused_job():
+    """Starts a job on an output with --keep_runs that stops itself (SIGSTOP) at a failpoint, and returns once it
+    has; jobs still alive when the test ends are killed."""
+    started = []
+
+    def start(flags: list[str], output: Path, point: str, logs: Path) -> subprocess.Popen:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", failpoints.ENV: f"{point}:SIGSTOP"}
+        with open(logs, "w") as log:
+            started.append(subprocess.Popen([sys.executable, "-m", "beam_pipeline.run", *flags, f"--output={output}",
+                                             "--keep_runs"], env=env, stdout=log, stderr=subprocess.STDOUT))
+        _, status = os.waitpid(started[-1].pid, os.WUNTRACED)  # returns when the job stops itself (or ends)
+        assert os.WIFSTOPPED(status), logs.read_text()[-2000:]
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+
+
+def resumed(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGCONT)
+    return process.wait(timeout=300)
+
+
+def test_a_run_whose_files_another_job_deleted_fails_instead_of_publishing(previous, paused_job, tmp_path):
+    """Two jobs on one output: the later one publishes while the earlier one is still writing and, as it must
+    clean up failed runs, deletes the earlier one's unfinished folder; the earlier one then fails rather than
+    publishing a run with missing shards."""
+    flags, _, _ = previous
+    output = tmp_path / "out"
+    earlier = paused_job(flags, output, "before_metadata", tmp_path / "earlier.log")  # every shard written
+    later = run(flags + [f"--output={output}", "--keep_runs"])
+    assert resumed(earlier) == 1
+    assert "files this run wrote are no longer there" in (tmp_path / "earlier.log").read_text()
+    assert same_run(assert_one_readable_run(output), later) and complete_runs(output) == [
+        Path(later["config"]["output"])]
+
+
+def test_a_run_never_deletes_an_unfinished_run_that_started_after_it(previous, paused_job, tmp_path):
+    """Two jobs on one output, the earlier one finishing while the later one is still writing: the later one's
+    folder is left alone, and both publish in turn."""
+    flags, _, _ = previous
+    output = tmp_path / "out"
+    earlier = paused_job(flags, output, "before_metadata", tmp_path / "earlier.log")
+    later = paused_job(flags, output, "before_metadata", tmp_path / "later.log")
+    assert resumed(earlier) == 0
+    assert resumed(later) == 0, (tmp_path / "later.log").read_text()[-2000:]
+    runs = complete_runs(output)
+    assert len(runs) == 2 and open_run(str(output))[0] == str(runs[-1])  # LATEST: the later run
+    assert_one_readable_run(output)

@@ -19,7 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import __version__, accounting, failpoints, mimic
 from beam_pipeline.fileio import tfds_metadata
-from beam_pipeline.fileio.outputs import MANIFEST_COLUMNS, previous_runs, publish, remove_run, write_atomically
+from beam_pipeline.fileio.outputs import (MANIFEST_COLUMNS, check_intact, previous_runs, publish, remove_run,
+                                          write_atomically)
 from beam_pipeline.options import Config
 from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels
@@ -269,8 +270,8 @@ def ed_empty_message(document: dict) -> str:
 
 class WriteMetadata(beam.PTransform):
     """(events, input file records, written file records, *extra singletons) -> metadata.json in the run folder
-    (config.output) after every shard is written; then the run is published as ``base``/LATEST and the other runs
-    under ``base`` are removed (complete ones only with --keep_runs). Outputs the counts.
+    (config.output) after every shard is written and found still there; then the run is published as
+    ``base``/LATEST and the runs under ``base`` it replaces are removed (see ``previous_runs``). Outputs the counts.
 
     ``document(events, input_files, written, *extras) -> dict`` is the cohort's metadata.json; its
     ``counts.matched`` is the number of records written. A run that wrote none is never published, so it cannot
@@ -294,6 +295,7 @@ class WriteMetadata(beam.PTransform):
         def write(_, events, input_files, written, *extras):
             document = make_document(accounting.sum_events(events), input_files, written, *extras)
             failpoints.reached("before_metadata")
+            check_intact(config.output, written)
             write_json(FileSystems.join(config.output, "metadata.json"), document)
             failpoints.reached("metadata_written")
             if document["counts"]["matched"]:

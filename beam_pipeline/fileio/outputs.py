@@ -12,7 +12,8 @@ A run writes only inside its own, new run folder, which nothing points at until 
 --overwrite; kept with --keep_runs), each run's metadata.json first. GCS cannot rename a folder atomically, so
 moving shards into fixed names could always be interrupted half-way; a pointer cannot. Killed at any point, the
 output therefore holds the previous published run or the new one, never a mix, and no metadata.json ever names a
-missing file. One job per --output at a time.
+missing file. One job per --output at a time: a run removes unfinished runs that started before it, and a run whose
+files were removed so fails before metadata.json (``check_intact``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class OutputExistsError(OutputError):
 
 class OutputNotWritableError(OutputError):
     pass
+
+
+class RunChangedError(RuntimeError):
+    """Files this run wrote are gone before it was published: another job on the same --output removed them."""
 
 
 def csv_line(values) -> bytes:
@@ -238,9 +243,22 @@ def remove_run(folder: str, files: list[str], above: str) -> None:
         _remove_empty_folders([os.path.dirname(f) for f in files], above)
 
 
+def check_intact(folder: str, written: list[dict]) -> None:
+    """Every file the run wrote is still in its folder: checked before metadata.json, so a run whose unfinished
+    folder another job's clean-up removed (two jobs on one --output) fails instead of publishing missing shards."""
+    listed = {m.path for result in FileSystems.match([FileSystems.join(folder, "**")]) for m in result.metadata_list}
+    missing = sorted(f["path"] for f in written if f["path"] not in listed)
+    if missing:
+        raise RunChangedError(
+            f"{len(missing)} of the {len(written)} files this run wrote are no longer there (first: {missing[0]}), so "
+            f"it is not published: another job on the same --output deletes unfinished runs that started before it "
+            f"when it publishes; run one job per --output at a time")
+
+
 def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:
     """(folder, files, folder above it) of every run under --output other than ``keep``, the legacy layout
-    included; complete runs are skipped when ``keep_complete``, incomplete ones (failed or killed jobs) never are."""
+    included; complete runs are skipped when ``keep_complete``. Incomplete ones (failed or killed jobs) are removed
+    if they started before ``keep`` (run folders are named by start time); a later one may be a job still writing."""
     runs_dir = FileSystems.join(output, RUNS)
     runs: dict[str, list[str]] = {}
     for path in _files([FileSystems.join(runs_dir, "**")]):
@@ -249,8 +267,12 @@ def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str
     legacy = legacy_outputs(output)
     if legacy:
         found.append((output, legacy, output))
-    return [(folder, files, above) for folder, files, above in found if folder != keep and not (
-        keep_complete and FileSystems.join(folder, LAYOUT[-1]) in files)]
+    def kept(folder: str, files: list[str]) -> bool:
+        if FileSystems.join(folder, LAYOUT[-1]) in files:
+            return keep_complete
+        return folder != output and folder.rstrip("/").rsplit("/", 1)[-1] > keep.rstrip("/").rsplit("/", 1)[-1]
+
+    return [(folder, files, above) for folder, files, above in found if folder != keep and not kept(folder, files)]
 
 
 WRITTEN = "written"
