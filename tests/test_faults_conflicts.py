@@ -277,16 +277,18 @@ def test_label_values_other_than_1_0_minus_1_or_blank_reject_the_image_never_unl
                                                                                        tmp_path):
     """A non-numeric cell and a 2 each reject their CheXpert row at read (bad_label_value) and the images of its
     study at the join (label_row_rejected); a row whose study_id cannot be read (bad_int) rejects the images of
-    its subject's studies that have no other label row. None of them is written as unlabelled."""
+    its subject's studies that have no other label row; a row whose subject_id is blank rejects the images of its
+    study (tied through the metadata's study_id). None of them is written as unlabelled."""
     labelled = {row["study_id"] for row in clean.rows(mimic.CXR_CHEXPERT)}
     studies = sorted({row["study_id"] for row in clean.manifest if row["study_id"] in labelled
                       and row["subject_id"] in clean.subjects()})
-    text_study, two_study, unreadable_study = studies[:3]
+    text_study, two_study, unreadable_study, no_subject_study = studies[:4]
     roots = faults.fresh_tree(clean_tree, tmp_path)
 
     def damage(rows):
         rows = change(rows, lambda r: r["study_id"] == text_study, Edema="positive")
         rows = change(rows, lambda r: r["study_id"] == two_study, Pneumonia="2")
+        rows = change(rows, lambda r: r["study_id"] == no_subject_study, subject_id="")
         return change(rows, lambda r: r["study_id"] == unreadable_study, study_id=f"{unreadable_study}x")
 
     edit_rows(roots.cxr, mimic.CXR_CHEXPERT, damage)
@@ -294,18 +296,19 @@ def test_label_values_other_than_1_0_minus_1_or_blank_reject_the_image_never_unl
 
     unlabelled = {row["study_id"] for row in clean.manifest if row["study_id"] not in labelled}
     unreadable_subject = clean.written(study_id=unreadable_study)[0]["subject_id"]
-    victims = [row["dicom_id"] for row in clean.manifest if row["study_id"] in (text_study, two_study)
+    victims = [row["dicom_id"] for row in clean.manifest if row["study_id"] in (text_study, two_study, no_subject_study)
                or row["subject_id"] == unreadable_subject and row["study_id"] in unlabelled | {unreadable_study}]
     assert clean.changes(roots, output) == rejected_as("join/label_row_rejected", victims)
     assert clean.delta(metadata) == {
         "matched": -len(victims), "rejected": len(victims),
         "rejected_by_reason/join/label_row_rejected": len(victims),
         "rejects_by_stage_reason/read/bad_label_value": 2, "rejects_by_stage_reason/read/bad_int": 1,
-        "rejects_total": len(victims) + 3, "rows_rejected/cxr_chexpert": 3}
+        "rejects_by_stage_reason/read/missing_value": 1, "rejects_total": len(victims) + 4,
+        "rows_rejected/cxr_chexpert": 4}
     read = sorted(r["detail"].split(": ", 1)[1] for r in faults.rejects(output) if r["stage"] == "read"
                   and r["detail"].startswith(str(faults.table_path(roots.cxr, mimic.CXR_CHEXPERT))))
     assert read == sorted(["cxr_chexpert.Edema='positive'", "cxr_chexpert.Pneumonia='2'",
-                           f"cxr_chexpert.study_id='{unreadable_study}x'"])
+                           f"cxr_chexpert.study_id='{unreadable_study}x'", "cxr_chexpert.subject_id is empty"])
 
 
 def test_bad_timestamps_are_rejects_and_images_of_a_bad_stay_row_are_not_no_ed_stay(clean, clean_tree, tmp_path):

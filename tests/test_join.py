@@ -5,8 +5,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import accounting, mimic
-from beam_pipeline.transforms.join import (LinkImagesToStays, OneSubjectPerId, after_departure, as_of, in_time_order,
-                                          select_stay, unique_rows)
+from beam_pipeline.transforms.join import (KeyLabelRejects, LinkImagesToStays, OneSubjectPerId, after_departure, as_of,
+                                          in_time_order, select_stay, unique_rows)
 from conftest import test_pipeline
 
 T0 = dt.datetime(2180, 7, 22, 16, 24)
@@ -294,3 +294,21 @@ def test_an_id_under_two_subjects_is_rejected_for_each_and_counted_as_a_unit():
         assert_that(out[accounting.EVENTS] | beam.CombinePerKey(sum),
                     equal_to([("admissions", 2), ("rejected", 2), ("rejects/join/hadm_id_of_several_subjects", 2)]),
                     label="Events")
+
+
+def test_label_rejects_without_a_subject_id_are_tied_to_their_study_subject():
+    """A CheXpert read reject reaches the join under its subject: directly, or (subject_id unreadable) through the
+    kept images of its study_id; one with neither readable cannot be tied."""
+    def reject(subject_id, study_id, reason):
+        return {"stage": "read", "reason": reason, "subject_id": subject_id, "study_id": study_id, "dicom_id": None,
+                "detail": ""}
+
+    rejects = [reject(10000032, 50000001, "bad_label_value"), reject(None, 50000002, "missing_value"),
+               reject(None, None, "bad_int")]
+    images = [_image("d1", T0, 50000002), _image("d2", T0, 50000002), _image("d3", T0, 50000003)]
+    with test_pipeline() as p:
+        keyed = (p | "Rejects" >> beam.Create(rejects)
+                 | KeyLabelRejects(p | "Images" >> beam.Create(images)))
+        assert_that(keyed | beam.Map(lambda kv: (kv[0], kv[1]["subject_id"], kv[1]["study_id"], kv[1]["reason"])),
+                    equal_to([(10000032, 10000032, 50000001, "bad_label_value")]
+                             + [(10000032, 10000032, 50000002, "missing_value")] * 2))  # once per image of the study

@@ -46,7 +46,7 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.join import KeyLabelRejects, label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -291,8 +291,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
     images = reads["cxr_metadata"].rows | "SelectImages" >> SelectKeptImages(config.views)
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
              "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
-             "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
-                                               | beam.Filter(lambda r: r["subject_id"] is not None))}
+             "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
+             | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
     if "cxr_split" in reads:
         keyed["splits"] = key_by_subject("Key splits", reads["cxr_split"].rows)
     chosen = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",

@@ -46,7 +46,7 @@ from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import OneSubjectPerId, label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.join import KeyLabelRejects, OneSubjectPerId, label_problem, rejected_reasons, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -354,8 +354,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
         KeepSubjectsWithImages(), beam.pvalue.AsDict(subjects)).with_outputs(accounting.EVENTS, main="labs")
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
              "labs": key_by_subject("Key labs", labs.labs),
-             "rejected_labels": key_by_subject("Key rejected_labels", reads["cxr_chexpert"][accounting.REJECTS]
-                                               | beam.Filter(lambda r: r["subject_id"] is not None))}
+             "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
+             | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
     admissions = reads["admissions"].rows | "OneSubjectPerHadmId" >> OneSubjectPerId(
         "hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None), "join", unit="admissions")
     for tag, rows in (("admissions", admissions.rows), ("patients", reads["patients"].rows),

@@ -193,6 +193,30 @@ def label_problem(study_id: int, labels: Unique, rejected: Mapping[Any, str]) ->
     return labels.conflict(study_id)
 
 
+def _tie_to_subjects(image, orphans):
+    for row in orphans[image.study_id]:  # a MultiMap: [] for a study with no orphan reject
+        yield image.subject_id, {**row, "subject_id": image.subject_id}
+
+
+class KeyLabelRejects(beam.PTransform):
+    """CheXpert read rejects -> (subject_id, reject) for the join. A row whose subject_id cannot be read but whose
+    study_id can is tied to its study's subject through the kept images (once per image: the join reads reasons as a
+    set; the side input is empty on clean data), so that study's images are rejected rather than written unlabelled;
+    a row with neither cannot be tied to any image."""
+
+    def __init__(self, images):
+        super().__init__()
+        self._images = images
+
+    def expand(self, rejects):
+        attributed = rejects | "Attributable" >> beam.Filter(lambda r: r["subject_id"] is not None)
+        orphans = (rejects | "StudyOnly" >> beam.Filter(lambda r: r["subject_id"] is None and r["study_id"] is not None)
+                   | "KeyByStudy" >> beam.Map(lambda r: (r["study_id"], r)))
+        tied = self._images | "TieByStudy" >> beam.FlatMap(_tie_to_subjects, beam.pvalue.AsMultiMap(orphans))
+        keyed = attributed | "KeyBySubject" >> beam.Map(lambda r: (r["subject_id"], r))
+        return (keyed, tied) | "Flatten" >> beam.Flatten()
+
+
 class LinkSubject(beam.DoFn):
     """(subject_id, co-grouped rows) -> Linked per matched image; counts no_ed_stay, duplicate rows and images;
     rejects images whose stay, triage, patient, label or split rows conflict or were rejected when read; with
