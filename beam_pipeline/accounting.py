@@ -48,17 +48,19 @@ def reset_progress() -> None:
         _progress.clear()
 
 
-def count(name: str, n: int = 1) -> tuple[str, int]:
-    """Count ``n`` of ``name``: a Beam counter now, and the (name, n) event to be summed into metadata.json."""
-    Metrics.counter(NAMESPACE, name).inc(n)
+def count(name: str, n: int = 1, counter: str = "") -> tuple[str, int]:
+    """Count ``n`` of ``name``: a Beam counter now (named ``counter`` when ``name`` holds words from the data, which
+    counter names must not: the Dataflow console shows them to every job viewer), and the (name, n) event to be
+    summed into metadata.json."""
+    Metrics.counter(NAMESPACE, counter or name).inc(n)
     if name in PROGRESS_STAGES:
         _tick(name, n)
     return name, n
 
 
-def event(name: str, n: int = 1) -> beam.pvalue.TaggedOutput:
+def event(name: str, n: int = 1, counter: str = "") -> beam.pvalue.TaggedOutput:
     """``count`` as the ``events`` output of a multi-output DoFn."""
-    return beam.pvalue.TaggedOutput(EVENTS, count(name, n))
+    return beam.pvalue.TaggedOutput(EVENTS, count(name, n, counter))
 
 
 def reject(stage: str, reason: str, *, subject_id: Any = None, study_id: Any = None, dicom_id: Any = None,
@@ -79,7 +81,7 @@ class CountWritten(beam.DoFn):
     def process(self, record):
         yield event("matched")
         yield event(f"per_split/{record.split}")
-        for item in record.written_events():  # a name, or (name, n)
+        for item in record.written_events():  # a name, or (name, n[, counter])
             yield event(*item) if isinstance(item, tuple) else event(item)
         yield record
 

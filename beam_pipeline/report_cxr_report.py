@@ -34,9 +34,6 @@ from beam_pipeline.report_cards import (ALL_BUT, UnitFunnel, bars_figure, figure
                                         shared, share_bars, split_line, split_rows, xray)
 
 WRITTEN = "written"  # the key of the written studies among the cells (the page header shows them: never hidden)
-# section names the parser itself gives (report_sections); any other name is a report's own header, lower-cased
-KNOWN_SECTIONS = frozenset({*rs.SECTION_SYNONYMS.values(), *rs.MAIN_SECTIONS, rs.PREAMBLE, rs.FULL_REPORT,
-                            rs.LAST_PARAGRAPH})
 TARGET_SECTIONS = ("findings", "impression")
 LABEL_STATUS = {"labeled": "labeled (at least one CheXpert value)", "all_blank": "a label row, every value blank",
                 "no_label_row": "no label row for the study"}
@@ -100,9 +97,9 @@ def section_rows(metadata: dict) -> list[list]:
     written). A name the parser does not give (a report's own header, kept as written) is named only when more than
     SMALL_CELL written studies have it; the others are one row that says how many names it hides."""
     coverage, matched = metadata["counts"]["section_coverage"], metadata["counts"]["matched"]
-    named = {name: n for name, n in coverage.items() if name in KNOWN_SECTIONS or not small(n)}
+    named = {name: n for name, n in coverage.items() if name in rs.KNOWN_SECTIONS or not small(n)}
     unnamed = len(coverage) - len(named)
-    rows = [[name, *of_total(n, matched), "parser" if name in KNOWN_SECTIONS else "a report header"]
+    rows = [[name, *of_total(n, matched), "parser" if name in rs.KNOWN_SECTIONS else "a report header"]
             for name, n in sorted(named.items(), key=lambda item: (-item[1], item[0]))]
     if unnamed:
         rows.append([f"{Count(unnamed)} other names, not shown", SUPPRESSED + " each", "", "reports' own headers"])
@@ -113,7 +110,7 @@ def section_figure_counts(metadata: dict) -> dict[str, int]:
     """The named sections' bars (section_rows' names): one in all but a few written studies is not drawn."""
     coverage, matched = metadata["counts"]["section_coverage"], metadata["counts"]["matched"]
     named = {name: n for name, n in sorted(coverage.items(), key=lambda item: (-item[1], item[0]))
-             if name in KNOWN_SECTIONS or not small(n)}
+             if name in rs.KNOWN_SECTIONS or not small(n)}
     return share_bars(named, matched)
 
 

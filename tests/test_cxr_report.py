@@ -16,9 +16,11 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import accounting, mimic, sample
 from beam_pipeline.cohorts import report_sections as rs
@@ -27,7 +29,7 @@ from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysSource
 from beam_pipeline.run import main, run
 from cohort_files import examples, read_csv, table_rows
-from conftest import ONE_WORKER, create_bucket, published
+from conftest import ONE_WORKER, create_bucket, published, test_pipeline
 
 
 def report_argv(roots: sample.SampleRoots, reports: str, output: Path, *flags: str) -> list[str]:
@@ -287,3 +289,19 @@ def test_the_entry_point_stops_at_launch_on_wrong_reports(report_tree, tmp_path,
     with pytest.raises(SystemExit, match=f"^error: --mimic_cxr_reports={path}: "):
         main(report_argv(report_tree, str(path), tmp_path / "out", ONE_WORKER))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reports_own_header_is_counted_for_metadata_but_never_names_a_beam_counter():
+    """Beam counters are shown to every viewer of a Dataflow job: a header as written in a report (free text, maybe
+    seen once) is summed into section_coverage but counted under one fixed counter name."""
+    record = StudyRecord(
+        10000032, 50000001, "d1", "PA", dt.datetime(2180, 7, 22, 16, 24), "files/p10/x.jpg", 10, 10, (), (), (),
+        "labeled", target="no acute process", sections=("findings", "wet read by dr jones", "impression"), split="val")
+    p = test_pipeline()
+    counted = p | beam.Create([record]) | beam.ParDo(accounting.CountWritten()).with_outputs(
+        accounting.EVENTS, main="records")
+    assert_that(counted[accounting.EVENTS] | beam.Filter(lambda e: e[0].startswith("sections/")),
+                equal_to([("sections/findings", 1), ("sections/impression", 1), ("sections/wet read by dr jones", 1)]))
+    counters = {m.key.metric.name for m in p.run().metrics().query()["counters"]}
+    assert {"sections/findings", "sections/impression", "sections/other_header"} <= counters
+    assert not any("jones" in name for name in counters)

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from beam_pipeline import mimic, report, report_cards, report_cxr_report, sample
-from beam_pipeline.cohorts import cxr_report
+from beam_pipeline.cohorts import cxr_report, report_sections
 from beam_pipeline.run import run
 from card_checks import (HIDDEN, card, card_with_samples, check_unit_funnel, hidden_ok, manifest_rows, share_ok,
                          shown)
@@ -137,7 +137,7 @@ def test_section_coverage(reported):
     rows = page.tables["sections"][1:]
     named = {row[0]: row[1:] for row in rows if not row[0].endswith("not shown")}
     assert set(named) == {name for name, n in coverage.items()
-                          if name in report_cxr_report.KNOWN_SECTIONS or not 1 <= n <= 10}
+                          if name in report_sections.KNOWN_SECTIONS or not 1 <= n <= 10}
     assert {"preamble", "findings", "impression"} <= set(named)
     for name, (studies, share, source) in named.items():
         n = coverage[name]
@@ -148,7 +148,7 @@ def test_section_coverage(reported):
             assert studies == share == report_cards.ALL_BUT
         else:
             assert studies == shown(n) and share == f"{n / matched:.1%}"
-        assert source == ("parser" if name in report_cxr_report.KNOWN_SECTIONS else "a report header")
+        assert source == ("parser" if name in report_sections.KNOWN_SECTIONS else "a report header")
     counts = [coverage[name] for name in named]
     assert counts == sorted(counts, reverse=True)  # most frequent first
 

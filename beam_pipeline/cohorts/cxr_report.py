@@ -85,10 +85,11 @@ class StudyRecord:
     def words(self) -> int:
         return rs.word_count(self.target)
 
-    def written_events(self) -> list[str]:
+    def written_events(self) -> list:
         bucket = max(b for b in WORD_BUCKETS if b <= self.words)
         return [f"target_words/{bucket:03d}", f"labels/{self.labels_status}",
-                *(f"sections/{name}" for name in sorted(set(self.sections)))]
+                *(f"sections/{name}" if name in rs.KNOWN_SECTIONS else (f"sections/{name}", 1, "sections/other_header")
+                  for name in sorted(set(self.sections)))]
 
 
 class ChooseStudyImages(beam.DoFn):

@@ -130,6 +130,8 @@ MAIN_SECTIONS = ("impression", "findings", "history", "comparison", "addendum")
 FINDINGS_HINTS = ("chest", "portable", "pa and lateral", "lateral and pa", "ap and lateral", "lateral and ap",
                   "frontal and", "two views", "frontal view", "pa view", "ap view", "one view", "lateral view",
                   "bone window", "frontal upright", "frontal semi-upright", "ribs", "pa and lat")
+# The names the parser itself gives; any other section name is a report's own header, lower-cased.
+KNOWN_SECTIONS = frozenset({*SECTION_SYNONYMS.values(), *MAIN_SECTIONS, PREAMBLE, FULL_REPORT, LAST_PARAGRAPH})
 
 
 @dataclasses.dataclass(frozen=True)
