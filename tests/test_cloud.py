@@ -184,3 +184,15 @@ def test_cloud_build_uploads_only_what_the_dockerfile_copies(tmp_path):
     done = subprocess.run(["git", "-c", f"core.excludesFile={ROOT / '.gcloudignore'}", "check-ignore", "--no-index",
                            "--stdin"], cwd=tmp_path, input="\n".join(needed + private), capture_output=True, text=True)
     assert sorted(done.stdout.split()) == sorted(private) and len(needed) > 50
+
+
+def test_git_ignores_the_data_and_outputs_the_readme_puts_in_the_checkout(tmp_path):
+    """The README downloads MIMIC into ./physionet.org, writes out/ and launch_body.json in the checkout: a
+    ``git add -A`` there must never stage them."""
+    private = ["physionet.org/files/mimic-iv-ed/2.2/ed/edstays.csv.gz", "out/cxr-ed-v1/runs/x/manifest/m.csv",
+               "out/cxr-ed-v1/LATEST", "launch_body.json"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    done = subprocess.run(["git", "-c", f"core.excludesFile={ROOT / '.gitignore'}", "check-ignore", "--no-index",
+                           "--stdin"], cwd=tmp_path, input="\n".join(private + ["beam_pipeline/run.py"]),
+                          capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(private)
