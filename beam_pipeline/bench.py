@@ -208,7 +208,7 @@ def text_micro(workdir: Path, count: int, seconds: float, index: str = "", batch
     sub_batches = {"before": 0, "after": models.EMBED_SUB_BATCH}
     indexes = {"before": str(workdir / "kb-before"), "after": index or str(workdir / "kb")}
     for name, sub_batch in sub_batches.items():
-        if not Path(indexes[name], "kb.json").exists():
+        if indexes[name] != index and not kb.up_to_date(indexes[name], sub_batch=sub_batch):  # --kb_index: as is
             kb.build(indexes[name], sub_batch=sub_batch)
     pairs = sample_notes(workdir, count, indexes["after"])
     rules = leakage.load_rules()

@@ -385,7 +385,7 @@ def kb_index(workdir: Path, given: str = "") -> str:
     if given:
         return given
     index = workdir / "kb"
-    if not (index / "kb.json").exists():
+    if not kb.up_to_date(str(index)):
         kb.build(str(index))
     return str(index)
 

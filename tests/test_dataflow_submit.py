@@ -303,11 +303,12 @@ def test_launcher_submits_the_whole_graph_to_dataflow(cohort, fake_dataflow, clo
     text_settings = {o for fn in dofns.values() for o in _objects(fn) if isinstance(o, TextSettings)}
     if "kb_index" in parameters:
         [settings] = text_settings
-        sha = kb.read_manifest(kb_index)["index_sha256"]
-        assert settings.index_directory == f"{environment['tempLocation']}/{kb.STAGED}/{sha}"
-        assert settings.index_sha256 == sha
+        manifest = kb.read_manifest(kb_index)
+        folder = f"{manifest['index_sha256']}-{manifest['passages_sha256']}"  # named by both checksums
+        assert settings.index_directory == f"{environment['tempLocation']}/{kb.STAGED}/{folder}"
+        assert settings.index_sha256 == manifest["index_sha256"]
         for name in kb.FILES:
-            blob = client.bucket(BUCKET).blob(f"dataflow/tmp/{kb.STAGED}/{sha}/{name}")
+            blob = client.bucket(BUCKET).blob(f"dataflow/tmp/{kb.STAGED}/{folder}/{name}")
             assert blob.download_as_bytes() == (Path(kb_index) / name).read_bytes(), name
     assert (config.image_size, config.resize_mode, config.image_format, config.edge_map) == (224, "crop", "jpeg",
                                                                                              True)

@@ -16,6 +16,7 @@ import pytest
 from beam_pipeline import bench, bert, kb, models
 from beam_pipeline.transforms.records import Record
 from beam_pipeline.transforms.text import TextSettings, TokenizeAndRetrieve
+from tiny_models import tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +103,14 @@ def test_the_packaged_index_is_built_once_into_the_cache_and_reused(tmp_path, mo
 
 
 def test_a_remote_jobs_workers_get_the_launchers_index_where_they_can_read_it(kb_index, tmp_path):
-    """A local index is copied under the temp location by its checksum (the Dataflow submission test does it on
+    """A local index is copied under the temp location by its checksums (the Dataflow submission test does it on
     GCS); one already remote is used in place; without a temp location a local one is refused at launch."""
     temp = str(tmp_path / "temp")
-    sha = kb.read_manifest(kb_index)["index_sha256"]
+    manifest = kb.read_manifest(kb_index)
     staged = kb.for_remote_workers(kb_index, temp)
-    assert staged == os.path.join(temp, kb.STAGED, sha)
+    assert staged == os.path.join(temp, kb.STAGED, f"{manifest['index_sha256']}-{manifest['passages_sha256']}")
     assert all((Path(staged) / name).read_bytes() == (Path(kb_index) / name).read_bytes() for name in kb.FILES)
-    assert kb.load(staged).manifest["index_sha256"] == sha
+    assert kb.load(staged).manifest == manifest
     assert kb.for_remote_workers("gs://bucket/kb", None) == "gs://bucket/kb"
     with pytest.raises(kb.KnowledgeBaseError, match=f"{kb_index} is a local folder.*--temp_location"):
         kb.for_remote_workers(kb_index, None)
@@ -175,6 +176,21 @@ def test_other_encoders_load_through_transformers(tmp_path):
     assert bert.load(str(folder)) is None and bert.load("sentence-transformers/all-MiniLM-L6-v2") is None
     vectors = models.Embedder(str(folder)).embed(["chest pain", "fever and cough for three days"])
     assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_a_bf16_checkpoint_embeds_in_fp32_on_both_forwards(tmp_path, monkeypatch):
+    """numpy has no bf16, and a bf16 forward would be lossy: the weights are cast to fp32 when loaded."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tiny_bert(tmp_path / "bf16", seed=0, dtype=torch.bfloat16)
+    assert {t.dtype for t in load_file(Path(folder, "model.safetensors")).values()} == {torch.bfloat16}
+    texts = ["chest pain", "fever and cough for three days"]
+    ours = models.Embedder(folder).embed(texts)
+    assert bert.load(folder).word.dtype == torch.float32
+    monkeypatch.setattr(bert, "load", lambda path: None)  # as for an encoder the built-in forward declines
+    theirs = models.Embedder(folder).embed(texts)
+    assert ours.dtype == theirs.dtype == np.float32 and np.abs(ours - theirs).max() < 1e-5
 
 
 def test_bert_checkpoints_the_forward_does_not_reproduce_are_declined(tmp_path):

@@ -198,6 +198,8 @@ def test_batches_depend_only_on_the_data(tmp_path):
 def test_knowledge_base_build_and_load_checks(tmp_path, kb_index):
     manifest = json.loads(Path(kb_index, "kb.json").read_text())
     assert manifest["count"] >= 150 and manifest["dim"] == 384 and manifest["embedding_model"] == models.PACKAGED
+    assert manifest["embedding_model_fingerprint"] == models.fingerprint(models.PACKAGED)
+    assert manifest["passages_sha256"] == hashlib.sha256(Path(kb_index, "passages.jsonl").read_bytes()).hexdigest()
     with pytest.raises(kb.KnowledgeBaseError, match="not a knowledge-base index"):
         kb.load(str(tmp_path))
     own = tmp_path / "own.jsonl"
