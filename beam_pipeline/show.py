@@ -3,7 +3,8 @@
 
 Prints each record readably (ids, times, labels by name, features with units, the filtered note, what retrieval
 found, the image geometry) and can save its image (and edge map) as PNG. Reads shards of one split, stopping as soon
-as it has what was asked for. Local or gs://; follows LATEST.
+as it has what was asked for. Local or gs://; follows LATEST. Reads ed_cxr outputs (another cohort's is refused
+before any record is read).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Iterator
 
 from beam_pipeline import mimic
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
-from beam_pipeline.readers.common import open_run, shard_files
+from beam_pipeline.readers.common import UnsupportedCohort, open_run, require_cohort, shard_files
 
 
 def records(output: str, split: str, dicom_ids: set[str], n: int) -> Iterator[dict]:
     """Parsed records of a split: the given dicom_ids (any number), else the first n."""
     folder, metadata = open_run(output)
+    require_cohort(metadata, output, "python -m beam_pipeline.show")
     found = 0
     for path in shard_files(folder, split, metadata):
         for raw in read_records(path):
@@ -87,27 +89,36 @@ def save_images(example: dict, folder: str) -> list[str]:
     return written
 
 
+def positive_int(text: str) -> int:
+    """argparse type of --n, at least 1: records() stops at the n-th record, so 0 would read the whole split."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.show", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="the --output folder (follows its LATEST) or one run folder, local or gs://")
     parser.add_argument("--split", default="val", choices=mimic.SPLITS)
-    parser.add_argument("--n", type=int, default=5, help="records to show when no --dicom_id is given")
+    parser.add_argument("--n", type=positive_int, default=5, help="records to show when no --dicom_id is given")
     parser.add_argument("--dicom_id", action="append", default=[], help="show this record (repeatable)")
     parser.add_argument("--save_images", metavar="DIR", help="also save each record's image as PNG here")
     args = parser.parse_args(argv)
+    dicom_ids = set(args.dicom_id)
     shown = 0
     try:
-        for metadata, example in records(args.output, args.split, set(args.dicom_id), args.n):
+        for metadata, example in records(args.output, args.split, dicom_ids, args.n):
             print(describe(metadata, example))
             if args.save_images:
                 for path in save_images(example, args.save_images):
                     print(f"  saved {path}")
             print()
             shown += 1
-    except FileNotFoundError as err:  # no complete run there (readers.common says which and why)
+    except (FileNotFoundError, UnsupportedCohort) as err:  # no complete run there, or not ed_cxr (readers.common)
         sys.exit(f"error: {err}")
-    if args.dicom_id and shown < len(args.dicom_id):
-        parser.error(f"{len(args.dicom_id) - shown} of the dicom_ids are not in the {args.split} split")
+    if shown < len(dicom_ids):
+        parser.error(f"{len(dicom_ids) - shown} of the dicom_ids are not in the {args.split} split")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import filecmp
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import mimic, sample
+from beam_pipeline import mimic, sample, show
 from beam_pipeline.cohorts import medfuse_stays
 from beam_pipeline.cohorts.medfuse_events import ITEM_LABELS, ITEM_VARIABLES, clean_value
-from beam_pipeline.run import run
+from beam_pipeline.readers.common import UnsupportedCohort
+from beam_pipeline.run import parse, run
 from beam_pipeline.transforms import hourly
 from cohort_files import examples, manifest, read_csv
 from conftest import ONE_WORKER, published
@@ -292,3 +294,76 @@ def test_counts_add_up(medfuse_runs):
         assert c["stays"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"] and c["matched"] > 0
         assert sum(len(p.read_text().splitlines()) for p in (folder / "rejects").glob("*.jsonl")) == c["rejects_total"]
         assert math.isclose(sum(c["per_split"].values()), c["matched"])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tf_data_reads_every_stay_paired_or_not(task, medfuse_runs):
+    """An unpaired stay (has_cxr 0, about half) has no image/* features: metadata.json says so (optional, present
+    when has_cxr == 1), so parse_spec and dataset() read it, with defaults and an all-zero image, instead of failing
+    on the first one ("image/encoded is required but could not be found")."""
+    import cv2
+
+    from beam_pipeline.readers.tf_data import dataset
+
+    folder, metadata, _ = medfuse_runs[task]
+    records = examples(folder, "stay_id")
+    seen = Counter()
+    for split in mimic.SPLITS:
+        for example in dataset(str(folder), split, normalization="none", channels=1):
+            written = records[int(example["stay_id"])]
+            assert int(example["has_cxr"]) == written["has_cxr"][0] == int("image/encoded" in written)
+            if written["has_cxr"][0]:
+                pixels = cv2.imdecode(np.frombuffer(written["image/encoded"][0], np.uint8), cv2.IMREAD_GRAYSCALE)
+                np.testing.assert_array_equal(example["image"].numpy()[..., 0], pixels / np.float32(255))
+                assert int(example["image/height"]) == 64
+            else:
+                assert example["image/encoded"].numpy() == b"" and int(example["image/height"]) == 0
+                assert not example["image"].numpy().any()
+            seen[written["has_cxr"][0]] += 1
+    assert sum(seen.values()) == len(records) and seen[0] and seen[1]
+    optional = {name: f.get("present_when") for name, f in metadata["features"].items() if f.get("optional")}
+    assert optional == {name: "has_cxr == 1" for name in metadata["features"] if name.startswith("image/")}
+
+
+def test_ed_cxr_only_readers_refuse_a_medfuse_output_by_name(medfuse_runs):
+    """The PyTorch reader, show and tf.data's supervised form read ed_cxr's features: on a medfuse output they stop
+    before any record, naming the cohort, where they raised a bare KeyError ('text', 'labels/chexpert')."""
+    from beam_pipeline.readers.pytorch import MimicCxrEdDataset
+    from beam_pipeline.readers.tf_data import dataset
+
+    folder = str(medfuse_runs["ihm"][0])
+    with pytest.raises(UnsupportedCohort, match=r"reads ed_cxr outputs only, and .* is a medfuse_ihm output"):
+        MimicCxrEdDataset(folder, "train")
+    with pytest.raises(SystemExit, match=r"^error: python -m beam_pipeline.show reads ed_cxr outputs only, and .* "
+                                         r"is a medfuse_ihm output"):
+        show.main([folder, "--split=train"])
+    with pytest.raises(UnsupportedCohort, match="a medfuse_ihm output"):
+        dataset(folder, "train", supervised=True)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_split_fractions_other_than_the_lists_own_are_refused_at_launch(task, capsys):
+    """Subjects in neither MedFuse list are split by the lists' own fractions; --split_fractions was accepted,
+    recorded in metadata.json's config and ignored."""
+    argv = [f"--cohort=medfuse_{task}", "--mimic_cxr_root=a", "--mimic_iv_root=b", "--output=c"]
+    with pytest.raises(SystemExit):
+        parse(argv + ["--split_fractions=0.5,0.25,0.25"])
+    assert (f"--cohort=medfuse_{task} splits by MedFuse's subject lists and the subjects in neither by the lists' own "
+            "fractions 0.72,0.08,0.2; --split_fractions=0.5,0.25,0.25 does not apply") in capsys.readouterr().err
+    assert parse(argv)[0].split_fractions == medfuse_stays.HASH_FALLBACK_FRACTIONS  # what metadata.json records
+    assert parse(argv + ["--split_fractions=0.72,0.08,0.2"])[0].split_fractions == (0.72, 0.08, 0.2)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_datetime_features_give_their_format_fraction_included(task, medfuse_runs):
+    """intime, outtime and cxr/study_datetime are written by mimic.format_datetime: the X-ray's carries StudyTime's
+    fraction, so each description gives the format with it."""
+    folder, metadata, _ = medfuse_runs[task]
+    records = examples(folder, "stay_id").values()
+    pattern = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?")
+    datetimes = {name for r in records for name, values in r.items()
+                 if values and isinstance(values[0], bytes) and pattern.fullmatch(values[0])}
+    described = {name for name, f in metadata["features"].items()
+                 if "YYYY-MM-DD HH:MM:SS[.ffffff]" in f["description"]}
+    assert datetimes == described == {"intime", "cxr/study_datetime", *(("outtime",) if task == "phenotyping" else ())}
+    assert any(b"." in r["cxr/study_datetime"][0] for r in records)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 
 from beam_pipeline import mimic, sample
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.run import run
+from beam_pipeline.transforms.examples import feature_spec
 from conftest import ONE_WORKER, OFFLINE_TEXT, published
 
 
@@ -230,17 +233,64 @@ def test_tensorflow_datasets_opens_the_output_in_place(built):
     assert examples[0]["image/encoded"].shape == (64, 64, 1) and examples[0]["image/encoded"].dtype.name == "uint8"
 
 
-def test_gzip_output_reads_back(built, tmp_path):
+@pytest.fixture(scope="module")
+def gzip_jpeg(built, tmp_path_factory):
+    """(output, metadata) of the same sample written gzipped, as JPEG, with edge maps."""
+    roots = built[0]
+    output = tmp_path_factory.mktemp("gzip-jpeg") / "out"
+    metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--output={output}",
+                    OFFLINE_TEXT, ONE_WORKER,
+                    "--image_size=32", "--compression=gzip", "--image_format=jpeg", "--edge_map"])
+    return output, metadata
+
+
+def test_gzip_output_reads_back(built, gzip_jpeg):
     from beam_pipeline.readers.pytorch import MimicCxrEdDataset
     from beam_pipeline.readers.tf_data import dataset
 
-    roots, _, manifest, _ = built
-    metadata = run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--output={tmp_path}",
-                    OFFLINE_TEXT, ONE_WORKER,
-                    "--image_size=32", "--compression=gzip", "--image_format=jpeg", "--edge_map"])
-    assert not (published(tmp_path) / "tfrecords" / "features.json").exists()  # TFDS reads uncompressed only
-    assert sorted(_dicoms(MimicCxrEdDataset(str(tmp_path), "test"))) == sorted(manifest["test"])
-    examples = list(dataset(str(tmp_path), "test", channels=1))
+    manifest = built[2]
+    output, metadata = gzip_jpeg
+    assert not (published(output) / "tfrecords" / "features.json").exists()  # TFDS reads uncompressed only
+    assert sorted(_dicoms(MimicCxrEdDataset(str(output), "test"))) == sorted(manifest["test"])
+    examples = list(dataset(str(output), "test", channels=1))
     assert len(examples) == metadata["counts"]["per_split"]["test"] == len(manifest["test"])
     assert examples[0]["image"].shape == (32, 32, 1) and examples[0]["image/format"].numpy() == b"jpeg"
     assert examples[0]["image/edge_map"].numpy()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("normalization", ["none", "imagenet"])
+def test_both_readers_give_the_same_pixels_of_a_jpeg_output(gzip_jpeg, normalization):
+    """tf.data decodes JPEG with the accurate DCT, as cv2 (the PyTorch reader) does: TF's default fast DCT put 17
+    grey levels between the two readers' pixels on these 32 px images (up to 4 at 518 px, on half the pixels)."""
+    from beam_pipeline.readers.pytorch import MimicCxrEdDataset
+    from beam_pipeline.readers.tf_data import dataset
+
+    output = str(gzip_jpeg[0])
+    for split in mimic.SPLITS:
+        by_tf = {e["dicom_id"].numpy().decode(): e["image"].numpy().transpose(2, 0, 1)
+                 for e in dataset(output, split, normalization=normalization)}
+        by_torch = {s["dicom_id"]: s["image"].numpy() for s in MimicCxrEdDataset(output, split,
+                                                                                  normalization=normalization)}
+        assert by_tf.keys() == by_torch.keys() and by_tf
+        for dicom_id, image in by_tf.items():
+            np.testing.assert_allclose(image, by_torch[dicom_id], rtol=0, atol=1e-6, err_msg=dicom_id)
+
+
+DATETIME = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?")  # mimic.format_datetime's spelling
+
+
+def test_feature_descriptions_say_what_the_records_hold(built):
+    """Every datetime feature's description gives the format with the fraction its values can have (StudyTime's:
+    strptime('%Y-%m-%d %H:%M:%S') after the old description failed on most study_datetime values), and rag/scores
+    are cosine similarities to rag/query, the text retrieval embedded, not to the note."""
+    _, output, _, _ = built
+    metadata = load_metadata(str(output))
+    folder = published(output) / "tfrecords"
+    records = [parse_example(raw) for path in sorted(folder.glob("*.tfrecord")) for raw in read_records(str(path))]
+    datetimes = {name for r in records for name, values in r.items()
+                 if values and isinstance(values[0], bytes) and DATETIME.fullmatch(values[0])}
+    described = {name for name, f in metadata["features"].items()
+                 if "YYYY-MM-DD HH:MM:SS[.ffffff]" in f["description"]}
+    assert "study_datetime" in datetimes <= described
+    assert any(b"." in r["study_datetime"][0] for r in records)  # the sample's StudyTimes have fractions
+    assert "similarity of each retrieved passage to rag/query" in feature_spec(True, False, 3)["rag/scores"][2]

@@ -129,7 +129,7 @@ FEATURES = {
     "study_id": (INT64, (), "MIMIC-CXR study_id"),
     "dicom_id": (BYTES, (), "MIMIC-CXR dicom_id (the record key)"),
     "split": (BYTES, (), "train, val or test"),
-    "study_datetime": (BYTES, (), "StudyDate + StudyTime"),
+    "study_datetime": (BYTES, (), "StudyDate + StudyTime, YYYY-MM-DD HH:MM:SS[.ffffff]"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
     "view_position": (BYTES, (), "DICOM ViewPosition as recorded (may be empty)"),
     "ehr/features": (FLOAT, (len(ehr.FEATURE_COLUMNS),), "encoded EHR variables in feature_columns order, all known "

@@ -232,7 +232,7 @@ FEATURES = {
     "dicom_id": (BYTES, (), "the study's image: its smallest dicom_id of a kept view (the record key)"),
     "split": (BYTES, (), "train, val or test"),
     "view_position": (BYTES, (), "DICOM ViewPosition"),
-    "study_datetime": (BYTES, (), "StudyDate + StudyTime"),
+    "study_datetime": (BYTES, (), "StudyDate + StudyTime, YYYY-MM-DD HH:MM:SS[.ffffff]"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
     "report/target": (BYTES, (), "cleaned findings + ' ' + cleaned impression (UTF-8)"),
     "report/findings": (BYTES, (), "the last FINDINGS section, cleaned"),

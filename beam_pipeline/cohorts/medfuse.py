@@ -47,7 +47,7 @@ from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import hourly
-from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
+from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values, present_when
 from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import OneSubjectPerId, Unique, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -278,13 +278,14 @@ def with_normalized(record: IcuRecord, normalizer) -> IcuRecord:
 # Outputs
 
 N_CHANNELS, N_FEATURES = len(hourly.CHANNELS), len(hourly.feature_names())
+PAIRED = "has_cxr == 1"  # when a record has the image features (metadata.json: present_when)
 FEATURES = {
     "subject_id": (INT64, (), "MIMIC subject_id"),
     "hadm_id": (INT64, (), "MIMIC-IV hadm_id"),
     "stay_id": (INT64, (), "MIMIC-IV ICU stay_id (the record key)"),
     "split": (BYTES, (), "train, val or test"),
-    "intime": (BYTES, (), "ICU intime, YYYY-MM-DD HH:MM:SS"),
-    "outtime": (BYTES, (), "ICU outtime (phenotyping only)"),
+    "intime": (BYTES, (), "ICU intime, YYYY-MM-DD HH:MM:SS[.ffffff]"),
+    "outtime": (BYTES, (), "ICU outtime, YYYY-MM-DD HH:MM:SS[.ffffff] (phenotyping only)"),
     "los_hours": (FLOAT, (), "ICU length of stay in hours (phenotyping only)"),
     "age": (INT64, (), "age in the stay's year (anchor_age + year(intime) - anchor_year)"),
     "timeseries/hours": (FLOAT, (), "length of the series: 48 (IHM) or the LOS (phenotyping)"),
@@ -295,9 +296,11 @@ FEATURES = {
     "timeseries/features": (FLOAT, (None,), "bins x 76 in feature_names order: imputed (previous; normal values "
                                             "before the first observation), one-hot categoricals, masks"),
     "labels": (INT64, (None,), "label_names order: in-hospital mortality (IHM) or the 25 phenotypes"),
-    "has_cxr": (INT64, (), "1 when an X-ray is paired (the paired set); 0: image features absent"),
+    "has_cxr": (INT64, (), f"1 when an X-ray is paired (the paired set); 0: the features present_when {PAIRED} "
+                           "(image/*) are absent"),
     "cxr/dicom_id": (BYTES, (), "the paired X-ray's dicom_id, empty when unpaired"),
-    "cxr/study_datetime": (BYTES, (), "the paired X-ray's StudyDate + StudyTime, empty when unpaired"),
+    "cxr/study_datetime": (BYTES, (), "the paired X-ray's StudyDate + StudyTime, YYYY-MM-DD HH:MM:SS[.ffffff] (the "
+                                      "fraction as StudyTime had it), empty when unpaired"),
 }
 # IHM predicts at intime + 48 h: when the stay ends (for those who die, about when) is future there, so its records
 # leave these out (the manifest, an index rather than an input, keeps them); phenotyping's horizon is the whole stay.
@@ -308,10 +311,12 @@ ALL_FEATURES = {**FEATURES, **NORMALIZED_FEATURE, **IMAGE_FEATURES, **EDGE_MAP_F
 
 
 def feature_spec(task: str, config: Config) -> dict:
+    """The features of the task's records; the image ones only in a paired stay's (image_values writes none
+    without an X-ray), which the spec says, so readers parse them as optional."""
     stay = {k: v for k, v in FEATURES.items() if task != "ihm" or k not in STAY_END}
-    return {**stay, **(NORMALIZED_FEATURE if config.normalize_timeseries else {}),
-            **(IMAGE_FEATURES if config.images else {}), **(EDGE_MAP_FEATURE if config.images and config.edge_map
-                                                          else {})}
+    image = {**(IMAGE_FEATURES if config.images else {}), **(EDGE_MAP_FEATURE if config.images and config.edge_map
+                                                             else {})}
+    return {**stay, **(NORMALIZED_FEATURE if config.normalize_timeseries else {}), **present_when(PAIRED, image)}
 
 
 def to_example(task: str, r: IcuRecord) -> bytes:
@@ -430,17 +435,28 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
 
 
 def check(config: Config) -> list[str]:
+    """The split is MedFuse's lists with a fixed hash fallback: a flag that would change it must not pass
+    silently (metadata.json's config would show a split that was not made)."""
+    problems = []
     if config.split_strategy != "hash":
-        return [f"--cohort={config.cohort} splits by MedFuse's subject lists (hash for subjects not in them); "
-                "--split_strategy=official does not apply"]
-    return []
+        problems.append(f"--cohort={config.cohort} splits by MedFuse's subject lists (hash for subjects not in "
+                        "them); --split_strategy=official does not apply")
+    if tuple(config.split_fractions) != stays_lib.HASH_FALLBACK_FRACTIONS:
+        problems.append(f"--cohort={config.cohort} splits by MedFuse's subject lists and the subjects in neither by "
+                        f"the lists' own fractions {_fractions(stays_lib.HASH_FALLBACK_FRACTIONS)}; "
+                        f"--split_fractions={_fractions(config.split_fractions)} does not apply")
+    return problems
+
+
+def _fractions(values) -> str:
+    return ",".join(map(str, values))
 
 
 def _cohort(task: str, description: str) -> Cohort:
     return Cohort(
         name=f"medfuse_{task}", description=description, roots=("mimic_iv_root",),
         defaults={"views": stays_lib.CXR_VIEWS, "image_size": 224, "resize_mode": "crop", "split_strategy": "hash",
-                  "split_salt": "medfuse-v1"},
+                  "split_fractions": stays_lib.HASH_FALLBACK_FRACTIONS, "split_salt": "medfuse-v1"},
         tables=lambda config: list(TABLES), build=functools.partial(build, task), funnel=funnel,
         empty_message=empty_message, check=check)
 

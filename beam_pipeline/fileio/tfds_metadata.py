@@ -39,10 +39,14 @@ def features_json(spec: dict, image_size: int, image_format: str) -> dict:
 
 
 def dataset_info_json(files: list[dict], description: str) -> dict:
-    """``files`` are the written TFRecord shards (group = split, shard index, records, bytes)."""
+    """``files`` are the written TFRecord shards (group = split, shard index, records, bytes). A split without
+    records is left out: TFDS cannot read a split listed with none ("corresponds to no data"), while one it does not
+    list is simply not offered (the other readers read its empty shard as 0 records)."""
     splits = []
     for split in mimic.SPLITS:
         shards = sorted((f for f in files if f["group"] == split), key=lambda f: f["shard"])
+        if not sum(f["records"] for f in shards):
+            continue
         splits.append({"name": split, "shardLengths": [str(f["records"]) for f in shards],
                        "numBytes": str(sum(f["bytes"] for f in shards)), "filepathTemplate": FILE_TEMPLATE})
     return {"name": NAME, "version": __version__, "description": description, "fileFormat": "tfrecord",

@@ -51,3 +51,21 @@ def shard_files(folder: str, split: str, metadata: dict) -> list[str]:
     if len(files) != expected:
         raise FileNotFoundError(f"{pattern}: found {len(files)} shards, metadata.json lists {expected}")
     return files
+
+
+class UnsupportedCohort(ValueError):
+    """The output is of a cohort the reader does not read (its records lack the features the reader needs)."""
+
+
+def cohort_of(metadata: dict) -> str:
+    return metadata["config"].get("cohort", "ed_cxr")  # runs from before --cohort existed are all ed_cxr
+
+
+def require_cohort(metadata: dict, output: str, reader: str, supported: tuple[str, ...] = ("ed_cxr",)) -> None:
+    """Stop before reading a record, naming the output's cohort, rather than fail on the first feature it lacks."""
+    cohort = cohort_of(metadata)
+    if cohort not in supported:
+        raise UnsupportedCohort(
+            f"{reader} reads {', '.join(supported)} outputs only, and {output} is a {cohort} output: read it with "
+            "beam_pipeline.readers.tf_data.dataset(OUTPUT, split) (a dict of every feature per record) or parse "
+            "its TFRecords with beam_pipeline.readers.tf_data.parse_spec(metadata)")

@@ -1,4 +1,5 @@
-"""PyTorch reader: an IterableDataset over a split's shards, without TensorFlow.
+"""PyTorch reader: an IterableDataset over a split's shards, without TensorFlow. It reads ed_cxr outputs (another
+cohort's is refused before any record is read: use readers.tf_data for those).
 
     from torch.utils.data import DataLoader
     from beam_pipeline.readers.pytorch import MimicCxrEdDataset
@@ -35,7 +36,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
-from beam_pipeline.readers.common import open_run, shard_files
+from beam_pipeline.readers.common import open_run, require_cohort, shard_files
 from beam_pipeline.readers.normalization import mean_std
 
 _TENSORS = {"labels/binary": ("labels", torch.float32), "labels/mask": ("mask", torch.float32),
@@ -60,6 +61,7 @@ class MimicCxrEdDataset(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, supervised: bool = False):
         super().__init__()
         folder, metadata = open_run(output)
+        require_cohort(metadata, output, "MimicCxrEdDataset (beam_pipeline.readers.pytorch)")
         if metadata["image"] is None:
             raise ValueError(f"{output} was built with --images=false: there is no image to decode")
         self.files = shard_files(folder, split, metadata)

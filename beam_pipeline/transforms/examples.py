@@ -2,7 +2,9 @@
 
 Which image features exist depends on ``--images`` and ``--edge_map``, which retrieval features on ``--kb_index``;
 everything else is always there. Shapes are ``()`` for scalars, ``(n,)`` for vectors and ``(None,)`` for
-variable-length token ids (stored unpadded).
+variable-length token ids (stored unpadded). A cohort whose records hold some features only under a condition
+(medfuse: the image, for a stay with a paired X-ray) marks them with ``present_when``, and metadata.json says so, for
+readers to parse them as optional.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from beam_pipeline.transforms.snapshot import FEATURE_NAMES
 
 N_LABELS = len(mimic.LABELS)
 N_FEATURES = len(FEATURE_NAMES)
-Spec = dict[str, tuple[str, tuple[int, ...], str]]
+Spec = dict[str, tuple]  # name -> (kind, shape, description[, the condition under which a record has it])
 
 RECORD_FEATURES: Spec = {
     "subject_id": (INT64, (), "MIMIC subject_id"),
@@ -26,11 +28,12 @@ RECORD_FEATURES: Spec = {
     "dicom_id": (BYTES, (), "MIMIC-CXR dicom_id (the record key)"),
     "split": (BYTES, (), "train, val or test"),
     "view_position": (BYTES, (), "DICOM ViewPosition, e.g. AP or PA"),
-    "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS (shifted, local)"),
+    "study_datetime": (BYTES, (), "study date and time, YYYY-MM-DD HH:MM:SS[.ffffff] (shifted, local; the "
+                                  "fraction as StudyTime had it)"),
     "hours_from_arrival": (FLOAT, (), "hours from ED intime to the study (negative before arrival)"),
-    "ed_outtime": (BYTES, (), "ED departure of the matched stay, YYYY-MM-DD HH:MM:SS, only once it has happened "
-                              "(after_ed_departure = 1); empty for an X-ray taken in the ED, whose departure lies in "
-                              "the future (the manifest has it for every record, for filtering)"),
+    "ed_outtime": (BYTES, (), "ED departure of the matched stay, YYYY-MM-DD HH:MM:SS[.ffffff], only once it has "
+                              "happened (after_ed_departure = 1); empty for an X-ray taken in the ED, whose departure "
+                              "lies in the future (the manifest has it for every record, for filtering)"),
     "after_ed_departure": (INT64, (), "1 when the study was taken after ED departure (study time > ed_outtime)"),
     "image/path": (BYTES, (), "source JPEG path relative to the MIMIC-CXR-JPG root"),
     "note/text": (BYTES, (), "pseudo-note from data known at the study time, leakage-filtered (UTF-8)"),
@@ -65,7 +68,7 @@ RAG_FEATURES = {  # rag/* lengths are the effective top-k, filled in by feature_
     "note/enhanced_length": (INT64, (), "number of note/enhanced_input_ids"),
     "rag/query": (BYTES, (), "what was embedded for retrieval: complaint, abnormal vitals in words, medications"),
     "rag/ids": (BYTES, ("k",), "ids of the retrieved passages, best first"),
-    "rag/scores": (FLOAT, ("k",), "cosine similarity of each retrieved passage to the note"),
+    "rag/scores": (FLOAT, ("k",), "cosine similarity of each retrieved passage to rag/query"),
 }
 EDGE_MAP_FEATURE: Spec = {
     "image/edge_map": (BYTES, (), "CLAHE + Canny edges at the output size, same geometry, uint8 PNG (0 or 255)"),
@@ -147,8 +150,16 @@ def to_example(record: Record) -> bytes:
     return serialize_example({name: (ALL_FEATURES[name][0], v) for name, v in _values(record).items()})
 
 
+def present_when(condition: str, spec: Spec) -> Spec:
+    """``spec``'s features, marked as written only in the records where ``condition`` holds."""
+    return {name: (kind, shape, text, condition) for name, (kind, shape, text) in spec.items()}
+
+
 def feature_spec_json(spec: Spec) -> dict:
-    """The spec as written to metadata.json: dtype, shape and meaning of every feature."""
+    """The spec as written to metadata.json: dtype, shape and meaning of every feature. A feature that some records
+    lack gets ``"optional": true`` and ``present_when`` (the condition, e.g. ``has_cxr == 1``), so a reader parses it
+    with a default instead of requiring it."""
     dtype = {INT64: "int64", FLOAT: "float32", BYTES: "string"}
-    return {name: {"dtype": dtype[kind], "shape": list(shape), "description": text}
-            for name, (kind, shape, text) in spec.items()}
+    return {name: {"dtype": dtype[kind], "shape": list(shape), "description": text,
+                   **({"optional": True, "present_when": when[0]} if when else {})}
+            for name, (kind, shape, text, *when) in spec.items()}
