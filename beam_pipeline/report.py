@@ -1,14 +1,15 @@
 """The data card: ``python -m beam_pipeline.report OUTPUT [--samples 8]`` writes OUTPUT/report/index.html and its
 PNG figures (local or gs://; follows LATEST).
 
-It reads only what the run wrote: metadata.json (counts, exact statistics, the leakage probe, config, versions,
-checksums) and the manifest (patients, studies and images per split), so it takes seconds on any dataset size.
+It reads only what the run wrote: metadata.json (counts, patients, studies and images per split, exact statistics,
+the leakage probe, config, versions, checksums), so it takes seconds on any dataset size.
 Sections: funnel, splits, labels, timing, text, leakage, demographics, images, retrieval, samples, provenance. The
 page checks in the browser that every image loaded and says so at the top.
 
 Safe to look at by default: aggregates only, and every count from 1 to 10 is shown as "<11" (small-cell
-suppression, as CMS and most data use agreements ask), in tables, figure bars and annotations alike; no note text
-and no record images. ``--samples N`` opts into N validation records (filtered note, labels, thumbnail) and marks the
+suppression, as CMS and most data use agreements ask), in tables, figure bars and annotations alike; counts that
+add up to a shown total (the funnel, the splits, a split's label, age, sex and view counts, the score bins) hide a
+second one beside a lone small one (report_cards.protect); no note text and no record images. ``--samples N`` opts into N validation records (filtered note, labels, thumbnail) and marks the
 page "contains patient data, do not share".
 
 This is the ed_cxr card; ``build`` hands a run of another cohort (metadata.json config["cohort"]) to that cohort's
@@ -24,9 +25,11 @@ import csv
 import html
 import importlib
 import io
+import itertools
 import json
 import math
 import sys
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -40,6 +43,7 @@ from beam_pipeline.readers.common import open_run, shard_files
 THUMBNAIL = 192
 SMALL_CELL = 10  # counts 1..SMALL_CELL are never shown
 SUPPRESSED = f"<{SMALL_CELL + 1}"
+HIDDEN = "suppressed"  # a count above SMALL_CELL hidden so that a small one does not follow by subtraction
 PHI_BANNER = "Contains patient data, do not share"
 DUA_WARNING = ('<p class="warn">Derived from credentialed MIMIC data: keep this report under the same data use '
                'agreement as the dataset.</p>')
@@ -59,15 +63,6 @@ def read_manifest(folder: str) -> list[dict[str, str]]:
     return rows
 
 
-def split_summary(manifest: list[dict[str, str]], unit: str = "images",
-                  distinct: tuple[tuple[str, str], ...] = (("studies", "study_id"), ("patients", "subject_id"))
-                  ) -> dict[str, dict[str, int]]:
-    """Records (``unit``: images) and distinct values of manifest columns (studies, patients) per split."""
-    return {split: {unit: sum(r["split"] == split for r in manifest),
-                    **{name: len({r[column] for r in manifest if r["split"] == split}) for name, column in distinct}}
-            for split in mimic.SPLITS}
-
-
 def passage_titles(metadata: dict) -> dict[str, str]:
     """Titles of the knowledge-base passages, when the index the run used can still be read (ids otherwise)."""
     retrieval = metadata["text"]["retrieval"]
@@ -79,17 +74,17 @@ def passage_titles(metadata: dict) -> dict[str, str]:
         return {}
 
 
-def sample_records(folder: str, metadata: dict, n: int, splits: tuple[str, ...] = ("val",)) -> list[dict]:
-    """The first n records of ``splits`` (default validation) in that order and shard order, parsed; bounded reading
-    whatever the split size."""
-    samples = []
+def records(folder: str, metadata: dict, splits: tuple[str, ...]) -> Iterator[dict]:
+    """The records of ``splits`` in that order and shard order, parsed one at a time: a card reads only as many as
+    it takes (bounded, whatever the split size)."""
     for split in splits:
         for path in shard_files(folder, split, metadata):
-            for raw in read_records(path):
-                if len(samples) == n:
-                    return samples
-                samples.append(parse_example(raw))
-    return samples
+            yield from map(parse_example, read_records(path))
+
+
+def sample_records(folder: str, metadata: dict, n: int, splits: tuple[str, ...] = ("val",)) -> list[dict]:
+    """The first n records of ``splits`` (default validation) in that order and shard order, parsed."""
+    return list(itertools.islice(records(folder, metadata, splits), n))
 
 
 # --- small-cell suppression ----------------------------------------------------------------------------------
@@ -117,11 +112,16 @@ def hidden(values: list[int]) -> set[int]:
     return found
 
 
+def withheld(n: int) -> str:
+    """A hidden count as shown: "<11" when it is small itself, else "suppressed" (hidden with a small one)."""
+    return SUPPRESSED if small(n) else HIDDEN
+
+
 def cells(values: list[int]) -> list:
     """A row of counts that add up to a shown total: small ones become "<11", the one hidden with them
     "suppressed" (``hidden``)."""
     gone = hidden(values)
-    return [SUPPRESSED if small(v) else "suppressed" if i in gone else Count(v) for i, v in enumerate(values)]
+    return [withheld(v) if i in gone else Count(v) for i, v in enumerate(values)]
 
 
 def rate(count: int, total: int):
@@ -176,48 +176,52 @@ def linked_images(counts: dict) -> int:
     return counts["images_kept_view"] - counts["no_ed_stay"] - at_join
 
 
-def funnel_figure(counts: dict) -> bytes:
-    stages = {"images in metadata": counts["images_total"], "kept views": counts["images_kept_view"],
-              "linked to an ED stay": linked_images(counts),
-              "written": counts["matched"]}
-    return stage_funnel_figure(stages, counts["rejected_by_reason"], "images", "Rejected kept-view images by reason")
+def funnel_figure(metadata: dict) -> bytes:
+    """The ED funnel's steps, the LINKED one included, and its reject reasons, each as funnel_cells shows it."""
+    rows, shown = funnel_cells(metadata)
+    values = {**dict(rows), LINKED: linked_images(metadata["counts"])}
+    return funnel_panels([(name, values[name], shown[name])
+                          for name in (IMAGES_TOTAL, kept_views(metadata["config"]), LINKED, WRITTEN)],
+                         [(name[len(REJECTED) + 2:], n, shown[name]) for name, n in rows
+                          if name.startswith(f"{REJECTED}: ")],
+                         ("Stage funnel (images)", "Rejected kept-view images by reason"))
 
 
-def stage_funnel_figure(stages: dict[str, int], reasons: dict[str, int], unit: str, reasons_title: str,
-                        layout: str | None = None) -> bytes:
-    """Left: what is left after each stage, in order; right: what was lost, by reason (any cohort). ``layout``
-    "constrained" makes room for long reason names."""
+def funnel_panels(steps: list[tuple[str, int, object]], lost: list[tuple[str, int, object]],
+                  titles: tuple[str, str]) -> bytes:
+    """Left: what is left after each step, right: what was lost, by reason; each (name, count, cell as the table
+    shows it): a hidden cell ("<11" or "suppressed") is not drawn and its label says which."""
     plt = _pyplot()
-    reasons = reasons or {"(none)": 0}
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]},
-                                         layout=layout)
-    left.barh(list(stages)[::-1], list(drawn(stages).values())[::-1], color="#2e86c1")
-    for i, value in enumerate(list(stages.values())[::-1]):
-        left.text(0 if small(value) else value, i, f" {Count(value)}", va="center", fontsize=8)
-    left.set_title(f"Stage funnel ({unit})", fontsize=10)
-    right.barh(tick_names(reasons, parts=True)[::-1], list(drawn(reasons, parts=True).values())[::-1],
-               color="#c0392b")
-    right.set_title(reasons_title, fontsize=10)
-    right.tick_params(labelsize=8)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
+    for ax, bars, color, title in zip(axes, (steps, lost or [("(none)", 0, 0)]), ("#2e86c1", "#c0392b"), titles):
+        visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
+        ax.barh(range(len(bars)), visible[::-1], color=color)
+        ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
+        for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
+            ax.text(value, i, f" {cell}", va="center", fontsize=8)
+        ax.set_xlim(0, max(visible + [1]) * 1.2)
+        ax.set_title(title, fontsize=10)
     return _png(figure)
 
 
-def labels_figure(stats: dict) -> bytes:
+def labels_figure(stats: dict, left_out: dict[str, str]) -> bytes:
+    """Stacked label states per split, hidden cells not drawn; a ``left_out`` split (report_cards.hidden_splits)
+    not at all."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(14, 5), sharey=True)
     for ax, split in zip(axes, mimic.SPLITS):
         labels = stats["per_split"][split]["labels"]
         total = max(1, sum(labels[mimic.LABELS[0]].values()))
         left = np.zeros(len(mimic.LABELS))
-        gone = {name: {list(COLORS)[i] for i in hidden([labels[name][state] for state in COLORS])}
-                for name in mimic.LABELS}
+        gone = {name: set(COLORS) if split in left_out else
+                {list(COLORS)[i] for i in hidden([labels[name][state] for state in COLORS])} for name in mimic.LABELS}
         for state, color in COLORS.items():
             share = np.array([0.0 if state in gone[name] else labels[name][state] / total
                               for name in mimic.LABELS])  # hidden cells are not drawn: the bar ends short
             ax.barh(mimic.LABELS, share, left=left, color=color, label=state)
             left += share
-        ax.set_title(f"{split} ({Count(total)} images; short bars: cells {SUPPRESSED} and one more)",
-                     fontsize=10)
+        ax.set_title(f"{split} ({left_out.get(split, Count(total))} images; short bars: cells {SUPPRESSED} and one "
+                     "more)", fontsize=10)
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
     axes[0].legend(fontsize=8, loc="lower right")
@@ -232,19 +236,19 @@ def histograms_figure(panels: list[tuple[str, dict[str, int]]], width: float = 5
     return _png(figure)
 
 
-def demographics_figure(stats: dict) -> bytes:
+def demographics_figure(stats: dict, left_out: dict[str, str]) -> bytes:
+    """Age and sex shares per split, hidden cells not drawn; a ``left_out`` split (report_cards.hidden_splits) not
+    at all."""
     plt = _pyplot()
     figure, (age_ax, sex_ax) = plt.subplots(1, 2, figsize=(12, 3.4))
     width = 0.27
     for i, split in enumerate(mimic.SPLITS):
-        ages = stats["per_split"][split]["age"]
-        total = max(1, sum(ages.values()))
-        age_ax.bar(np.arange(len(ages)) + (i - 1) * width,
-                   [v / total for v in drawn(ages, parts=True).values()], width, label=split)
-        sexes = stats["per_split"][split]["sex"]
-        total = max(1, sum(sexes.values()))
-        sex_ax.bar(np.arange(len(sexes)) + (i - 1) * width,
-                   [v / total for v in drawn(sexes, parts=True).values()], width, label=split)
+        for ax, counts in ((age_ax, stats["per_split"][split]["age"]), (sex_ax, stats["per_split"][split]["sex"])):
+            total = max(1, sum(counts.values()))
+            ax.bar(np.arange(len(counts)) + (i - 1) * width, [0 if split in left_out else v / total
+                                                              for v in drawn(counts, parts=True).values()],
+                   width, label=f"{split} (not drawn)" if split in left_out else split)
+    ages, sexes = stats["per_split"][mimic.SPLITS[0]]["age"], stats["per_split"][mimic.SPLITS[0]]["sex"]
     age_ax.set_xticks(range(len(ages)), list(ages), rotation=45, fontsize=8)
     sex_ax.set_xticks(range(len(sexes)), list(sexes), fontsize=8)
     age_ax.set_title(f"Age at the X-ray (share of images; cells {SUPPRESSED} not drawn)", fontsize=10)
@@ -283,10 +287,13 @@ def _figure(name: str, alt: str) -> str:
     return f'<img src="{name}" alt="{html.escape(alt)}">'
 
 
-def label_rows(stats: dict, split: str) -> list[list]:
+def label_rows(stats: dict, split: str, mark: str = "") -> list[list]:
     """Per label: positives, and the positive, uncertain and blank rates of the split's images. The four states add up
     to the split's shown total, so the cells ``hidden`` picks among them (negatives included, though not shown)
-    are suppressed: a small negative count would otherwise follow by subtraction."""
+    are suppressed: a small negative count would otherwise follow by subtraction. A split whose count is hidden
+    shows its ``mark`` (report_cards.hidden_splits) in every cell."""
+    if mark:
+        return [[name, *[mark] * 4] for name in mimic.LABELS]
     labels = stats["per_split"][split]["labels"]
     rows = []
     for name in mimic.LABELS:
@@ -296,7 +303,7 @@ def label_rows(stats: dict, split: str) -> list[list]:
         gone = {order[i] for i in hidden([states[s] for s in order])}
 
         def shown(state, value):
-            return (SUPPRESSED if small(states[state]) else "suppressed") if state in gone else value
+            return withheld(states[state]) if state in gone else value
 
         rows.append([name, shown("positive", states["positive"]), shown("positive", states["positive"] / total),
                      shown("uncertain", states["uncertain"] / total), shown("blank", states["blank"] / total)])
@@ -307,21 +314,24 @@ PROBE_TITLES = {"filtered_note": "filtered note", "filtered_note_without_marker"
                 "unfiltered_note": "unfiltered note", "structured": "structured features"}
 
 
-def probe_part(probe: dict | None) -> str:
-    """The leakage probe: per label, validation AUROC of the same classifier on each input."""
+def probe_part(probe: dict | None, left_out: dict[str, str]) -> str:
+    """The leakage probe: per label, validation AUROC of the same classifier on each input. The records of a
+    ``left_out`` split (report_cards.hidden_splits) are its images (up to the subsample), so they show its mark."""
     if not probe:
         return "<p>This run has no leakage probe (metadata.json written by an older version).</p>"
     inputs = probe["inputs"]
     rows = []
     for label, entry in probe["labels"].items():
         aurocs = [f"{entry[name]:.3f}" if name in entry else "–" for name in inputs]
-        rows.append([label, *aurocs, entry["n_train"], entry["n_val"], entry["positives_val"],
+        rows.append([label, *aurocs, left_out.get("train", entry["n_train"]), left_out.get("val", entry["n_val"]),
+                     left_out.get("val", entry["positives_val"]),
                      f"skipped: fewer than {probe.get('min_class', 5)} positives or negatives"
                      if "skipped" in entry else ""])
     method = probe["method"]
     return (f"<p>Validation AUROC of one simple classifier per label ({html.escape(method['classifier'])}; text: "
-            f"{html.escape(method['text_features'])}), trained on {Count(probe['n_train'])} train and scored on "
-            f"{Count(probe['n_val'])} val records ({html.escape(method['subsample'])}). "
+            f"{html.escape(method['text_features'])}), trained on {left_out.get('train', Count(probe['n_train']))} "
+            f"train and scored on {left_out.get('val', Count(probe['n_val']))} val records "
+            f"({html.escape(method['subsample'])}). "
             f"{html.escape(method['how_to_read'][0].upper() + method['how_to_read'][1:])}. 0.5 is chance. The "
             "unfiltered note is never written; only these numbers are kept.</p>" +
             _table(["label", *[PROBE_TITLES.get(name, name) for name in inputs], "train records", "val records",
@@ -380,22 +390,59 @@ def split_method(split: dict | None) -> str:
     return f'<p id="split-method">{" ".join(lines)}</p>'
 
 
-def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: list[dict],
+# the ED funnel's rows that its figure and relations name (the kept views' row names the run's views: kept_views)
+IMAGES_TOTAL, UNREADABLE, OTHER_VIEWS = "images in metadata", "unreadable rows", "other views"
+NO_STAY, DROPPED_AFTER = "no ED stay in window", "after ED departure, dropped (--within_ed_stay)"
+REJECTED, WRITTEN = "rejected", "written (matched)"
+LINKED = "linked to an ED stay"  # a step of the funnel figure only (linked_images)
+
+
+def kept_views(config: dict) -> str:
+    return f"kept views ({','.join(config['views'])})"
+
+
+def funnel_cells(metadata: dict) -> tuple[list[tuple[str, int]], dict]:
+    """The funnel table's rows (name, images) and every funnel cell as shown, the figure's LINKED step too,
+    protected together (report_cards.protect). Relations: images in metadata = unreadable + other views + kept
+    views; kept views = no ED stay + dropped after departure + rejected + written; rejected = its reasons; kept
+    views = LINKED + no ED stay + join rejects; LINKED = dropped after departure + the other rejects + written. The
+    images in metadata (the inputs table shows its rows) and written (the page header) are fixed."""
+    from beam_pipeline.report_cards import protect  # report_cards imports this module
+    counts = metadata["counts"]
+    kept = kept_views(metadata["config"])
+    reasons = {f"{REJECTED}: {reason}": n for reason, n in counts["rejected_by_reason"].items()}
+    joins = [name for name in reasons if name.startswith(f"{REJECTED}: join/")]
+    rows = [(IMAGES_TOTAL, counts["images_total"]), (UNREADABLE, counts["images_unreadable"]),
+            (OTHER_VIEWS, counts["images_other_view"]), (kept, counts["images_kept_view"]),
+            (NO_STAY, counts["no_ed_stay"]), (DROPPED_AFTER, counts.get("dropped_after_ed_departure", 0)),
+            (REJECTED, counts["rejected"]), *reasons.items(), (WRITTEN, counts["matched"])]
+    relations = [[IMAGES_TOTAL, UNREADABLE, OTHER_VIEWS, kept], [kept, NO_STAY, DROPPED_AFTER, REJECTED, WRITTEN],
+                 [REJECTED, *reasons], [kept, LINKED, NO_STAY, *joins],
+                 [LINKED, DROPPED_AFTER, *(name for name in reasons if name not in joins), WRITTEN]]
+    return rows, protect({**dict(rows), LINKED: linked_images(counts)}, relations, fixed=[IMAGES_TOTAL, WRITTEN])
+
+
+def view_names(stats: dict) -> list[str]:
+    return sorted({v for s in mimic.SPLITS for v in stats["per_split"][s]["view"]})
+
+
+def split_counts(values: list[int], mark: str = "") -> list:
+    """A split's counts that add up to its images: ``cells``, or the split's ``mark`` in each when the split table
+    hides its images (report_cards.hidden_splits)."""
+    return [mark] * len(values) if mark else cells(values)
+
+
+def render(metadata: dict, split_rows: list[list], left_out: dict[str, str], samples: list[dict],
            sample_names: list[str]) -> str:
-    counts, stats, config = metadata["counts"], metadata["stats"], metadata["config"]
-    funnel_rows = [["images in metadata", counts["images_total"]], ["unreadable rows", counts["images_unreadable"]],
-                   ["other views", counts["images_other_view"]],
-                   [f"kept views ({','.join(config['views'])})", counts["images_kept_view"]],
-                   ["no ED stay in window", counts["no_ed_stay"]],
-                   ["after ED departure, dropped (--within_ed_stay)", counts.get("dropped_after_ed_departure", 0)],
-                   ["rejected", counts["rejected"]],
-                   *[[f"rejected: {k}", v] for k, v in zip(counts["rejected_by_reason"],  # they add up to rejected
-                                                            cells(list(counts["rejected_by_reason"].values())))],
-                   ["written (matched)", counts["matched"]],
+    """The page: ``split_rows`` is the split table, ``left_out`` its splits whose images it hides
+    (report_cards.hidden_splits)."""
+    counts, stats = metadata["counts"], metadata["stats"]
+    rows, shown = funnel_cells(metadata)
+    funnel_rows = [*[[name, shown[name]] for name, _ in rows],
                    ["written: without labels", counts["labels"].get("no_label_row", 0) +
                     counts["labels"].get("all_blank", 0)],
                    ["written: after ED departure", counts.get("after_ed_departure", 0)]]
-    split_rows = [[s, splits[s]["images"], splits[s]["studies"], splits[s]["patients"]] for s in mimic.SPLITS]
+    per_split, views = stats["per_split"], view_names(stats)
     notes = counts["notes"]
     text_rows = [["notes tokenised", notes["tokenized"]], ["notes redacted by the leakage filter", notes["redacted"]],
                  ["notes truncated", notes["truncated"]],
@@ -405,10 +452,13 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
         _section("funnel", "Stage funnel", _table(["stage", "images"], funnel_rows, "funnel"),
                  _figure("funnel.png", "stage funnel")),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
-                 _table(["split", "images", "studies", "patients"], split_rows, "splits")),
+                 _table(["split", "images", "studies", "patients"], split_rows, "splits"),
+                 "<p>A split whose images are hidden here shows the same for each of its counts below (labels, "
+                 "ages, sexes, views, probe records): they add up to its images.</p>" if left_out else ""),
         _section("labels", "CheXpert labels per split", *[
             f"<h3>{s}</h3>" + _table(["label", "positive", "positive rate", "uncertain rate", "blank rate"],
-                                     label_rows(stats, s), f"labels-{s}") for s in mimic.SPLITS],
+                                     label_rows(stats, s, left_out.get(s, "")), f"labels-{s}")
+            for s in mimic.SPLITS],
                  _figure("labels.png", "label prevalence per split")),
         _section("timing", "Hours from ED arrival to the X-ray",
                  _table(["hours", "images"], [[k, v] for k, v in zip(stats["hours_from_arrival"],
@@ -418,19 +468,19 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
         _section("text", "Notes and tokens", _table(["", "count"], text_rows, "text"),
                  _figure("text.png", "note and token lengths")),
         _section("leakage", "Leakage probe: what a classifier learns from the notes", probe_part(
-            metadata.get("leakage_probe"))),
+            metadata.get("leakage_probe"), left_out)),
         _section("demographics", "Age and sex per split", *[
-            f"<h3>{s}</h3>" + _table(["", *stats["per_split"][s]["age"]],
-                                     [["age", *cells(list(stats["per_split"][s]["age"].values()))]], f"age-{s}") +
-            _table(["", *stats["per_split"][s]["sex"]], [["sex", *cells(list(stats["per_split"][s]["sex"].values()))]],
-                   f"sex-{s}") for s in mimic.SPLITS], _figure("demographics.png", "age and sex per split")),
+            f"<h3>{s}</h3>" + "".join(
+                _table(["", *per_split[s][key]],
+                       [[key, *split_counts(list(per_split[s][key].values()), left_out.get(s, ""))]], f"{key}-{s}")
+                for key in ("age", "sex")) for s in mimic.SPLITS],
+                 _figure("demographics.png", "age and sex per split")),
         _section("images", "Views and source image sizes", _table(
-            ["split", *sorted({v for s in mimic.SPLITS for v in stats["per_split"][s]["view"]})],
-            [[s, *cells([stats["per_split"][s]["view"].get(v, 0) for v in
-                         sorted({v for t in mimic.SPLITS for v in stats["per_split"][t]["view"]})])]
-             for s in mimic.SPLITS],
-            "views"), _table(["source size (rows x columns)", "images"],
-                             [[k, v] for k, v in list(stats["image_sizes"].items())[:15]], "sizes"),
+            ["split", *views],
+            [[s, *split_counts([per_split[s]["view"].get(v, 0) for v in views], left_out.get(s, ""))]
+             for s in mimic.SPLITS], "views"),
+                 _table(["source size (rows x columns)", "images"],
+                        [[k, v] for k, v in list(stats["image_sizes"].items())[:15]], "sizes"),
                  _figure("images.png", "views and image sizes")),
     ]
     rag = stats["rag"]
@@ -439,7 +489,8 @@ def render(metadata: dict, splits: dict, figures: dict[str, bytes], samples: lis
         sections.append(_section("retrieval", "Retrieval", _table(
             ["passage", "title", "times retrieved"],
             [[k, titles.get(k, ""), v] for k, v in list(rag["passages"].items())[:15]], "passages"),
-            _table(["cosine score", "retrievals"], [[k, v] for k, v in rag["scores"].items()], "scores"),
+            _table(["cosine score", "retrievals"],  # they add up to the written records x top k
+                   [[k, v] for k, v in zip(rag["scores"], cells(list(rag["scores"].values())))], "scores"),
             _figure("retrieval.png", "retrieval scores and most retrieved passages")))
     else:
         sections.append(_section("retrieval", "Retrieval", "<p>This run did no retrieval (no --kb_index).</p>"))
@@ -488,18 +539,18 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
         if cohort not in CARDS:
             raise ValueError(f"no data card for --cohort={cohort} yet (cards: ed_cxr, {', '.join(CARDS)})")
         return importlib.import_module(CARDS[cohort]).build(folder, metadata, samples, target)
+    from beam_pipeline import report_cards  # it imports this module
     stats, counts = metadata["stats"], metadata["counts"]
+    left_out = report_cards.hidden_splits(metadata, "images")
     figures = {
-        "funnel.png": funnel_figure(counts),
-        "labels.png": labels_figure(stats),
+        "funnel.png": funnel_figure(metadata),
+        "labels.png": labels_figure(stats, left_out),
         "hours.png": histograms_figure([("hours from ED arrival to the X-ray", stats["hours_from_arrival"])]),
         "text.png": histograms_figure([("note length (characters)", stats["note_chars"]),
                                        ("note length (tokens)", stats["note_tokens"])]),
-        "demographics.png": demographics_figure(stats),
+        "demographics.png": demographics_figure(stats, left_out),
         "images.png": histograms_figure([("view positions", {v: sum(stats["per_split"][s]["view"].get(v, 0)
-                                                                    for s in mimic.SPLITS)
-                                                             for v in sorted({v for s in mimic.SPLITS
-                                                                              for v in stats["per_split"][s]["view"]})}),
+                                                                    for s in mimic.SPLITS) for v in view_names(stats)}),
                                          ("source sizes (top 10)", dict(list(stats["image_sizes"].items())[:10]))]),
     }
     if stats["rag"]["passages"]:
@@ -509,7 +560,8 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
     picked = sample_records(folder, metadata, samples) if metadata["image"] and samples > 0 else []
     names = [f"sample-{i:02d}.png" for i in range(len(picked))]
     figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked)})
-    return write_card(target, figures, render(metadata, split_summary(read_manifest(folder)), figures, picked, names))
+    splits = report_cards.split_rows(metadata, "images", {"studies": counts["studies_per_split"]})
+    return write_card(target, figures, render(metadata, splits, left_out, picked, names))
 
 
 def write_card(target: str, figures: dict[str, bytes], html_page: str) -> str:

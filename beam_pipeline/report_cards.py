@@ -14,11 +14,10 @@ import html
 from typing import Callable, Hashable, Iterable
 
 from beam_pipeline import mimic
-from beam_pipeline.report import (DUA_WARNING, PHI_BANNER, SUPPRESSED, Count, _figure, _png, _pyplot, _section, _table,
-                                  drawn, provenance_tables, rate, sample_records, small, thumbnail,
-                                  tick_names)
+from beam_pipeline.report import (DUA_WARNING, HIDDEN, PHI_BANNER, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
+                                  _table, drawn, funnel_panels, provenance_tables, rate, sample_records, small,
+                                  thumbnail, tick_names, withheld)
 
-HIDDEN = "suppressed"  # a count above SMALL_CELL hidden so that a small one does not follow by subtraction
 ALL_BUT = f"all but {SUPPRESSED}"  # a count whose complement (total - count) is small
 SAMPLE_SPLITS = ("val", "test", "train")  # where sample records come from, in that order
 REJECT_LINES = "reject lines"  # the key of the reject lines' total among UnitFunnel.cells' cells
@@ -45,7 +44,7 @@ def protect(values: dict[Hashable, int], relations: Iterable[Iterable[Hashable]]
             if candidates:
                 hidden.add(min(candidates, key=rank))
                 changed = True
-    return {key: (SUPPRESSED if small(v) else HIDDEN) if key in hidden else Count(v) for key, v in values.items()}
+    return {key: withheld(v) if key in hidden else Count(v) for key, v in values.items()}
 
 
 def figure_counts(values: dict[str, int], shown: dict[str, object]) -> dict[str, int]:
@@ -101,6 +100,7 @@ class UnitFunnel:
     funnel_steps: Callable[[dict], list[tuple[str, int]]]  # the cohort's own (counts -> (step, units left))
     unit_stages: tuple[str, ...]  # the reject stages that remove a unit (the others are of rows)
     fixed_first: bool = True  # the first step is shown elsewhere (the inputs' rows), so never hidden
+    other_rejects: str = "no (a row)"  # what a reject of another stage is, in the rejects table
 
     def drop_steps(self) -> dict[str, str]:
         """The funnel step before which each drop reason removes its units, as funnel_steps itself counts it (one
@@ -154,25 +154,12 @@ class UnitFunnel:
         return rows, shown
 
     def figure(self, metadata: dict, groups: dict[str, dict[str, int]]) -> bytes:
-        """Left: the steps, right: the removals by reason, each bar as the table shows it: a hidden count ("<11" or
-        "suppressed") is not drawn and its label says which."""
-        plt = _pyplot()
+        """Left: the steps, right: the removals by reason, each bar as the table shows it (report.funnel_panels)."""
         rows, shown = self.cells(metadata, groups)
-        steps = [(name, n, shown[name]) for name, n in rows if not name.startswith("− ")]
-        lost = [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")] or [("(none)", 0, 0)]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]},
-                                             layout="constrained")
-        for ax, bars, color in ((left, steps, "#2e86c1"), (right, lost, "#c0392b")):
-            visible = [0 if isinstance(cell, str) else n for _, n, cell in bars]
-            ax.barh(range(len(bars)), visible[::-1], color=color)
-            ax.set_yticks(range(len(bars)), [name for name, _, _ in bars][::-1], fontsize=8)
-            for i, (value, (_, _, cell)) in enumerate(zip(visible[::-1], bars[::-1])):
-                ax.text(value, i, f" {cell}", va="center", fontsize=8)
-            ax.set_xlim(0, max(visible + [1]) * 1.2)
-        left.set_title(f"{self.title} ({self.unit} left)", fontsize=10)
-        right.set_title(f"{self.unit.capitalize()} dropped or rejected, by reason", fontsize=10)
-        right.tick_params(labelsize=8)
-        return _png(figure)
+        return funnel_panels([(name, n, shown[name]) for name, n in rows if not name.startswith("− ")],
+                             [(name[2:], n, shown[name]) for name, n in rows if name.startswith("− ")],
+                             (f"{self.title} ({self.unit} left)",
+                              f"{self.unit.capitalize()} dropped or rejected, by reason"))
 
     @property
     def title(self) -> str:
@@ -192,7 +179,7 @@ class UnitFunnel:
         cell as protected together."""
         rows, shown = self.cells(metadata, groups)
         rejects = metadata["counts"]["rejects_by_stage_reason"]
-        reject_rows = [[name, "yes" if name.startswith(self.unit_stages) else "no (a row)",
+        reject_rows = [[name, "yes" if name.startswith(self.unit_stages) else self.other_rejects,
                         shown[self.reject_key(name)]] for name in rejects] + [["total", "", shown[REJECT_LINES]]]
         return _section("funnel", self.title, intro,
                         _table(["step", self.unit], [[name, shown[name]] for name, _ in rows], "funnel"),
@@ -201,23 +188,41 @@ class UnitFunnel:
 
 # --- splits ----------------------------------------------------------------------------------------------------
 
-def split_cells(metadata: dict, unit: str) -> dict:
-    """Units (``unit``: "images") and patients per split and in total, as shown: keys (column, split or "total").
-    Each column adds up to its total (splits are patient-disjoint, so patients too); the written units are
-    fixed."""
+def split_columns(metadata: dict, unit: str, more: dict[str, dict[str, int]] | None = None
+                  ) -> dict[str, dict[str, int]]:
+    """Column -> split -> count: the units (``unit``: "images"), the ``more`` columns (distinct studies, X-ray
+    images, ECGs per split), then the patients."""
     counts = metadata["counts"]
+    return {unit: counts["per_split"], **(more or {}), "patients": counts["patients_per_split"]}
+
+
+def split_cells(metadata: dict, unit: str, more: dict[str, dict[str, int]] | None = None) -> dict:
+    """The split_columns per split and in total, as shown: keys (column, split or "total"). Each column adds up to
+    its total (splits are patient-disjoint, so patients and what belongs to one patient too); the written units
+    are fixed."""
     values = {}
-    for column, per_split in ((unit, counts["per_split"]), ("patients", counts["patients_per_split"])):
+    columns = split_columns(metadata, unit, more)
+    for column, per_split in columns.items():
         for split in mimic.SPLITS:
             values[(column, split)] = per_split.get(split, 0)
         values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
-    relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in (unit, "patients")]
+    relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in columns]
     return protect(values, relations, fixed=[(unit, "total")])
 
 
-def split_rows(metadata: dict, unit: str) -> list[list]:
+def split_rows(metadata: dict, unit: str, more: dict[str, dict[str, int]] | None = None) -> list[list]:
+    """The split table: per split and in total, a cell per split_columns column."""
+    shown = split_cells(metadata, unit, more)
+    columns = split_columns(metadata, unit, more)
+    return [[split, *(shown[(column, split)] for column in columns)] for split in (*mimic.SPLITS, "total")]
+
+
+def hidden_splits(metadata: dict, unit: str) -> dict[str, str]:
+    """Split -> its units as the split table shows them ("<11" or "suppressed"), for the splits whose count that
+    hides. A card shows every other count of such a split so too: their sum or their equal would show it (a split's
+    label, age or view counts add up to its images; symile's val queries are its admissions)."""
     shown = split_cells(metadata, unit)
-    return [[split, shown[(unit, split)], shown[("patients", split)]] for split in (*mimic.SPLITS, "total")]
+    return {split: shown[(unit, split)] for split in mimic.SPLITS if isinstance(shown[(unit, split)], str)}
 
 
 # --- dataset, samples, provenance ------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Same rules as the other cards (report.py, whose helpers this uses): aggregates o
 from 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the
 split table's rows and columns, the LOS bins, the split sources) get complementary suppression (report_cards): no
 suppressed count follows by subtraction from one relation. A share whose complement is 1 to 10 (all but a few
-stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 stays.
+stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 train stays (the
+normaliser is fitted on train; train_stays counts them in the train records, as metadata.json counts every split).
 ``--samples N`` adds N records' hourly heatmap of the 17 channels (value and mask) and the paired X-ray thumbnail
 (val, then test, then train; paired records first), and marks the page "contains patient data".
 """
@@ -19,19 +20,20 @@ stays) is not shown either, and a normaliser mean/sd only for a channel observed
 from __future__ import annotations
 
 import html
+import itertools
+
 import numpy as np
 
 from beam_pipeline import mimic
 from beam_pipeline.cohorts import medfuse_stays as stays_lib
 from beam_pipeline.cohorts.medfuse_metadata import DROPS, STAY_STAGES, funnel_steps
-from beam_pipeline.fileio.tfrecord import parse_example, read_records
-from beam_pipeline.readers.common import shard_files
 from beam_pipeline.report import (SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section, _table,
-                                  histograms_figure, page, read_manifest, small, thumbnail, write_card)
+                                  histograms_figure, page, read_manifest, records, small, thumbnail, write_card)
 from beam_pipeline.report_cards import (HIDDEN, SAMPLE_SPLITS, UnitFunnel, bars_figure, figure_counts, no_samples,
                                         of_total, protect, provenance_section, samples_section, share_bars, xray)
 
 SAMPLE_SCAN = 200  # records read at most, beyond the N asked, looking for paired ones
+TRAIN_SCAN = 1000  # train records read at most to count the train stays a channel is observed in
 LOS_BINS = ((0, 24, "< 1 d"), (24, 48, "1–2 d"), (48, 72, "2–3 d"), (72, 120, "3–5 d"), (120, 168, "5–7 d"),
             (168, 336, "7–14 d"), (336, 720, "14–30 d"), (720, float("inf"), "≥ 30 d"))  # hours, [lower, upper)
 CARD_STYLE = ("<style>table.task td{text-align:left}.series-card{margin:0 0 1em;border:1px solid #ddd;"
@@ -154,29 +156,51 @@ def los_counts(manifest: list[dict[str, str]]) -> dict[str, int]:
     return found
 
 
-def normalizer_rows(metadata: dict) -> list[list]:
+def train_stays(folder: str, metadata: dict) -> dict[str, int]:
+    """Per channel, train stays with it observed, which the normaliser's mean and sd are over (metadata.json counts
+    stays of every split): counted in the train records until each channel observed in more than SMALL_CELL written
+    stays has more than SMALL_CELL train ones, or TRAIN_SCAN records were read."""
+    coverage, channels = metadata["counts"]["channel_coverage"], metadata["channel_order"]
+    wanted = [channel for channel in channels if coverage[channel]["stays"] > SMALL_CELL]
+    found = dict.fromkeys(channels, 0)
+    for example in itertools.islice(records(folder, metadata, ("train",)), TRAIN_SCAN):
+        if all(found[channel] > SMALL_CELL for channel in wanted):
+            break
+        for channel, observed in zip(channels, series(example)[1].any(axis=0)):
+            found[channel] += int(observed)
+    return found
+
+
+def normalizer_rows(metadata: dict, train: dict[str, int]) -> list[list]:
     """Per standardised column: train mean and sd, shown only for a channel observed in more than SMALL_CELL
-    written stays (fewer: close to a few patients' values); never observed: the imputed normal value."""
+    ``train`` stays (train_stays; fewer: close to a few patients' values); never observed: the imputed normal
+    value."""
     normalizer, coverage = metadata["normalizer"], metadata["counts"]["channel_coverage"]
     rows = []
     for column, mean, sd in zip(normalizer["columns"], normalizer["means"], normalizer["stds"]):
-        stays = coverage.get(column, {}).get("stays", 0)
-        if small(stays):
-            rows.append([column, f"{SUPPRESSED} stays", f"{SUPPRESSED} stays"])
+        if not coverage.get(column, {}).get("stays", 0):
+            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g} (never observed: imputed)"])
+        elif train.get(column, 0) <= SMALL_CELL:
+            rows.append([column, f"{SUPPRESSED} train stays", f"{SUPPRESSED} train stays"])
         else:
-            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g}" + (" (never observed: imputed)" if not stays else "")])
+            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g}"])
     return rows
 
 
-def normalizer_part(metadata: dict) -> str:
+def normalizer_part(metadata: dict, manifest: list[dict[str, str]], train: dict[str, int]) -> str:
+    """The normaliser's fit and its rows (normalizer_rows). Its train hours are 48 a stay for IHM, so they are
+    hidden with the train stays when the split table hides those."""
     normalizer = metadata["normalizer"]
     if not normalizer:
         return ("<p>No normaliser: the run did not standardise the features (--normalize_timeseries=false) or had "
                 "fewer than 2 train hours.</p>")
-    return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {Count(normalizer.get('rows', 0))}"
-            f" hours, ddof {normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds "
-            f"are shown for channels observed in more than {SMALL_CELL} written stays.</p>" +
-            _table(["column", "mean", "sd"], normalizer_rows(metadata), "normalizer"))
+    stays = split_cells(metadata, manifest)[("stays", "train")]
+    hours = stays if isinstance(stays, str) else Count(normalizer.get("rows", 0))
+    return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {hours} hours, ddof "
+            f"{normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds are shown for "
+            f"channels observed in more than {SMALL_CELL} train stays (counted in the first {TRAIN_SCAN:,} train "
+            "records at most).</p>" +
+            _table(["column", "mean", "sd"], normalizer_rows(metadata, train), "normalizer"))
 
 
 # --- samples ---------------------------------------------------------------------------------------------------
@@ -192,16 +216,12 @@ def series(example: dict) -> tuple[np.ndarray, np.ndarray]:
 def pick_samples(folder: str, metadata: dict, n: int) -> list[dict]:
     """N records of SAMPLE_SPLITS (in that order, shard order), paired ones first: reading stops once N paired
     records are found or N + SAMPLE_SCAN records were read, whatever the dataset size."""
-    paired, unpaired, read = [], [], 0
-    for split in SAMPLE_SPLITS:
-        for path in shard_files(folder, split, metadata):
-            for raw in read_records(path):
-                if len(paired) == n or read == n + SAMPLE_SCAN:
-                    return (paired + unpaired)[:n]
-                example = parse_example(raw)
-                (paired if example.get("has_cxr") == [1] else unpaired).append(example)
-                unpaired = unpaired[:n]
-                read += 1
+    paired, unpaired = [], []
+    for example in itertools.islice(records(folder, metadata, SAMPLE_SPLITS), n + SAMPLE_SCAN):
+        if len(paired) == n:
+            break
+        (paired if example.get("has_cxr") == [1] else unpaired).append(example)
+        unpaired = unpaired[:n]
     return (paired + unpaired)[:n]
 
 
@@ -267,7 +287,9 @@ def task_rows(metadata: dict) -> list[list]:
             ["timeseries/normalized stored", "yes" if config.get("normalize_timeseries") else "no"]]
 
 
-def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[tuple[str, str]]) -> str:
+def render(metadata: dict, manifest: list[dict[str, str]], train: dict[str, int], picked: list[dict],
+           names: list[tuple[str, str]]) -> str:
+    """The page; ``train``: the train stays per channel (train_stays)."""
     counts = metadata["counts"]
     los = los_counts(manifest)
     los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
@@ -309,7 +331,7 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
                  "drawn.</p>",
                  _table(["LOS", "stays"], [[name, los_shown[name]] for name in (*los, "total")], "los"),
                  _figure("los.png", "ICU length of stay")),
-        _section("normalizer", "Normaliser (train only)", normalizer_part(metadata)),
+        _section("normalizer", "Normaliser (train only)", normalizer_part(metadata, manifest, train)),
         samples_section(picked, sample_cards(metadata, picked, names)),
         provenance_section(metadata),
     ]
@@ -345,4 +367,5 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
         if image_name:
             figures[image_name] = thumbnail(example["image/encoded"][0])
         names.append((series_name, image_name))
-    return write_card(target, figures, render(metadata, manifest, picked, names))
+    train = train_stays(folder, metadata) if metadata["normalizer"] else {}
+    return write_card(target, figures, render(metadata, manifest, train, picked, names))

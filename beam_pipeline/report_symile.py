@@ -5,6 +5,9 @@ Sections: funnel (per admission, in metadata.json's funnel order, each step's dr
 coverage (the 50 itemids: written records with the lab, train values, train-ECDF median), ECGs (check outcomes and
 the signal), retrieval candidate sets, samples, provenance. Same rules as the ED card (report.py, whose helpers this
 uses): aggregates only by default, every count from 1 to 10 shown as "<11", a median only over 11 or more values.
+The funnel and the split table get complementary suppression (report_cards): no suppressed count follows by
+subtraction from one step, the next and the removals between them, nor from a split column and its total; a split
+whose admissions are hidden shows its candidate counts (and train its lab values) hidden too.
 The ECG section then shows per-lead mean and sd over the first ECG_AGGREGATE_RECORDS records; ``--samples N`` adds
 one record's 12-lead strip and N records' X-ray thumbnails and labels, and marks the page "contains patient data".
 """
@@ -20,9 +23,9 @@ from beam_pipeline import mimic
 from beam_pipeline.cohorts.symile_metadata import ADMISSION_STAGES, DROPS, funnel_steps
 from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
                                   _table, cells, histograms_figure, label_text, page, rate, read_manifest,
-                                  sample_records, split_method, split_summary, stage_funnel_figure, write_card)
-from beam_pipeline.report_cards import (UnitFunnel, no_samples, provenance_section, sample_thumbnails,
-                                        samples_section, xray)
+                                  sample_records, split_method, write_card)
+from beam_pipeline.report_cards import (UnitFunnel, hidden_splits, no_samples, provenance_section, sample_thumbnails,
+                                        samples_section, split_rows, xray)
 
 # The 50 itemids' names as cohort-definitions.md §A.5 lists them (the original's constants.py LABS; mimic-schemas.md
 # §3.4 hosp/d_labitems is the table that names itemids). "H", "L" and "I" are the serum index items.
@@ -41,30 +44,10 @@ LAB_NAMES = {
 }
 ECG_AGGREGATE_RECORDS = 100  # read for the per-lead aggregate: bounded, whatever the dataset size
 ECG_STRIP = "sample-ecg.png"
-# the admission funnel's drop steps and removals (this card shows them with report.cells, not UnitFunnel.section)
 FUNNEL = UnitFunnel(noun="admission", unit="admissions", one="an admission", first="admissions", drops=DROPS,
-                    funnel_steps=funnel_steps, unit_stages=ADMISSION_STAGES)
-
-
-def funnel_rows(metadata: dict) -> list[list]:
-    """Each funnel step (admissions left) preceded by its removals (−). A step's removals add up to the difference
-    of two shown counts, so ``cells`` hides a second one when a single one is small."""
-    groups, rows = FUNNEL.removals(metadata), []
-    for step, left in metadata["funnel"].items():
-        group = groups.get(step, {})
-        rows += [[f"− {name}", shown] for name, shown in zip(group, cells(list(group.values())))]
-        rows.append([step, left])
-    return rows
-
-
-def lost_by_reason(metadata: dict) -> dict[str, int]:
-    """The removals for the funnel figure, hidden as in the table: a small bar is not drawn (report.drawn), nor one
-    ``cells`` hides to protect it."""
-    lost = {}
-    for group in FUNNEL.removals(metadata).values():
-        for (name, n), shown in zip(group.items(), cells(list(group.values()))):
-            lost[f"{name} (suppressed)" if shown == "suppressed" else name] = 0 if shown == "suppressed" else n
-    return lost
+                    funnel_steps=funnel_steps, unit_stages=ADMISSION_STAGES,
+                    other_rejects="no (a row or an ECG tried)")
+SPLIT_COLUMNS = (("X-ray images", "cxr_dicom_id"), ("ECGs", "ecg_study_id"))  # split table column, manifest column
 
 
 def with_total(parts: dict[str, int], total_name: str = "total") -> list[list]:
@@ -79,23 +62,35 @@ def lab_name(itemid) -> str:
 
 def lab_rows(metadata: dict) -> list[list]:
     """Per itemid: name, written records with it (count, share), train values and their median (only over 11 or
-    more values: a median of fewer is too close to one patient's value)."""
+    more values: a median of fewer is too close to one patient's value). A train record has one value per itemid,
+    so when the split table hides the train admissions the train values show its mark (hidden_splits)."""
     coverage, matched = metadata["counts"]["lab_coverage"], metadata["counts"]["matched"]
     per_itemid = metadata["ecdf"]["per_itemid"]
+    train = hidden_splits(metadata, FUNNEL.unit).get("train")
     rows = []
     for itemid in metadata["lab_itemids"]:
         n = coverage.get(str(itemid), 0)
         fitted = per_itemid.get(str(itemid), {})
         n_train, median = fitted.get("n_train_values", 0), fitted.get("median")
         shown = "–" if median is None else f"{SUPPRESSED} values" if n_train <= SMALL_CELL else f"{median:,.4g}"
-        rows.append([str(itemid), lab_name(itemid), n, rate(n, matched), n_train, shown])
+        rows.append([str(itemid), lab_name(itemid), n, rate(n, matched), train or n_train, shown])
     return rows
 
 
+def distinct_per_split(manifest: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    """The split table's SPLIT_COLUMNS: column -> split -> distinct ids in the manifest."""
+    return {name: {split: len({r[column] for r in manifest if r["split"] == split}) for split in mimic.SPLITS}
+            for name, column in SPLIT_COLUMNS}
+
+
 def candidate_rows(metadata: dict) -> list[list]:
+    """Per candidate split: queries, negatives, rows written, short sets; those of a split whose admissions the
+    split table hides show its mark (a split's queries are its admissions)."""
     found, written = metadata["counts"]["candidates"], metadata["outputs"].get("candidates", {})
-    return [[split, found["queries"].get(split, 0), found["negatives"].get(split, 0),
-             written.get(split, {}).get("records", 0), found["short_sets"].get(split, 0)]
+    left_out = hidden_splits(metadata, FUNNEL.unit)
+    return [[split, *([left_out[split]] * 4 if split in left_out else
+                      [found["queries"].get(split, 0), found["negatives"].get(split, 0),
+                       written.get(split, {}).get("records", 0), found["short_sets"].get(split, 0)])]
             for split in metadata["candidates"]["splits"]]
 
 
@@ -192,26 +187,18 @@ def sample_cards(picked: list[dict], names: list[str]) -> str:
 
 # --- the page ------------------------------------------------------------------------------------------------
 
-def render(metadata: dict, splits: dict, summary: dict | None, records_read: int, picked: list[dict],
-           names: list[str]) -> str:
+def render(metadata: dict, columns: dict[str, dict[str, int]], summary: dict | None, records_read: int,
+           picked: list[dict], names: list[str]) -> str:
+    """The page; ``columns``: the split table's distinct_per_split."""
     counts = metadata["counts"]
-    rejects = counts["rejects_by_stage_reason"]
-    reject_rows = [[name, "yes" if name.startswith(ADMISSION_STAGES) else "no (a row or an ECG tried)", shown]
-                   for name, shown in zip(rejects, cells(list(rejects.values())))]
-    units = list(next(iter(splits.values())))
     never = metadata["ecdf"].get("never_observed", [])
     sections = [
-        _section("funnel", "Admission funnel",
-                 "<p>Each step is what is left; the rows before it (−) removed admissions since the previous one. "
-                 "Drop reasons are tested in this order, so an admission counts once.</p>",
-                 _table(["step", "admissions"], funnel_rows(metadata), "funnel"),
-                 _figure("funnel.png", "admission funnel"),
-                 "<h3>Rejects written (all stages)</h3><p>Bad rows, unreadable images and ECGs: a line each in "
-                 "rejects/. Only join/, images/ and ecg/ rejects remove an admission (the funnel's rejected "
-                 "rows).</p>" + _table(["stage/reason", "removes an admission", "lines"],
-                                      reject_rows + [["total", "", counts["rejects_total"]]], "rejects")),
+        FUNNEL.section(metadata, FUNNEL.removals(metadata),
+                       "<p>Each step is what is left; the rows before it (−) removed admissions since the previous "
+                       "one. Drop reasons are tested in this order, so an admission counts once.</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
-                 _table(["split", *units], [[s, *splits[s].values()] for s in mimic.SPLITS], "splits")),
+                 _table(["split", FUNNEL.unit, *columns, "patients"], split_rows(metadata, FUNNEL.unit, columns),
+                        "splits")),
         _section("labs", "Lab coverage",
                  f"<p>Per itemid (ascending: the order of every lab vector), written records with a value in the "
                  f"window, the train values the ECDF was fitted on and their median (shown over more than "
@@ -247,8 +234,7 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
     """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
     counts = metadata["counts"]
     figures = {
-        "funnel.png": stage_funnel_figure(metadata["funnel"], lost_by_reason(metadata), "admissions",
-                                          "Admissions dropped or rejected, by reason", layout="constrained"),
+        "funnel.png": FUNNEL.figure(metadata, FUNNEL.removals(metadata)),
         "labs.png": histograms_figure([("written records with each lab", {
             f"{lab_name(itemid) or itemid}": counts["lab_coverage"].get(str(itemid), 0)
             for itemid in metadata["lab_itemids"]})], width=14),
@@ -261,7 +247,5 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
         figures[ECG_STRIP] = ecg_strip_figure(picked[0])
     elif summary:
         figures["ecg-leads.png"] = lead_figure(summary, ecg_unit(metadata))
-    splits = split_summary(read_manifest(folder), "admissions", (("patients", "subject_id"),
-                                                                 ("X-ray images", "cxr_dicom_id"),
-                                                                 ("ECGs", "ecg_study_id")))
-    return write_card(target, figures, render(metadata, splits, summary, len(aggregate), picked, names))
+    columns = distinct_per_split(read_manifest(folder))
+    return write_card(target, figures, render(metadata, columns, summary, len(aggregate), picked, names))

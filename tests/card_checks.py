@@ -5,8 +5,11 @@ building a card, and what every per-unit funnel (report_cards.UnitFunnel) must h
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Callable
 
 from beam_pipeline import report
 from conftest import published
@@ -56,6 +59,12 @@ def hidden_ok(cell: str, n: int) -> bool:
     return cell == shown(n) or (cell == "suppressed" and n > 10)
 
 
+def follows(*cells: str) -> bool:
+    """Whether a hidden count follows by subtraction from a relation (cells of which one is the sum of the others):
+    exactly one of them is hidden."""
+    return sum(cell in HIDDEN for cell in cells) == 1
+
+
 def share_ok(cell: str, count_cell: str, n: int, total: int) -> bool:
     """A share: hidden with its count, else n / total."""
     return cell == count_cell if count_cell in HIDDEN else cell == f"{n / total:.1%}"
@@ -70,6 +79,39 @@ def card(output, **kwargs) -> tuple[Path, Page]:
     """report.build(output, **kwargs): the card's index.html and its parsed page."""
     index = Path(report.build(str(output), **kwargs))
     return index, Page(index.read_text())
+
+
+def edited_run(output, folder: Path, edit: Callable[[dict, list[dict[str, str]]], None]) -> Path:
+    """A copy of the published run in ``folder`` whose metadata.json and manifest rows ``edit`` changed in place: a
+    run with the counts a card test needs."""
+    run = Path(shutil.copytree(published(output), folder))
+    metadata = json.loads((run / "metadata.json").read_text())
+    shards = sorted((run / "manifest").glob("*.csv"))
+    rows = [row for p in shards for row in csv.DictReader(p.open())]
+    edit(metadata, rows)
+    (run / "metadata.json").write_text(json.dumps(metadata))
+    for p in shards[1:]:
+        p.unlink()
+    with shards[0].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return run
+
+
+def drawn_figures(monkeypatch) -> list[list[dict]]:
+    """Patches report._png, which saves every figure of the ED and symile cards, to keep what each figure shows: per
+    axis its title, its horizontal bars' lengths by tick label, the total length of its bars and its annotations."""
+    drawn, save = [], report._png
+
+    def keep(figure):
+        drawn.append([{"title": ax.get_title(), "total": sum(abs(p.get_width()) for p in ax.patches),
+                       "bars": {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches)},
+                       "texts": [t.get_text().strip() for t in ax.texts]} for ax in figure.axes])
+        return save(figure)
+
+    monkeypatch.setattr(report, "_png", keep)
+    return drawn
 
 
 def card_with_samples(output, samples: int = 1) -> tuple[Path, Page]:

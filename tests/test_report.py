@@ -14,7 +14,8 @@ import pytest
 
 from beam_pipeline import mimic, report, sample, show
 from beam_pipeline.run import run
-from card_checks import card, card_with_samples, manifest_rows, shown
+from card_checks import (HIDDEN, card, card_with_samples, drawn_figures, edited_run, follows, hidden_ok,
+                         manifest_rows, shown)
 from conftest import ONE_WORKER, OFFLINE_TEXT
 
 SECTIONS = ["funnel", "splits", "labels", "timing", "text", "leakage", "demographics", "images", "retrieval",
@@ -48,29 +49,36 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
     counts, stats = metadata["counts"], metadata["stats"]
     assert page.sections == SECTIONS
     funnel = {row[0]: row[1] for row in page.tables["funnel"][1:]}
-    assert funnel["images in metadata"] == shown(counts["images_total"])
+    assert funnel["images in metadata"] == shown(counts["images_total"])  # the inputs table shows its rows
     assert funnel["written (matched)"] == shown(counts["matched"])
-    assert funnel["no ED stay in window"] == shown(counts["no_ed_stay"]) and funnel["rejected"] == shown(
-        counts["rejected"])
-    reasons = counts["rejected_by_reason"]  # they add up to "rejected": one small reason hides another with it
-    assert {k[len("rejected: "):]: v for k, v in funnel.items() if k.startswith("rejected: ")} == \
-        dict(zip(reasons, (str(c) for c in report.cells(list(reasons.values())))))
+    assert hidden_ok(funnel["no ED stay in window"], counts["no_ed_stay"])
+    assert hidden_ok(funnel["rejected"], counts["rejected"])
+    reasons = counts["rejected_by_reason"]
+    assert {k[len("rejected: "):] for k in funnel if k.startswith("rejected: ")} == set(reasons)
+    assert all(hidden_ok(funnel[f"rejected: {k}"], n) for k, n in reasons.items())
     assert metadata["split"]["strategy"] == metadata["config"]["split_strategy"] == "official"
     assert "Strategy: <b>official</b>: MIMIC-CXR split file" in index.read_text()
     assert "most held-out" in index.read_text()  # the rule for a patient in several official splits
-    for row in page.tables["splits"][1:]:
-        split, images, studies, patients = row
-        rows = [r for r in manifest if r["split"] == split]
-        assert images == shown(len(rows)) == shown(counts["per_split"][split])
-        assert studies == shown(len({r["study_id"] for r in rows})) == shown(counts["studies_per_split"][split])
-        assert patients == shown(len({r["subject_id"] for r in rows})) == shown(counts["patients_per_split"][split])
+    splits = {row[0]: row[1:] for row in page.tables["splits"][1:]}
+    assert list(splits) == [*mimic.SPLITS, "total"] and splits["total"][0] == shown(counts["matched"])
     for split in mimic.SPLITS:
+        images, studies, patients = splits[split]
+        rows = [r for r in manifest if r["split"] == split]
+        assert hidden_ok(images, len(rows)) and len(rows) == counts["per_split"][split]
+        assert hidden_ok(studies, len({r["study_id"] for r in rows}))
+        assert len({r["study_id"] for r in rows}) == counts["studies_per_split"][split]
+        assert hidden_ok(patients, len({r["subject_id"] for r in rows}))
+        assert len({r["subject_id"] for r in rows}) == counts["patients_per_split"][split]
         table = {row[0]: row[1:] for row in page.tables[f"labels-{split}"][1:]}
+        sexes = stats["per_split"][split]["sex"]
+        if images in HIDDEN:  # every count of the split hidden with its images, which they add up to
+            assert all(cell == images for cells in table.values() for cell in cells)
+            assert page.tables[f"sex-{split}"][1][1:] == [images] * len(sexes)
+            continue
         for label, states in stats["per_split"][split]["labels"].items():
             gone = {list(states)[i] for i in report.hidden(list(states.values()))}
             assert table[label][0] == ("suppressed" if "positive" in gone and not report.small(states["positive"])
                                        else shown(states["positive"]))
-        sexes = stats["per_split"][split]["sex"]
         assert page.tables[f"sex-{split}"][1][1:] == [str(c) for c in report.cells(list(sexes.values()))]
     hours = {row[0]: row[1] for row in page.tables["hours"][1:]}
     assert list(hours) == list(stats["hours_from_arrival"]) and sum(stats["hours_from_arrival"].values()) == \
@@ -110,6 +118,7 @@ def test_the_leakage_probe_table_shows_every_label(reported):
                           "structured features"]
     assert [row[0] for row in rows] == list(mimic.LABELS)
     fitted = 0
+    left_out = {row[0]: row[1] for row in page.tables["splits"][1:] if row[1] in HIDDEN}
     for row in rows:
         entry = probe["labels"][row[0]]
         if "skipped" in entry:
@@ -118,8 +127,87 @@ def test_the_leakage_probe_table_shows_every_label(reported):
             fitted += 1
             assert row[1:5] == [f"{entry[name]:.3f}" for name in probe["inputs"]]
             assert all(0.0 <= entry[name] <= 1.0 for name in probe["inputs"])
-        assert row[5:8] == [shown(entry["n_train"]), shown(entry["n_val"]), shown(entry["positives_val"])]
+        assert row[5:8] == [left_out.get("train", shown(entry["n_train"])), left_out.get("val", shown(entry["n_val"])),
+                            left_out.get("val", shown(entry["positives_val"]))]
     assert probe["n_train"] > 0 and fitted == sum("skipped" not in e for e in probe["labels"].values())
+
+
+def sums(page, metadata: dict) -> dict[str, list[str]]:
+    """Every row of counts on the ED card that adds up to a total the page shows, as shown: the total first."""
+    counts, top_k = metadata["counts"], metadata["config"]["rag_top_k"]
+    funnel = dict(page.tables["funnel"][1:])
+    kept = f"kept views ({','.join(metadata['config']['views'])})"
+    splits = {row[0]: row[1] for row in page.tables["splits"][1:]}  # images
+    views = {row[0]: row[1:] for row in page.tables["views"][1:]}
+    found = {"images in metadata": [funnel[k] for k in ("images in metadata", "unreadable rows", "other views", kept)],
+             "kept views": [funnel[k] for k in (kept, "no ED stay in window", "written (matched)", "rejected",
+                                                "after ED departure, dropped (--within_ed_stay)")],
+             "rejected": [funnel[k] for k in funnel if k.startswith("rejected")],
+             "images per split": [shown(counts["matched"]), *(splits[s] for s in mimic.SPLITS)],  # the header's
+             "scores": [shown(counts["matched"] * top_k), *(row[1] for row in page.tables["scores"][1:])]}
+    for split in mimic.SPLITS:
+        found.update({f"{name}-{split}": [splits[split], *page.tables[f"{name}-{split}"][1][1:]]
+                      for name in ("age", "sex")})
+        found[f"views-{split}"] = [splits[split], *views[split]]
+    return found
+
+
+@pytest.fixture(scope="module")
+def subtracted(reported, tmp_path_factory):
+    """The sample run with the review's demo case (3 unreadable rows, which were the images in metadata less the
+    other and the kept views, and 4 X-rays dropped after ED departure) and a lone small retrieval score bin (the
+    bins add up to the written records x top k): its run folder, metadata and card, and the figures drawn for it."""
+    def edit(metadata, manifest):
+        counts, scores = metadata["counts"], metadata["stats"]["rag"]["scores"]
+        counts.update(images_unreadable=3, dropped_after_ed_departure=4, images_kept_view=counts["images_kept_view"]
+                      + 4, images_total=counts["images_total"] + 7)
+        small = [k for k, n in scores.items() if 1 <= n <= 10]  # the sample's 2, 7 and 3 become 5, 0 and 0
+        scores[max(scores, key=scores.get)] += sum(scores[k] for k in small) - 5
+        scores.update(dict.fromkeys(small, 0) | {small[0]: 5})
+
+    base = tmp_path_factory.mktemp("report-subtracted")
+    run = edited_run(reported[0], base / "run", edit)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        drawn = drawn_figures(monkeypatch)
+        _, page = card(run, target=str(base / "card"))
+    return run, report.open_run(str(run))[1], page, drawn
+
+
+def test_no_hidden_count_follows_by_subtraction_from_a_shown_total(reported, subtracted):
+    """The funnel rows, the images per split (the header shows their total), the score bins and each split's age,
+    sex and view counts: in the sample (its 8 val images were the 117 written less 96 train and 13 test; its 6
+    rejected images the 152 kept views less 29 without an ED stay and 117 written) and in the review's funnel, no
+    row that adds up to a shown total has exactly one hidden cell."""
+    for metadata, page in ((reported[1], reported[3]), subtracted[1:3]):
+        relations = sums(page, metadata)
+        assert not {name: cells for name, cells in relations.items() if follows(*cells)}
+        assert any(cell in HIDDEN for cells in relations.values() for cell in cells)
+    _, metadata, page, _ = subtracted
+    funnel = dict(page.tables["funnel"][1:])
+    assert funnel["unreadable rows"] == funnel["after ED departure, dropped (--within_ed_stay)"] == "<11"
+    assert [row[1] for row in page.tables["scores"][1:]].count("<11") == 1
+
+
+def test_figures_hide_what_the_tables_hide(subtracted):
+    """The funnel figure draws no cell the funnel table hides, and its "linked to an ED stay" step (kept views less
+    no ED stay and the join rejects) does not show one either; a split whose images the split table hides is not
+    drawn among the labels, nor is its count in the title."""
+    _, metadata, page, drawn = subtracted
+    funnel = dict(page.tables["funnel"][1:])
+    steps, reasons = next(axes for axes in drawn if axes[0]["title"] == "Stage funnel (images)")
+    for name, length in {**steps["bars"], **{f"rejected: {k}": n for k, n in reasons["bars"].items()}}.items():
+        assert funnel.get(name, "") not in HIDDEN or length == 0, name
+    linked = dict(zip(steps["bars"], steps["texts"]))["linked to an ED stay"]
+    kept = f"kept views ({','.join(metadata['config']['views'])})"
+    assert not follows(funnel[kept], linked, funnel["no ED stay in window"],
+                       *(cell for name, cell in funnel.items() if name.startswith("rejected: join/")))
+    splits = {row[0]: row[1] for row in page.tables["splits"][1:]}
+    labels = next(axes for axes in drawn if len(axes) == 3 and axes[0]["title"].startswith("train ("))
+    for split, axis in zip(mimic.SPLITS, labels):
+        if splits[split] in HIDDEN:
+            assert axis["title"].startswith(f"{split} ({splits[split]} images") and axis["total"] == 0
+        else:
+            assert axis["title"].startswith(f"{split} ({splits[split]} images") and axis["total"] > 0
 
 
 def test_suppression_helpers_hide_small_cells_and_their_complement():
@@ -144,13 +232,15 @@ def test_a_small_negative_count_cannot_be_worked_out_from_a_label_row():
 
 def test_linked_images_leave_out_those_the_join_rejected():
     counts = {"images_kept_view": 100, "no_ed_stay": 30,
-              "rejected_by_reason": {"join/stay_row_rejected": 4, "join/conflicting_edstays": 2, "images/corrupt_image": 5}}
+              "rejected_by_reason": {"join/stay_row_rejected": 4, "join/conflicting_edstays": 2,
+                                     "images/corrupt_image": 5}}
     assert report.linked_images(counts) == 64  # the image-stage reject was linked first
 
 
 @pytest.mark.parametrize("module", ["report", "show"])
 def test_cli_on_a_folder_without_a_complete_run_says_so(module, tmp_path):
-    """A run folder with shards but no metadata.json (a job still running or stopped): a one-line error, no traceback."""
+    """A run folder with shards but no metadata.json (a job still running or stopped): a one-line error, no
+    traceback."""
     (tmp_path / "tfrecords").mkdir(parents=True)
     (tmp_path / "tfrecords" / "train-00000-of-00001.tfrecord").write_bytes(b"")
     done = subprocess.run([sys.executable, "-m", f"beam_pipeline.{module}", str(tmp_path)], capture_output=True,

@@ -5,6 +5,7 @@ X-ray only with samples."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import pytest
 
 from beam_pipeline import mimic, report, report_cards, report_medfuse, sample
 from beam_pipeline.cohorts import medfuse_stays
+from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import open_run, shard_files
 from beam_pipeline.run import run
-from card_checks import HIDDEN, card, card_with_samples, check_unit_funnel, hidden_ok, manifest_rows, shown
-from conftest import ONE_WORKER
+from card_checks import (HIDDEN, card, card_with_samples, check_unit_funnel, edited_run, hidden_ok, manifest_rows,
+                         shown)
+from conftest import ONE_WORKER, published
 
 TASKS = ("ihm", "phenotyping")
 SECTIONS = ["task", "funnel", "splits", "channels", "labels", "los", "normalizer", "samples", "provenance"]
@@ -111,10 +115,14 @@ def test_rows_of_a_made_up_run():
         ["Height", all_but, all_but, 45, ""], ["pH", 0, 0.0, 0, "never observed"]]
     assert report_medfuse.label_rows(metadata) == [["a", 0, 0.0], ["b", "<11", "<11"], ["c", 20, 0.4],
                                                    ["d", all_but, all_but]]
-    assert report_medfuse.normalizer_rows(metadata) == [["Glucose", "<11 stays", "<11 stays"],
-                                                        ["Heart Rate", "80.25", "12"],
-                                                        ["pH", "7.4", "1e-07 (never observed: imputed)"]]
-    assert "No normaliser" in report_medfuse.normalizer_part({**metadata, "normalizer": None})
+    train = {"Glucose": 4, "Heart Rate": 11, "pH": 0}
+    assert report_medfuse.normalizer_rows(metadata, train) == [["Glucose", "<11 train stays", "<11 train stays"],
+                                                               ["Heart Rate", "80.25", "12"],
+                                                               ["pH", "7.4", "1e-07 (never observed: imputed)"]]
+    # 50 written stays with Heart Rate, but the mean and sd are of the train split's: hidden over 10 of them
+    assert report_medfuse.normalizer_rows(metadata, {**train, "Heart Rate": 10})[1] == \
+        ["Heart Rate", "<11 train stays", "<11 train stays"]
+    assert "No normaliser" in report_medfuse.normalizer_part({**metadata, "normalizer": None}, [], train)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -200,11 +208,58 @@ def test_label_prevalence_los_and_normalizer(runs, task):
     assert normalizer, "the sample's train split has hours to fit on"
     rows = page.tables["normalizer"][1:]
     assert [row[0] for row in rows] == normalizer["columns"]
+    train = train_stays(runs[task][0])
     for (column, mean, sd), value in zip(rows, normalizer["means"]):
-        if 1 <= metadata["counts"]["channel_coverage"][column]["stays"] <= 10:
-            assert mean == sd == "<11 stays"
+        if metadata["counts"]["channel_coverage"][column]["stays"] and train[column] <= 10:
+            assert mean == sd == "<11 train stays", column
         else:
             assert float(mean.replace(",", "")) == pytest.approx(value, rel=1e-3)
+
+
+def test_the_normaliser_hours_are_hidden_with_the_train_stays(runs, tmp_path):
+    """IHM series are 48 hourly bins, so the normaliser's train hours are 48 x the train stays: with 6 of the
+    sample's train stays moved to test (11, 5 and 12) the split table hides the 11 train stays beside the 5 val
+    ones, and the hours must not give them back."""
+    def edit(metadata, manifest):
+        for row in [row for row in manifest if row["split"] == "train"][:6]:
+            row["split"] = "test"
+        for key, column in (("per_split", "stay_id"), ("patients_per_split", "subject_id")):
+            metadata["counts"][key] = {s: len({r[column] for r in manifest if r["split"] == s}) for s in mimic.SPLITS}
+
+    run = edited_run(runs["ihm"][0], tmp_path / "run", edit)
+    index, page = card(run, target=str(tmp_path / "card"))
+    splits = {row[0]: row[1] for row in page.tables["splits"][1:]}
+    assert splits["train"] in HIDDEN
+    hours = runs["ihm"][1]["normalizer"]["rows"]
+    normalizer = re.search(r'<section id="normalizer">.*?</p>', index.read_text()).group(0)
+    assert f"; {html.escape(splits['train'])} hours," in normalizer and f"{hours:,}" not in normalizer
+
+
+def train_stays(output) -> dict[str, int]:
+    """Per channel, the train stays with it observed, counted in every train record."""
+    folder, metadata = open_run(str(output))
+    found = dict.fromkeys(metadata["channel_order"], 0)
+    for path in shard_files(folder, "train", metadata):
+        for raw in read_records(path):
+            _, mask = report_medfuse.series(parse_example(raw))
+            for channel, observed in zip(metadata["channel_order"], mask.any(axis=0)):
+                found[channel] += int(observed)
+    return found
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_normaliser_mean_is_shown_over_more_than_10_train_stays(runs, task):
+    """The mean and sd are of the train split only: the sample's FiO2, seen in 12 written IHM stays of which 6 in
+    train, showed its train mean and sd, as metadata.json counts stays of every split. train_stays counts them in
+    the train records, as far as each channel seen in more than 10 written stays needs."""
+    output, metadata, _, _, page = runs[task]
+    coverage, train = metadata["counts"]["channel_coverage"], train_stays(output)
+    assert [c for c in coverage if coverage[c]["stays"] > 10 and train[c] <= 10]  # the case at hand
+    rows = {row[0]: row[1:] for row in page.tables["normalizer"][1:]}
+    for column, cells in rows.items():
+        assert (cells == ["<11 train stays"] * 2) == (0 < coverage[column]["stays"] and train[column] <= 10), column
+    counted = report_medfuse.train_stays(str(published(output)), metadata)
+    assert all(counted[c] == train[c] or counted[c] > 10 for c in coverage if coverage[c]["stays"] > 10)
 
 
 @pytest.mark.parametrize("task", TASKS)

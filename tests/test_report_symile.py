@@ -10,7 +10,8 @@ import pytest
 from beam_pipeline import mimic, report, report_cards, report_symile, sample
 from beam_pipeline.cohorts.symile_metadata import DROPS
 from beam_pipeline.run import run
-from card_checks import card, card_with_samples, hidden_ok, manifest_rows, shown
+from card_checks import (HIDDEN, card, card_with_samples, check_unit_funnel, edited_run, follows, hidden_ok,
+                         manifest_rows, shown)
 from conftest import ONE_WORKER
 
 SECTIONS = ["funnel", "splits", "labs", "ecg", "candidates", "samples", "provenance"]
@@ -44,26 +45,19 @@ def test_the_run_has_something_to_show(symile_run):
 
 
 def test_funnel_steps_and_reasons_match_metadata(symile_run):
+    """Each step, the next and the removals between them add up: the sample's single-reason steps (8 admissions
+    without an ECG in the window, 2 without a lab, 1 without a usable ECG) were the differences of the shown steps
+    around them, and no longer are (check_unit_funnel)."""
     _, metadata, _, index, page = symile_run
     counts = metadata["counts"]
     assert page.sections == SECTIONS
-    rows = page.tables["funnel"][1:]
-    steps = [row for row in rows if not row[0].startswith("− ")]
-    assert steps == [[step, shown(n)] for step, n in metadata["funnel"].items()]  # the funnel's order
-    removed = {row[0][2:]: row[1] for row in rows if row[0].startswith("− ")}
-    expected = {**{f"dropped: {r}": n for r, n in counts["dropped"].items()},
-                **{f"rejected: {r}": n for r, n in counts["rejected_by_reason"].items()}}
-    assert set(removed) == set(expected)
-    assert all(hidden_ok(cell, expected[name]) for name, cell in removed.items()), removed
-    names = [row[0] for row in rows]
+    names = check_unit_funnel(page, metadata)
+    assert page.tables["funnel"][1] == ["admissions", shown(counts["admissions"])]  # the inputs' rows show it
     assert names.index("− dropped: no_cxr_in_window") < names.index("with a CXR and its labels") < \
         names.index("− dropped: no_ecg_in_window") < names.index("with an ECG in window")
     assert names.index("− dropped: no_usable_ecg") < names.index("with a usable ECG") < names.index("written")
     assert all(names.index("with a usable ECG") < names.index(f"− rejected: {reason}") < names.index("written")
                for reason in counts["rejected_by_reason"])
-    rejects = {row[0]: row[2] for row in page.tables["rejects"][1:]}
-    assert rejects["total"] == shown(counts["rejects_total"]) and \
-        set(rejects) == {*counts["rejects_by_stage_reason"], "total"}
     checks = {row[0]: row[1] for row in page.tables["ecg-checks"][1:]}
     assert set(checks) == {*counts["ecg_checked"], "total"} and \
         checks["total"] == shown(sum(counts["ecg_checked"].values()))
@@ -92,16 +86,57 @@ def test_lab_coverage_splits_and_candidates(symile_run):
             assert float(median.replace(",", "")) == pytest.approx(per_itemid[itemid]["median"], rel=1e-3)
         else:
             assert median in ("–", "<11 values")
-    for split, admissions, patients, images, ecgs in page.tables["splits"][1:]:
+    splits = {row[0]: row[1:] for row in page.tables["splits"][1:]}
+    assert page.tables["splits"][0] == ["split", "admissions", "X-ray images", "ECGs", "patients"]
+    assert list(splits) == [*mimic.SPLITS, "total"] and splits["total"][0] == shown(counts["matched"])
+    for split in mimic.SPLITS:
         rows = [r for r in manifest if r["split"] == split]
-        assert admissions == shown(len(rows)) == shown(counts["per_split"][split])
-        assert patients == shown(len({r["subject_id"] for r in rows})) == shown(counts["patients_per_split"][split])
-        assert ecgs == shown(len({r["ecg_study_id"] for r in rows}))
+        expected = [len(rows), *(len({r[column] for r in rows}) for column in ("cxr_dicom_id", "ecg_study_id",
+                                                                               "subject_id"))]
+        assert all(hidden_ok(cell, n) for cell, n in zip(splits[split], expected)), (split, splits[split])
+        assert expected[0] == counts["per_split"][split] and expected[3] == counts["patients_per_split"][split]
     candidates = {row[0]: row[1:] for row in page.tables["candidates"][1:]}
     assert set(candidates) == {"val", "test"}
-    assert candidates["val"][0] == shown(counts["candidates"]["queries"]["val"]) == shown(counts["per_split"]["val"])
+    assert hidden_ok(candidates["val"][0], counts["candidates"]["queries"]["val"])
+    assert counts["candidates"]["queries"]["val"] == counts["per_split"]["val"]
     assert {row[0]: row[3] for row in page.tables["inputs"][1:]} == {k: v["sha256"]
                                                                      for k, v in metadata["inputs"].items()}
+
+
+@pytest.mark.parametrize("moved", ["none", "val to train"])
+def test_no_split_count_follows_by_subtraction(symile_run, tmp_path, moved):
+    """Each split column adds up to its total, the admissions to the written ones in the header: with one small split
+    (the sample's val admission moved to train: 15, 0 and 5) the smallest other is hidden too. A split whose
+    admissions are hidden has its candidate counts hidden with them: its queries are its admissions, and k
+    negatives per query (fewer in a short set: q - 1 each) gave them back; so are the train values of each lab
+    (one per train record) when the train admissions are hidden."""
+    output, metadata = symile_run[:2]
+    if moved != "none":
+        def edit(metadata, manifest):
+            for row in manifest:
+                row["split"] = "train" if row["split"] == "val" else row["split"]
+            for key, column in (("per_split", "hadm_id"), ("patients_per_split", "subject_id")):
+                metadata["counts"][key] = {s: len({r[column] for r in manifest if r["split"] == s})
+                                           for s in mimic.SPLITS}
+            for key in ("queries", "negatives", "short_sets"):
+                metadata["counts"]["candidates"][key]["val"] = 0
+            metadata["outputs"]["candidates"]["val"]["records"] = 0
+
+        output = edited_run(output, tmp_path / "run", edit)
+        metadata = report.open_run(str(output))[1]
+    _, page = card(output, target=str(tmp_path / "card"))
+    header, *rows = page.tables["splits"]
+    splits = {row[0]: row[1:] for row in rows}
+    assert sum(1 <= n <= 10 for n in metadata["counts"]["per_split"].values()) == (2 if moved == "none" else 1)
+    for split, *cells in page.tables["candidates"][1:]:
+        if splits[split][0] in HIDDEN:
+            assert cells == [splits[split][0]] * 4, (split, cells)
+    if moved != "none":  # one train value per train record and itemid
+        assert splits["train"][0] in HIDDEN
+        assert {row[4] for row in page.tables["labs"][1:]} == {splits["train"][0]}
+    assert not follows(shown(metadata["counts"]["matched"]), *(splits[s][0] for s in mimic.SPLITS))
+    for i, column in enumerate(header[1:]):
+        assert not follows(*(splits[s][i] for s in (*mimic.SPLITS, "total"))), column
 
 
 def test_default_card_is_aggregate_only(symile_run):
