@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import gzip
-import ipaddress
+import importlib.util
 import os
-import socket
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,13 +36,60 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _loopback(host) -> bool:
-    if host in ("localhost", "", None):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# --- The session's network guard and home folder, in place before any fixture runs and inherited by every child ---
+#
+# tests/submit_site/sitecustomize.py refuses every connection and DNS lookup beyond loopback and logs it to the file
+# named by MIMIC_TEST_NETWORK_LOG. pytest_configure installs it in this process and exports PYTHONPATH and the log for
+# the whole session, so every Python process the tests start (``python -m beam_pipeline.run`` jobs, the worker
+# processes Beam starts for them, README commands) runs it at start-up too. The session fails if the log is not empty
+# at its end (an attempt whose error somebody swallowed); a test fails if the log grew while it ran.
+# The same hook also sets HOME (and the XDG, matplotlib and Keras folders) to a folder of the session, removed at its
+# end, so nothing is left in the user's home (~/.keras, ~/.cache/matplotlib, Chromium's ~/.config).
+SITE = Path(__file__).resolve().parent / "submit_site"
+NETWORK_LOG_ENV = "MIMIC_TEST_NETWORK_LOG"
+_session: dict = {}
+
+
+def _load_guard():
+    spec = importlib.util.spec_from_file_location("mimic_test_network_guard", SITE / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pytest_configure(config):
+    folder = Path(tempfile.mkdtemp(prefix="mimic-tests-session-"))
+    home = folder / "home"
+    log = folder / "network-attempts.log"
+    log.touch()
+    environment = {
+        "PYTHONPATH": os.pathsep.join([str(SITE), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        NETWORK_LOG_ENV: str(log),
+        "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"), "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+        "KERAS_HOME": str(home / ".keras")}
+    _session.update(folder=folder, log=log, saved={name: os.environ.get(name) for name in environment})
+    home.mkdir()
+    os.environ.update(environment)
+    _load_guard().install_guard()  # this process: the socket module's functions stay replaced until it exits
+
+
+def pytest_sessionfinish(session):
+    attempts = _session["log"].read_text() if _session.get("log") else ""
+    if attempts:
+        sys.stderr.write(f"\nnetwork beyond loopback was attempted during the session ({NETWORK_LOG_ENV}; "
+                         f"pid, kind, host):\n{attempts}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config):
+    for name, value in _session.pop("saved", {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "folder" in _session:
+        shutil.rmtree(_session.pop("folder"), ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,23 +110,63 @@ def session_folders(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every test runs with connections beyond loopback refused, so nothing can quietly reach the internet."""
-    real_connect = socket.socket.connect
-    real_getaddrinfo = socket.getaddrinfo
+def no_network():
+    """Fails the test if a connection or lookup beyond loopback was attempted while it ran, in this process or in one
+    it started (refused by the session's guard; this catches the attempts whose error was swallowed)."""
+    log = _session["log"]
+    before = log.stat().st_size
+    yield
+    with open(log, "rb") as f:
+        f.seek(before)
+        attempts = f.read().decode()
+    if attempts:
+        pytest.fail(f"network beyond loopback attempted during this test (pid, kind, host):\n{attempts}")
 
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            raise OSError(f"test tried to connect to {address[0]}: network beyond loopback is blocked")
-        return real_connect(sock, address)
 
-    def getaddrinfo(host, *args, **kwargs):
-        if not _loopback(host):
-            raise OSError(f"test tried to resolve {host}: network beyond loopback is blocked")
-        return real_getaddrinfo(host, *args, **kwargs)
+# --- File permissions that apply to root too (the fault tests' unreadable image and unwritable output) ---
+#
+# Root reads a mode-000 file and writes into a mode-500 folder (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), and CI runs
+# the suite as root. A command wrapped by without_permission_override() starts through a small trampoline that drops
+# those two capabilities from its bounding set and then executes it: it stays uid 0 (it can still run the
+# interpreter under /root and write its own files) but gets the kernel's real EACCES like any other user. Not as root,
+# the command runs unchanged.
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SETPCAP, PR_CAPBSET_DROP = 1, 2, 8, 24
+_DROP_OVERRIDE = f"""
+import ctypes, os, sys
+def held(field):
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1], 16)
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in ({CAP_DAC_OVERRIDE}, {CAP_DAC_READ_SEARCH}):
+    if libc.prctl({PR_CAPBSET_DROP}, cap, 0, 0, 0) != 0:
+        sys.exit(f"cannot drop capability {{cap}}: {{os.strerror(ctypes.get_errno())}}")
+    if (held("CapInh") | held("CapAmb")) >> cap & 1:  # would survive the exec
+        sys.exit(f"capability {{cap}} is inheritable or ambient here")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+def _can_drop_override() -> bool:
+    try:
+        status = Path("/proc/self/status").read_text()
+        effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+        ctypes.CDLL(None).prctl  # noqa: B018 (Linux's libc)
+    except (OSError, StopIteration, AttributeError):
+        return False
+    return bool(effective >> CAP_SETPCAP & 1)
+
+
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+permissions_apply = pytest.mark.skipif(
+    ROOT and not _can_drop_override(),
+    reason="runs as root without CAP_SETPCAP (or not on Linux): root's file-permission override cannot be dropped "
+           "for the job, so no permission error can be produced")
+
+
+def without_permission_override(command: list[str]) -> list[str]:
+    """``command`` (a program and its arguments) so that file permissions apply to it even when the suite runs as
+    root; unchanged otherwise."""
+    return [sys.executable, "-c", _DROP_OVERRIDE, *command] if ROOT else list(command)
 
 
 def test_pipeline() -> TestPipeline:

@@ -2,15 +2,17 @@
 asserted: they live in the benchmark's output and the README's performance section)."""
 
 import json
+import os
 import re
+import subprocess
 import sys
 import textwrap
 
 from beam_pipeline import bench_e2e
 
-# A parent that starts two children, each holding ~150 MB and burning CPU, and waits for them. The children keep
-# their memory for 2.5 s, more than two of the monitor's 1 s PSS sampling intervals, so a PSS sample always falls
-# while both hold it (RSS is sampled every 0.05 s here).
+# A parent that starts two leaves, each touching ~150 MB and burning 0.4 s of CPU, then holding both until released.
+# Nothing is timed: each leaf says "ready" on its stdout once it holds its memory and has burnt its CPU, the parent
+# writes "ready" to the first FIFO once both have, and releases them (closes their stdin) once the second FIFO says go.
 TREE = textwrap.dedent("""
     import subprocess, sys, time
     if sys.argv[1:] == ["leaf"]:
@@ -20,25 +22,73 @@ TREE = textwrap.dedent("""
         end = time.process_time() + 0.4
         while time.process_time() < end:
             pass
-        time.sleep(2.5)
+        print("ready", flush=True)
+        sys.stdin.read()  # until the parent closes it
     else:
-        leaves = [subprocess.Popen([sys.executable, __file__, "leaf"]) for _ in range(2)]
+        ready, go = sys.argv[1:]
+        leaves = [subprocess.Popen([sys.executable, __file__, "leaf"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                  for _ in range(2)]
+        assert [leaf.stdout.readline() for leaf in leaves] == [b"ready\\n"] * 2
+        with open(ready, "w") as f:
+            f.write("ready")
+        with open(go) as f:
+            f.read()
         for leaf in leaves:
+            leaf.stdin.close()
             leaf.wait()
+""")
+
+# In a fresh process (so the monitored tree is exactly the three processes above, whatever else pytest has
+# started, and pytest itself does not become a subreaper): measure() of the tree, its monitor made to wait, at its
+# first sample, for the tree's "ready", then to take one full sample (process rescan and PSS) while both leaves hold
+# their memory, and only then to release the tree.
+MEASURE = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from beam_pipeline import bench_e2e
+
+    tree, ready, go, log = sys.argv[1:]
+
+    class Synchronised(bench_e2e.TreeMonitor):
+        released = False
+
+        def sample(self):
+            if not self.released:
+                with open(ready) as f:
+                    f.read()
+                self._last_scan = self._last_pss = float("-inf")  # this sample rescans the tree and reads PSS
+                super().sample()
+                with open(go, "w") as f:
+                    f.write("go")
+                self.released = True
+            else:
+                super().sample()
+
+    bench_e2e.TreeMonitor = Synchronised
+    print(json.dumps(bench_e2e.measure([sys.executable, tree, ready, go], Path(log), interval=0.05)))
 """)
 
 
 def test_measure_sums_the_whole_tree(tmp_path):
     script = tmp_path / "tree.py"
     script.write_text(TREE)
-    m = bench_e2e.measure([sys.executable, str(script)], tmp_path / "log.txt", interval=0.05)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    os.mkfifo(ready)
+    os.mkfifo(go)
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(script), str(ready), str(go), str(tmp_path / "log.txt")],
+                          capture_output=True, text=True, timeout=60)  # a bound, not a wait
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads(done.stdout.splitlines()[-1])
     assert m["returncode"] == 0
     assert m["peak_rss_mb"] > 2 * 150  # both leaves at once: the sum, not one process's maximum
     assert m["peak_pss_mb"] > 2 * 140
     assert m["peak_processes"] == 3
+    # The leaves burnt 0.4 s each before the monitor's full sample, and nothing after: the CPU seen per process and
+    # the tree's rusage agree (up to the start-up and exit of three interpreters).
     assert m["cpu_s"] >= 0.8 and abs(m["cpu_s"] - m["cpu_s_proc"]) < 0.5
-    assert m["wall_s"] >= 0.9
-    assert 0 <= m["host_steal_share"] < 1 and 0 <= m["host_idle_share"] < 1
+    assert m["wall_s"] >= 0.4  # each leaf's 0.4 s of CPU took at least as long
+    assert m["host_steal_share"] >= 0 and m["host_idle_share"] >= 0
+    assert m["host_steal_share"] + m["host_idle_share"] <= 1  # two shares of the same ticks
 
 
 def test_host_shares_come_from_the_ticks_between_two_readings():

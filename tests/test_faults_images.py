@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -19,9 +20,11 @@ import pytest
 from beam_pipeline import accounting, mimic
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysSource
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
+from beam_pipeline.readers.common import open_run
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from beam_pipeline.transforms.records import Record
-from conftest import create_bucket, published
+import faults
+from conftest import create_bucket, permissions_apply, published, without_permission_override
 from faults import assert_counts_add_up, fresh_tree, rejects, run_job
 from test_pixels import damage_scan, scan_data
 
@@ -83,13 +86,18 @@ def test_a_directory_at_an_image_path_is_a_reject(clean_tree, clean_run, tmp_pat
     assert detail == f"{image.relative}: IsADirectoryError: Is a directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file (CAP_DAC_OVERRIDE): no permission error "
-                                             "to produce; the read-error test below covers the same path")
+@permissions_apply
 def test_an_image_without_read_permission_is_a_reject(clean_tree, clean_run, tmp_path):
+    """A real PermissionError from the kernel: the job runs as users run it (``python -m beam_pipeline.run`` in a
+    fresh interpreter), and when the suite runs as root, without root's file-permission override
+    (conftest.without_permission_override), so the mode-000 image is unreadable for it as for any other user."""
     roots = fresh_tree(clean_tree, tmp_path)
     image = victim(clean_run, roots, 1)
     image.path.chmod(0)
-    metadata = run_job(roots, tmp_path / "out")
+    command = [sys.executable, "-m", "beam_pipeline.run", *faults.argv(roots, tmp_path / "out")]
+    done = subprocess.run(without_permission_override(command), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, metadata = open_run(str(tmp_path / "out"))
     detail = assert_rejected(clean_run, tmp_path / "out", metadata, image, "unreadable_image")
     assert detail == f"{image.relative}: PermissionError: Permission denied"
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipeline import local_workers, sample
+from beam_pipeline import sample
 from beam_pipeline.fileio.metadata import check_counts, empty_run_message
 from beam_pipeline.fileio.outputs import check_writable
 from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import open_run
 from beam_pipeline.run import in_run_folder, main, parse
 import faults
+from conftest import permissions_apply, without_permission_override
 
 
 def nowhere(tmp_path: Path) -> sample.SampleRoots:
@@ -50,14 +54,15 @@ def test_output_under_a_regular_file_fails_at_launch(clean_tree, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="runs as root: folder permissions do not stop root's writes (the path-under-a-file test "
-                           "covers an unwritable local output for root)")
+@permissions_apply
 def test_output_in_a_folder_without_write_permission_fails_at_launch(clean_tree, tmp_path):
+    """A real PermissionError: when the suite runs as root, the job runs without root's file-permission override
+    (conftest.without_permission_override), so the mode-500 folder stops it as it stops any other user."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    command = [sys.executable, "-m", "beam_pipeline.run", *faults.argv(nowhere(tmp_path), locked / "out")]
     try:
-        done = faults.run_cli(nowhere(tmp_path), locked / "out")
+        done = subprocess.run(without_permission_override(command), capture_output=True, text=True, timeout=900)
     finally:
         locked.chmod(0o700)
     assert_failed_at_launch(done, 1, f"error: --output={locked}/out cannot be written: PermissionError")
@@ -121,21 +126,70 @@ def test_unknown_flag_is_an_argument_error(tmp_path):
 # --- local parallelism: every core by default, N worker processes for --direct_num_workers=N ---
 
 @pytest.mark.parametrize("flags, workers, mode", [
-    ((), local_workers.machine()[0], "multi_processing"),  # one per usable core that fits in memory
     (("--direct_num_workers=1",), 1, "in_memory"),  # one in-process worker
     (("--direct_num_workers=3",), 3, "multi_processing"),  # not Beam's N threads in one process
     (("--direct_num_workers", "3"), 3, "multi_processing"),
     (("--direct_num_workers=2", "--direct_running_mode=multi_threading"), 2, "multi_threading"),  # as given
-    (("--direct_num_workers=0",), local_workers.machine()[1],  # "one per core": the usable cores, not the host's
-     "multi_processing" if local_workers.machine()[1] > 1 else "in_memory"),
 ])
 def test_local_runs_use_worker_processes(flags, workers, mode, tmp_path):
     _, options = parse([f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}",
                         *flags])
     direct = options.view_as(beam.options.pipeline_options.DirectOptions)
-    if workers == 1 and not flags:
-        workers, mode = 1, "in_memory"
     assert (direct.direct_num_workers, direct.direct_running_mode) == (workers, mode)
+
+
+GIB = 2 ** 30
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_limit_here() -> float | None:
+    """The container's CPU quota in CPUs, read here (cgroup v2 cpu.max, else v1 cfs quota / period); None: none."""
+    v2, quota, period = (_first_line(f"/sys/fs/cgroup/{name}") for name in
+                         ("cpu.max", "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"))
+    if v2:
+        quota, period = v2.split()
+    return int(quota) / int(period) if quota and quota.lstrip("-").isdigit() and int(quota) > 0 else None
+
+
+def memory_here() -> int:
+    """MemAvailable, capped by the container's memory limit (cgroup v2 memory.max, else v1), read here."""
+    kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemAvailable:"))
+    limits = [int(text) for text in map(_first_line, ("/sys/fs/cgroup/memory.max",
+                                                      "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+              if text and text.isdigit()]
+    return min([kib * 1024, *limits])
+
+
+@pytest.mark.parametrize("flags", [(), ("--direct_num_workers=0",)])  # by default, and Beam's "one per core"
+def test_a_local_run_starts_one_worker_per_core_it_may_use(flags, tmp_path):
+    """The expectation does not come from local_workers: the CLI parses its flags in a child pinned to two cores
+    (``taskset``; one when this process may use only one), and the README's rule is applied here to figures read
+    here. One worker process per pinned core (capped by a CPU quota), by default no more than fit in the available
+    memory at 1 GiB each beside the runner's 0.75 GiB; ``0`` skips the memory cap. MemAvailable moves between this
+    reading and the child's, so a reading within 0.25 GiB of a step accepts both sides of it."""
+    pinned = set(sorted(os.sched_getaffinity(0))[:2])
+    quota = cpu_limit_here()
+    cores = max(1, min(len(pinned), math.ceil(quota))) if quota else len(pinned)
+    expected = {cores}
+    if not flags:
+        memory = memory_here()
+        expected = {max(1, min(cores, int((m - 0.75 * GIB) // GIB))) for m in (memory - GIB // 4, memory + GIB // 4)}
+    code = ("import sys; from beam_pipeline.run import parse; from apache_beam.options.pipeline_options import "
+            "DirectOptions; o = parse(sys.argv[1:])[1].view_as(DirectOptions); "
+            "print(o.direct_num_workers, o.direct_running_mode)")
+    argv = [f"--mimic_cxr_root={tmp_path}", f"--mimic_ed_root={tmp_path}", f"--output={tmp_path / 'o'}", *flags]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+                          timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, pinned))
+    workers, mode = done.stdout.split()
+    assert int(workers) in expected, (workers, expected)
+    assert mode == ("multi_processing" if int(workers) > 1 else "in_memory")
 
 
 # --- a run that writes no records fails, names the stage that emptied it, and is not published ---

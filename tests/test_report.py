@@ -284,6 +284,7 @@ def test_report_renders_in_headless_chromium(with_samples, tmp_path):
                         f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
     finally:
         server.shutdown()
+        server.server_close()
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert f'data-images="{len(page.images)}"' in body and 'data-broken-images="0"' in body
     assert f"all {len(page.images)} images loaded" in dom and "Stage funnel" in dom and "Leakage probe" in dom

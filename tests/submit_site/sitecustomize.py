@@ -1,10 +1,14 @@
-"""Test-only start-up hook for the Dataflow submission subprocess (tests/test_dataflow_submit.py puts this folder
-first on PYTHONPATH). It does nothing unless MIMIC_TEST_NETWORK_LOG is set, so a stray PYTHONPATH changes nothing.
+"""Test-only start-up hook of every Python process the test session starts: tests/conftest.py puts this folder first
+on PYTHONPATH and sets MIMIC_TEST_NETWORK_LOG for the whole session (jobs the tests run with ``python -m
+beam_pipeline.run``, the worker processes Beam starts for them, the Dataflow submission and whatever those start all
+inherit both), and installs the same guard in the pytest process itself. It does nothing unless
+MIMIC_TEST_NETWORK_LOG is set, so a stray PYTHONPATH changes nothing.
 
-1. Network guard: any connection or DNS lookup beyond loopback is refused (OSError) and appended to the file named by
-   MIMIC_TEST_NETWORK_LOG, one line per attempt, so the test can assert the file stays empty. Child processes that
-   Beam starts (``pip freeze`` for the submission environment, our wheel build) inherit PYTHONPATH and are guarded
-   too.
+1. Network guard: any connection (``connect``, ``connect_ex``) or DNS lookup (``getaddrinfo``, ``gethostbyname``)
+   beyond loopback is refused (OSError) and appended to the file named by MIMIC_TEST_NETWORK_LOG, one line per
+   attempt, so the session (and any test) can assert the file stays empty even when the caller swallows the error.
+   It covers Python's socket module only: native code that opens its own sockets (gRPC's core, a browser) is not seen.
+   ``python -S`` skips this hook.
 2. Credentials: with STORAGE_EMULATOR_HOST set before Python starts, Beam's credential cache is marked "looked up,
    none found" right after ``apache_beam.internal.gcp.auth`` is imported, as the in-process gcs_server fixture does.
    Without it, every process without credentials retries ``google.auth.default()`` with backoff for about 25 s
@@ -17,7 +21,7 @@ import os
 import socket
 import sys
 
-_LOG = os.environ.get("MIMIC_TEST_NETWORK_LOG")
+LOG_ENV = "MIMIC_TEST_NETWORK_LOG"
 
 
 def _loopback(host) -> bool:
@@ -32,12 +36,17 @@ def _loopback(host) -> bool:
 
 
 def _refuse(kind: str, host) -> OSError:
-    with open(_LOG, "a", encoding="utf-8") as f:
-        f.write(f"{os.getpid()} {kind} {host}\n")
+    log = os.environ.get(LOG_ENV)  # read at each attempt: a test may point its own attempts at its own file
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {kind} {host}\n")
     return OSError(f"{kind} {host}: network beyond loopback is blocked in this test")
 
 
-def _install_guard() -> None:
+def install_guard() -> None:
+    """Refuse and log every connection and lookup beyond loopback in this process (once; a second call is a no-op)."""
+    if getattr(socket, "_mimic_test_guard", False):
+        return
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
     real_getaddrinfo, real_gethostbyname = socket.getaddrinfo, socket.gethostbyname
 
@@ -63,6 +72,7 @@ def _install_guard() -> None:
 
     socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
     socket.getaddrinfo, socket.gethostbyname = getaddrinfo, gethostbyname
+    socket._mimic_test_guard = True
 
 
 class _NoCredentialLookup(importlib.abc.MetaPathFinder):
@@ -92,7 +102,7 @@ class _NoCredentialLookup(importlib.abc.MetaPathFinder):
         return spec
 
 
-if _LOG:
-    _install_guard()
+if __name__ == "sitecustomize" and os.environ.get(LOG_ENV):  # at start-up, not when conftest loads it by path
+    install_guard()
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         sys.meta_path.insert(0, _NoCredentialLookup())
