@@ -12,7 +12,7 @@ from 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step 
 split table's rows and columns, the LOS bins, the split sources) get complementary suppression (report_cards): no
 suppressed count follows by subtraction from one relation. A share whose complement is 1 to 10 (all but a few
 stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 train stays (the
-normaliser is fitted on train; train_stays counts them in the train records, as metadata.json counts every split).
+normaliser is fitted on train; metadata.json's channel_coverage counts them).
 ``--samples N`` adds N records' hourly heatmap of the 17 channels (value and mask) and the paired X-ray thumbnail
 (val, then test, then train; paired records first), and marks the page "contains patient data".
 """
@@ -33,7 +33,6 @@ from beam_pipeline.report_cards import (HIDDEN, SAMPLE_SPLITS, UnitFunnel, bars_
                                         of_total, protect, provenance_section, samples_section, share_bars, xray)
 
 SAMPLE_SCAN = 200  # records read at most, beyond the N asked, looking for paired ones
-TRAIN_SCAN = 1000  # train records read at most to count the train stays a channel is observed in
 LOS_BINS = ((0, 24, "< 1 d"), (24, 48, "1–2 d"), (48, 72, "2–3 d"), (72, 120, "3–5 d"), (120, 168, "5–7 d"),
             (168, 336, "7–14 d"), (336, 720, "14–30 d"), (720, float("inf"), "≥ 30 d"))  # hours, [lower, upper)
 CARD_STYLE = ("<style>table.task td{text-align:left}.series-card{margin:0 0 1em;border:1px solid #ddd;"
@@ -156,24 +155,9 @@ def los_counts(manifest: list[dict[str, str]]) -> dict[str, int]:
     return found
 
 
-def train_stays(folder: str, metadata: dict) -> dict[str, int]:
-    """Per channel, train stays with it observed, which the normaliser's mean and sd are over (metadata.json counts
-    stays of every split): counted in the train records until each channel observed in more than SMALL_CELL written
-    stays has more than SMALL_CELL train ones, or TRAIN_SCAN records were read."""
-    coverage, channels = metadata["counts"]["channel_coverage"], metadata["channel_order"]
-    wanted = [channel for channel in channels if coverage[channel]["stays"] > SMALL_CELL]
-    found = dict.fromkeys(channels, 0)
-    for example in itertools.islice(records(folder, metadata, ("train",)), TRAIN_SCAN):
-        if all(found[channel] > SMALL_CELL for channel in wanted):
-            break
-        for channel, observed in zip(channels, series(example)[1].any(axis=0)):
-            found[channel] += int(observed)
-    return found
-
-
 def normalizer_rows(metadata: dict, train: dict[str, int]) -> list[list]:
     """Per standardised column: train mean and sd, shown only for a channel observed in more than SMALL_CELL
-    ``train`` stays (train_stays; fewer: close to a few patients' values); never observed: the imputed normal
+    ``train`` stays (per channel; fewer: close to a few patients' values); never observed: the imputed normal
     value."""
     normalizer, coverage = metadata["normalizer"], metadata["counts"]["channel_coverage"]
     rows = []
@@ -187,19 +171,19 @@ def normalizer_rows(metadata: dict, train: dict[str, int]) -> list[list]:
     return rows
 
 
-def normalizer_part(metadata: dict, manifest: list[dict[str, str]], train: dict[str, int]) -> str:
+def normalizer_part(metadata: dict, manifest: list[dict[str, str]]) -> str:
     """The normaliser's fit and its rows (normalizer_rows). Its train hours are 48 a stay for IHM, so they are
     hidden with the train stays when the split table hides those."""
     normalizer = metadata["normalizer"]
     if not normalizer:
         return ("<p>No normaliser: the run did not standardise the features (--normalize_timeseries=false) or had "
                 "fewer than 2 train hours.</p>")
+    train = {channel: n.get("train_stays", 0) for channel, n in metadata["counts"]["channel_coverage"].items()}
     stays = split_cells(metadata, manifest)[("stays", "train")]
     hours = stays if isinstance(stays, str) else Count(normalizer.get("rows", 0))
     return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {hours} hours, ddof "
             f"{normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds are shown for "
-            f"channels observed in more than {SMALL_CELL} train stays (counted in the first {TRAIN_SCAN:,} train "
-            "records at most).</p>" +
+            f"channels observed in more than {SMALL_CELL} train stays.</p>" +
             _table(["column", "mean", "sd"], normalizer_rows(metadata, train), "normalizer"))
 
 
@@ -287,9 +271,7 @@ def task_rows(metadata: dict) -> list[list]:
             ["timeseries/normalized stored", "yes" if config.get("normalize_timeseries") else "no"]]
 
 
-def render(metadata: dict, manifest: list[dict[str, str]], train: dict[str, int], picked: list[dict],
-           names: list[tuple[str, str]]) -> str:
-    """The page; ``train``: the train stays per channel (train_stays)."""
+def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[tuple[str, str]]) -> str:
     counts = metadata["counts"]
     los = los_counts(manifest)
     los_shown = protect({**los, "total": counts["matched"]}, [[*los, "total"]], fixed=["total"])
@@ -331,7 +313,7 @@ def render(metadata: dict, manifest: list[dict[str, str]], train: dict[str, int]
                  "drawn.</p>",
                  _table(["LOS", "stays"], [[name, los_shown[name]] for name in (*los, "total")], "los"),
                  _figure("los.png", "ICU length of stay")),
-        _section("normalizer", "Normaliser (train only)", normalizer_part(metadata, manifest, train)),
+        _section("normalizer", "Normaliser (train only)", normalizer_part(metadata, manifest)),
         samples_section(picked, sample_cards(metadata, picked, names)),
         provenance_section(metadata),
     ]
@@ -367,5 +349,4 @@ def build(folder: str, metadata: dict, samples: int, target: str) -> str:
         if image_name:
             figures[image_name] = thumbnail(example["image/encoded"][0])
         names.append((series_name, image_name))
-    train = train_stays(folder, metadata) if metadata["normalizer"] else {}
-    return write_card(target, figures, render(metadata, manifest, train, picked, names))
+    return write_card(target, figures, render(metadata, manifest, picked, names))

@@ -225,7 +225,7 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
     assert np.allclose(normalized[:, columns], (features[:, columns] - metadata["normalizer"]["means"])
                        / np.array(metadata["normalizer"]["stds"]), atol=1e-4)
     for channel in ("Capillary refill rate", "Glascow coma scale total"):  # only CareVue ids: never in MIMIC-IV
-        assert metadata["counts"]["channel_coverage"][channel] == {"stays": 0, "bins": 0}
+        assert metadata["counts"]["channel_coverage"][channel] == {"stays": 0, "bins": 0, "train_stays": 0}
         assert channel in metadata["never_observed_channels"]
 
 

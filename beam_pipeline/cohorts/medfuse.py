@@ -94,12 +94,14 @@ class IcuRecord:
         return bool(self.dicom_id)
 
     def written_events(self) -> list[str]:
-        """Channel coverage (stays with the channel observed; observed bins), label prevalence, pairing."""
+        """Channel coverage (stays with the channel observed, and train ones: the normaliser's; observed bins), label
+        prevalence, pairing."""
         mask = np.asarray(self.mask).reshape(self.n_bins, len(hourly.CHANNELS))
         names = [f"labels_positive/{name}" for name, y in zip(self.label_names, self.labels) if y]
         for channel, bins in zip(hourly.CHANNELS, mask.sum(axis=0)):
             if bins:
-                names += [f"channel_stays/{channel}", (f"channel_bins/{channel}", int(bins))]
+                names += [f"channel_stays/{channel}", (f"channel_bins/{channel}", int(bins)),
+                          *([f"channel_train_stays/{channel}"] if self.split == "train" else [])]
         return names + (["paired"] if self.has_cxr else [])
 
     @property

@@ -28,7 +28,8 @@ def summarize_counts(events: dict[str, int], label_names) -> dict:
         "split_sources": prefixed(events, "split_source/"),
         "label_prevalence": {name: events.get(f"labels_positive/{name}", 0) for name in label_names},
         "channel_coverage": {channel: {"stays": events.get(f"channel_stays/{channel}", 0),
-                                       "bins": events.get(f"channel_bins/{channel}", 0)}
+                                       "bins": events.get(f"channel_bins/{channel}", 0),
+                                       "train_stays": events.get(f"channel_train_stays/{channel}", 0)}
                              for channel in hourly.CHANNELS},
         "events": prefixed(events, "events/"),  # rows, before the shuffle
         "stay_events": prefixed(events, "stay_events/"),  # per stay: the subject's rows in or out of its series
