@@ -81,6 +81,7 @@ KILLS = [
     ("shard_written", "SIGTERM", "previous"),
     ("before_metadata", "SIGKILL", "previous"),  # every shard written, metadata.json not yet
     ("metadata_written", "SIGKILL", "previous"),  # new run complete but not yet published
+    ("latest_staged", "SIGKILL", "previous"),  # ...and the new LATEST written beside the old one, not yet renamed
     ("published", "SIGKILL", "new"),  # LATEST moved, the previous run not yet deleted
     ("removed_marker", "SIGTERM", "new"),  # the previous run half-deleted: its metadata.json gone first
 ]
@@ -100,14 +101,16 @@ def test_a_killed_overwrite_leaves_exactly_one_complete_run(previous, tmp_path, 
     else:
         assert not same_run(metadata, first) and metadata["counts"] == first["counts"]
     survivors = complete_runs(output)
-    assert len(survivors) == {"shard_written": 1, "before_metadata": 1, "metadata_written": 2, "published": 2,
-                              "removed_marker": 1}[point]
+    assert len(survivors) == {"shard_written": 1, "before_metadata": 1, "metadata_written": 2, "latest_staged": 2,
+                              "published": 2, "removed_marker": 1}[point]
+    assert len(list(output.glob(".tmp-*"))) == (point == "latest_staged")
 
     # The next run recovers: it publishes and removes everything else, complete or not.
     run(flags + [f"--output={output}", "--overwrite"])
     final = assert_one_readable_run(output)
     assert complete_runs(output) == [Path(final["config"]["output"])]
     assert [p.name for p in (output / "runs").iterdir()] == [Path(final["config"]["output"]).name]
+    assert sorted(p.name for p in output.iterdir()) == ["LATEST", "runs"]  # a killed job's temporary LATEST too
 
 
 def test_a_killed_first_run_leaves_no_run_and_readers_say_so(previous, tmp_path):

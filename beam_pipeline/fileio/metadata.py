@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline import __version__, accounting, failpoints, mimic
 from beam_pipeline.fileio import tfds_metadata
 from beam_pipeline.fileio.outputs import (MANIFEST_COLUMNS, check_intact, previous_runs, publish, remove_run,
-                                          write_atomically)
+                                          stale_latest_copies, write_atomically)
 from beam_pipeline.options import Config
 from beam_pipeline.readers.normalization import NORMALIZATION
 from beam_pipeline.transforms import pixels
@@ -303,6 +303,9 @@ class WriteMetadata(beam.PTransform):
                 failpoints.reached("published")
                 for folder, files, above in previous_runs(base, config.output, keep_complete=config.keep_runs):
                     remove_run(folder, files, above)
+                stale = stale_latest_copies(base, config.output)
+                if stale:
+                    FileSystems.delete(stale)
             elif fail_when_empty:
                 raise EmptyRunError(empty_message(document))
             yield document["counts"]

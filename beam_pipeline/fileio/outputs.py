@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import os
@@ -42,6 +43,7 @@ MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "s
 LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")  # inside a run folder
 LATEST = "LATEST"
 RUNS = "runs"
+RUN_ID = "%Y%m%dT%H%M%S%fZ"  # a run folder's name: its UTC start time
 TEXT_SHARD_BYTES = 256 * 2 ** 20
 
 
@@ -117,7 +119,7 @@ def legacy_outputs(output: str) -> list[str]:
 
 def run_folder(output: str, now) -> str:
     """A new run folder under OUTPUT/runs/, named by UTC start time (sortable)."""
-    return FileSystems.join(output, RUNS, now.strftime("%Y%m%dT%H%M%S%fZ"))
+    return FileSystems.join(output, RUNS, now.strftime(RUN_ID))
 
 
 def is_local_path(path: str) -> bool:
@@ -202,9 +204,9 @@ def _remove_empty_folders(folders, above: str) -> None:
             directory = os.path.dirname(directory)
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Readers see the old file or the whole new one: a local file is written beside and renamed over; a GCS
-    object only becomes visible once its upload is complete."""
+def write_atomically(path: str, data: bytes, staged: str = "") -> None:
+    """Readers see the old file or the whole new one: a local file is written beside (``.tmp-<name>-*``) and renamed
+    over; a GCS object only becomes visible once its upload is complete. ``staged``: the failpoint reached between."""
     if not is_local_path(path):
         with FileSystems.create(path, mime_type="application/octet-stream",
                                 compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -212,12 +214,14 @@ def write_atomically(path: str, data: bytes) -> None:
         return
     local = path[len("file://"):] if path.startswith("file://") else path
     os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(local) or ".")
+    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(local)}-", dir=os.path.dirname(local) or ".")
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if staged:
+            failpoints.reached(staged)
         os.replace(temporary, local)
     except BaseException:
         os.unlink(temporary)
@@ -226,7 +230,19 @@ def write_atomically(path: str, data: bytes) -> None:
 
 def publish(output: str, folder: str) -> None:
     """Point OUTPUT/LATEST at a complete run folder (relative, so a copied output folder still works)."""
-    write_atomically(FileSystems.join(output, LATEST), (folder[len(output):].strip("/") + "\n").encode("utf-8"))
+    write_atomically(FileSystems.join(output, LATEST), (folder[len(output):].strip("/") + "\n").encode("utf-8"),
+                     staged="latest_staged")
+
+
+def stale_latest_copies(output: str, keep: str) -> list[str]:
+    """The temporary copies of LATEST that jobs killed while writing it left in a local --output, from before the run
+    ``keep`` started (a later one may be another job's write in progress); GCS writes leave none."""
+    if not is_local_path(output):
+        return []
+    started = datetime.datetime.strptime(keep.rstrip("/").rsplit("/", 1)[-1], RUN_ID).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    copies = FileSystems.match([FileSystems.join(output, f".tmp-{LATEST}-*")])[0].metadata_list
+    return sorted(m.path for m in copies if m.last_updated_in_seconds < started)
 
 
 def remove_run(folder: str, files: list[str], above: str) -> None:
