@@ -9,6 +9,8 @@ import gzip
 import pytest
 
 from beam_pipeline import mimic
+from beam_pipeline.run import run
+from conftest import ONE_WORKER
 from faults import assert_counts_add_up, edit_table, fresh_tree, rejects, run_cli, run_job, table_path
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -158,3 +160,14 @@ def test_byte_order_mark_and_crlf_read_like_the_clean_tree(clean_tree, clean_run
     metadata = run_job(roots, tmp_path / "out")
     assert metadata["counts"] == clean_run[1]["counts"]
     assert_counts_add_up(metadata, tmp_path / "out")
+
+
+def test_every_cohort_reports_nul_and_undecodable_bytes(clean_tree, tmp_path):
+    """The cohorts built on the shared funnel (here cxr_ehr) report both in metadata.json, not only as counters."""
+    roots = fresh_tree(clean_tree, tmp_path)
+    edit_table(roots.iv, mimic.PATIENTS, edit_line(3, lambda line: line + b"\0"))
+    edit_table(roots.iv, mimic.ADMISSIONS, edit_line(3, lambda line: line + b"\xff"))
+    metadata = run(["--cohort=cxr_ehr", f"--mimic_cxr_root={roots.cxr}", f"--mimic_iv_root={roots.iv}",
+                    f"--output={tmp_path / 'out'}", ONE_WORKER, "--images=false"])
+    assert metadata["counts"]["nul_bytes_removed"] == {"patients": 1}
+    assert metadata["counts"]["undecodable_bytes"] == {"admissions": 1}

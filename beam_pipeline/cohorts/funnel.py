@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from beam_pipeline import mimic
-from beam_pipeline.fileio.metadata import CountsError, image_section, prefixed, versions
+from beam_pipeline.fileio.metadata import CountsError, image_section, prefixed, read_counts, versions
 from beam_pipeline.options import Config
 from beam_pipeline.transforms.examples import feature_spec_json
 
@@ -30,10 +30,8 @@ def unit_counts(events: dict[str, int], unit: str, drops: Sequence[str], unit_st
         "patients_per_split": {s: events.get(f"patients/{s}", 0) for s in mimic.SPLITS},
         "images_kept_view": events.get("images_kept_view", 0),
         "images_other_view": events.get("images_other_view", 0),
-        "rows_read": prefixed(events, "rows_read/"),
-        "rows_rejected": prefixed(events, "rows_rejected/"),
+        **read_counts(events),
         "rows_filtered": prefixed(events, "rows_filtered/"),
-        "lines_read": prefixed(events, "lines_read/"),
         "duplicates": {"identical_rows": prefixed(events, "duplicates/identical_rows/"),
                        "conflicting_keys": prefixed(events, "duplicates/conflicting_keys/"),
                        "repeated_dicom_id": prefixed(events, "duplicates/repeated_dicom_id/")},

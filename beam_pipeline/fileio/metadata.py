@@ -45,6 +45,12 @@ def prefixed(events: dict[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in events.items() if k.startswith(prefix)}
 
 
+def read_counts(events: dict[str, int]) -> dict:
+    """What reading the tables reports per table, in every cohort's counts block (README "Bad input")."""
+    return {name: prefixed(events, f"{name}/")
+            for name in ("rows_read", "rows_rejected", "lines_read", "nul_bytes_removed", "undecodable_bytes")}
+
+
 def summarize_counts(events: dict[str, int]) -> dict:
     """Turn summed events into the documented counts block."""
     rejects = prefixed(events, "rejects/")
@@ -72,11 +78,7 @@ def summarize_counts(events: dict[str, int]) -> dict:
                   "enhanced_truncated": events.get("enhanced_notes_truncated", 0),
                   "redacted": events.get("leakage_notes_redacted", 0)},
         "leakage_hits": prefixed(events, "leakage/"),
-        "rows_read": prefixed(events, "rows_read/"),
-        "rows_rejected": prefixed(events, "rows_rejected/"),
-        "lines_read": prefixed(events, "lines_read/"),
-        "nul_bytes_removed": prefixed(events, "nul_bytes_removed/"),
-        "undecodable_bytes": prefixed(events, "undecodable_bytes/"),
+        **read_counts(events),
         "duplicates": {"identical_rows": prefixed(events, "duplicates/identical_rows/"),
                        "conflicting_keys": prefixed(events, "duplicates/conflicting_keys/")},
         "rejects_total": sum(rejects.values()),
