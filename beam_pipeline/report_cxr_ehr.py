@@ -254,8 +254,9 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
         FUNNEL.section(metadata, FUNNEL.removals(metadata),
                        f"<p>Each step is what is left; the rows before it (−) removed images since the previous one. "
                        f"Images of a kept view: {html.escape(views_text(config))}.{other} Drop reasons are tested in "
-                       "this order, so an image counts once; rejected images (a bad study time, a conflicting row, a "
-                       "repeated dicom_id, an unreadable JPEG) are removed before \"written\".</p>"),
+                       "this order, so an image counts once; rejected images (a bad study time, a conflicting row or "
+                       "one rejected when read, a repeated dicom_id, an unreadable JPEG) are removed before "
+                       "\"written\".</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
                  _table(["split", "images", "patients"], split_rows(metadata, FUNNEL.unit), "splits")),
         _section("coverage", "Feature coverage",

@@ -4,6 +4,7 @@ only when asked for and never among the features, the original's feature CSVs, b
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import filecmp
 import json
@@ -152,3 +153,90 @@ def test_an_image_in_an_admission_or_icu_stay_whose_rows_differ_is_rejected(tabl
     rejects = [o.value for o in out if getattr(o, "tag", None) == "rejects"]
     assert [(r["stage"], r["reason"], r["dicom_id"]) for r in rejects] == [("join", f"conflicting_{table}", "d1")]
     assert not [o for o in out if not hasattr(o, "tag")]  # no record written
+
+
+def read_reject(reason: str = "bad_timestamp", subject_id: int = SUBJECT) -> dict:
+    """A reject line of ReadCsvRows: ids only, never the row's values."""
+    return {"stage": "read", "reason": reason, "subject_id": subject_id, "study_id": None, "dicom_id": None,
+            "detail": "table.csv:3: a bad value"}
+
+
+def describe(groups: dict) -> tuple[list, list[dict], list[str]]:
+    out = list(DescribeImages("time", include_outcomes=True).process((SUBJECT, groups)))
+    return ([o for o in out if not hasattr(o, "tag")], [o.value for o in out if getattr(o, "tag", None) == "rejects"],
+            [o.value[0] for o in out if getattr(o, "tag", None) == "events"])
+
+
+@pytest.mark.parametrize("table, reason", [("admissions", "admission_row_rejected"),
+                                           ("icustays", "icustay_row_rejected")])
+def test_an_image_in_no_valid_row_while_a_row_of_its_subject_was_rejected_at_read_is_rejected(table, reason):
+    """The damaged row (e.g. an outtime without seconds) may be the one the image falls in: never written as in no
+    admission / ICU stay (icu=0, outcomes blank); a valid row that contains the image still wins."""
+    groups = {"images": [image("d1", T0 + 2 * HOUR)], "patients": [patient()],
+              "admissions": [admission(7, T0, T0 + 50 * HOUR)], "icustays": [icustay(9, 7, T0, T0 + 30 * HOUR)],
+              f"rejected_{table}": [read_reject()]}
+    contained = dict(groups)
+    records, rejects, _ = describe(contained)
+    assert not rejects and [(r.features["in_admission"], r.features["in_icu"]) for r in records] == [(7, 9)]
+    groups[table] = []  # the row it falls in is the rejected one
+    records, rejects, _ = describe(groups)
+    assert not records
+    assert [(r["stage"], r["reason"], r["dicom_id"]) for r in rejects] == [("join", reason, "d1")]
+    assert "bad_timestamp" in rejects[0]["detail"]
+
+
+def test_a_rejected_patients_row_rejects_the_image_instead_of_no_patient():
+    groups = {"images": [image("d1", T0)], "rejected_patients": [read_reject("bad_int")]}
+    records, rejects, events = describe(groups)
+    assert not records and "dropped/no_patient" not in events
+    assert [(r["stage"], r["reason"], r["dicom_id"]) for r in rejects] == [("join", "patient_row_rejected", "d1")]
+    records, rejects, _ = describe({**groups, "patients": [patient()]})  # which version is right cannot be known
+    assert not records and [r["reason"] for r in rejects] == ["patient_row_rejected"]
+    records, rejects, events = describe({"images": [image("d1", T0)]})
+    assert not records and not rejects and "dropped/no_patient" in events
+
+
+def test_read_rejects_reach_the_join_and_the_funnel_adds_up(tmp_path):
+    """End to end: subject 2's dischtime and outtime lack seconds, subject 3's anchor_year is damaged (all
+    rejected at read); subject 1 is clean."""
+    iv, cxr = tmp_path / "iv", tmp_path / "cxr"
+    subjects = (10000001, 10000002, 10000003)
+    end = ("2150-03-05 12:00:00", "2150-03-05 12:00", "2150-03-05 12:00:00")
+    outtime = ("2150-03-03 07:00:00", "2150-03-03 07:00", "2150-03-03 07:00:00")
+    write_table(cxr / "mimic-cxr-2.0.0-metadata.csv", mimic.CXR_METADATA, [
+        dict(dicom_id=f"d{i}", subject_id=s, study_id=50000000 + i, ViewPosition="AP", StudyDate="21500301",
+             StudyTime="100000.000") for i, s in enumerate(subjects, 1)])
+    write_table(iv / "hosp" / "patients.csv", mimic.PATIENTS, [
+        dict(subject_id=s, gender="F", anchor_age=60, anchor_year=year)
+        for s, year in zip(subjects, ("2150", "2150", "2l50"))])
+    write_table(iv / "hosp" / "admissions.csv", mimic.ADMISSIONS, [
+        dict(subject_id=s, hadm_id=20000000 + i, admittime="2150-03-01 06:00:00", dischtime=end[i - 1],
+             hospital_expire_flag=1) for i, s in enumerate(subjects, 1)])
+    write_table(iv / "icu" / "icustays.csv", mimic.ICUSTAYS, [
+        dict(subject_id=s, hadm_id=20000000 + i, stay_id=30000000 + i, first_careunit="MICU", last_careunit="MICU",
+             intime="2150-03-01 07:00:00", outtime=outtime[i - 1], los=2) for i, s in enumerate(subjects, 1)])
+    metadata = run(["--cohort=cxr_ehr", f"--mimic_cxr_root={cxr}", f"--mimic_iv_root={iv}",
+                    f"--output={tmp_path / 'out'}", "--images=false", "--split_strategy=hash", ONE_WORKER])
+    c = metadata["counts"]
+    assert (c["matched"], c["rejected"], c["dropped"]["no_patient"]) == (1, 2, 0)
+    assert c["rejected_by_reason"] == {"join/admission_row_rejected": 1, "join/patient_row_rejected": 1}
+    assert c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+
+
+def write_table(path: Path, table: mimic.Table, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table.header)
+        writer.writerows([row.get(column, "") for column in table.header] for row in rows)
+
+
+def test_a_feature_set_listed_twice_is_an_argument_error(tmp_path, capsys):
+    """Each set is written to its own files: a repeat is refused at launch (exit 2, naming the flag), not a Beam
+    traceback about a transform label."""
+    with pytest.raises(SystemExit) as stopped:
+        run(["--cohort=cxr_ehr", f"--mimic_cxr_root={tmp_path}", f"--mimic_iv_root={tmp_path}",
+             f"--output={tmp_path / 'out'}", "--feature_sets=socio-norm,image_meta,socio-norm"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "--feature_sets" in err and "socio-norm listed more than once" in err

@@ -317,6 +317,8 @@ def test_outcome_sets_are_gated():
         cf.check_feature_sets(["socio-age-norm"], include_outcomes=True)
     with pytest.raises(ValueError, match="unknown feature set"):
         cf.requires_outcomes("all")
+    with pytest.raises(ValueError, match="^feature set\\(s\\) image_meta, socio-norm listed more than once$"):
+        cf.check_feature_sets(["socio-norm", "image_meta", "socio-norm", "image_meta"], include_outcomes=False)
 
 
 def test_feature_csv_lines():

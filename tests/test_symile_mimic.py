@@ -58,16 +58,18 @@ def _time(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
 
-def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dict[str, int]]:
-    """The reference rules read literally over the raw files: hadm_id -> the choices; and the drop counts."""
+def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dict[str, int], set[int]]:
+    """The reference rules read literally over the raw files: hadm_id -> the choices; the drop counts; and the
+    admissions rejected because a kept-view image of their subject has an unreadable time (it may be their CXR)."""
     iv, cxr, ecg_root = Path(roots.iv) / "hosp", Path(roots.cxr), Path(roots.ecg)
-    images = defaultdict(list)
+    images, unknown_time = defaultdict(list), set()
     for row in read_csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
         if row["ViewPosition"] not in ("AP", "PA"):
             continue
         try:
             when = mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
         except ValueError:
+            unknown_time.add(int(row["subject_id"]))
             continue
         images[int(row["subject_id"])].append((when, row["dicom_id"], int(row["study_id"])))
     chexpert = {int(r["study_id"]) for r in read_csv(cxr / "mimic-cxr-2.0.0-chexpert.csv.gz")}
@@ -85,9 +87,12 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
         signal = wfdb.rdrecord(str(ecg_root / path)).p_signal
         return not np.isnan(signal).any() and bool(np.any(signal != 0)) and signal.shape == (5000, 12)
 
-    chosen, drops = {}, defaultdict(int)
+    chosen, drops, cxr_rejected = {}, defaultdict(int), set()
     for row in read_csv(iv / "admissions.csv.gz"):
         subject, hadm, admit = int(row["subject_id"]), int(row["hadm_id"]), _time(row["admittime"])
+        if subject in unknown_time:
+            cxr_rejected.add(hadm)
+            continue
         cxrs = sorted((t, d, s) for t, d, s in images[subject] if 24 * HOUR < t - admit <= 72 * HOUR)
         in_window = sorted((t, s, p) for t, s, p in ecgs[subject] if -24 * HOUR <= t - admit <= 24 * HOUR)
         values = {}
@@ -110,7 +115,7 @@ def expected_admissions(roots: sample.SampleRoots) -> tuple[dict[int, dict], dic
             chosen[hadm] = {"subject_id": subject, "dicom_id": cxrs[0][1], "study_id": cxrs[0][2],
                             "ecg_study_id": good[0][1], "ecg_path": good[0][2],
                             "labs": [values.get(i) for i in mimic.SYMILE_LAB_ITEMIDS]}
-    return chosen, dict(drops)
+    return chosen, dict(drops), cxr_rejected
 
 
 def test_readme_command_prints_the_admission_funnel(symile_cli, symile_run):
@@ -126,9 +131,10 @@ def test_readme_command_prints_the_admission_funnel(symile_cli, symile_run):
 
 def test_choices_and_drops_match_a_brute_force_reading_of_the_rules(symile_tree, symile_run):
     folder, metadata = symile_run
-    expected, drops = expected_admissions(symile_tree)
+    expected, drops, cxr_rejected = expected_admissions(symile_tree)
     counts = metadata["counts"]
     rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
+    assert 0 < counts["rejected_by_reason"]["join/cxr_row_rejected"] == len(cxr_rejected)
     bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}
     rejected = {h for h, want in expected.items() if want["dicom_id"] in bad_images}
     rows = manifest(folder, "hadm_id")
@@ -227,3 +233,56 @@ def test_the_tf_data_spec_parses_a_record(symile_run):
     path = next(p for p in sorted((folder / "tfrecords").glob("*.tfrecord")) if p.stat().st_size)
     parsed = tf.io.parse_single_example(next(iter(read_records(str(path)))), parse_spec(metadata))
     assert parsed["ecg/signal"].shape == (60000,) and parsed["labs/percentiles"].shape == (50,)
+
+
+def write_table(path: Path, table: mimic.Table, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table.header)
+        writer.writerows([row.get(column, "") for column in table.header] for row in rows)
+
+
+def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(tmp_path):
+    """Five subjects with one admission each: the earliest CXR, ECG or creatinine, or the patients row, damaged in
+    one subject each (dA1's dicom_id is also under another subject; the times lack seconds); the fifth is clean.
+    The four are rejected, never written with the next CXR, ECG or lab or without age, and the funnel adds up."""
+    from beam_pipeline.transforms.ecg import write_ecg
+    cxr, iv, ecg = tmp_path / "cxr", tmp_path / "iv", tmp_path / "ecg"
+    subjects = {"patients": 10000001, "cxr": 10000002, "ecg": 10000003, "lab": 10000004, "clean": 10000005}
+    damaged = {subject: kind for kind, subject in subjects.items()}
+    metadata, labels, patients, admissions, labs, ecgs = [], [], [], [], [], []
+    for i, s in enumerate(subjects.values()):
+        kind = damaged[s]
+        for n, (day, time) in enumerate((("21500302", "140000.000"), ("21500303", "0.000")), 1):
+            study = 50000000 + 10 * i + n
+            metadata.append(dict(dicom_id=f"d{s}-{n}", subject_id=s, study_id=study, ViewPosition="AP",
+                                 StudyDate=day, StudyTime=time))
+            labels.append(dict(subject_id=s, study_id=study, **{label: f"{n % 2}.0" for label in mimic.LABELS}))
+        if kind == "cxr":
+            metadata.append({**metadata[-2], "subject_id": 10000009, "study_id": 50000099})
+        patients.append(dict(subject_id=s, gender="F", anchor_age=60, anchor_year="2l50" if kind == "patients"
+                             else "2150"))
+        admissions.append(dict(subject_id=s, hadm_id=20000000 + i, admittime="2150-03-01 08:00:00"))
+        for n, (value, time) in enumerate((("1.0", "2150-03-01 09:00"), ("9.0", "2150-03-01 13:00:00")), 1):
+            labs.append(dict(labevent_id=10 * i + n, subject_id=s, itemid=50912, valuenum=value,
+                             charttime=time if kind == "lab" or n == 2 else time + ":00"))
+        for n, time in enumerate(("2150-03-01 09:00", "2150-03-01 10:00:00"), 1):
+            study, path = 40000000 + 10 * i + n, f"files/p1000/p{s}/s{40000000 + 10 * i + n}/{40000000 + 10 * i + n}"
+            write_ecg((ecg / path).parent, str(study), np.random.default_rng(study).uniform(-2, 2, (5000, 12)))
+            ecgs.append(dict(subject_id=s, study_id=study, file_name=study, path=path,
+                             ecg_time=time if kind == "ecg" or n == 2 else time + ":00"))
+    write_table(cxr / "mimic-cxr-2.0.0-metadata.csv", mimic.CXR_METADATA, metadata)
+    write_table(cxr / "mimic-cxr-2.0.0-chexpert.csv", mimic.CXR_CHEXPERT, labels)
+    write_table(iv / "hosp" / "patients.csv", mimic.PATIENTS, patients)
+    write_table(iv / "hosp" / "admissions.csv", mimic.ADMISSIONS, admissions)
+    write_table(iv / "hosp" / "labevents.csv", mimic.LABEVENTS, labs)
+    write_table(ecg / "record_list.csv", mimic.ECG_RECORD_LIST, ecgs)
+    result = run(["--cohort=symile_mimic", f"--mimic_cxr_root={cxr}", f"--mimic_iv_root={iv}",
+                  f"--mimic_ecg_root={ecg}", f"--output={tmp_path / 'out'}", "--images=false", ONE_WORKER])
+    c = result["counts"]
+    assert c["rejected_by_reason"] == {f"join/{kind}_row_rejected": 1 for kind in ("patient", "cxr", "ecg", "lab")}
+    assert (c["admissions"], c["rejected"], c["matched"]) == (5, 4, 1)
+    [row] = manifest(published(tmp_path / "out"), "hadm_id").values()
+    assert (row["subject_id"], row["cxr_dicom_id"], row["ecg_study_id"], row["50912"]) == (
+        "10000005", "d10000005-1", "40000041", "1.0")

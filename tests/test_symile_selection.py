@@ -308,6 +308,7 @@ class World:
     ecgs: list[dict] = dataclasses.field(default_factory=list)
     labs: list[dict] = dataclasses.field(default_factory=list)
     rejected_labels: list[dict] = dataclasses.field(default_factory=list)
+    row_rejects: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # ROW_REJECTS tag -> reject lines
 
     def admission(self, hadm_id: int, admittime: dt.datetime) -> "World":
         self.admissions.append(typed(mimic.ADMISSIONS, subject_id=self.subject_id, hadm_id=hadm_id,
@@ -342,6 +343,13 @@ class World:
                                charttime=time, valuenum=value))
         return self
 
+    def rejected(self, tag: str, reason: str = "bad_timestamp") -> "World":
+        """A reject line of a row of this subject (ids only, as the readers write it)."""
+        self.row_rejects.setdefault(tag, []).append(
+            {"stage": "metadata" if tag == "rejected_images" else "read", "reason": reason,
+             "subject_id": self.subject_id, "study_id": None, "dicom_id": None, "detail": "file.csv:2: bad"})
+        return self
+
     def groups(self, rng: random.Random | None = None) -> tuple[dict, Counter]:
         """The CoGroupByKey element's groups (in a random order when rng is given), and the lab filter's counts."""
         images = select_images([metadata_row(self.subject_id, im["study_id"], im["dicom_id"], im["time"], im["view"],
@@ -349,7 +357,8 @@ class World:
         labs, lab_counts = keep_labs(self.labs, {im.subject_id for im in images})
         groups = {"admissions": list(self.admissions), "patients": list(self.patients),
                   "labels": list(self.chexpert), "ecgs": list(self.ecgs), "images": images, "labs": labs,
-                  "rejected_labels": list(self.rejected_labels)}
+                  "rejected_labels": list(self.rejected_labels),
+                  **{tag: list(rows) for tag, rows in self.row_rejects.items()}}
         if rng is not None:
             for rows in groups.values():
                 rng.shuffle(rows)
@@ -559,7 +568,7 @@ def test_lab_earliest_per_itemid_ties_to_smallest_labevent_id_rows_without_value
         by_item = defaultdict(list)
         for r in rows:
             by_item[r["itemid"]].append(r)
-        assert dict(zip(LABS, earliest_labs(T0, by_item)))[51221] == 3.0
+        assert dict(zip(LABS, earliest_labs(T0, by_item)))[51221]["valuenum"] == 3.0
 
 
 def test_two_admissions_of_one_patient_share_one_cxr():
@@ -637,6 +646,83 @@ def test_drop_reasons_are_counted_in_order():
     outcomes, _ = world.run()
     assert [outcomes[h].reason for h in sorted(outcomes)] == [
         "no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window"]
+
+
+@pytest.mark.parametrize("tag, reason", [("rejected_patients", "patient_row_rejected"),
+                                         ("rejected_images", "cxr_row_rejected"),
+                                         ("rejected_ecgs", "ecg_row_rejected"),
+                                         ("rejected_labs", "lab_row_rejected")])
+def test_a_row_rejected_at_read_rejects_the_admission_instead_of_the_next_best_choice(tag, reason):
+    """The reviewer's case: the earliest CXR, ECG or creatinine (or the patients row) was rejected at read; its time
+    is unknown to the join (a reject line holds ids), so the admission is rejected, never written with dA2 / the
+    later ECG / 9.0 / age -1."""
+    world = (World().admission(21_000_001, T0).patient().image("dA2", 50_000_002, T0 + 40 * HOUR)
+             .ecg(40_000_002, T0 + 2 * HOUR).lab(2, 50912, T0 + 5 * HOUR, 9.0))
+    assert outcome(world).kind == "record"
+    got = outcome(world.rejected(tag))
+    assert (got.kind, got.reason) == ("rejected", reason)
+    assert "bad_timestamp" in got.reject["detail"]
+
+
+@pytest.mark.parametrize("tag, reason, steps", [
+    ("rejected_images", "cxr_row_rejected", ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window",
+                                             "no_lab_in_window")),
+    ("rejected_ecgs", "ecg_row_rejected", ("no_ecg_in_window", "no_lab_in_window")),
+    ("rejected_labs", "lab_row_rejected", ("no_lab_in_window",))])
+def test_a_rejected_row_turns_the_drops_from_its_step_on_into_rejects(tag, reason, steps):
+    """The rejected row may be the one the admission lacked; a drop at an earlier step stands (the row could not
+    have changed it)."""
+    world = World().patient()
+    world.admission(21_000_001, T0)  # nothing at all: no CXR
+    world.admission(21_000_002, T0 + 1000 * HOUR).image("a", 50_000_001, T0 + 1030 * HOUR, labels=None)
+    world.admission(21_000_003, T0 + 2000 * HOUR).image("b", 50_000_002, T0 + 2030 * HOUR)  # no ECG, no lab
+    (world.admission(21_000_004, T0 + 3000 * HOUR).image("c", 50_000_003, T0 + 3030 * HOUR)
+     .ecg(40_000_001, T0 + 3000 * HOUR))
+    drops = ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window")
+    outcomes, _ = world.rejected(tag).run()
+    assert [(outcomes[h].kind, outcomes[h].reason) for h in sorted(outcomes)] == [
+        ("rejected", reason) if drop in steps else ("dropped", drop) for drop in drops]
+
+
+def test_a_dicom_id_with_differing_metadata_rows_rejects_the_admission_that_chooses_it():
+    """One version says study 50000001 (all labels 1) at +30 h, the other study 50000002 at +36 h: which is right
+    cannot be known, so the admission is rejected whichever the window would choose, in any input order."""
+    world = (base_world().image("dA", 50_000_002, T0 + 36 * HOUR, labels=("0.0",) * 14)
+             .image("dA", 50_000_001, T0 + 30 * HOUR, view="PA", labels=("1.0",) * 14))
+    for seed in range(4):
+        outcomes, head = world.run(random.Random(seed))
+        got = outcomes[21_000_001]
+        assert (got.kind, got.reason) == ("rejected", "conflicting_cxr_metadata")
+        assert (got.reject["dicom_id"], got.reject["study_id"]) == ("dA", 50_000_001)
+        assert head["duplicates/conflicting_keys/cxr_metadata"] == 1
+    world.image("dB", 50_000_003, T0 + 25 * HOUR)  # an earlier, unconflicted CXR is chosen: the conflict is moot
+    assert outcome(world).record.dicom_id == "dB"
+
+
+def test_identical_metadata_rows_of_a_dicom_id_merge_and_are_counted():
+    world = base_world().image("dA", 50_000_001, T0 + 30 * HOUR)
+    world.images.append(dict(world.images[0]))
+    outcomes, head = world.run()
+    assert outcomes[21_000_001].record.dicom_id == "dA"
+    assert head == Counter({"duplicates/identical_rows/cxr_metadata": 1})
+
+
+def test_labevents_rows_sharing_a_labevent_id_merge_when_identical_and_reject_when_they_differ():
+    """Two rows of labevent_id 7 at the same time, 1.0 and 9.0: the choice must not follow input order."""
+    world = World().admission(21_000_001, T0).patient().ecg(40_000_001, T0).image("a", 50_000_001, T0 + 48 * HOUR)
+    world.lab(7, 50912, T0 + HOUR, 1.0).lab(7, 50912, T0 + HOUR, 1.0)
+    outcomes, head = world.run()
+    assert dict(zip(LABS, outcomes[21_000_001].record.labs))[50912] == 1.0
+    assert head == Counter({"duplicates/identical_rows/labevents": 1})
+    world.lab(7, 50912, T0 + HOUR, 9.0)
+    for seed in range(4):
+        outcomes, head = world.run(random.Random(seed))
+        got = outcomes[21_000_001]
+        assert (got.kind, got.reason) == ("rejected", "conflicting_labevents")
+        assert "labevent_id=7" in got.reject["detail"] and "valuenum" in got.reject["detail"]
+        assert head["duplicates/conflicting_keys/labevents"] == 1
+    world.lab(3, 50912, T0, 2.0)  # an earlier, unconflicted creatinine is chosen: the conflict is moot
+    assert dict(zip(LABS, outcome(world).record.labs))[50912] == 2.0
 
 
 def test_age_and_missing_patient():
@@ -825,7 +911,7 @@ def test_demo_earliest_labs_match_pandas(demo):
     assert len(demo["admissions"]) == len(demo["pd_adm"]) == 275
     with_labs = 0
     for adm in demo["admissions"]:
-        values = earliest_labs(adm["admittime"], by_subject[adm["subject_id"]])
+        values = [r and r["valuenum"] for r in earliest_labs(adm["admittime"], by_subject[adm["subject_id"]])]
         assert {i: v for i, v in zip(LABS, values) if v is not None} == expected.get(adm["hadm_id"], {}), adm["hadm_id"]
         with_labs += any(v is not None for v in values)
     assert 0 < with_labs < len(demo["admissions"])

@@ -14,6 +14,7 @@ Definition (cohort-definitions.md §C; differences from the original: README, Co
               original's layout: path, then the vector), rejects/, metadata.json
 
     Read cxr_metadata, patients, admissions, icustays[, cxr_split] ─► SelectImages ─► CoGroupByKey(subject)
+      (with the read rejects of patients, admissions, icustays: KeyRejectsBySubject)
       ─► DescribeImages ─► AssignSplits ─► AssertPatientDisjoint, AssertUniqueKeys(dicom_id)
         ─► WriteExamples (image read in the shard writer) ─► CountWritten ─► manifest, rejects, feature CSVs, metadata
 """
@@ -41,7 +42,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import unique_rows
+from beam_pipeline.transforms.join import KeyRejectsBySubject, row_rejected, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -73,9 +74,15 @@ class ImageRecord:
                 "features/in_icu" if f["in_icu"] is not None else "features/no_icu"]
 
 
+REJECTED = {"patients": "rejected_patients", "admissions": "rejected_admissions", "icustays": "rejected_icustays"}
+"""Tags of the read rejects of patients, admissions and icustays, keyed by subject for the join."""
+
+
 class DescribeImages(beam.DoFn):
     """(subject_id, co-grouped rows) -> ImageRecord per kept-view image; images without a patients row or gender,
-    or with no age bin, are counted (dropped/<reason>); repeated dicom_ids and conflicting rows are rejects."""
+    or with no age bin, are counted (dropped/<reason>); repeated dicom_ids and conflicting rows are rejects, as is an
+    image whose subject had a patients row rejected at read, or that is in no valid admission (ICU stay) while an
+    admissions (icustays) row of its subject was rejected at read: that row may be the one it falls in."""
 
     def __init__(self, granularity: str, include_outcomes: bool):
         self._granularity = granularity
@@ -92,15 +99,21 @@ class DescribeImages(beam.DoFn):
             if table.conflicts:
                 yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
         patients, admissions, icustays, splits = (tables[t] for t in ("patients", "admissions", "icustays", "splits"))
+        rejected = {table: groups.get(tag, ()) for table, tag in REJECTED.items()}
         seen = set()
         for image in sorted(groups.get("images", ()), key=lambda im: (im.dicom_id, im.study_time, im.study_id)):
             problem = (("duplicate_dicom_id", "dicom_id appears more than once in the metadata")
-                       if image.dicom_id in seen else patients.conflict(subject_id) or splits.conflict(image.dicom_id))
+                       if image.dicom_id in seen else patients.conflict(subject_id) or splits.conflict(image.dicom_id)
+                       or row_rejected("patient", "patients", rejected["patients"],
+                                       "gender and age come from the patients row"))
             seen.add(image.dicom_id)
             admission = ehr.admission_of(image, admissions.candidates(), self._granularity)
             stay = ehr.icu_stay_of(image, icustays.candidates(), self._granularity)
-            problem = problem or (admissions.conflict(admission["hadm_id"]) if admission else None) or (
-                icustays.conflict(stay["stay_id"]) if stay else None)
+            admission_problem = (admissions.conflict(admission["hadm_id"]) if admission else row_rejected(
+                "admission", "admissions", rejected["admissions"], "in no valid admission"))
+            stay_problem = (icustays.conflict(stay["stay_id"]) if stay else
+                            row_rejected("icustay", "icustays", rejected["icustays"], "in no valid ICU stay"))
+            problem = problem or admission_problem or stay_problem
             if problem:
                 yield from accounting.reject("join", problem[0], subject_id=subject_id, study_id=image.study_id,
                                              dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
@@ -218,6 +231,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
                        ("splits", "cxr_split")):
         if table in reads:
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
+    for table, tag in REJECTED.items():
+        keyed[tag] = reads[table][accounting.REJECTS] | f"Key {tag}" >> KeyRejectsBySubject()
     described = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "DescribeImages",
                       DescribeImages(config.ehr_match, config.include_outcomes))
     split = described.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,

@@ -279,10 +279,15 @@ def requires_outcomes(set_name: str) -> bool:
 
 
 def check_feature_sets(set_names: Iterable[str], include_outcomes: bool) -> None:
-    """ValueError naming every unknown set and every set that needs outcomes when they are not included."""
+    """ValueError naming every unknown set, every set listed twice (each is written to its own files) and every set
+    that needs outcomes when they are not included."""
+    set_names = list(set_names)
     unknown = [name for name in set_names if name not in FEATURE_SETS]
     if unknown:
         raise ValueError(f"unknown feature set(s) {', '.join(unknown)}; choose from {', '.join(FEATURE_SETS)}")
+    repeated = sorted({name for name in set_names if set_names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"feature set(s) {', '.join(repeated)} listed more than once")
     future = [name for name in set_names if requires_outcomes(name)]
     if future and not include_outcomes:
         raise ValueError(f"feature set(s) {', '.join(future)} contain alive/died, the admission's eventual death "

@@ -8,13 +8,15 @@ Definition (cohort-definitions.md §A; what differs from the original and why: R
               admissions that qualify otherwise, in window order, until one passes)
     labs      LAB_WINDOW per itemid of mimic.SYMILE_LAB_ITEMIDS (ascending itemid: the order of every lab vector)
     drops     counted in that order: no_cxr_in_window, no_chexpert_row, no_ecg_in_window, no_lab_in_window,
-              no_usable_ecg; bad rows, conflicts and unreadable images/ECGs are rejects
+              no_usable_ecg; bad rows, conflicts and unreadable images/ECGs are rejects, as is an admission that
+              could have used a row rejected at read (ROW_REJECTS), never given the next-best row instead
     split     patient-level hash split (no discarded rows); lab percentiles from an ECDF fitted on train only
     outputs   tfrecords/ (CXR, 320 px centre crop by default; ECG float32 5000x12 mV), manifest/, candidates/ (val and
               test retrieval sets from the written records), rejects/, metadata.json (funnel, ECDF summary)
 
     Read admissions, patients, cxr_chexpert, ecg_record_list, cxr_metadata ─► SelectImages ─┐
     Read labevents (50 itemids at read) ─► KeepSubjectsWithImages (side input) ─────────────┼─► CoGroupByKey(subject)
+      (+ reject lines of patients, record_list, labevents, CheXpert, kept-view metadata, keyed by subject)
       SelectAdmissions (windows, choices) ─► CheckEcgs ─► AssignSplits ─► FitEcdf(train) ─► ApplyEcdf
         AssertPatientDisjoint, AssertUniqueKeys(hadm_id) ─► WriteExamples (image + ECG read in the shard writer)
           └─► CountWritten ─► WriteOutputs (manifest, rejects), WriteCandidateSets, WriteMetadata
@@ -46,7 +48,8 @@ from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import KeyLabelRejects, OneSubjectPerId, label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.join import (KeyLabelRejects, KeyRejectsBySubject, OneSubjectPerId, label_problem,
+                                          rejected_reasons, row_rejected, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -104,14 +107,10 @@ class Admission:
 # --------------------------------------------------------------------------------------------------------------
 # Selection (pure, per admission)
 
-def earliest_labs(admittime: dt.datetime, labs_by_item: dict[int, list[dict]]) -> tuple[float | None, ...]:
-    """Per itemid (LABS order) the valuenum of the LAB_WINDOW choice, or None."""
-    values = []
-    for itemid in LABS:
-        row = choose(LAB_WINDOW, admittime, labs_by_item.get(itemid, ()), lambda r: r["charttime"],
-                     lambda r: r["labevent_id"])
-        values.append(None if row is None else row["valuenum"])
-    return tuple(values)
+def earliest_labs(admittime: dt.datetime, labs_by_item: dict[int, list[dict]]) -> tuple[dict | None, ...]:
+    """Per itemid (LABS order) the labevents row of the LAB_WINDOW choice, or None."""
+    return tuple(choose(LAB_WINDOW, admittime, labs_by_item.get(itemid, ()), lambda r: r["charttime"],
+                        lambda r: r["labevent_id"]) for itemid in LABS)
 
 
 def age(patient: dict | None, admittime: dt.datetime) -> int | None:
@@ -120,67 +119,77 @@ def age(patient: dict | None, admittime: dt.datetime) -> int | None:
     return mimic.age_at(patient["anchor_age"], patient["anchor_year"], admittime.year)
 
 
+ROW_REJECTS = {  # CoGroupByKey tag -> (reject reason prefix, table, why an admission could have used the row)
+    "rejected_patients": ("patient", mimic.PATIENTS.name, "age and gender come from the patients row"),
+    "rejected_images": ("cxr", mimic.CXR_METADATA.name, "a kept-view image of unknown time may be the CXR"),
+    "rejected_ecgs": ("ecg", mimic.ECG_RECORD_LIST.name, "a record_list row of unknown time may be an ECG"),
+    "rejected_labs": ("lab", mimic.LABEVENTS.name, "a labevents row of unknown time may be the lab"),
+}
+"""Rows rejected at read (kept-view images: at metadata/) of a subject: a reject line holds ids, not times, so any
+of them may be the row an admission's choice should have been; each rejects the admissions that reach its step."""
+
+
 class SelectAdmissions(beam.DoFn):
     """(subject_id, co-grouped rows) -> Admission per admission that has a CXR with labels, an ECG candidate and a
-    lab in its windows; the others are counted by the first reason (DROPS order). Conflicting admissions, patients,
-    CheXpert or in-window record_list rows, and CheXpert rows rejected at read, reject the admissions that need
-    them."""
+    lab in its windows; the others are counted by the first reason (DROPS order). Step by step (patients, CXR, ECG,
+    labs), an admission that reaches a step is rejected rather than given the next-best choice when the row it
+    needs conflicts (admissions, patients, the chosen CXR's metadata or CheXpert row, an in-window record_list row,
+    a chosen labevents row) or may be a row rejected at read (ROW_REJECTS; CheXpert: join.label_problem)."""
 
     def process(self, element):
         subject_id, groups = element
-        tables = {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in (
+        typed = {**groups, "images": map(dataclasses.asdict, groups.get("images", ()))}  # Image fields as a row
+        tables = {tag: unique_rows(typed.get(tag, ()), table.name, key) for tag, table, key in (
             ("admissions", mimic.ADMISSIONS, "hadm_id"), ("patients", mimic.PATIENTS, "subject_id"),
-            ("labels", mimic.CXR_CHEXPERT, "study_id"), ("ecgs", mimic.ECG_RECORD_LIST, "study_id"))}
+            ("labels", mimic.CXR_CHEXPERT, "study_id"), ("ecgs", mimic.ECG_RECORD_LIST, "study_id"),
+            ("labs", mimic.LABEVENTS, "labevent_id"), ("images", mimic.CXR_METADATA, "dicom_id"))}
         for table in tables.values():
             if table.copies:
                 yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
             if table.conflicts:
                 yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
-        admissions, patients, labels = tables["admissions"], tables["patients"], tables["labels"]
-        images = {}
-        for image in sorted(groups.get("images", ()), key=lambda im: (im.dicom_id, im.study_time, im.study_id)):
-            if image.dicom_id in images:
-                yield accounting.event("duplicates/repeated_dicom_id/cxr_metadata")
-            else:
-                images[image.dicom_id] = image
-        ecg_rows = tables["ecgs"]
+        admissions, patients, labels, images = (tables[t] for t in ("admissions", "patients", "labels", "images"))
+        ecg_rows, lab_rows = tables["ecgs"], tables["labs"]
+        cxrs = [mimic.Image(**row) for row in images.candidates()]
         ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in ecg_rows.candidates()]
         labs_by_item: dict[int, list[dict]] = defaultdict(list)
-        for row in groups.get("labs", ()):
+        for row in lab_rows.candidates():
             labs_by_item[row["itemid"]].append(row)
         labels_rejected = defaultdict(list)
         for row in groups.get("rejected_labels", ()):
             labels_rejected[row["study_id"]].append(row)
         labels_rejected = {study: rejected_reasons(rows) for study, rows in labels_rejected.items()}
-        hadm_ids = sorted([*admissions.rows, *admissions.conflicts])
-        for hadm_id in hadm_ids:
+        rejected = {name: row_rejected(name, table, groups.get(tag, ()), why)
+                    for tag, (name, table, why) in ROW_REJECTS.items()}
+        for hadm_id in sorted([*admissions.rows, *admissions.conflicts]):
             yield accounting.event("admissions")
             adm = admissions.rows.get(hadm_id)
-            problem = admissions.conflict(hadm_id) or patients.conflict(subject_id)
-            cxr = None if problem else choose(CXR_WINDOW, adm["admittime"], list(images.values()),
-                                              lambda im: im.study_time, lambda im: im.dicom_id)
-            if cxr is not None and not problem:
-                problem = label_problem(cxr.study_id, labels, labels_rejected)
+            cxr = reason = None
+            problem = admissions.conflict(hadm_id) or patients.conflict(subject_id) or rejected["patient"]
+            if not problem:
+                admittime = adm["admittime"]
+                cxr = choose(CXR_WINDOW, admittime, cxrs, lambda im: im.study_time, lambda im: im.dicom_id)
+                problem = rejected["cxr"] or (None if cxr is None else images.conflict(cxr.dicom_id)
+                                              or label_problem(cxr.study_id, labels, labels_rejected))
+                reason = ("no_cxr_in_window" if cxr is None else
+                          "no_chexpert_row" if cxr.study_id not in labels.rows else None)
+            if not (problem or reason):
+                candidates = in_window(ECG_WINDOW, admittime, ecgs, lambda e: e.time, lambda e: e.study_id)
+                problem = rejected["ecg"] or next(
+                    (ecg_rows.conflict(e.study_id) for e in candidates if e.study_id in ecg_rows.conflicts), None)
+                reason = None if candidates else "no_ecg_in_window"
+            if not (problem or reason):
+                labs = earliest_labs(admittime, labs_by_item)
+                problem = rejected["lab"] or next(
+                    (lab_rows.conflict(r["labevent_id"]) for r in labs if r and r["labevent_id"] in lab_rows.conflicts),
+                    None)
+                reason = "no_lab_in_window" if all(r is None for r in labs) else None
             if problem:
                 yield from accounting.reject("join", problem[0], subject_id=subject_id,
                                              study_id=cxr.study_id if cxr else None,
                                              dicom_id=cxr.dicom_id if cxr else None,
                                              detail=f"hadm_id={hadm_id}: {problem[1]}", counter="rejected")
                 continue
-            admittime = adm["admittime"]
-            candidates = in_window(ECG_WINDOW, admittime, ecgs, lambda e: e.time, lambda e: e.study_id)
-            conflict = next((ecg_rows.conflict(e.study_id) for e in candidates if e.study_id in ecg_rows.conflicts),
-                            None)
-            if conflict and cxr is not None and cxr.study_id in labels.rows:
-                yield from accounting.reject("join", conflict[0], subject_id=subject_id, study_id=cxr.study_id,
-                                             dicom_id=cxr.dicom_id, detail=f"hadm_id={hadm_id}: {conflict[1]}",
-                                             counter="rejected")
-                continue
-            labs = earliest_labs(admittime, labs_by_item)
-            reason = ("no_cxr_in_window" if cxr is None else
-                      "no_chexpert_row" if cxr.study_id not in labels.rows else
-                      "no_ecg_in_window" if not candidates else
-                      "no_lab_in_window" if all(v is None for v in labs) else None)
             if reason:
                 yield accounting.event(f"dropped/{reason}")
                 continue
@@ -192,7 +201,7 @@ class SelectAdmissions(beam.DoFn):
                 view_position=cxr.view_position, study_time=cxr.study_time, image_path=cxr.path,
                 image_rows=cxr.rows, image_columns=cxr.columns,
                 chexpert=tuple(math.nan if row[name] is None else float(row[name]) for name in mimic.LABELS),
-                ecgs=tuple(candidates), labs=labs)
+                ecgs=tuple(candidates), labs=tuple(None if r is None else r["valuenum"] for r in labs))
 
 
 class CheckEcgs(beam.DoFn):
@@ -356,6 +365,11 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
+    for tag, rejects in (("rejected_patients", reads["patients"][accounting.REJECTS]),
+                         ("rejected_images", images[accounting.REJECTS]),
+                         ("rejected_ecgs", reads["ecg_record_list"][accounting.REJECTS]),
+                         ("rejected_labs", reads["labevents"][accounting.REJECTS])):
+        keyed[tag] = rejects | f"Key {tag}" >> KeyRejectsBySubject()
     admissions = reads["admissions"].rows | "OneSubjectPerHadmId" >> OneSubjectPerId(
         "hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None), "join", unit="admissions")
     for tag, rows in (("admissions", admissions.rows), ("patients", reads["patients"].rows),

@@ -182,6 +182,23 @@ def rejected_reasons(rejects: Iterable[Row]) -> str:
     return ",".join(sorted({reject["reason"] for reject in rejects}))
 
 
+def row_rejected(name: str, table: str, rejects: Iterable[Row], why: str) -> tuple[str, str] | None:
+    """(``<name>_row_rejected``, detail) when ``rejects`` (reject lines of ``table`` rows of this subject) is not
+    empty, else None: a reject line holds ids, not the row's values, so a unit that could have used the row is
+    rejected rather than built from the next-best row. ``why``: why the unit could have used it."""
+    reasons = rejected_reasons(rejects)
+    return (f"{name}_row_rejected", f"{why}; {table} rows of this subject rejected: {reasons}") if reasons else None
+
+
+class KeyRejectsBySubject(beam.PTransform):
+    """Reject lines -> (subject_id, reject) for a join (see ``row_rejected``); one whose subject_id could not be
+    read ties to no unit."""
+
+    def expand(self, rejects):
+        return (rejects | "Attributable" >> beam.Filter(lambda r: r["subject_id"] is not None)
+                | "KeyBySubject" >> beam.Map(lambda r: (r["subject_id"], r)))
+
+
 def label_problem(study_id: int, labels: Unique, rejected: Mapping[Any, str]) -> tuple[str, str] | None:
     """Why an image of this study cannot take its labels: a CheXpert row of the study was rejected when read, or the
     study has no row while a row of the subject whose study_id could not be read was rejected, or its rows differ."""
