@@ -333,3 +333,34 @@ def test_bad_timestamps_are_rejects_and_images_of_a_bad_stay_row_are_not_no_ed_s
         "matched": -n, "rejected": n, "rejected_by_reason/join/stay_row_rejected": n - 1,
         "rejected_by_reason/metadata/bad_study_time": 1, "rejects_by_stage_reason/read/bad_timestamp": 1,
         "rejects_total": n + 1, "rows_rejected/edstays": 1}
+
+
+def test_rows_a_record_would_hold_rejected_at_read_reject_its_images(clean, clean_tree, tmp_path):
+    """A reject line holds ids, not the row: an image of a subject whose patients row was rejected, or taken after
+    arrival while a triage or vitalsign row of its subject was rejected, is rejected (<table>_row_rejected) instead
+    of being written without age, triage or that vital sign; images before arrival do not use those rows."""
+    with_rows = [{row["subject_id"] for row in clean.rows(table)} for table in (mimic.TRIAGE, mimic.VITALSIGN)]
+    candidates = [s for s in clean.subjects() if all(s in subjects for subjects in with_rows)]
+    patient, triaged, measured = candidates[:3]
+    roots = faults.fresh_tree(clean_tree, tmp_path)
+    edit_rows(roots.iv, mimic.PATIENTS, lambda rows: change(rows, lambda r: r["subject_id"] == patient,
+                                                             anchor_age="4O"))
+    triage_row = next(r for r in clean.rows(mimic.TRIAGE) if r["subject_id"] == triaged)
+    edit_rows(roots.ed, mimic.TRIAGE, lambda rows: change(rows, lambda r: r == triage_row, stay_id="x"))
+    vital = next(r for r in clean.rows(mimic.VITALSIGN) if r["subject_id"] == measured)
+    edit_rows(roots.ed, mimic.VITALSIGN, lambda rows: change(rows, lambda r: r == vital, charttime="2150-13-40"))
+    output, metadata = run(roots, tmp_path)
+
+    def after_arrival(subject):
+        return [r["dicom_id"] for r in clean.written(subject_id=subject) if float(r["hours_from_arrival"]) >= 0]
+
+    victims = {"patient": clean.kept(patient), "triage": after_arrival(triaged), "vitalsign": after_arrival(measured)}
+    assert all(victims.values())
+    assert clean.changes(roots, output) == {
+        d: (WRITTEN, (f"join/{name}_row_rejected",)) for name, dicoms in victims.items() for d in dicoms}
+    n = sum(map(len, victims.values()))
+    assert clean.delta(metadata) == {
+        "matched": -n, "rejected": n, "rejects_total": n + 3, "rows_rejected/patients": 1, "rows_rejected/triage": 1,
+        "rows_rejected/vitalsign": 1, "rejects_by_stage_reason/read/bad_int": 2,
+        "rejects_by_stage_reason/read/bad_timestamp": 1,
+        **{f"rejected_by_reason/join/{name}_row_rejected": len(dicoms) for name, dicoms in victims.items()}}

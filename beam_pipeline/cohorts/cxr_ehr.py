@@ -42,7 +42,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import KeyRejectsBySubject, row_rejected, unique_rows
+from beam_pipeline.transforms.join import KeyRejectsBySubject, duplicate_events, row_rejected, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -93,11 +93,7 @@ class DescribeImages(beam.DoFn):
         tables = {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in (
             ("patients", mimic.PATIENTS, "subject_id"), ("admissions", mimic.ADMISSIONS, "hadm_id"),
             ("icustays", mimic.ICUSTAYS, "stay_id"), ("splits", mimic.CXR_SPLIT, "dicom_id"))}
-        for table in tables.values():
-            if table.copies:
-                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
-            if table.conflicts:
-                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+        yield from duplicate_events(tables.values())
         patients, admissions, icustays, splits = (tables[t] for t in ("patients", "admissions", "icustays", "splits"))
         rejected = {table: groups.get(tag, ()) for table, tag in REJECTED.items()}
         seen = set()

@@ -46,7 +46,8 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import KeyLabelRejects, label_problem, rejected_reasons, unique_rows
+from beam_pipeline.transforms.join import (KeyLabelRejects, duplicate_events, label_problem, rejected_reasons,
+                                          unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -103,11 +104,7 @@ class ChooseStudyImages(beam.DoFn):
         subject_id, groups = element
         labels = unique_rows(groups.get("labels", ()), mimic.CXR_CHEXPERT.name, "study_id")
         splits = unique_rows(groups.get("splits", ()), mimic.CXR_SPLIT.name, "dicom_id")
-        for table in (labels, splits):
-            if table.copies:
-                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
-            if table.conflicts:
-                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+        yield from duplicate_events((labels, splits))
         rejected = {}
         for row in groups.get("rejected_labels", ()):
             rejected.setdefault(row["study_id"], []).append(row)

@@ -28,7 +28,8 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import REJECTED_LABELS, REJECTED_STAYS, KeyLabelRejects, LinkImagesToStays
+from beam_pipeline.transforms.join import (REJECTED_LABELS, REJECTED_STAYS, ROW_REJECTS, KeyLabelRejects,
+                                          KeyRejectsBySubject, LinkImagesToStays)
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage
 from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
 from beam_pipeline.transforms.records import BuildRecord
@@ -68,12 +69,15 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
     for tag, table in JOIN_TABLES.items():
         if table.name in reads:
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table.name].rows)
-    # Read rejects of edstays and CheXpert that the join can tie to images: those images are rejected for them,
-    # never counted as no_ed_stay or written unlabelled.
+    # Read rejects that the join can tie to images: those images are rejected for them, never counted as no_ed_stay,
+    # written unlabelled or written without a row their record would hold (join.ROW_REJECTS).
     keyed[REJECTED_STAYS] = key_by_subject(f"Key {REJECTED_STAYS}", reads[mimic.EDSTAYS.name][accounting.REJECTS]
                                            | "Attributable stays" >> beam.Filter(lambda r: r["subject_id"] is not None))
     keyed[REJECTED_LABELS] = (reads[mimic.CXR_CHEXPERT.name][accounting.REJECTS]
                               | f"Key {REJECTED_LABELS}" >> KeyLabelRejects(images["images"]))
+    for tag, (_, table, _) in ROW_REJECTS.items():
+        if table.name in reads:
+            keyed[tag] = reads[table.name][accounting.REJECTS] | f"Key {tag}" >> KeyRejectsBySubject()
     linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours,
                                                                      config.within_ed_stay)
     built = stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))

@@ -48,8 +48,8 @@ from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (KeyLabelRejects, KeyRejectsBySubject, OneSubjectPerId, label_problem,
-                                          rejected_reasons, row_rejected, unique_rows)
+from beam_pipeline.transforms.join import (KeyLabelRejects, KeyRejectsBySubject, OneSubjectPerId, duplicate_events,
+                                          label_problem, rejected_reasons, row_rejected, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -143,11 +143,7 @@ class SelectAdmissions(beam.DoFn):
             ("admissions", mimic.ADMISSIONS, "hadm_id"), ("patients", mimic.PATIENTS, "subject_id"),
             ("labels", mimic.CXR_CHEXPERT, "study_id"), ("ecgs", mimic.ECG_RECORD_LIST, "study_id"),
             ("labs", mimic.LABEVENTS, "labevent_id"), ("images", mimic.CXR_METADATA, "dicom_id"))}
-        for table in tables.values():
-            if table.copies:
-                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
-            if table.conflicts:
-                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+        yield from duplicate_events(tables.values())
         admissions, patients, labels, images = (tables[t] for t in ("admissions", "patients", "labels", "images"))
         ecg_rows, lab_rows = tables["ecgs"], tables["labs"]
         cxrs = [mimic.Image(**row) for row in images.candidates()]

@@ -18,10 +18,13 @@ Conflicts (README "Bad input"): in the tables with one row per key (``ONE_ROW_PE
 (``duplicates/identical_rows/<table>``); a key whose rows differ is counted (``duplicates/conflicting_keys/<table>``)
 and never used: every image that would use it is rejected (``conflicting_<table>``); a conflicting stay takes part in
 stay selection with each of its versions, and an image for which any version would be chosen is rejected. Rows
-rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``): an image with no valid stay
-in its window whose subject had an edstays row rejected is ``stay_row_rejected``, not ``no_ed_stay``; an image whose
-study had a CheXpert row rejected (or that has no label row while a row of its subject with an unreadable study_id
-was rejected) is ``label_row_rejected``, never unlabelled. These rejects come before the ``within_ed_stay`` drop.
+rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): an image
+with no valid stay in its window whose subject had an edstays row rejected is ``stay_row_rejected``, not
+``no_ed_stay``; an image whose study had a CheXpert row rejected (or that has no label row while a row of its subject
+with an unreadable study_id was rejected) is ``label_row_rejected``, never unlabelled; a linked image whose subject had
+a patients row rejected is ``patient_row_rejected``, and one taken after arrival whose subject had a triage, vitalsign,
+medrecon or pyxis row rejected is ``<table>_row_rejected`` (a reject line holds ids, not times: the row may be one the
+record would hold), never written without it. These rejects come before the ``within_ed_stay`` drop.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row p
     "splits": (mimic.CXR_SPLIT.name, "dicom_id"),
 }
 REJECTED_STAYS, REJECTED_LABELS = "rejected_stays", "rejected_labels"  # tags: read rejects of edstays, chexpert
+FROM_ARRIVAL = "the stay's rows up to the X-ray (used from arrival on) may include it"
+ROW_REJECTS = {  # CoGroupByKey tag -> (reason prefix, table, why) of the other read rejects a linked image may need
+    "rejected_patients": ("patient", mimic.PATIENTS, "age and sex come from the patients row"),
+    "rejected_triage": ("triage", mimic.TRIAGE, FROM_ARRIVAL),
+    "rejected_vitals": ("vitalsign", mimic.VITALSIGN, FROM_ARRIVAL),
+    "rejected_medrecon": ("medrecon", mimic.MEDRECON, FROM_ARRIVAL),
+    "rejected_pyxis": ("pyxis", mimic.PYXIS, FROM_ARRIVAL),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +131,20 @@ class Unique:
         columns = sorted(c for c in versions[0] if len({v.get(c) for v in versions}) > 1)
         return (f"conflicting_{self.table}",
                 f"{self.table} {self.key}={value}: {len(versions)} rows differ in {','.join(columns)}")
+
+
+def duplicate_events(tables: Iterable[Unique]):
+    """Each table's counts of exact copies merged and of keys whose rows differ (README "Bad input")."""
+    for table in tables:
+        if table.copies:
+            yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
+        if table.conflicts:
+            yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+
+
+def unique_images(images: Iterable[mimic.Image]) -> Unique:
+    """A subject's metadata rows by dicom_id (Image fields as a row): exact copies merge, differing ones conflict."""
+    return unique_rows(map(dataclasses.asdict, images), mimic.CXR_METADATA.name, "dicom_id")
 
 
 def unique_rows(rows: Iterable[Row], table: str, key: str) -> Unique:
@@ -247,11 +272,7 @@ class LinkSubject(beam.DoFn):
     def process(self, element):
         _, groups = element
         unique = {tag: unique_rows(groups.get(tag, ()), table, key) for tag, (table, key) in ONE_ROW_PER.items()}
-        for table in unique.values():
-            if table.copies:
-                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
-            if table.conflicts:
-                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
+        yield from duplicate_events(unique.values())
         images = sorted(groups["images"], key=lambda im: (im.dicom_id, im.study_id, im.study_time))
         if not images:
             return
@@ -259,6 +280,10 @@ class LinkSubject(beam.DoFn):
                                                                        "splits"))
         candidates = stays.candidates()
         stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
+        rows_rejected = {tag: row_rejected(name, table.name, groups.get(tag, ()), why)
+                         for tag, (name, table, why) in ROW_REJECTS.items()}
+        patient_rejected = rows_rejected.pop("rejected_patients")
+        arrival_rejected = next((problem for problem in rows_rejected.values() if problem), None)
         labels_rejected = {study: rejected_reasons(rows)
                            for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
         vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
@@ -287,7 +312,9 @@ class LinkSubject(beam.DoFn):
                            or label_problem(image.study_id, labels, labels_rejected)
                            or (triage.conflict(stay["stay_id"]) if arrived else None)
                            or patients.conflict(image.subject_id)
-                           or splits.conflict(image.dicom_id))
+                           or splits.conflict(image.dicom_id)
+                           or patient_rejected
+                           or (arrival_rejected if arrived else None))
             if problem:
                 yield from accounting.reject(STAGE, problem[0], subject_id=image.subject_id, study_id=image.study_id,
                                              dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
