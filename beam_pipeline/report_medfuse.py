@@ -155,16 +155,18 @@ def los_counts(manifest: list[dict[str, str]]) -> dict[str, int]:
     return found
 
 
-def normalizer_rows(metadata: dict, train: dict[str, int]) -> list[list]:
-    """Per standardised column: train mean and sd, shown only for a channel observed in more than SMALL_CELL
-    ``train`` stays (per channel; fewer: close to a few patients' values); never observed: the imputed normal
-    value."""
-    normalizer, coverage = metadata["normalizer"], metadata["counts"]["channel_coverage"]
+def normalizer_rows(metadata: dict) -> list[list]:
+    """Per standardised column: train mean and sd, shown only for a channel observed in more than SMALL_CELL of
+    the fit's train stays (normalizer.train_stays_observed: those rejected at images/ too, which written-stay
+    counts miss; fewer: close to a few patients' values); observed in none: the imputed normal value, no patient's."""
+    normalizer = metadata["normalizer"]
+    observed = normalizer.get("train_stays_observed")  # absent from an older run's metadata.json: every mean hidden
     rows = []
     for column, mean, sd in zip(normalizer["columns"], normalizer["means"], normalizer["stds"]):
-        if not coverage.get(column, {}).get("stays", 0):
-            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g} (never observed: imputed)"])
-        elif train.get(column, 0) <= SMALL_CELL:
+        stays = SMALL_CELL if observed is None else observed.get(column, 0)
+        if not stays:
+            rows.append([column, f"{mean:,.4g}", f"{sd:,.4g} (not observed in train: imputed)"])
+        elif stays <= SMALL_CELL:
             rows.append([column, f"{SUPPRESSED} train stays", f"{SUPPRESSED} train stays"])
         else:
             rows.append([column, f"{mean:,.4g}", f"{sd:,.4g}"])
@@ -178,13 +180,12 @@ def normalizer_part(metadata: dict, manifest: list[dict[str, str]]) -> str:
     if not normalizer:
         return ("<p>No normaliser: the run did not standardise the features (--normalize_timeseries=false) or had "
                 "fewer than 2 train hours.</p>")
-    train = {channel: n.get("train_stays", 0) for channel, n in metadata["counts"]["channel_coverage"].items()}
     stays = split_cells(metadata, manifest)[("stays", "train")]
     hours = stays if isinstance(stays, str) else Count(normalizer.get("rows", 0))
     return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {hours} hours, ddof "
             f"{normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds are shown for "
             f"channels observed in more than {SMALL_CELL} train stays.</p>" +
-            _table(["column", "mean", "sd"], normalizer_rows(metadata, train), "normalizer"))
+            _table(["column", "mean", "sd"], normalizer_rows(metadata), "normalizer"))
 
 
 # --- samples ---------------------------------------------------------------------------------------------------

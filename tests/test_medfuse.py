@@ -198,7 +198,8 @@ def test_series_are_the_hourly_bins_of_the_cleaned_events(task, medfuse_tree, me
 @pytest.mark.parametrize("task", TASKS)
 def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
     """Fitted before the image stage: the train stays whose paired X-ray is then rejected are in the fit (their
-    features recomputed here from the brute-force events), the val and test stays are not."""
+    features recomputed here from the brute-force events), the val and test stays are not; metadata.json says so
+    and counts the fit's stays per channel."""
     folder, metadata, _ = medfuse_runs[task]
     records = examples(folder, "stay_id")
     rejected = {r["dicom_id"] for p in (folder / "rejects").glob("*.jsonl") for r in map(json.loads, p.open())
@@ -210,10 +211,17 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
         return medfuse_stays.subject_split(subject_id, *flags, metadata["config"]["split_salt"])[0]
 
     assert all(r["split"] == split(int(r["subject_id"])) for r in manifest(folder, "stay_id").values())
-    unwritten = [hourly.discretize(e["series"], e["hours"]).features() for e in expected.values()
+    unwritten = [hourly.discretize(e["series"], e["hours"]) for e in expected.values()
                  if "drop" not in e and e["dicom_id"] in rejected and split(e["subject_id"]) == "train"]
-    train = np.concatenate([np.asarray(r["timeseries/features"]).reshape(-1, 76) for r in records.values()
-                            if r["split"] == [b"train"]] + unwritten)
+    written = [r for r in records.values() if r["split"] == [b"train"]]
+    train = np.concatenate([np.asarray(r["timeseries/features"]).reshape(-1, 76) for r in written]
+                           + [series.features() for series in unwritten])
+    # The card's gate counts the fit's stays per channel, not only the written ones: metadata.json said the fit was
+    # of written stays, and a channel seen only in train stays rejected at images/ showed its mean as imputed.
+    observed = sum(np.asarray(r["timeseries/mask"]).reshape(-1, 17).any(axis=0) for r in written) + sum(
+        series.mask.any(axis=0) for series in unwritten)
+    assert metadata["normalizer"]["train_stays_observed"] == dict(zip(hourly.CHANNELS, observed.tolist()))
+    assert "rejected at images/" in metadata["normalizer"]["fitted_on"]
     assert metadata["normalizer"]["rows"] == len(train)
     columns = [metadata["feature_names"].index(name) for name in metadata["normalizer"]["columns"]]
     assert np.allclose(metadata["normalizer"]["means"], train[:, columns].astype(np.float64).mean(axis=0), atol=1e-5)
@@ -352,6 +360,19 @@ def test_split_fractions_other_than_the_lists_own_are_refused_at_launch(task, ca
             "fractions 0.72,0.08,0.2; --split_fractions=0.5,0.25,0.25 does not apply") in capsys.readouterr().err
     assert parse(argv)[0].split_fractions == medfuse_stays.HASH_FALLBACK_FRACTIONS  # what metadata.json records
     assert parse(argv + ["--split_fractions=0.72,0.08,0.2"])[0].split_fractions == (0.72, 0.08, 0.2)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_views_other_than_ap_are_refused_at_launch(task, capsys):
+    """The pairing takes AP X-rays only: --views=AP,PA was accepted and recorded in metadata.json and the data card,
+    and no PA image was ever paired (--views=PA paired nothing, silently)."""
+    argv = [f"--cohort=medfuse_{task}", "--mimic_cxr_root=a", "--mimic_iv_root=b", "--output=c"]
+    for views in ("AP,PA", "PA", "*"):
+        with pytest.raises(SystemExit):
+            parse(argv + [f"--views={views}"])
+        assert (f"--cohort=medfuse_{task} pairs AP X-rays only (MedFuse); --views={views} does not apply"
+                in capsys.readouterr().err)
+    assert parse(argv)[0].views == parse(argv + ["--views=AP"])[0].views == ("AP",)
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -1,7 +1,9 @@
 """The medfuse cohorts' per-subject stages (cohorts/medfuse.py: stay selection, series windows, KeepStayEvents,
-BuildStays) called directly on typed rows, and one in-process run over a small hand-written tree of bad input:
+BuildStays) called directly on typed rows, and in-process runs over small hand-written trees of bad input:
 conflicting admissions / patients rows are join rejects (never drops), a value beyond float32 is left out and
-counted, and a hadm_id shared by two subjects gives each its own series window."""
+counted, a hadm_id shared by two subjects gives each its own series window, a stay set aside still counts towards its
+admission's one ICU stay (or its sibling is rejected), rows rejected at read reject the stays that may need them, and
+a repeated dicom_id pairs the same image whatever the arrival order."""
 
 from __future__ import annotations
 
@@ -181,3 +183,145 @@ def test_the_benchmark_csv_keeps_the_value_the_series_keeps_at_one_time():
     [row] = timeseries_csv(SimpleNamespace(events=events)).decode().splitlines()[1:]
     assert row.split(",")[1 + hourly.CHANNELS.index("Heart Rate")] == "10.0"
     assert series.raw[4][hourly.CHANNELS.index("Heart Rate")] == 10.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A stay set aside (its rows differ, were rejected, or its stay_id is under several subjects) and its siblings
+
+SIBLING = STAY + 1
+
+
+def sibling_groups(set_aside: list[dict], **rejected) -> dict:
+    """stay_groups plus SIBLING, the admission's second stay, and the set-aside STAY's rows (none: rejected)."""
+    groups = stay_groups(events=[chart(30, "80", 80.0, stay_id=SIBLING, start=T0 + 60 * HOUR)])
+    groups["icustays"] = [*set_aside, icustay(SIBLING, HADM, T0 + 60 * HOUR, T0 + 120 * HOUR)]
+    groups["admissions"] = [admission(HADM, T0 - HOUR, T0 + 130 * HOUR)]
+    return {**groups, **{f"rejected_{tag}": rows for tag, rows in rejected.items()}}
+
+
+def read_reject(reason: str, stage: str = "read") -> dict:
+    return dict(zip(accounting.REJECT_FIELDS, (stage, reason, SUBJECT, None, None, "table.csv.gz:3: bad value")))
+
+
+@pytest.mark.parametrize("task", ("ihm", "phenotyping"))
+def test_a_stay_whose_rows_differ_still_counts_towards_its_admissions_one_icu_stay(task):
+    """Both versions are single-unit stays of the sibling's admission: upstream counts them, so the sibling is
+    several_icu_stays; it was written as the admission's only ICU stay."""
+    versions = [icustay(STAY, HADM, T0, T0 + 50 * HOUR), icustay(STAY, HADM, T0, T0 + 51 * HOUR)]
+    rejects, events, records = build(task, sibling_groups(versions))
+    assert [(r["reason"], r["detail"].split(":")[0]) for r in rejects] == [("conflicting_icustays", f"stay_id={STAY}")]
+    assert not records and events["dropped/several_icu_stays"] == 1 and events["stays"] == 2
+
+
+@pytest.mark.parametrize("versions", [
+    [icustay(STAY, HADM, T0, T0 + 50 * HOUR), icustay(STAY, HADM, T0, T0 + 50 * HOUR, last="SICU")],
+    [icustay(STAY, HADM, T0, T0 + 50 * HOUR), icustay(STAY, HADM + 5, T0, T0 + 50 * HOUR)]],
+    ids=["one_version_a_transfer", "versions_in_two_admissions"])
+def test_a_sibling_is_rejected_when_only_some_versions_of_the_set_aside_stay_count(versions):
+    rejects, events, records = build("phenotyping", sibling_groups(versions))
+    assert [r["reason"] for r in rejects] == ["conflicting_icustays", "sibling_stay_set_aside"]
+    assert rejects[1]["detail"].startswith(f"stay_id={SIBLING}: stay_id(s) {STAY} of hadm_id={HADM} set aside")
+    assert not records and not any(name.startswith("dropped/") for name in events)
+
+
+def test_a_set_aside_stay_that_counts_in_no_version_leaves_its_sibling_written():
+    versions = [icustay(STAY, HADM, T0, T0 + 50 * HOUR, last="SICU"), icustay(STAY, HADM, T0, T0 + 51 * HOUR,
+                                                                              last="SICU")]
+    rejects, _, records = build("phenotyping", sibling_groups(versions))
+    assert [r["reason"] for r in rejects] == ["conflicting_icustays"] and [r.stay_id for r in records] == [SIBLING]
+
+
+@pytest.mark.parametrize("reject", [read_reject("outtime_before_intime"),
+                                    read_reject("stay_id_of_several_subjects", "join")])
+def test_an_icustays_row_of_the_subject_rejected_keeps_every_stay_of_the_subject_from_being_written(reject):
+    """The rejected row's admission is unknown (a read reject carries the subject_id only): it may be the sibling's
+    second ICU stay, so the sibling is not written as its admission's only one."""
+    rejects, events, records = build("ihm", sibling_groups([], icustays=[reject]))
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("join", "icustay_row_rejected")]
+    assert rejects[0]["detail"] == (f"stay_id={SIBLING}: a rejected icustays row may be a second ICU stay of this "
+                                    "stay's admission (several_icu_stays); icustays rows of this subject rejected: "
+                                    f"{reject['reason']}")
+    assert not records and events["stays"] == 1
+
+
+@pytest.mark.parametrize("task", ("ihm", "phenotyping"))
+@pytest.mark.parametrize("table,reason", [("admissions", "admission_row_rejected"),
+                                          ("patients", "patient_row_rejected")])
+def test_a_stay_whose_subject_had_an_admission_or_patient_row_rejected_is_a_join_reject(task, table, reason):
+    """Not dropped/no_admission or no_patient, as if the row did not exist (here it is missing, being rejected)."""
+    groups = {**stay_groups(), table: [], f"rejected_{table}": [read_reject("bad_timestamp")]}
+    rejects, events, records = build(task, groups)
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("join", reason)]
+    assert rejects[0]["detail"].endswith(f"{table} rows of this subject rejected: bad_timestamp")
+    assert not records and not any(name.startswith("dropped/") for name in events) and events["stays"] == 1
+
+
+def test_a_phenotyping_stay_whose_subject_had_a_diagnoses_row_rejected_is_not_written_with_that_phenotype_0():
+    groups = {**stay_groups(), "diagnoses": [typed(mimic.DIAGNOSES_ICD, subject_id=SUBJECT, hadm_id=HADM, seq_num=1,
+                                                   icd_code="4280", icd_version=9)],
+              "rejected_diagnoses": [read_reject("bad_int")]}
+    rejects, events, records = build("phenotyping", groups)
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("join", "diagnoses_row_rejected")]
+    assert not records and events["rejected"] == events["stays"] == 1
+    _, _, [record] = build("ihm", groups)  # IHM does not read diagnoses
+    assert record.stay_id == STAY
+
+
+def test_a_dicom_id_whose_metadata_rows_differ_rejects_the_stay_that_pairs_it_whatever_the_arrival_order():
+    """Same dicom_id and time, two study_ids: which row's study (and image path) is right is unknown, so the stay
+    that would pair it is rejected, in either order; an exact copy is one row and pairs as before."""
+    at = T0 + 2 * HOUR
+    repeats = [mimic.Image("d1", SUBJECT, study_id, "AP", None, None, at) for study_id in (50000002, 50000001)]
+    for images in (repeats, repeats[::-1]):
+        rejects, events, records = build("ihm", {**stay_groups(), "images": images})
+        assert [(r["reason"], r["dicom_id"]) for r in rejects] == [("conflicting_cxr_metadata", "d1")]
+        assert not records and events["duplicates/conflicting_keys/cxr_metadata"] == 1
+    _, events, [record] = build("ihm", {**stay_groups(), "images": [repeats[0], repeats[0]]})
+    assert record.image_path == mimic.image_path(SUBJECT, 50000002, "d1")
+    assert events["duplicates/identical_rows/cxr_metadata"] == 1
+
+
+def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tmp_path):
+    """In-process medfuse_phenotyping over rows the stays need that were rejected at read or set aside: each
+    affected stay is a join reject (never written with a phenotype silently 0, never dropped as no_admission /
+    no_patient, never written as its admission's only ICU stay beside a set-aside one); a clean stay is written and
+    the funnel adds up."""
+    names = ("diagnoses", "conflict", "read_reject", "admission", "patient", "shared_a", "shared_b", "clean")
+    subjects = dict(zip(names, (_train_subject(92000000 + 10000 * i) for i in range(len(names)))))
+    icu, adm, pat, chartevents = [], [], [], []
+    for n, (name, subject) in enumerate(subjects.items()):
+        hadm, stay, start = HADM + n, STAY + 10 * n, T0 + n * 300 * HOUR
+        adm.append(admission(hadm, start - HOUR, start + 200 * HOUR, subject_id=subject))
+        pat.append(patient(subject_id=subject))
+        sibling = stay + 1  # a second stay of the admission, after the first
+        icu.append(icustay(sibling, hadm, start + 60 * HOUR, start + 120 * HOUR, subject_id=subject))
+        chartevents.append(chart(30, "80", 80.0, subject_id=subject, hadm_id=hadm, stay_id=sibling,
+                                 start=start + 60 * HOUR))
+        if name == "conflict":
+            icu += [icustay(stay, hadm, start, start + 50 * HOUR, subject_id=subject),
+                    icustay(stay, hadm, start, start + 51 * HOUR, subject_id=subject)]
+        elif name == "read_reject":
+            icu.append({**icustay(stay, hadm, start, start + 50 * HOUR, subject_id=subject), "outtime": start - HOUR})
+        elif name in ("shared_a", "shared_b"):
+            icu.append(icustay(STAY + 999, hadm, start, start + 50 * HOUR, subject_id=subject))
+    diagnoses = [{**typed(mimic.DIAGNOSES_ICD, subject_id=subjects["diagnoses"], hadm_id=HADM, seq_num=1,
+                          icd_code="4280", icd_version=9), "seq_num": seq_num, "icd_code": code}
+                 for seq_num, code in ((1, "4280"), ("2.0", "5849"))]  # 5849: acute renal failure, row rejected
+    adm = [{**a, "deathtime": "2150-13-40 00:00:00"} if a["subject_id"] == subjects["admission"] else a for a in adm]
+    pat = [{**p, "dod": "2150-02-30"} if p["subject_id"] == subjects["patient"] else p for p in pat]
+    iv = tmp_path / "iv"
+    for table, rows in ((mimic.ICUSTAYS, icu), (mimic.ADMISSIONS, adm), (mimic.PATIENTS, pat),
+                        (mimic.CHARTEVENTS, chartevents), (mimic.LABEVENTS, []), (mimic.DIAGNOSES_ICD, diagnoses)):
+        write_table(iv, table, [{c: mimic_text(v) for c, v in row.items()} for row in rows])
+    write_table(tmp_path / "cxr", mimic.CXR_METADATA, [metadata_row("d1", subjects["clean"], 50000000,
+                                                                    "2150-03-01 09:00:00")])
+    metadata = run(["--cohort=medfuse_phenotyping", f"--mimic_cxr_root={tmp_path / 'cxr'}", f"--mimic_iv_root={iv}",
+                    f"--output={tmp_path / 'out'}", "--images=false", ONE_WORKER])
+    c = metadata["counts"]
+    assert c["rejected_by_reason"] == {
+        "join/admission_row_rejected": 1, "join/conflicting_icustays": 1, "join/diagnoses_row_rejected": 1,
+        "join/icustay_row_rejected": 3, "join/patient_row_rejected": 1, "join/stay_id_of_several_subjects": 2}
+    assert c["rows_rejected"] == {"admissions": 1, "diagnoses_icd": 1, "icustays": 1, "patients": 1}
+    assert {k: v for k, v in c["dropped"].items() if v} == {"several_icu_stays": 1}
+    assert c["stays"] == c["rejected"] + sum(c["dropped"].values()) + c["matched"] == 11 and c["matched"] == 1
+    assert set(manifest(published(tmp_path / "out"), "stay_id")) == {STAY + 71}

@@ -250,6 +250,25 @@ def test_two_icu_stays_in_one_admission_drop_both():
     assert drops == Counter(several_icu_stays=2)
 
 
+def test_a_set_aside_stay_counts_towards_its_admission_when_every_version_does():
+    """Stay 1's versions: single-unit in 20000001 (both) -> counted; stay 2's: 20000002 or 20000003 -> undecided
+    for both; stay 3's: a transfer or single-unit in 20000004 -> undecided; stay 4's: transfers only -> neither."""
+    versions = {30000001: [icustay(30000001, 20000001, T0, T0 + HOUR), icustay(30000001, 20000001, T0, T0 + 2 * HOUR)],
+                30000002: [icustay(30000002, 20000002, T0, T0 + HOUR), icustay(30000002, 20000003, T0, T0 + HOUR)],
+                30000003: [icustay(30000003, 20000004, T0, T0 + HOUR, "MICU", "SICU"),
+                           icustay(30000003, 20000004, T0, T0 + HOUR)],
+                30000004: [icustay(30000004, 20000005, T0, T0 + HOUR, "MICU", "SICU"),
+                           icustay(30000004, 20000005, T0, T0 + 2 * HOUR, "MICU", "SICU")]}
+    counted, undecided = ms.counted_set_aside(versions)
+    assert counted == Counter({20000001: 1})
+    assert undecided == {20000002: [30000002], 20000003: [30000002], 20000004: [30000003]}
+    icu = [icustay(30000005, 20000001, T0 + 10 * HOUR, T0 + 20 * HOUR),
+           icustay(30000006, 20000002, T0 + 10 * HOUR, T0 + 20 * HOUR)]
+    adm = [admission(20000001, T0 - HOUR, T0 + 80 * HOUR), admission(20000002, T0 - HOUR, T0 + 80 * HOUR)]
+    stays, drops = select_stays(icu, adm, [patient()], counted)
+    assert [s.stay_id for s in stays] == [30000006] and drops == Counter(several_icu_stays=1)
+
+
 def test_age_is_the_age_in_the_stays_year():
     adm = [admission(20000001, dt.datetime(2151, 2, 1), dt.datetime(2151, 2, 9))]
     icu = [icustay(30000001, 20000001, dt.datetime(2151, 2, 2), dt.datetime(2151, 2, 5))]

@@ -116,12 +116,18 @@ def test_rows_of_a_made_up_run():
     assert report_medfuse.label_rows(metadata) == [["a", 0, 0.0], ["b", "<11", "<11"], ["c", 20, 0.4],
                                                    ["d", all_but, all_but]]
     train = {"Glucose": 4, "Heart Rate": 11, "pH": 0}
-    assert report_medfuse.normalizer_rows(metadata, train) == [["Glucose", "<11 train stays", "<11 train stays"],
-                                                               ["Heart Rate", "80.25", "12"],
-                                                               ["pH", "7.4", "1e-07 (never observed: imputed)"]]
+
+    def normalizer_rows(observed):
+        return report_medfuse.normalizer_rows({**metadata, "normalizer": {**metadata["normalizer"],
+                                                                          "train_stays_observed": observed}})
+
+    assert normalizer_rows(train) == [["Glucose", "<11 train stays", "<11 train stays"], ["Heart Rate", "80.25", "12"],
+                                      ["pH", "7.4", "1e-07 (not observed in train: imputed)"]]
     # 50 written stays with Heart Rate, but the mean and sd are of the train split's: hidden over 10 of them
-    assert report_medfuse.normalizer_rows(metadata, {**train, "Heart Rate": 10})[1] == \
-        ["Heart Rate", "<11 train stays", "<11 train stays"]
+    assert normalizer_rows({**train, "Heart Rate": 10})[1] == ["Heart Rate", "<11 train stays", "<11 train stays"]
+    # pH in no written stay, but in a train stay of the fit rejected at images/: its values, not an imputed one
+    assert normalizer_rows({**train, "pH": 1})[2] == ["pH", "<11 train stays", "<11 train stays"]
+    assert normalizer_rows(None)[1] == ["Heart Rate", "<11 train stays", "<11 train stays"]  # an older run's
     assert "No normaliser" in report_medfuse.normalizer_part({**metadata, "normalizer": None}, [])
 
 
@@ -208,9 +214,9 @@ def test_label_prevalence_los_and_normalizer(runs, task):
     assert normalizer, "the sample's train split has hours to fit on"
     rows = page.tables["normalizer"][1:]
     assert [row[0] for row in rows] == normalizer["columns"]
-    train = train_stays(runs[task][0])
+    train = normalizer["train_stays_observed"]
     for (column, mean, sd), value in zip(rows, normalizer["means"]):
-        if metadata["counts"]["channel_coverage"][column]["stays"] and train[column] <= 10:
+        if 0 < train[column] <= 10:
             assert mean == sd == "<11 train stays", column
         else:
             assert float(mean.replace(",", "")) == pytest.approx(value, rel=1e-3)
@@ -249,16 +255,18 @@ def train_stays(output) -> dict[str, int]:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_the_normaliser_mean_is_shown_over_more_than_10_train_stays(runs, task):
-    """The mean and sd are of the train split only: the sample's FiO2, seen in 12 written IHM stays of which 6 in
-    train, showed its train mean and sd, as metadata.json counted stays of every split; it now counts train stays
-    too, which must be those of the train records."""
+    """The mean and sd are of the train stays of the fit: the sample's FiO2, seen in 12 written IHM stays of which 6
+    in train, showed its train mean and sd, as metadata.json counted stays of every split. The fit also holds the
+    train stays rejected at images/, which the written train records do not count."""
     output, metadata, _, _, page = runs[task]
-    coverage, train = metadata["counts"]["channel_coverage"], train_stays(output)
-    assert [c for c in coverage if coverage[c]["stays"] > 10 and train[c] <= 10]  # the case at hand
+    coverage, written = metadata["counts"]["channel_coverage"], train_stays(output)
+    fitted = metadata["normalizer"]["train_stays_observed"]
+    assert [c for c in coverage if coverage[c]["stays"] > 10 and fitted[c] <= 10]  # the case at hand
+    assert {c: coverage[c]["train_stays"] for c in coverage} == written
+    assert all(fitted[c] >= written[c] for c in coverage)
     rows = {row[0]: row[1:] for row in page.tables["normalizer"][1:]}
     for column, cells in rows.items():
-        assert (cells == ["<11 train stays"] * 2) == (0 < coverage[column]["stays"] and train[column] <= 10), column
-    assert {c: coverage[c]["train_stays"] for c in coverage} == train
+        assert (cells == ["<11 train stays"] * 2) == (0 < fitted[column] <= 10), column
 
 
 @pytest.mark.parametrize("task", TASKS)

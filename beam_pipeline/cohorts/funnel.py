@@ -33,8 +33,7 @@ def unit_counts(events: dict[str, int], unit: str, drops: Sequence[str], unit_st
         **read_counts(events),
         "rows_filtered": prefixed(events, "rows_filtered/"),
         "duplicates": {"identical_rows": prefixed(events, "duplicates/identical_rows/"),
-                       "conflicting_keys": prefixed(events, "duplicates/conflicting_keys/"),
-                       "repeated_dicom_id": prefixed(events, "duplicates/repeated_dicom_id/")},
+                       "conflicting_keys": prefixed(events, "duplicates/conflicting_keys/")},
         "rejects_total": sum(rejects.values()),
         "rejects_by_stage_reason": rejects,
     }

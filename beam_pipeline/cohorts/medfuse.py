@@ -9,14 +9,17 @@ Definition (cohort-definitions.md §B, on the current MIMIC-IV layout; differenc
               hourly bins, last value wins (transforms.hourly); raw values and masks always stored, the 76 imputed
               features too, normalised with train-only statistics when --normalize_timeseries
     labels    IHM: in-hospital mortality; phenotyping: 25 CCS groups from the admission's ICD codes
-    CXR       the latest --views (AP) X-ray with intime <= t <= intime + 48 h (IHM) or outtime; ties: dicom_id.
+    CXR       the latest AP X-ray (--views must be AP) with intime <= t <= intime + 48 h (IHM) or outtime; ties:
+              dicom_id. Chosen among every version of a dicom_id's metadata rows: if the chosen one's differ, the
+              stay is rejected (conflicting_cxr_metadata); exact copies are one row.
               Every stay is written once, paired or not (has_cxr): the paired set is has_cxr == 1
     split     subject lists shipped with MedFuse (testset_iv, valset_iv); other subjects by salted hash (counted)
     outputs   tfrecords/, manifest/, listfiles/ (MedFuse's columns), timeseries/ with --benchmark_files, rejects/,
               metadata.json (funnel, channel coverage, label prevalence, normaliser)
 
     Read icustays, admissions, patients, diagnoses_icd, chartevents and labevents (mapped itemids at read),
-    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
+    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with the rejected rows of the first four tables, which
+    reject the stays that may need them: ROW_REJECTED) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
       AssertPatientDisjoint, AssertUniqueKeys(stay_id) ─► WriteExamples (image read in the shard writer, if paired)
         └─► CountWritten ─► WriteOutputs (manifest, rejects), listfiles, timeseries CSVs, WriteMetadata
 """
@@ -28,6 +31,7 @@ import datetime as dt
 import functools
 import math
 from collections import Counter, defaultdict
+from typing import Iterable, Mapping
 
 import apache_beam as beam
 import numpy as np
@@ -49,7 +53,8 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values, present_when
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import OneSubjectPerId, Unique, unique_rows
+from beam_pipeline.transforms.join import (KeyRejectsBySubject, OneSubjectPerId, Unique, duplicate_events,
+                                          row_rejected, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import CountPatientsAndStudies
 
@@ -93,15 +98,18 @@ class IcuRecord:
     def has_cxr(self) -> bool:
         return bool(self.dicom_id)
 
-    def written_events(self) -> list[str]:
-        """Channel coverage (stays with the channel observed, and train ones: the normaliser's; observed bins), label
-        prevalence, pairing."""
+    def observed(self) -> list[tuple[str, int]]:
+        """(channel, observed bins) of each channel observed in the series."""
         mask = np.asarray(self.mask).reshape(self.n_bins, len(hourly.CHANNELS))
+        return [(channel, int(bins)) for channel, bins in zip(hourly.CHANNELS, mask.sum(axis=0)) if bins]
+
+    def written_events(self) -> list[str]:
+        """Channel coverage (stays with the channel observed, and train ones; observed bins), label prevalence,
+        pairing."""
         names = [f"labels_positive/{name}" for name, y in zip(self.label_names, self.labels) if y]
-        for channel, bins in zip(hourly.CHANNELS, mask.sum(axis=0)):
-            if bins:
-                names += [f"channel_stays/{channel}", (f"channel_bins/{channel}", int(bins)),
-                          *([f"channel_train_stays/{channel}"] if self.split == "train" else [])]
+        for channel, bins in self.observed():
+            names += [f"channel_stays/{channel}", (f"channel_bins/{channel}", bins),
+                      *([f"channel_train_stays/{channel}"] if self.split == "train" else [])]
         return names + (["paired"] if self.has_cxr else [])
 
     @property
@@ -142,21 +150,55 @@ def stay_tables(groups) -> dict[str, Unique]:
     return {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in STAY_TABLES}
 
 
-def stay_selection(tables: dict[str, Unique]) -> tuple[dict[int, tuple[str, str]], list[stays_lib.Stay], Counter]:
+ROW_REJECTED = {  # CoGroupByKey tag "rejected_<tag>" -> join.row_rejected's name, table, why (a reject line has no
+    # hadm_id, so a rejected row may be of any admission of the subject)
+    "icustays": ("icustay", "icustays", "a rejected icustays row may be a second ICU stay of this stay's admission "
+                                        "(several_icu_stays)"),
+    "admissions": ("admission", "admissions", "a rejected admissions row may be this stay's admission"),
+    "patients": ("patient", "patients", "the age and the mortality label come from the patients row"),
+    "diagnoses": ("diagnoses", "diagnoses_icd", "a rejected diagnoses_icd row may hold a code of this stay's "
+                                                "phenotypes"),
+}
+
+
+def stay_row_rejected(rejected: Mapping[str, Iterable], tag: str) -> tuple[str, str] | None:
+    """(reason, detail) of a stay's reject when a row of ``tag``'s table of its subject was rejected (``rejected``:
+    tag -> reject lines). A reject line carries the subject_id, never the hadm_id, so the row may be of any of the
+    subject's admissions."""
+    name, table, why = ROW_REJECTED[tag]
+    return row_rejected(name, table, rejected.get(tag, ()), why)
+
+
+def stay_selection(tables: dict[str, Unique], rejected: Mapping[str, Iterable] | None = None
+                   ) -> tuple[dict[int, tuple[str, str]], list[stays_lib.Stay], Counter]:
     """(stay_id -> (reason, detail) of the stays to reject, kept stays, drops by reason). A stay whose icustays,
-    admissions or patients rows differ is rejected before the stay rules, which would read them (the patient's for
-    the age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient would
-    hide the conflict. An admissions or patients conflict takes out every stay of its admission or subject; a stay
-    whose own rows conflict leaves its siblings judged without it (one fewer for several_icu_stays)."""
+    admissions or patients rows differ, or whose subject had an admissions or patients row rejected (``rejected``:
+    ROW_REJECTED tag -> reject lines), is rejected before the stay rules, which would read them (the patient's for the
+    age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient would
+    hide the conflict. An admissions or patients conflict takes out every stay of its admission or subject. A stay
+    set aside for its own rows still counts towards its admission's one ICU stay when every version would
+    (stays_lib.counted_set_aside); when only some would, or an icustays row of the subject was rejected (its
+    admission unknown), a stay the rules would keep is rejected: whether it is its admission's only one is unknown.
+    Without ``rejected`` (series_windows_of) the kept stays are a superset of BuildStays' own."""
+    rejected = rejected or {}
     icu, admissions, patients = (tables[tag] for tag, _, _ in STAY_TABLES)
     problems = {stay_id: icu.conflict(stay_id) for stay_id in icu.conflicts}
     for stay_id, row in icu.rows.items():
-        problem = admissions.conflict(row["hadm_id"]) or patients.conflict(row["subject_id"])
+        problem = (admissions.conflict(row["hadm_id"]) or patients.conflict(row["subject_id"])
+                   or stay_row_rejected(rejected, "admissions") or stay_row_rejected(rejected, "patients"))
         if problem:
             problems[stay_id] = problem
+    counted, undecided = stays_lib.counted_set_aside(icu.conflicts)
     usable = [row for stay_id, row in icu.rows.items() if stay_id not in problems]
-    kept, drops = stays_lib.select_stays(usable, admissions.rows.values(), patients.rows.values())
-    return dict(sorted(problems.items())), kept, drops
+    kept, drops = stays_lib.select_stays(usable, admissions.rows.values(), patients.rows.values(), counted)
+    for stay in kept:
+        problem = stay_row_rejected(rejected, "icustays") or (stay.hadm_id in undecided and (
+            "sibling_stay_set_aside", f"stay_id(s) {','.join(map(str, undecided[stay.hadm_id]))} of hadm_id="
+                                      f"{stay.hadm_id} set aside (conflicting_icustays), and only some of their "
+                                      "versions are a single-unit stay of this admission (several_icu_stays)"))
+        if problem:
+            problems[stay.stay_id] = problem
+    return dict(sorted(problems.items())), [stay for stay in kept if stay.stay_id not in problems], drops
 
 
 def series_windows_of(element, task: str):
@@ -189,7 +231,9 @@ class KeepStayEvents(beam.DoFn):
 
 class BuildStays(beam.DoFn):
     """(subject_id, co-grouped rows) -> IcuRecord per kept stay of the task, with its series, labels, split and
-    paired CXR; drops counted by reason (medfuse_stays.STAY_DROPS, then los_under_48h for IHM, no_events)."""
+    paired CXR; drops counted by reason (medfuse_stays.STAY_DROPS, then los_under_48h for IHM, no_events); stays
+    whose rows conflict or may be among the rejected ones are join rejects (stay_selection; a phenotyping stay also
+    when a diagnoses_icd row of its subject was rejected, so that no label is silently 0)."""
 
     def __init__(self, task: str, salt: str):
         self._task = task
@@ -198,12 +242,10 @@ class BuildStays(beam.DoFn):
     def process(self, element):
         subject_id, groups = element
         tables = stay_tables(groups)
-        for table in tables.values():
-            if table.copies:
-                yield accounting.event(f"duplicates/identical_rows/{table.table}", table.copies)
-            if table.conflicts:
-                yield accounting.event(f"duplicates/conflicting_keys/{table.table}", len(table.conflicts))
-        problems, kept, drops = stay_selection(tables)
+        images = unique_images(groups.get("images", ()))
+        yield from duplicate_events([*tables.values(), images])
+        rejected = {tag: tuple(groups.get(f"rejected_{tag}", ())) for tag in ROW_REJECTED}
+        problems, kept, drops = stay_selection(tables, rejected)
         for stay_id, (reason, detail) in problems.items():
             yield accounting.event("stays")
             yield from accounting.reject("join", reason, subject_id=subject_id, detail=f"stay_id={stay_id}: {detail}",
@@ -216,7 +258,7 @@ class BuildStays(beam.DoFn):
         codes = defaultdict(list)
         for row in groups.get("diagnoses", ()):
             codes[row["hadm_id"]].append((row["icd_code"], row["icd_version"]))
-        images = sorted(groups.get("images", ()), key=lambda im: im.dicom_id)
+        cxrs = [mimic.Image(**row) for row in images.candidates()]
         test_flags, val_flags = stays_lib.load_split_files()
         for stay in kept:
             yield accounting.event("stays")
@@ -231,14 +273,24 @@ class BuildStays(beam.DoFn):
                 yield accounting.event("dropped/no_events")
                 continue
             yield accounting.event("stay_events/in_series", len(series_events))
+            problem = self._task == "phenotyping" and stay_row_rejected(rejected, "diagnoses")
+            if problem:  # its labels would silently miss the rejected row's code
+                yield from accounting.reject("join", problem[0], subject_id=subject_id,
+                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
+                continue
             series = hourly.discretize(series_events, hours)
             if self._task == "ihm":
                 labels = (stays_lib.in_hospital_mortality(stay, admissions[stay.hadm_id], patients[subject_id]),)
             else:
                 labels = stays_lib.phenotype_labels(codes.get(stay.hadm_id, ()))
+            cxr = stays_lib.pair_cxr(stay, cxrs, self._task)
+            problem = cxr and images.conflict(cxr.dicom_id)
+            if problem:  # chosen among every version: which one's time, study and path are right is unknown
+                yield from accounting.reject("join", problem[0], subject_id=subject_id, dicom_id=cxr.dicom_id,
+                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
+                continue
             split, source = stays_lib.subject_split(subject_id, test_flags, val_flags, self._salt)
             yield accounting.event(f"split_source/{source}")
-            cxr = stays_lib.pair_cxr(stay, images, self._task)
             image = {} if cxr is None else dict(
                 dicom_id=cxr.dicom_id, study_id=cxr.study_id, view_position=cxr.view_position,
                 study_time=cxr.study_time, image_path=cxr.path, image_rows=cxr.rows, image_columns=cxr.columns)
@@ -393,9 +445,15 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     icustays = reads["icustays"].rows | "OneSubjectPerStayId" >> OneSubjectPerId(
         "stay_id", lambda r: (r["stay_id"], r["subject_id"], None), "join", unit="stays")
+    rejected = {"icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
+                | "IcustaysRejects" >> beam.Flatten(), "admissions": reads["admissions"][accounting.REJECTS],
+                "patients": reads["patients"][accounting.REJECTS],
+                "diagnoses": reads["diagnoses_icd"][accounting.REJECTS]}
     for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),
                       ("patients", reads["patients"].rows), ("diagnoses", reads["diagnoses_icd"].rows)):
         keyed[tag] = key_by_subject(f"Key {tag}", rows)
+    for tag, rejects in rejected.items():
+        keyed[f"rejected_{tag}"] = rejects | f"Key rejected_{tag}" >> KeyRejectsBySubject()
     series_windows = ({tag: keyed[tag] for tag in ("icustays", "admissions", "patients")}
                       | "CoGroupStays" >> beam.CoGroupByKey()
                       | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))
@@ -404,8 +462,10 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
               .with_outputs(accounting.EVENTS, main="rows"))
     keyed["events"] = key_by_subject("Key events", events.rows)
     built = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "BuildStays", BuildStays(task, config.split_salt))
-    normalizer = (built.records | "Train" >> beam.Filter(lambda r: r.split == "train")
-                  | "TrainFeatures" >> beam.Map(_matrix) | "FitNormalizer" >> beam.CombineGlobally(FitNormalizer()))
+    train = built.records | "Train" >> beam.Filter(lambda r: r.split == "train")
+    normalizer = train | "TrainFeatures" >> beam.Map(_matrix) | "FitNormalizer" >> beam.CombineGlobally(FitNormalizer())
+    fitted = train | "FittedChannels" >> beam.FlatMap(  # the fit's stays per channel (the card's gate)
+        lambda r: [accounting.count(f"normalizer_stays/{channel}") for channel, _ in r.observed()])
     records = built.records
     if config.normalize_timeseries:
         records = records | "Normalize" >> beam.Map(with_normalized, beam.pvalue.AsSingleton(normalizer))
@@ -424,7 +484,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
                                                           *(("y_true",) if task == "ihm" else LABEL_NAMES[task])))),
             ShardPlan(math.inf)))
     rejects, counted, input_files = gather(reads, [images, icustays, built, examples, final],
-                                           [events[accounting.EVENTS], patients])
+                                           [events[accounting.EVENTS], patients, fitted])
     written = [examples["files"], listfiles,
                {"records": final.records, "rejects": rejects} | "WriteOutputs" >> WriteOutputs(
                    config.output, manifest_for(task))]
@@ -437,9 +497,12 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
 
 
 def check(config: Config) -> list[str]:
-    """The split is MedFuse's lists with a fixed hash fallback: a flag that would change it must not pass
-    silently (metadata.json's config would show a split that was not made)."""
+    """The split is MedFuse's lists with a fixed hash fallback and the pairing takes AP X-rays: a flag that would
+    change either must not pass silently (metadata.json's config would show a split or views that were not used)."""
     problems = []
+    if tuple(config.views) != stays_lib.CXR_VIEWS:
+        problems.append(f"--cohort={config.cohort} pairs AP X-rays only (MedFuse); --views="
+                        f"{','.join(config.views)} does not apply")
     if config.split_strategy != "hash":
         problems.append(f"--cohort={config.cohort} splits by MedFuse's subject lists (hash for subjects not in "
                         "them); --split_strategy=official does not apply")

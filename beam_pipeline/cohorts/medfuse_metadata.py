@@ -16,6 +16,8 @@ from beam_pipeline.transforms import hourly
 
 DROPS = (*stays_lib.STAY_DROPS, "los_under_48h", "no_events")
 STAY_STAGES = ("join/", "images/")  # rejects of whole stays (the others are of rows: read/, metadata/)
+FITTED_ON = ("train split, every hour of every train stay built: those then rejected at images/ (X-ray missing or "
+             "unreadable) included; train_stays_observed counts these stays per channel")
 SPLIT_RULE = ("MedFuse's subject lists: testset_iv flag 1 -> test; else listed in valset_iv -> val (flag 1) or "
               "train; else listed in testset_iv -> train; subjects in neither -> sha256('<split_salt>:<subject_id>')"
               f" against {list(stays_lib.HASH_FALLBACK_FRACTIONS)} (hash_fallback)")
@@ -66,8 +68,10 @@ def document(task: str, config: Config, features: dict, events: dict[str, int], 
         label_names=list(label_names), channel_order=list(hourly.CHANNELS), feature_names=hourly.feature_names(),
         never_observed_channels=sorted(ch for ch, n in coverage.items() if not n["stays"]),
         never_in_mimic_iv=list(NEVER_IN_MIMIC_IV),
-        normalizer=None if normalizer is None else {**normalizer.as_dict(),
-                                                    "fitted_on": "train split, every hour of every written stay"})
+        normalizer=None if normalizer is None else {
+            **normalizer.as_dict(), "fitted_on": FITTED_ON,
+            "train_stays_observed": {channel: events.get(f"normalizer_stays/{channel}", 0)
+                                     for channel in hourly.CHANNELS}})
 
 
 def empty_message(document: dict) -> str:

@@ -26,7 +26,7 @@ import functools
 import io
 from collections import Counter
 from importlib import resources
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from beam_pipeline import mimic
 from beam_pipeline.transforms.split import hash_split
@@ -56,26 +56,28 @@ class Stay:
 
 
 def select_stays(icustays: Iterable[Mapping[str, Any]], admissions: Iterable[Mapping[str, Any]],
-                 patients: Iterable[Mapping[str, Any]]) -> tuple[list[Stay], Counter]:
+                 patients: Iterable[Mapping[str, Any]],
+                 set_aside: Mapping[int, int] | None = None) -> tuple[list[Stay], Counter]:
     """Typed rows (ICUSTAYS, ADMISSIONS, PATIENTS; one row per key: callers remove copies first) -> the kept stays
     by stay_id, and a count per STAY_DROPS reason. Works per subject or on whole tables.
 
     "Exactly one ICU stay" counts the admission's stays that passed the unit filter (and the joins), as upstream
-    filters transfers first. Age is the age in the stay's year, mimic.age_at(anchor_age, anchor_year, year(intime)):
+    filters transfers first, plus ``set_aside`` (hadm_id -> its stays left out of ``icustays`` that still count:
+    counted_set_aside). Age is the age in the stay's year, mimic.age_at(anchor_age, anchor_year, year(intime)):
     upstream uses anchor_age, the age in anchor_year, which may be years away from the stay."""
     admission_keys = {(r["subject_id"], r["hadm_id"]) for r in admissions}
     patients = {r["subject_id"]: r for r in patients}
     drops: Counter = Counter()
     joined = []
     for row in icustays:
-        reason = ("unit_transfer" if row["first_careunit"] != row["last_careunit"] else
+        reason = ("unit_transfer" if not one_care_unit(row) else
                   "no_admission" if (row["subject_id"], row["hadm_id"]) not in admission_keys else
                   "no_patient" if row["subject_id"] not in patients else None)
         if reason:
             drops[reason] += 1
         else:
             joined.append(row)
-    stays_per_admission = Counter(row["hadm_id"] for row in joined)
+    stays_per_admission = Counter(row["hadm_id"] for row in joined) + Counter(set_aside or {})
     kept = []
     for row in joined:
         patient = patients[row["subject_id"]]
@@ -89,6 +91,28 @@ def select_stays(icustays: Iterable[Mapping[str, Any]], admissions: Iterable[Map
                          intime=row["intime"], outtime=row["outtime"],
                          los_hours=(row["outtime"] - row["intime"]) / dt.timedelta(hours=1), age=age))
     return sorted(kept, key=lambda s: s.stay_id), drops
+
+
+def one_care_unit(row: Mapping[str, Any]) -> bool:
+    return row["first_careunit"] == row["last_careunit"]
+
+
+def counted_set_aside(versions: Mapping[int, Sequence[Mapping[str, Any]]]) -> tuple[Counter, dict[int, list[int]]]:
+    """A subject's set-aside stays (stay_id -> its icustays versions: rows that differ) -> (hadm_id -> set-aside
+    stays that count towards the admission's one ICU stay in every version, hadm_id -> stay_ids that count towards
+    it in some versions only). Upstream counts every row, so a stay is still its admission's stay when its rows
+    differ; a version counts when it passes the unit filter (the joins are its siblings' own). Only some versions
+    counting leaves the siblings' several_icu_stays undecided."""
+    counted: Counter = Counter()
+    undecided: dict[int, list[int]] = {}
+    for stay_id, rows in sorted(versions.items()):
+        hadm_ids = {row["hadm_id"] if one_care_unit(row) else None for row in rows}
+        if len(hadm_ids) == 1:
+            counted.update(hadm_ids - {None})
+        else:
+            for hadm_id in sorted(hadm_ids - {None}):
+                undecided.setdefault(hadm_id, []).append(stay_id)
+    return counted, undecided
 
 
 def ihm_eligible(stay: Stay) -> bool:
