@@ -19,6 +19,7 @@ import dataclasses
 import json
 
 from beam_pipeline import options
+from beam_pipeline.pipeline import check_remote_inputs
 
 PHYSIONET_CXR_BUCKET = "gs://mimic-cxr-jpg-2.1.0.physionet.org"
 IMAGE_KB_INDEX = "/template/kb"  # the packaged knowledge base, indexed at image build time
@@ -36,12 +37,15 @@ def launch_body(project: str, region: str, bucket: str, image: str, service_acco
     """A LaunchFlexTemplateRequest. A fixed job name means an overlapping scheduled launch is refused (409) rather
     than run twice; every run still gets its own run folder under the output."""
     values = {"mimic_cxr_root": PHYSIONET_CXR_BUCKET, "output": f"gs://{bucket}/mimic-cxr-ed",
-              "billing_project": project, "kb_index": IMAGE_KB_INDEX,
-              **({} if "overwrite" in parameters else {"keep_runs": "true"}), **parameters}
+              "billing_project": project, "kb_index": IMAGE_KB_INDEX, **parameters}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(options.Config)})
     if unknown:
         raise ValueError(f"not pipeline parameters: {', '.join(unknown)}")
-    options.config_from_text(values)  # what the launcher VM would refuse, refused here: values, ranges, roots
+    # What the launcher VM would refuse, refused here: values, ranges, roots, and local inputs the workers cannot read.
+    config = options.config_from_text(values)
+    check_remote_inputs(config)
+    if not config.overwrite:  # by value: overwrite=false must keep the default, or every rerun after the first fails
+        values.setdefault("keep_runs", "true")
     return {"launchParameter": {
         "jobName": job_name,
         "containerSpecGcsPath": f"gs://{bucket}/templates/mimic-cxr-ed.json",

@@ -7,7 +7,8 @@ pieces: ``read_tables`` (typed rows + rejects + checksums), ``stage`` (a DoFn wi
 
 Inputs, models and the retrieval index are resolved before anything runs (``resolve_inputs``, ``resolve_text``), so
 a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message;
-workers load the index directory resolved there (``index_for_remote_workers`` for a remote job's).
+workers load the index directory resolved there (``index_for_remote_workers`` for a remote job's). A remote job's
+inputs must be remote paths (``check_remote_inputs``): the launching machine could read a local one, its workers not.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 
 from beam_pipeline import accounting, cohorts, kb, mimic, models
 from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, resolve_and_check
+from beam_pipeline.fileio.outputs import is_local_path
 from beam_pipeline.fileio.sharded import AssertUniqueKeys
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
@@ -26,6 +28,21 @@ from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from beam_pipeline.transforms.leakage import rules_document
 from beam_pipeline.transforms.split import AssertPatientDisjoint
 from beam_pipeline.transforms.text import CONTEXT_HEADER, effective_top_k
+
+# The input flags a remote job's workers open themselves (--output: fileio.outputs.check_output).
+WORKER_INPUTS = ("mimic_cxr_root", "mimic_cxr_reports", "mimic_ed_root", "mimic_iv_root", "mimic_ecg_root",
+                 "leakage_rules")
+
+
+def check_remote_inputs(config: Config) -> None:
+    """For a remote job, before anything is read: a local input passes every check on the launching machine, then
+    fails on every worker of the started (and billed) job. Raises InputError naming the flag."""
+    for name in WORKER_INPUTS:
+        path = getattr(config, name)
+        if path and is_local_path(path):
+            raise InputError(f"--{name}={path} is a local path, which remote workers cannot read; use a gs:// path "
+                             "(copy it to a bucket)")
+
 
 def resolve_inputs(config: Config) -> dict[str, str]:
     """Table name -> input path, with every needed column checked, and the cohort's other inputs; raises InputError

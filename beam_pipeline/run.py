@@ -1,11 +1,12 @@
 """Command line: ``python -m beam_pipeline.run --mimic_cxr_root=... --mimic_ed_root=... --output=... [Beam flags]``.
 
 Pipeline flags are ours (``--help`` lists them); anything else goes to Beam (``--runner``, ``--project``, ...), and
-a flag neither knows is an error rather than silently dropped. Without ``--runner`` (or with DirectRunner) the job
-runs on Beam's in-process FnApiRunner, which never tries to download the Prism runner; it then waits, and prints
-where the output is and the stage funnel (exit status 1, naming the stage, when the run wrote no records). On other
-runners (Dataflow) it submits and returns without blocking, as Flex Templates require. Flags and the output are
-checked before any work.
+a flag neither knows is an error rather than silently dropped. Without ``--runner`` (or with any of Beam's local
+runners: direct, DirectRunner, PrismRunner, ...) the job runs on Beam's in-process FnApiRunner, which never tries to
+download the Prism runner; it then waits, and prints where the output is and the stage funnel (exit status 1, naming
+the stage, when the run wrote no records). On other runners (Dataflow) it submits, prints the job id, its console
+link and the run folder on stderr, and returns without blocking, as Flex Templates require. Flags, the output and
+(for a remote job) that no input is a local path are checked before any work.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
 from beam_pipeline.fileio.sharded import DuplicateKeyError
 from beam_pipeline.fileio.sources import RequesterPaysError
 from beam_pipeline.options import Config, add_arguments, make_config
-from beam_pipeline.pipeline import build_pipeline, index_for_remote_workers, resolve_inputs, resolve_text
+from beam_pipeline.pipeline import (build_pipeline, check_remote_inputs, index_for_remote_workers, resolve_inputs,
+                                    resolve_text)
 from beam_pipeline.readers.common import load_metadata
 from beam_pipeline.staging import StagingError, stage_package
 from beam_pipeline.transforms.split import PatientOverlapError
 
-LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+LOCAL_RUNNERS = {name.lower() for name in StandardOptions.LOCAL_RUNNERS}  # Beam's own list: DirectRunner, Prism...
 # Errors that mean "the input or the setup is wrong", not "the code is wrong": the CLI prints their message alone.
 JOB_ERRORS = (InputError, OutputError, RequesterPaysError, StagingError, PatientOverlapError, DuplicateKeyError,
               CountsError)
@@ -100,7 +102,11 @@ def local_parallelism(options: PipelineOptions, beam_args: list[str]) -> list[st
 
 
 def is_local(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+    """No --runner, or a name Beam resolves to one of its local runners: it resolves case-insensitively, with or
+    without "Runner" or the module path (apache_beam.runners.runner.create_runner), so --runner=direct is one too."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner.rsplit(".", 1)[-1].lower() if runner else ""
+    return not name or name in LOCAL_RUNNERS or name + "runner" in LOCAL_RUNNERS
 
 
 def in_run_folder(config: Config, now: dt.datetime) -> Config:
@@ -110,9 +116,12 @@ def in_run_folder(config: Config, now: dt.datetime) -> Config:
 
 def execute(config: Config, options: PipelineOptions, started: dt.datetime | None = None) -> PipelineResult:
     """Check output, inputs and models, build the graph and start it (local runs on the in-process FnApiRunner).
-    The output goes first: one small write, and nothing else (not even the inputs) is read when it fails. The run
-    folder is named by ``started`` (default: now)."""
+    The output goes first: one small write, and nothing else (not even the inputs) is read when it fails; only a
+    remote job's local input paths are refused before it, as they need no I/O. The run folder is named by ``started``
+    (default: now)."""
     local = is_local(options)
+    if not local:
+        check_remote_inputs(config)
     check_output(config.output, config.overwrite or config.keep_runs, local_workers=local)
     paths = resolve_inputs(config)
     text = resolve_text(config)
@@ -128,13 +137,25 @@ def execute(config: Config, options: PipelineOptions, started: dt.datetime | Non
     return pipeline.run()
 
 
+def submitted(result: PipelineResult, options: PipelineOptions, folder: str) -> str:
+    """Where a remote job can be followed: Beam logs its id and console link only at INFO, which main() hides."""
+    lines = [f"Run folder: {folder} (published as LATEST once complete)"]
+    if getattr(result, "has_job", False):  # a Dataflow job (a --template_location run creates none)
+        cloud = options.view_as(GoogleCloudOptions)
+        lines.insert(0, f"Submitted Dataflow job {result.job_id()}: https://console.cloud.google.com/dataflow/jobs/"
+                        f"{cloud.region}/{result.job_id()}?project={cloud.project}")
+    return "\n".join(lines)
+
+
 def run(argv: list[str] | None = None) -> dict | None:
     """Run the job; locally wait and return its run's metadata.json (``counts["matched"] == 0``: it wrote no records
-    and was not published), remotely return None once submitted (there an empty run fails the job)."""
+    and was not published), remotely print where to follow it (stderr) and return None once submitted (there an
+    empty run fails the job)."""
     config, options = parse(sys.argv[1:] if argv is None else argv)
     started = dt.datetime.now(dt.timezone.utc)
     result = execute(config, options, started)
     if not is_local(options):
+        print(submitted(result, options, run_folder(config.output, started)), file=sys.stderr)
         return None
     result.wait_until_finish()
     return load_metadata(run_folder(config.output, started))

@@ -19,7 +19,10 @@ tree is the folder above the imported ``beam_pipeline`` package when it holds se
 install (a launch from a laptop). The Flex Template image installs the package without its source tree; there the
 launcher and the workers run the same image, hence the same code, and nothing is staged. Without a source tree and
 without ``--sdk_container_image`` the workers would run Beam's stock image, which lacks this package: that is refused
-at launch. A user who passes ``--setup_file`` or ``--extra_package(s)`` keeps full control: nothing is added then.
+at launch. With a source tree but without ``--sdk_container_image`` the launch goes ahead with a warning: the stock
+image lacks the dependencies, so every worker installs each pinned one (torch included, gigabytes) from PyPI at every
+start, and workers without internet access fail. A user who passes ``--setup_file`` or ``--extra_package(s)`` keeps
+full control: nothing is added then.
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ def stage_package(options: PipelineOptions) -> str | None:
         _LOGGER.info("not staging beam_pipeline: --setup_file/--extra_package given")
         return None
     root = source_root()
+    image = options.view_as(WorkerOptions).sdk_container_image
     if root is None:
-        image = options.view_as(WorkerOptions).sdk_container_image
         if not image:
             raise StagingError(
                 f"beam_pipeline is installed without its source tree ({Path(beam_pipeline.__file__).parent}) and no "
@@ -97,6 +100,12 @@ def stage_package(options: PipelineOptions) -> str | None:
                 "package: pass --sdk_container_image=<the project's image>, or --extra_package=<wheel>.")
         _LOGGER.info("beam_pipeline is installed without its source tree; workers run the copy in %s", image)
         return None
+    if not image:
+        _LOGGER.warning(
+            "no --sdk_container_image: Dataflow workers run Beam's stock image, which lacks this package's "
+            "dependencies, so every worker installs each one pinned in setup.py (torch, transformers, faiss, ...; "
+            "gigabytes) from PyPI at every start, and workers without internet access fail to start. Build the "
+            "project's image with templates/build.sh and pass --sdk_container_image=<the image it printed>.")
     wheel = _wheel_for(root)
     setup.extra_packages = [str(wheel)]
     _LOGGER.info("staging %s for the workers (--extra_package)", wheel.name)

@@ -3,10 +3,20 @@
 #   PROJECT=my-proj REGION=us-central1 BUCKET=my-bucket templates/build.sh
 set -euo pipefail
 : "${PROJECT:?set PROJECT}" "${REGION:?set REGION}" "${BUCKET:?set BUCKET}"
+cd "$(dirname "$0")/.."   # first: the tag must describe this checkout, whatever the caller's folder
 REPOSITORY="${REPOSITORY:-mimic}"
-TAG="${TAG:-$(git rev-parse --short HEAD)}"
+if [[ -z "${TAG:-}" ]]; then
+  # Cloud Build uploads the working tree (minus .gcloudignore), not HEAD: a tag named after HEAD must hold HEAD's files.
+  dirty="$(git status --porcelain --untracked-files=all -- Dockerfile requirements.txt constraints.txt setup.py \
+           launcher.py beam_pipeline)"
+  if [[ -n "${dirty}" ]]; then
+    printf 'build.sh: uncommitted changes in the files the image is built from:\n%s\ncommit them, or set TAG=<name>\n' \
+      "${dirty}" >&2
+    exit 1
+  fi
+  TAG="$(git rev-parse --short=12 HEAD)"
+fi
 IMAGE="${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/pipeline:${TAG}"
-cd "$(dirname "$0")/.."
 
 gcloud artifacts repositories describe "${REPOSITORY}" --location="${REGION}" --project="${PROJECT}" >/dev/null 2>&1 \
   || gcloud artifacts repositories create "${REPOSITORY}" --repository-format=docker --location="${REGION}" \

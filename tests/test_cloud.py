@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import hcl2
 import pytest
 
 from beam_pipeline import cloud, cohorts, options
+from beam_pipeline.pipeline import WORKER_INPUTS
 from beam_pipeline.run import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,9 @@ def test_the_validator_catches_what_the_api_would_refuse():
     ("keep_runs=maybe", "argument --keep_runs: expected true or false"),
     ("mimic_ed_root=", "--mimic_ed_root is required by --cohort=ed_cxr"),
     ("mimic_ed_root", "--param takes NAME=VALUE, got mimic_ed_root"),
+    ("overwrite=maybe", "argument --overwrite: expected true or false"),
+    *[(f"{name}=physionet.org/files/x", f"--{name}=physionet.org/files/x is a local path, which remote workers "
+                                        "cannot read") for name in WORKER_INPUTS],
 ])
 def test_launch_body_refuses_what_the_launcher_would(param, message, capsys):
     """Found when the body is made, not a week later on the launcher VM of a scheduled run."""
@@ -113,10 +119,12 @@ def test_launch_body_refuses_what_the_launcher_would(param, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_overwrite_in_a_launch_body_replaces_the_default_keep_runs():
-    body = cloud.launch_body(**{**EXAMPLE, "parameters": {**EXAMPLE["parameters"], "overwrite": "true"}})
+@pytest.mark.parametrize("overwrite, keep_runs", [("true", None), ("false", "true"), ("False", "true")])
+def test_overwrite_in_a_launch_body_replaces_the_default_keep_runs(overwrite, keep_runs):
+    """By its value: with overwrite=false and no keep_runs, every scheduled run after the first would be refused."""
+    body = cloud.launch_body(**{**EXAMPLE, "parameters": {**EXAMPLE["parameters"], "overwrite": overwrite}})
     parameters = body["launchParameter"]["parameters"]
-    assert parameters["overwrite"] == "true" and "keep_runs" not in parameters
+    assert parameters["overwrite"] == overwrite and parameters.get("keep_runs") == keep_runs
 
 
 def _terraform() -> dict:
@@ -160,6 +168,83 @@ def test_scripts_parse_and_use_the_shared_pieces(script):
     if script == "schedule.sh":
         assert "--message-body-from-file" in text
         assert "--oauth-token-scope=https://www.googleapis.com/auth/cloud-platform" in text
+
+
+# gcloud for the scripts: logs each call (with its folder); a scheduler job exists once created.
+STUB_GCLOUD = """#!/usr/bin/env bash
+echo "$PWD: gcloud $*" >> "$GCLOUD_LOG"
+case "$1 $2 $3" in
+  "scheduler jobs describe") [[ -e "$GCLOUD_JOBS/$4" ]] || exit 1 ;;
+  "scheduler jobs create") touch "$GCLOUD_JOBS/$5" ;;
+esac
+"""
+
+
+def run_script(script: Path, tmp_path: Path, cwd: Path, *args: str, **env: str):
+    """Run a script as users do (by its path, from ``cwd``) with the stub gcloud first on PATH: (result, calls)."""
+    stub = tmp_path / "bin" / "gcloud"
+    if not stub.exists():
+        stub.parent.mkdir()
+        stub.write_text(STUB_GCLOUD)
+        stub.chmod(0o755)
+        (tmp_path / "jobs").mkdir()
+    log = tmp_path / "gcloud.log"
+    log.write_text("")
+    variables = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "GCLOUD_LOG": str(log),
+                 "GCLOUD_JOBS": str(tmp_path / "jobs"), "PROJECT": "p", "REGION": "r", **env}
+    done = subprocess.run([str(script), *args], cwd=cwd, env=variables, capture_output=True, text=True, timeout=60)
+    return done, log.read_text().splitlines()
+
+
+def test_schedule_sh_creates_the_job_then_updates_it_in_place(tmp_path):
+    """Rerun after a new image or launch body: the existing job is updated with the same settings (a second create
+    would fail, as the job exists)."""
+    calls = []
+    for _ in range(2):
+        done, made = run_script(TEMPLATES / "schedule.sh", tmp_path, tmp_path, "body.json", SCHEDULER_SA="s@p")
+        assert done.returncode == 0, done.stderr
+        calls.append(made[-1].split(": gcloud ", 1)[1].split())
+    created, updated = calls
+    assert created[:5] == ["scheduler", "jobs", "create", "http", "mimic-cxr-ed-weekly"]
+    assert updated[:5] == ["scheduler", "jobs", "update", "http", "mimic-cxr-ed-weekly"]
+    assert "--message-body-from-file=body.json" in updated
+    assert [f.replace("--headers=", "--update-headers=") for f in created[5:]] == updated[5:]
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A clean clone of this repository at HEAD, holding the working copy's build.sh (the script under test)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(ROOT), str(clone)], check=True)
+    shutil.copy2(TEMPLATES / "build.sh", clone / "templates" / "build.sh")
+    return clone
+
+
+def test_build_sh_tags_the_checkout_it_builds_whatever_the_callers_folder(checkout, tmp_path):
+    """Run from another git repository, the image is still named after the commit it is built from."""
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=other, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=other, check=True)
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    done, calls = run_script(checkout / "templates" / "build.sh", tmp_path, other, BUCKET="b")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"r-docker.pkg.dev/p/mimic/pipeline:{head}"
+    assert f"{checkout}: gcloud builds submit . --tag=r-docker.pkg.dev/p/mimic/pipeline:{head}" in " ".join(calls)
+
+
+def test_build_sh_refuses_to_name_uncommitted_code_after_head(checkout, tmp_path):
+    """Cloud Build uploads the working tree: an image tagged with HEAD must hold HEAD's files, unless TAG names it."""
+    (checkout / "beam_pipeline" / "run.py").write_text("changed\n")
+    (checkout / "beam_pipeline" / "new_module.py").write_text("new\n")
+    done, calls = run_script(checkout / "templates" / "build.sh", tmp_path, tmp_path, BUCKET="b")
+    assert done.returncode == 1 and calls == []
+    assert " M beam_pipeline/run.py" in done.stderr and "?? beam_pipeline/new_module.py" in done.stderr
+    assert "commit them, or set TAG=<name>" in done.stderr
+    done, calls = run_script(checkout / "templates" / "build.sh", tmp_path, tmp_path, BUCKET="b", TAG="exp1")
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "r-docker.pkg.dev/p/mimic/pipeline:exp1"
 
 
 def test_the_image_bakes_what_the_template_points_at():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -124,6 +125,12 @@ def submit(argv: list[str], fake_dataflow: FakeDataflow, tmp_path: Path, **env: 
     assert fake_dataflow.unknown == []
     creates = fake_dataflow.calls("POST", f"/v1b3/projects/{PROJECT}/locations/{REGION}/jobs")
     assert len(creates) == 1 and len(fake_dataflow.requests) == 1  # no jobs.get poll: run.py did not wait
+
+    # The launcher says where to follow the job (Beam's own lines are at INFO, hidden), and prints no record.
+    [job_id] = fake_dataflow.jobs
+    assert done.stdout == ""
+    assert (f"Submitted Dataflow job {job_id}: https://console.cloud.google.com/dataflow/jobs/{REGION}/{job_id}"
+            f"?project={PROJECT}\nRun folder: gs://{BUCKET}/mimic-cxr-ed/runs/") in done.stderr
     return creates[0].body
 
 
@@ -378,6 +385,18 @@ def test_without_a_source_tree_the_workers_image_must_hold_the_package(monkeypat
     assert staging.stage_package(options) is None and options.view_as(SetupOptions).extra_packages is None
     with pytest.raises(staging.StagingError, match="--sdk_container_image"):
         staging.stage_package(PipelineOptions([]))
+
+
+def test_a_launch_from_a_checkout_without_the_projects_image_warns(caplog):
+    """Beam's stock image lacks the dependencies: every worker would install them (torch included) from PyPI at each
+    start, and fail without internet access. Allowed, but said at launch, with the fix."""
+    with caplog.at_level(logging.WARNING, logger="beam_pipeline.staging"):
+        assert staging.stage_package(PipelineOptions(["--runner=DataflowRunner"]))
+        [warning] = caplog.records
+        assert "no --sdk_container_image" in warning.message and "templates/build.sh" in warning.message
+        caplog.clear()
+        assert staging.stage_package(PipelineOptions([f"--sdk_container_image={IMAGE}"]))
+        assert caplog.records == []
 
 
 def test_the_fake_answers_beams_own_client_like_the_service(fake_dataflow, gcs_server):

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import sample
 from beam_pipeline.fileio.metadata import check_counts, empty_run_message
 from beam_pipeline.fileio.outputs import check_writable
-from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
+from beam_pipeline.pipeline import WORKER_INPUTS, build_pipeline, resolve_inputs, resolve_text
 from beam_pipeline.readers.common import open_run
-from beam_pipeline.run import in_run_folder, main, parse
+from beam_pipeline.run import in_run_folder, is_local, main, parse
 import faults
 from conftest import permissions_apply, without_permission_override
 
@@ -82,13 +83,44 @@ def test_output_in_a_missing_bucket_fails_at_launch(gcs_emulator, tmp_path):
                                      "gs://no-such-bucket does not exist")
 
 
+REMOTE = ("--runner=DataflowRunner", "--project=p", "--region=us-central1", "--temp_location=gs://b/tmp")
+IN_A_BUCKET = sample.SampleRoots("gs://b/cxr", "gs://b/ed", "gs://b/iv")
+
+
 def test_local_output_on_a_remote_runner_fails_at_launch(tmp_path):
     with pytest.raises(SystemExit) as exit_:
-        main([*faults.argv(nowhere(tmp_path), tmp_path / "out"), "--runner=DataflowRunner", "--project=p",
-              "--region=us-central1", "--temp_location=gs://b/tmp"])
+        main([*faults.argv(IN_A_BUCKET, tmp_path / "out"), *REMOTE])
     assert str(exit_.value.code) == (f"error: --output={tmp_path}/out is a local path, which remote workers cannot "
                                      "write; use a gs:// folder")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", WORKER_INPUTS)
+def test_a_local_input_on_a_remote_runner_fails_at_launch(flag, gcs_emulator, tmp_path):
+    """The launching machine can read it (it exists here), so nothing else would stop the job before every worker
+    failed on it. Refused before anything is read or probed: the gs:// paths name no bucket the emulator holds."""
+    local = tmp_path / flag
+    local.mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main([*faults.argv(IN_A_BUCKET, "gs://b/out"), f"--{flag}={local}", *REMOTE])
+    assert str(exit_.value.code) == (f"error: --{flag}={local} is a local path, which remote workers cannot read; "
+                                     "use a gs:// path (copy it to a bucket)")
+
+
+@pytest.mark.parametrize("runner", ["direct", "DirectRunner", "directrunner", "BundleBasedDirectRunner", "prism",
+                                    "PrismRunner", "FnApiRunner",
+                                    "apache_beam.runners.direct.direct_runner.SwitchingDirectRunner"])
+def test_every_name_beam_gives_a_local_runner_runs_locally(runner, tmp_path):
+    """Beam resolves runner names case-insensitively, "Runner" optional: --runner=direct is a local run, whose
+    local output is fine (the missing inputs stop it, after the output was checked), not a remote one's."""
+    assert is_local(PipelineOptions([f"--runner={runner}"]))
+    done = faults.run_cli(nowhere(tmp_path), tmp_path / "out", f"--runner={runner}")
+    assert_failed_at_launch(done, 1, f"error: cxr_metadata: no input file found; tried {tmp_path}/no-inputs/cxr/")
+
+
+@pytest.mark.parametrize("runner", ["DataflowRunner", "dataflow", "apache_beam.runners.dataflow.DataflowRunner"])
+def test_dataflow_is_remote_by_any_name(runner):
+    assert not is_local(PipelineOptions([f"--runner={runner}"]))
 
 
 def test_the_write_probe_leaves_nothing_behind(gcs_emulator, tmp_path):
