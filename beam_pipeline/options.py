@@ -193,7 +193,8 @@ class Config:
         "statistics fitted on this build's train split (always in metadata.json).", False, parse=parse_bool)
     benchmark_files: bool = _flag(
         "medfuse_*: also write timeseries/<split>/<subject>_episode<stay_id>_timeseries.csv in the benchmark's "
-        "layout, for MedFuse's own loaders (listfiles/ are always written).", False, parse=parse_bool)
+        "layout, which MedFuse's own loaders read after the renames the README lists (listfiles/ are always "
+        "written).", False, parse=parse_bool)
     ehr_match: str = _flag(
         "cxr_ehr: how an image is placed in an admission / ICU stay: time (admittime <= study time <= dischtime) or "
         "date (the original's calendar dates, which can place an image taken hours before admission inside it).",
