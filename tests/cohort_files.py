@@ -17,6 +17,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def write_table(path: Path, table: mimic.Table, rows: list[dict]) -> None:
+    """A small hand-made table at ``path``: the release's header, the rows' values (missing columns blank)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table.header)
+        writer.writerows([row.get(column, "") for column in table.header] for row in rows)
+
+
 def table_rows(root: str, table: mimic.Table) -> list[dict[str, str]]:
     """A sample table's rows as text, from ``<root>/<subdir>/<file>``."""
     return read_csv(Path(root, table.subdir, table.filename))

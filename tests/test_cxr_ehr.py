@@ -4,7 +4,6 @@ only when asked for and never among the features, the original's feature CSVs, b
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import filecmp
 import json
@@ -19,7 +18,7 @@ from beam_pipeline import mimic, sample
 from beam_pipeline.cohorts import cxr_ehr_features as ehr
 from beam_pipeline.cohorts.cxr_ehr import DescribeImages
 from beam_pipeline.run import run
-from cohort_files import examples, read_csv, table_rows
+from cohort_files import examples, read_csv, table_rows, write_table
 from conftest import ONE_WORKER, published
 from test_medfuse_stays import HOUR, SUBJECT, T0, admission, icustay, image, patient
 
@@ -221,14 +220,6 @@ def test_read_rejects_reach_the_join_and_the_funnel_adds_up(tmp_path):
     assert (c["matched"], c["rejected"], c["dropped"]["no_patient"]) == (1, 2, 0)
     assert c["rejected_by_reason"] == {"join/admission_row_rejected": 1, "join/patient_row_rejected": 1}
     assert c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
-
-
-def write_table(path: Path, table: mimic.Table, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(table.header)
-        writer.writerows([row.get(column, "") for column in table.header] for row in rows)
 
 
 def test_a_feature_set_listed_twice_is_an_argument_error(tmp_path, capsys):

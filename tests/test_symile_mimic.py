@@ -3,7 +3,6 @@ reference rules (cohort-definitions.md §A) against every output, the planted ed
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import filecmp
 import json
@@ -20,7 +19,7 @@ import wfdb
 from beam_pipeline import mimic, sample
 from beam_pipeline.fileio.tfrecord import read_records
 from beam_pipeline.run import run
-from cohort_files import examples, manifest, read_csv
+from cohort_files import examples, manifest, read_csv, write_table
 from conftest import ONE_WORKER, published
 
 HOUR = dt.timedelta(hours=1)
@@ -233,14 +232,6 @@ def test_the_tf_data_spec_parses_a_record(symile_run):
     path = next(p for p in sorted((folder / "tfrecords").glob("*.tfrecord")) if p.stat().st_size)
     parsed = tf.io.parse_single_example(next(iter(read_records(str(path)))), parse_spec(metadata))
     assert parsed["ecg/signal"].shape == (60000,) and parsed["labs/percentiles"].shape == (50,)
-
-
-def write_table(path: Path, table: mimic.Table, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(table.header)
-        writer.writerows([row.get(column, "") for column in table.header] for row in rows)
 
 
 def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(tmp_path):

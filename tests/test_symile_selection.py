@@ -636,14 +636,19 @@ def test_identical_duplicate_rows_collapse_and_are_counted():
                             "duplicates/identical_rows/ecg_record_list": 1})
 
 
-def test_drop_reasons_are_counted_in_order():
+def one_drop_each() -> World:
+    """Four admissions of one patient, each dropped at the next step: no CXR, no CheXpert row, no ECG, no lab."""
     world = World().patient()
     world.admission(21_000_001, T0)  # nothing at all: no CXR
     world.admission(21_000_002, T0 + 1000 * HOUR).image("a", 50_000_001, T0 + 1030 * HOUR, labels=None)
     world.admission(21_000_003, T0 + 2000 * HOUR).image("b", 50_000_002, T0 + 2030 * HOUR)  # no ECG, no lab
     (world.admission(21_000_004, T0 + 3000 * HOUR).image("c", 50_000_003, T0 + 3030 * HOUR)
      .ecg(40_000_001, T0 + 3000 * HOUR))
-    outcomes, _ = world.run()
+    return world
+
+
+def test_drop_reasons_are_counted_in_order():
+    outcomes, _ = one_drop_each().run()
     assert [outcomes[h].reason for h in sorted(outcomes)] == [
         "no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window"]
 
@@ -672,14 +677,8 @@ def test_a_row_rejected_at_read_rejects_the_admission_instead_of_the_next_best_c
 def test_a_rejected_row_turns_the_drops_from_its_step_on_into_rejects(tag, reason, steps):
     """The rejected row may be the one the admission lacked; a drop at an earlier step stands (the row could not
     have changed it)."""
-    world = World().patient()
-    world.admission(21_000_001, T0)  # nothing at all: no CXR
-    world.admission(21_000_002, T0 + 1000 * HOUR).image("a", 50_000_001, T0 + 1030 * HOUR, labels=None)
-    world.admission(21_000_003, T0 + 2000 * HOUR).image("b", 50_000_002, T0 + 2030 * HOUR)  # no ECG, no lab
-    (world.admission(21_000_004, T0 + 3000 * HOUR).image("c", 50_000_003, T0 + 3030 * HOUR)
-     .ecg(40_000_001, T0 + 3000 * HOUR))
     drops = ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window")
-    outcomes, _ = world.rejected(tag).run()
+    outcomes, _ = one_drop_each().rejected(tag).run()
     assert [(outcomes[h].kind, outcomes[h].reason) for h in sorted(outcomes)] == [
         ("rejected", reason) if drop in steps else ("dropped", drop) for drop in drops]
 
