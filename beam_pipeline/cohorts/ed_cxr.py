@@ -71,8 +71,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table.name].rows)
     # Read rejects that the join can tie to images: those images are rejected for them, never counted as no_ed_stay,
     # written unlabelled or written without a row their record would hold (join.ROW_REJECTS).
-    keyed[REJECTED_STAYS] = key_by_subject(f"Key {REJECTED_STAYS}", reads[mimic.EDSTAYS.name][accounting.REJECTS]
-                                           | "Attributable stays" >> beam.Filter(lambda r: r["subject_id"] is not None))
+    keyed[REJECTED_STAYS] = (reads[mimic.EDSTAYS.name][accounting.REJECTS]
+                             | f"Key {REJECTED_STAYS}" >> KeyRejectsBySubject())
     keyed[REJECTED_LABELS] = (reads[mimic.CXR_CHEXPERT.name][accounting.REJECTS]
                               | f"Key {REJECTED_LABELS}" >> KeyLabelRejects(images["images"]))
     for tag, (_, table, _) in ROW_REJECTS.items():
