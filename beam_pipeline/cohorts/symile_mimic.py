@@ -49,7 +49,7 @@ from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_p
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import (KeyLabelRejects, KeyRejectsBySubject, OneSubjectPerId, duplicate_events,
-                                          label_problem, rejected_reasons, row_rejected, unique_rows)
+                                          label_problem, rejected_reasons, row_rejected, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -138,13 +138,13 @@ class SelectAdmissions(beam.DoFn):
 
     def process(self, element):
         subject_id, groups = element
-        typed = {**groups, "images": map(dataclasses.asdict, groups.get("images", ()))}  # Image fields as a row
-        tables = {tag: unique_rows(typed.get(tag, ()), table.name, key) for tag, table, key in (
+        tables = {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in (
             ("admissions", mimic.ADMISSIONS, "hadm_id"), ("patients", mimic.PATIENTS, "subject_id"),
             ("labels", mimic.CXR_CHEXPERT, "study_id"), ("ecgs", mimic.ECG_RECORD_LIST, "study_id"),
-            ("labs", mimic.LABEVENTS, "labevent_id"), ("images", mimic.CXR_METADATA, "dicom_id"))}
-        yield from duplicate_events(tables.values())
-        admissions, patients, labels, images = (tables[t] for t in ("admissions", "patients", "labels", "images"))
+            ("labs", mimic.LABEVENTS, "labevent_id"))}
+        images = unique_images(groups.get("images", ()))
+        yield from duplicate_events([*tables.values(), images])
+        admissions, patients, labels = (tables[t] for t in ("admissions", "patients", "labels"))
         ecg_rows, lab_rows = tables["ecgs"], tables["labs"]
         cxrs = [mimic.Image(**row) for row in images.candidates()]
         ecgs = [Ecg(r["study_id"], r["ecg_time"], r["path"]) for r in ecg_rows.candidates()]
