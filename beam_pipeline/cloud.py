@@ -41,9 +41,10 @@ def launch_body(project: str, region: str, bucket: str, image: str, service_acco
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(options.Config)})
     if unknown:
         raise ValueError(f"not pipeline parameters: {', '.join(unknown)}")
-    # What the launcher VM would refuse, refused here: values, ranges, roots, and local inputs the workers cannot read.
+    # What the launcher VM would refuse, refused here: values, ranges, roots, and local paths it or the workers cannot
+    # read (or write).
     config = options.config_from_text(values)
-    check_remote_inputs(config)
+    check_remote_inputs(config, flex_launcher=True)
     if not config.overwrite:  # by value: overwrite=false must keep the default, or every rerun after the first fails
         values.setdefault("keep_runs", "true")
     return {"launchParameter": {

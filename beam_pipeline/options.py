@@ -131,7 +131,8 @@ class Config:
         "mimic-cxr-ed-v1")
     leakage_rules: str = _flag(
         "Optional JSON file of extra leakage rules (same shape as the packaged beam_pipeline/resources/"
-        "leakage_rules.json); a rule with an existing id replaces it.", "")
+        "leakage_rules.json); a rule with an existing id replaces it. Read once at launch (a gs:// path for a Flex "
+        "Template launch); metadata.json records every rule applied.", "")
     redaction_token: str = _flag("Replaces every span the leakage filter removes.", "[REDACTED]")
     leakage_audit: bool = _flag(
         "Also write audit/ with the unfiltered and filtered text of every redacted note. Audit only: never train "

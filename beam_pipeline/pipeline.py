@@ -9,6 +9,8 @@ Inputs, models and the retrieval index are resolved before anything runs (``reso
 a wrong root, a missing column, an unloadable tokenizer or a mismatched index fails at launch with a clear message;
 workers load the index directory resolved there (``index_for_remote_workers`` for a remote job's). A remote job's
 inputs must be remote paths (``check_remote_inputs``): the launching machine could read a local one, its workers not.
+The leakage rules are read once, at launch, and travel inside the graph: what metadata.json records is what workers
+apply.
 """
 
 from __future__ import annotations
@@ -30,18 +32,24 @@ from beam_pipeline.transforms.split import AssertPatientDisjoint
 from beam_pipeline.transforms.text import CONTEXT_HEADER, effective_top_k
 
 # The input flags a remote job's workers open themselves (--output: fileio.outputs.check_output).
-WORKER_INPUTS = ("mimic_cxr_root", "mimic_cxr_reports", "mimic_ed_root", "mimic_iv_root", "mimic_ecg_root",
-                 "leakage_rules")
+WORKER_INPUTS = ("mimic_cxr_root", "mimic_cxr_reports", "mimic_ed_root", "mimic_iv_root", "mimic_ecg_root")
+# Read once by whatever launches the job; the graph carries their content to the workers (resolve_text).
+LAUNCH_INPUTS = ("leakage_rules",)
 
 
-def check_remote_inputs(config: Config) -> None:
+def check_remote_inputs(config: Config, flex_launcher: bool = False) -> None:
     """For a remote job, before anything is read: a local input passes every check on the launching machine, then
-    fails on every worker of the started (and billed) job. Raises InputError naming the flag."""
-    for name in WORKER_INPUTS:
+    fails on every worker of the started (and billed) job. ``flex_launcher``: the job will be launched by a Flex
+    Template's launcher VM, which cannot read this machine's files either. Raises InputError naming the flag."""
+    for name in WORKER_INPUTS + (LAUNCH_INPUTS + ("output",) if flex_launcher else ()):
         path = getattr(config, name)
-        if path and is_local_path(path):
-            raise InputError(f"--{name}={path} is a local path, which remote workers cannot read; use a gs:// path "
-                             "(copy it to a bucket)")
+        if not path or not is_local_path(path):
+            continue
+        if name == "output":
+            raise InputError(f"--output={path} is a local path, which remote workers cannot write; use a gs:// folder")
+        reader = "remote workers" if name in WORKER_INPUTS else "the Flex Template launcher"
+        raise InputError(f"--{name}={path} is a local path, which {reader} cannot read; use a gs:// path (copy it "
+                         "to a bucket)")
 
 
 def resolve_inputs(config: Config) -> dict[str, str]:
@@ -82,7 +90,7 @@ def resolve_text(config: Config) -> dict | None:
     return {"tokenizer": models.tokenizer_identity(tokenizer, config.tokenizer, config.tokenizer_revision),
             "max_tokens": config.max_tokens,
             "leakage_rules": {"sha256": hashlib.sha256(rules_json).hexdigest(), "extra": config.leakage_rules,
-                              "rule_ids": [r["id"] for r in rules["rules"]],
+                              "rules": rules["rules"],
                               "redaction_token": config.redaction_token},
             "retrieval": retrieval}
 

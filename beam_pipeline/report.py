@@ -496,8 +496,11 @@ def render(metadata: dict, split_rows: list[list], left_out: dict[str, str], sam
         sections.append(_section("retrieval", "Retrieval", "<p>This run did no retrieval (no --kb_index).</p>"))
     sections.append(_section("samples", f"Sample validation records ({len(samples)})", DUA_WARNING,
                              sample_cards(samples, sample_names)))
+    rules = metadata["text"]["leakage_rules"]
+    # The card names the rules; their patterns stay in metadata.json.
+    text = {**metadata["text"], "leakage_rules": {**rules, "rules": [r["id"] for r in rules["rules"]]}}
     provenance = [*provenance_tables(metadata),
-                  "<h3>Text models</h3><pre>" + html.escape(json.dumps(metadata["text"], indent=1)) + "</pre>"]
+                  "<h3>Text models</h3><pre>" + html.escape(json.dumps(text, indent=1)) + "</pre>"]
     sections.append(_section("provenance", "Config, versions and inputs", *provenance))
     return page(metadata, sections, f"{len(samples)} sample records with note text and images below." if samples
                 else "")

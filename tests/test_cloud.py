@@ -14,7 +14,7 @@ import hcl2
 import pytest
 
 from beam_pipeline import cloud, cohorts, options
-from beam_pipeline.pipeline import WORKER_INPUTS
+from beam_pipeline.pipeline import LAUNCH_INPUTS, WORKER_INPUTS
 from beam_pipeline.run import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,9 @@ def test_the_validator_catches_what_the_api_would_refuse():
     ("overwrite=maybe", "argument --overwrite: expected true or false"),
     *[(f"{name}=physionet.org/files/x", f"--{name}=physionet.org/files/x is a local path, which remote workers "
                                         "cannot read") for name in WORKER_INPUTS],
+    *[(f"{name}=rules.json", f"--{name}=rules.json is a local path, which the Flex Template launcher cannot read")
+      for name in LAUNCH_INPUTS],
+    ("output=/data/out", "--output=/data/out is a local path, which remote workers cannot write"),
 ])
 def test_launch_body_refuses_what_the_launcher_would(param, message, capsys):
     """Found when the body is made, not a week later on the launcher VM of a scheduled run."""

@@ -107,6 +107,16 @@ def test_a_local_input_on_a_remote_runner_fails_at_launch(flag, gcs_emulator, tm
                                      "use a gs:// path (copy it to a bucket)")
 
 
+def test_local_leakage_rules_pass_a_remote_launch_which_reads_them_itself(gcs_emulator, tmp_path):
+    """The rules travel inside the job (pipeline.LAUNCH_INPUTS), so the local file is not refused: the launch goes
+    on to the next check, the output's bucket (which the emulator does not hold)."""
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"rules": []}')
+    with pytest.raises(SystemExit) as exit_:
+        main([*faults.argv(IN_A_BUCKET, "gs://b/out"), f"--leakage_rules={rules}", *REMOTE])
+    assert str(exit_.value.code).startswith("error: --output=gs://b/out cannot be written")
+
+
 @pytest.mark.parametrize("runner", ["direct", "DirectRunner", "directrunner", "BundleBasedDirectRunner", "prism",
                                     "PrismRunner", "FnApiRunner",
                                     "apache_beam.runners.direct.direct_runner.SwitchingDirectRunner"])

@@ -7,11 +7,14 @@ import re
 import shutil
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipeline import mimic, sample
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
-from beam_pipeline.run import run
+from beam_pipeline.pipeline import build_pipeline, resolve_inputs, resolve_text
+from beam_pipeline.run import in_run_folder, parse, run
 from beam_pipeline.transforms.leakage import FilterLeakage, load_rules, redact, rules_document
 from beam_pipeline.transforms.notes import render_note
 from beam_pipeline.transforms.records import Record
@@ -131,7 +134,7 @@ def test_the_retrieval_query_loses_its_leaking_spans_without_a_marker():
     """A marker in the query would steer the search to chest-finding passages: "Cough, [REDACTED]" retrieved
     contusion and infiltrate passages that "Cough" does not. The query is embedded as if the span were never there."""
     t = dt.datetime(2150, 1, 1)
-    stage = FilterLeakage("", TOKEN, audit=False)
+    stage = FilterLeakage(rules_document()["rules"], TOKEN, audit=False)
     stage.setup()
     record = Record(1, 2, "d1", 3, "AP", t, t, None, "p", None, None, "Chief complaint: Cough, PNA.",
                     "Cough, PNA abnormal CXR", (), (), (), (), ())
@@ -243,3 +246,28 @@ def test_audit_keeps_the_unfiltered_notes_outside_the_training_records(sample_ro
     hits = metadata["counts"]["leakage_hits"]
     assert sum(hits.values()) >= len(audit) and set(hits) <= {r["id"] for r in rules_document()["rules"]}
     assert metadata["text"]["leakage_rules"]["redaction_token"] == TOKEN
+
+
+def test_workers_apply_the_rules_read_at_launch_even_if_the_file_changes(sample_roots, tmp_path):
+    """--leakage_rules is read once, at launch, and metadata.json records every rule: a file edited (or removed)
+    while the job runs changes neither what the workers apply nor what the dataset says was applied."""
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"rules": [{"id": "site", "finding": None, "patterns": ["chief complaint"]}]}))
+    output = tmp_path / "out"
+    config, options = parse([f"--mimic_cxr_root={sample_roots.cxr}", f"--mimic_ed_root={sample_roots.ed}",
+                             f"--mimic_iv_root={sample_roots.iv}", f"--output={output}", OFFLINE_TEXT, ONE_WORKER,
+                             "--images=false", f"--leakage_rules={extra}"])
+    paths, text = resolve_inputs(config), resolve_text(config)
+    extra.write_text(json.dumps({"rules": [{"id": "site", "finding": None, "patterns": ["never in a note"]}]}))
+    pipeline = beam.Pipeline(runner=FnApiRunner(), options=options)
+    build_pipeline(pipeline, in_run_folder(config, dt.datetime.now(dt.timezone.utc)), paths, text, config.output)
+    extra.unlink()
+    pipeline.run().wait_until_finish()
+    metadata = json.loads((published(output) / "metadata.json").read_text())
+    notes = [parse_example(raw)["note/text"][0].decode()
+             for path in (published(output) / "tfrecords").glob("*.tfrecord") for raw in read_records(str(path))]
+    assert notes and all(f"{TOKEN}: " in note and "chief complaint" not in note.lower() for note in notes)
+    assert metadata["counts"]["leakage_hits"]["site"] >= len(notes)
+    applied = metadata["text"]["leakage_rules"]["rules"]
+    assert applied[-1] == {"id": "site", "finding": None, "patterns": ["chief complaint"]}
+    assert applied[:-1] == rules_document()["rules"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -91,6 +93,9 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
     assert passages[0][2] == shown(max(stats["rag"]["passages"].values()))
     inputs = {row[0]: row[3] for row in page.tables["inputs"][1:]}
     assert inputs == {k: v["sha256"] for k, v in metadata["inputs"].items()}
+    rules = metadata["text"]["leakage_rules"]["rules"]  # the card names the rules; their patterns stay in the json
+    assert all(html.escape(json.dumps(r["id"])) in index.read_text() for r in rules)
+    assert not any(html.escape(json.dumps(r["patterns"][0])) in index.read_text() for r in rules)
 
 
 def test_default_page_is_aggregate_only_with_small_cells_suppressed(reported):

@@ -82,7 +82,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
                                                                      config.within_ed_stay)
     built = stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))
     filtered = built.records | "FilterLeakage" >> beam.ParDo(FilterLeakage(
-        config.leakage_rules, config.redaction_token, config.leakage_audit)).with_outputs(
+        text["leakage_rules"]["rules"], config.redaction_token, config.leakage_audit)).with_outputs(
         accounting.REJECTS, accounting.EVENTS, AUDIT, UNFILTERED_TERMS, main="records")
     retrieval = text["retrieval"] or {}
     settings = TextSettings(config.tokenizer, config.tokenizer_revision, config.max_tokens,

@@ -63,8 +63,12 @@ def rules_document(extra_path: str = "") -> dict:
     return document
 
 
+def compile_rules(entries: list[dict]) -> tuple[Rule, ...]:
+    return tuple(_compile(entry) for entry in entries)
+
+
 def load_rules(extra_path: str = "") -> tuple[Rule, ...]:
-    return tuple(_compile(entry) for entry in rules_document(extra_path)["rules"])
+    return compile_rules(rules_document(extra_path)["rules"])
 
 
 def redact(text: str, rules: tuple[Rule, ...], token: str) -> tuple[str, dict[str, int]]:
@@ -96,16 +100,18 @@ def redact(text: str, rules: tuple[Rule, ...], token: str) -> tuple[str, dict[st
 
 class FilterLeakage(beam.DoFn):
     """Record -> the same record with its note and retrieval query filtered; counts hits per rule in the note;
-    optional audit rows; (dicom_id, hashed terms of the unfiltered note) of every redacted note for the probe."""
+    optional audit rows; (dicom_id, hashed terms of the unfiltered note) of every redacted note for the probe.
+    ``entries`` are the rules read once at launch (the ones metadata.json records): workers never reopen
+    --leakage_rules, which may have changed or gone since."""
 
-    def __init__(self, extra_rules: str, token: str, audit: bool):
-        self._extra = extra_rules
+    def __init__(self, entries: list[dict], token: str, audit: bool):
+        self._entries = entries
         self._token = token
         self._audit = audit
         self._rules: tuple[Rule, ...] = ()
 
     def setup(self):
-        self._rules = load_rules(self._extra)
+        self._rules = compile_rules(self._entries)
 
     def process(self, record: Record):
         filtered, hits = redact(record.note, self._rules, self._token)
