@@ -24,9 +24,13 @@ demo: $(STAMP)
 	$(PY) -m beam_pipeline.demo
 
 # The data card's browser test uses Debian's Chromium (headless, loopback only); install it when it is missing.
+# Not root: through sudo when it needs no password, else a message saying what to install.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report's browser test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	  as_root=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  { $$as_root apt-get update -qq && $$as_root env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium >/dev/null; } || { echo "error: the data card's browser test needs \
+	Chromium: install it as root (apt-get install chromium), then rerun make test" >&2; exit 1; }; }
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
