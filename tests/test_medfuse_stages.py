@@ -259,7 +259,7 @@ def test_a_stay_whose_subject_had_an_admission_or_patient_row_rejected_is_a_join
 def test_a_phenotyping_stay_whose_subject_had_a_diagnoses_row_rejected_is_not_written_with_that_phenotype_0():
     groups = {**stay_groups(), "diagnoses": [typed(mimic.DIAGNOSES_ICD, subject_id=SUBJECT, hadm_id=HADM, seq_num=1,
                                                    icd_code="4280", icd_version=9)],
-              "rejected_diagnoses": [read_reject("bad_int")]}
+              "rejected_diagnoses_icd": [read_reject("bad_int")]}
     rejects, events, records = build("phenotyping", groups)
     assert [(r["stage"], r["reason"]) for r in rejects] == [("join", "diagnoses_row_rejected")]
     assert not records and events["rejected"] == events["stays"] == 1

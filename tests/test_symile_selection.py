@@ -346,7 +346,7 @@ class World:
     def rejected(self, tag: str, reason: str = "bad_timestamp") -> "World":
         """A reject line of a row of this subject (ids only, as the readers write it)."""
         self.row_rejects.setdefault(tag, []).append(
-            {"stage": "metadata" if tag == "rejected_images" else "read", "reason": reason,
+            {"stage": "metadata" if tag == "rejected_cxr_metadata" else "read", "reason": reason,
              "subject_id": self.subject_id, "study_id": None, "dicom_id": None, "detail": "file.csv:2: bad"})
         return self
 
@@ -654,9 +654,9 @@ def test_drop_reasons_are_counted_in_order():
 
 
 @pytest.mark.parametrize("tag, reason", [("rejected_patients", "patient_row_rejected"),
-                                         ("rejected_images", "cxr_row_rejected"),
-                                         ("rejected_ecgs", "ecg_row_rejected"),
-                                         ("rejected_labs", "lab_row_rejected")])
+                                         ("rejected_cxr_metadata", "cxr_row_rejected"),
+                                         ("rejected_ecg_record_list", "ecg_row_rejected"),
+                                         ("rejected_labevents", "lab_row_rejected")])
 def test_a_row_rejected_at_read_rejects_the_admission_instead_of_the_next_best_choice(tag, reason):
     """The reviewer's case: the earliest CXR, ECG or creatinine (or the patients row) was rejected at read; its time
     is unknown to the join (a reject line holds ids), so the admission is rejected, never written with dA2 / the
@@ -670,10 +670,10 @@ def test_a_row_rejected_at_read_rejects_the_admission_instead_of_the_next_best_c
 
 
 @pytest.mark.parametrize("tag, reason, steps", [
-    ("rejected_images", "cxr_row_rejected", ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window",
-                                             "no_lab_in_window")),
-    ("rejected_ecgs", "ecg_row_rejected", ("no_ecg_in_window", "no_lab_in_window")),
-    ("rejected_labs", "lab_row_rejected", ("no_lab_in_window",))])
+    ("rejected_cxr_metadata", "cxr_row_rejected", ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window",
+                                                   "no_lab_in_window")),
+    ("rejected_ecg_record_list", "ecg_row_rejected", ("no_ecg_in_window", "no_lab_in_window")),
+    ("rejected_labevents", "lab_row_rejected", ("no_lab_in_window",))])
 def test_a_rejected_row_turns_the_drops_from_its_step_on_into_rejects(tag, reason, steps):
     """The rejected row may be the one the admission lacked; a drop at an earlier step stands (the row could not
     have changed it)."""

@@ -14,7 +14,7 @@ Definition (cohort-definitions.md §C; differences from the original: README, Co
               original's layout: path, then the vector), rejects/, metadata.json
 
     Read cxr_metadata, patients, admissions, icustays[, cxr_split] ─► SelectImages ─► CoGroupByKey(subject)
-      (with the read rejects of patients, admissions, icustays: KeyRejectsBySubject)
+      (with the read rejects of patients, admissions, icustays: ROW_REJECTS)
       ─► DescribeImages ─► AssignSplits ─► AssertPatientDisjoint, AssertUniqueKeys(dicom_id)
         ─► WriteExamples (image read in the shard writer) ─► CountWritten ─► manifest, rejects, feature CSVs, metadata
 """
@@ -42,7 +42,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import KeyRejectsBySubject, duplicate_events, row_rejected, unique_rows
+from beam_pipeline.transforms.join import RowRejects, duplicate_events, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -74,8 +74,10 @@ class ImageRecord:
                 "features/in_icu" if f["in_icu"] is not None else "features/no_icu"]
 
 
-REJECTED = {"patients": "rejected_patients", "admissions": "rejected_admissions", "icustays": "rejected_icustays"}
-"""Tags of the read rejects of patients, admissions and icustays, keyed by subject for the join."""
+ROW_REJECTS = {rejects.table: rejects for rejects in (
+    RowRejects("patient", mimic.PATIENTS.name, "gender and age come from the patients row"),
+    RowRejects("admission", mimic.ADMISSIONS.name, "in no valid admission"),
+    RowRejects("icustay", mimic.ICUSTAYS.name, "in no valid ICU stay"))}
 
 
 class DescribeImages(beam.DoFn):
@@ -95,20 +97,17 @@ class DescribeImages(beam.DoFn):
             ("icustays", mimic.ICUSTAYS, "stay_id"), ("splits", mimic.CXR_SPLIT, "dicom_id"))}
         yield from duplicate_events(tables.values())
         patients, admissions, icustays, splits = (tables[t] for t in ("patients", "admissions", "icustays", "splits"))
-        rejected = {table: groups.get(tag, ()) for table, tag in REJECTED.items()}
         seen = set()
         for image in sorted(groups.get("images", ()), key=lambda im: (im.dicom_id, im.study_time, im.study_id)):
             problem = (("duplicate_dicom_id", "dicom_id appears more than once in the metadata")
                        if image.dicom_id in seen else patients.conflict(subject_id) or splits.conflict(image.dicom_id)
-                       or row_rejected("patient", "patients", rejected["patients"],
-                                       "gender and age come from the patients row"))
+                       or ROW_REJECTS["patients"].problem(groups))
             seen.add(image.dicom_id)
             admission = ehr.admission_of(image, admissions.candidates(), self._granularity)
             stay = ehr.icu_stay_of(image, icustays.candidates(), self._granularity)
-            admission_problem = (admissions.conflict(admission["hadm_id"]) if admission else row_rejected(
-                "admission", "admissions", rejected["admissions"], "in no valid admission"))
-            stay_problem = (icustays.conflict(stay["stay_id"]) if stay else
-                            row_rejected("icustay", "icustays", rejected["icustays"], "in no valid ICU stay"))
+            admission_problem = (admissions.conflict(admission["hadm_id"]) if admission
+                                 else ROW_REJECTS["admissions"].problem(groups))
+            stay_problem = icustays.conflict(stay["stay_id"]) if stay else ROW_REJECTS["icustays"].problem(groups)
             problem = problem or admission_problem or stay_problem
             if problem:
                 yield from accounting.reject("join", problem[0], subject_id=subject_id, study_id=image.study_id,
@@ -227,8 +226,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
                        ("splits", "cxr_split")):
         if table in reads:
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table].rows)
-    for table, tag in REJECTED.items():
-        keyed[tag] = reads[table][accounting.REJECTS] | f"Key {tag}" >> KeyRejectsBySubject()
+    for table, rejects in ROW_REJECTS.items():
+        keyed[rejects.tag] = rejects.keyed(reads[table][accounting.REJECTS])
     described = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "DescribeImages",
                       DescribeImages(config.ehr_match, config.include_outcomes))
     split = described.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,

@@ -75,9 +75,9 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
                              | f"Key {REJECTED_STAYS}" >> KeyRejectsBySubject())
     keyed[REJECTED_LABELS] = (reads[mimic.CXR_CHEXPERT.name][accounting.REJECTS]
                               | f"Key {REJECTED_LABELS}" >> KeyLabelRejects(images["images"]))
-    for tag, (_, table, _) in ROW_REJECTS.items():
-        if table.name in reads:
-            keyed[tag] = reads[table.name][accounting.REJECTS] | f"Key {tag}" >> KeyRejectsBySubject()
+    for rejects in ROW_REJECTS:
+        if rejects.table in reads:
+            keyed[rejects.tag] = rejects.keyed(reads[rejects.table][accounting.REJECTS])
     linked = keyed | "LinkImagesToStays" >> LinkImagesToStays(config.window_start_hours, config.window_end_hours,
                                                                      config.within_ed_stay)
     built = stage(linked.linked, "BuildRecords", BuildRecord(config.uncertain_policy))

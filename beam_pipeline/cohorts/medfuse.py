@@ -19,7 +19,7 @@ Definition (cohort-definitions.md §B, on the current MIMIC-IV layout; differenc
 
     Read icustays, admissions, patients, diagnoses_icd, chartevents and labevents (mapped itemids at read),
     cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with the rejected rows of the first four tables, which
-    reject the stays that may need them: ROW_REJECTED) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
+    reject the stays that may need them: ROW_REJECTS) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
       AssertPatientDisjoint, AssertUniqueKeys(stay_id) ─► WriteExamples (image read in the shard writer, if paired)
         └─► CountWritten ─► WriteOutputs (manifest, rejects), listfiles, timeseries CSVs, WriteMetadata
 """
@@ -53,8 +53,8 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values, present_when
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (KeyRejectsBySubject, OneSubjectPerId, Unique, duplicate_events,
-                                          row_rejected, unique_images, unique_rows)
+from beam_pipeline.transforms.join import (OneSubjectPerId, RowRejects, Unique, duplicate_events, unique_images,
+                                          unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import CountPatientsAndStudies
 
@@ -150,49 +150,39 @@ def stay_tables(groups) -> dict[str, Unique]:
     return {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in STAY_TABLES}
 
 
-ROW_REJECTED = {  # CoGroupByKey tag "rejected_<tag>" -> join.row_rejected's name, table, why (a reject line has no
-    # hadm_id, so a rejected row may be of any admission of the subject)
-    "icustays": ("icustay", "icustays", "a rejected icustays row may be a second ICU stay of this stay's admission "
-                                        "(several_icu_stays)"),
-    "admissions": ("admission", "admissions", "a rejected admissions row may be this stay's admission"),
-    "patients": ("patient", "patients", "the age and the mortality label come from the patients row"),
-    "diagnoses": ("diagnoses", "diagnoses_icd", "a rejected diagnoses_icd row may hold a code of this stay's "
-                                                "phenotypes"),
-}
+ROW_REJECTS = {rejects.table: rejects for rejects in (  # a reject line has no hadm_id: the row may be of any admission
+    RowRejects("icustay", mimic.ICUSTAYS.name, "a rejected icustays row may be a second ICU stay of this stay's "
+                                               "admission (several_icu_stays)"),
+    RowRejects("admission", mimic.ADMISSIONS.name, "a rejected admissions row may be this stay's admission"),
+    RowRejects("patient", mimic.PATIENTS.name, "the age and the mortality label come from the patients row"),
+    RowRejects("diagnoses", mimic.DIAGNOSES_ICD.name, "a rejected diagnoses_icd row may hold a code of this stay's "
+                                                      "phenotypes"))}
 
 
-def stay_row_rejected(rejected: Mapping[str, Iterable], tag: str) -> tuple[str, str] | None:
-    """(reason, detail) of a stay's reject when a row of ``tag``'s table of its subject was rejected (``rejected``:
-    tag -> reject lines). A reject line carries the subject_id, never the hadm_id, so the row may be of any of the
-    subject's admissions."""
-    name, table, why = ROW_REJECTED[tag]
-    return row_rejected(name, table, rejected.get(tag, ()), why)
-
-
-def stay_selection(tables: dict[str, Unique], rejected: Mapping[str, Iterable] | None = None
+def stay_selection(tables: dict[str, Unique], groups: Mapping[str, Iterable] | None = None
                    ) -> tuple[dict[int, tuple[str, str]], list[stays_lib.Stay], Counter]:
     """(stay_id -> (reason, detail) of the stays to reject, kept stays, drops by reason). A stay whose icustays,
-    admissions or patients rows differ, or whose subject had an admissions or patients row rejected (``rejected``:
-    ROW_REJECTED tag -> reject lines), is rejected before the stay rules, which would read them (the patient's for the
-    age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient would
-    hide the conflict. An admissions or patients conflict takes out every stay of its admission or subject. A stay
+    admissions or patients rows differ, or whose subject had an admissions or patients row rejected (ROW_REJECTS, in
+    the subject's CoGroupByKey ``groups``), is rejected before the stay rules, which would read them (the patient's
+    for the age): picking one version would make drop or keep arbitrary, and counting it no_admission / no_patient
+    would hide the conflict. An admissions or patients conflict takes out every stay of its admission or subject. A stay
     set aside for its own rows still counts towards its admission's one ICU stay when every version would
     (stays_lib.counted_set_aside); when only some would, or an icustays row of the subject was rejected (its
     admission unknown), a stay the rules would keep is rejected: whether it is its admission's only one is unknown.
-    Without ``rejected`` (series_windows_of) the kept stays are a superset of BuildStays' own."""
-    rejected = rejected or {}
+    Without ``groups`` (series_windows_of) the kept stays are a superset of BuildStays' own."""
+    groups = groups or {}
     icu, admissions, patients = (tables[tag] for tag, _, _ in STAY_TABLES)
     problems = {stay_id: icu.conflict(stay_id) for stay_id in icu.conflicts}
     for stay_id, row in icu.rows.items():
         problem = (admissions.conflict(row["hadm_id"]) or patients.conflict(row["subject_id"])
-                   or stay_row_rejected(rejected, "admissions") or stay_row_rejected(rejected, "patients"))
+                   or ROW_REJECTS["admissions"].problem(groups) or ROW_REJECTS["patients"].problem(groups))
         if problem:
             problems[stay_id] = problem
     counted, undecided = stays_lib.counted_set_aside(icu.conflicts)
     usable = [row for stay_id, row in icu.rows.items() if stay_id not in problems]
     kept, drops = stays_lib.select_stays(usable, admissions.rows.values(), patients.rows.values(), counted)
     for stay in kept:
-        problem = stay_row_rejected(rejected, "icustays") or (stay.hadm_id in undecided and (
+        problem = ROW_REJECTS["icustays"].problem(groups) or (stay.hadm_id in undecided and (
             "sibling_stay_set_aside", f"stay_id(s) {','.join(map(str, undecided[stay.hadm_id]))} of hadm_id="
                                       f"{stay.hadm_id} set aside (conflicting_icustays), and only some of their "
                                       "versions are a single-unit stay of this admission (several_icu_stays)"))
@@ -244,8 +234,7 @@ class BuildStays(beam.DoFn):
         tables = stay_tables(groups)
         images = unique_images(groups.get("images", ()))
         yield from duplicate_events([*tables.values(), images])
-        rejected = {tag: tuple(groups.get(f"rejected_{tag}", ())) for tag in ROW_REJECTED}
-        problems, kept, drops = stay_selection(tables, rejected)
+        problems, kept, drops = stay_selection(tables, groups)
         for stay_id, (reason, detail) in problems.items():
             yield accounting.event("stays")
             yield from accounting.reject("join", reason, subject_id=subject_id, detail=f"stay_id={stay_id}: {detail}",
@@ -273,7 +262,7 @@ class BuildStays(beam.DoFn):
                 yield accounting.event("dropped/no_events")
                 continue
             yield accounting.event("stay_events/in_series", len(series_events))
-            problem = self._task == "phenotyping" and stay_row_rejected(rejected, "diagnoses")
+            problem = self._task == "phenotyping" and ROW_REJECTS["diagnoses_icd"].problem(groups)
             if problem:  # its labels would silently miss the rejected row's code
                 yield from accounting.reject("join", problem[0], subject_id=subject_id,
                                              detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
@@ -448,12 +437,12 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     rejected = {"icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
                 | "IcustaysRejects" >> beam.Flatten(), "admissions": reads["admissions"][accounting.REJECTS],
                 "patients": reads["patients"][accounting.REJECTS],
-                "diagnoses": reads["diagnoses_icd"][accounting.REJECTS]}
+                "diagnoses_icd": reads["diagnoses_icd"][accounting.REJECTS]}
     for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),
                       ("patients", reads["patients"].rows), ("diagnoses", reads["diagnoses_icd"].rows)):
         keyed[tag] = key_by_subject(f"Key {tag}", rows)
-    for tag, rejects in rejected.items():
-        keyed[f"rejected_{tag}"] = rejects | f"Key rejected_{tag}" >> KeyRejectsBySubject()
+    for table, rejects in rejected.items():
+        keyed[ROW_REJECTS[table].tag] = ROW_REJECTS[table].keyed(rejects)
     series_windows = ({tag: keyed[tag] for tag in ("icustays", "admissions", "patients")}
                       | "CoGroupStays" >> beam.CoGroupByKey()
                       | "SeriesWindows" >> beam.FlatMap(series_windows_of, task))

@@ -48,8 +48,8 @@ from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (KeyLabelRejects, KeyRejectsBySubject, OneSubjectPerId, duplicate_events,
-                                          label_problem, rejected_reasons, row_rejected, unique_images, unique_rows)
+from beam_pipeline.transforms.join import (KeyLabelRejects, OneSubjectPerId, RowRejects, duplicate_events,
+                                          label_problem, rejected_reasons, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -119,12 +119,11 @@ def age(patient: dict | None, admittime: dt.datetime) -> int | None:
     return mimic.age_at(patient["anchor_age"], patient["anchor_year"], admittime.year)
 
 
-ROW_REJECTS = {  # CoGroupByKey tag -> (reject reason prefix, table, why an admission could have used the row)
-    "rejected_patients": ("patient", mimic.PATIENTS.name, "age and gender come from the patients row"),
-    "rejected_images": ("cxr", mimic.CXR_METADATA.name, "a kept-view image of unknown time may be the CXR"),
-    "rejected_ecgs": ("ecg", mimic.ECG_RECORD_LIST.name, "a record_list row of unknown time may be an ECG"),
-    "rejected_labs": ("lab", mimic.LABEVENTS.name, "a labevents row of unknown time may be the lab"),
-}
+ROW_REJECTS = {rejects.table: rejects for rejects in (
+    RowRejects("patient", mimic.PATIENTS.name, "age and gender come from the patients row"),
+    RowRejects("cxr", mimic.CXR_METADATA.name, "a kept-view image of unknown time may be the CXR"),
+    RowRejects("ecg", mimic.ECG_RECORD_LIST.name, "a record_list row of unknown time may be an ECG"),
+    RowRejects("lab", mimic.LABEVENTS.name, "a labevents row of unknown time may be the lab"))}
 """Rows rejected at read (kept-view images: at metadata/) of a subject: a reject line holds ids, not times, so any
 of them may be the row an admission's choice should have been; each rejects the admissions that reach its step."""
 
@@ -155,8 +154,7 @@ class SelectAdmissions(beam.DoFn):
         for row in groups.get("rejected_labels", ()):
             labels_rejected[row["study_id"]].append(row)
         labels_rejected = {study: rejected_reasons(rows) for study, rows in labels_rejected.items()}
-        rejected = {name: row_rejected(name, table, groups.get(tag, ()), why)
-                    for tag, (name, table, why) in ROW_REJECTS.items()}
+        rejected = {rejects.name: rejects.problem(groups) for rejects in ROW_REJECTS.values()}
         for hadm_id in sorted([*admissions.rows, *admissions.conflicts]):
             yield accounting.event("admissions")
             adm = admissions.rows.get(hadm_id)
@@ -361,11 +359,9 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
-    for tag, rejects in (("rejected_patients", reads["patients"][accounting.REJECTS]),
-                         ("rejected_images", images[accounting.REJECTS]),
-                         ("rejected_ecgs", reads["ecg_record_list"][accounting.REJECTS]),
-                         ("rejected_labs", reads["labevents"][accounting.REJECTS])):
-        keyed[tag] = rejects | f"Key {tag}" >> KeyRejectsBySubject()
+    for table, rejects in ROW_REJECTS.items():  # kept-view images: metadata/ rejects, with their read rejects
+        keyed[rejects.tag] = rejects.keyed(images[accounting.REJECTS] if table == mimic.CXR_METADATA.name
+                                           else reads[table][accounting.REJECTS])
     admissions = reads["admissions"].rows | "OneSubjectPerHadmId" >> OneSubjectPerId(
         "hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None), "join", unit="admissions")
     for tag, rows in (("admissions", admissions.rows), ("patients", reads["patients"].rows),

@@ -48,16 +48,6 @@ ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row p
     "splits": (mimic.CXR_SPLIT.name, "dicom_id"),
 }
 REJECTED_STAYS, REJECTED_LABELS = "rejected_stays", "rejected_labels"  # tags: read rejects of edstays, chexpert
-FROM_ARRIVAL = "the stay's rows up to the X-ray (used from arrival on) may include it"
-ROW_REJECTS = {  # CoGroupByKey tag -> (reason prefix, table, why) of the other read rejects a linked image may need
-    "rejected_patients": ("patient", mimic.PATIENTS, "age and sex come from the patients row"),
-    "rejected_triage": ("triage", mimic.TRIAGE, FROM_ARRIVAL),
-    "rejected_vitals": ("vitalsign", mimic.VITALSIGN, FROM_ARRIVAL),
-    "rejected_medrecon": ("medrecon", mimic.MEDRECON, FROM_ARRIVAL),
-    "rejected_pyxis": ("pyxis", mimic.PYXIS, FROM_ARRIVAL),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Linked:
     """One kept image with its stay and the rows of that stay known at the study time."""
@@ -207,12 +197,36 @@ def rejected_reasons(rejects: Iterable[Row]) -> str:
     return ",".join(sorted({reject["reason"] for reject in rejects}))
 
 
-def row_rejected(name: str, table: str, rejects: Iterable[Row], why: str) -> tuple[str, str] | None:
-    """(``<name>_row_rejected``, detail) when ``rejects`` (reject lines of ``table`` rows of this subject) is not
-    empty, else None: a reject line holds ids, not the row's values, so a unit that could have used the row is
-    rejected rather than built from the next-best row. ``why``: why the unit could have used it."""
-    reasons = rejected_reasons(rejects)
-    return (f"{name}_row_rejected", f"{why}; {table} rows of this subject rejected: {reasons}") if reasons else None
+@dataclasses.dataclass(frozen=True)
+class RowRejects:
+    """The rows of ``table`` rejected at read, as a join sees them: a reject line holds ids, not the row's times or
+    hadm_id, so they are known per subject, and a unit that could have used one (``why``) is rejected as
+    ``<name>_row_rejected`` rather than built from the next-best row. Keyed under ``tag`` (``keyed``)."""
+
+    name: str
+    table: str
+    why: str
+
+    @property
+    def tag(self) -> str:
+        return f"rejected_{self.table}"
+
+    def keyed(self, rejects):
+        """The table's reject lines, keyed by subject for the CoGroupByKey under ``tag``."""
+        return rejects | f"Key {self.tag}" >> KeyRejectsBySubject()
+
+    def problem(self, groups: Mapping[str, Iterable[Row]]) -> tuple[str, str] | None:
+        """(reason, detail) when the subject's ``groups`` hold reject lines of the table, else None."""
+        reasons = rejected_reasons(groups.get(self.tag, ()))
+        return (f"{self.name}_row_rejected", f"{self.why}; {self.table} rows of this subject rejected: {reasons}"
+                ) if reasons else None
+
+
+FROM_ARRIVAL = "the stay's rows up to the X-ray (used from arrival on) may include it"
+PATIENT_REJECTS = RowRejects("patient", mimic.PATIENTS.name, "age and sex come from the patients row")
+ARRIVAL_REJECTS = tuple(RowRejects(name, table.name, FROM_ARRIVAL) for name, table in (
+    ("triage", mimic.TRIAGE), ("vitalsign", mimic.VITALSIGN), ("medrecon", mimic.MEDRECON), ("pyxis", mimic.PYXIS)))
+ROW_REJECTS = (PATIENT_REJECTS, *ARRIVAL_REJECTS)  # the other read rejects a linked image may need
 
 
 class KeyRejectsBySubject(beam.PTransform):
@@ -280,10 +294,8 @@ class LinkSubject(beam.DoFn):
                                                                        "splits"))
         candidates = stays.candidates()
         stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
-        rows_rejected = {tag: row_rejected(name, table.name, groups.get(tag, ()), why)
-                         for tag, (name, table, why) in ROW_REJECTS.items()}
-        patient_rejected = rows_rejected.pop("rejected_patients")
-        arrival_rejected = next((problem for problem in rows_rejected.values() if problem), None)
+        patient_rejected = PATIENT_REJECTS.problem(groups)
+        arrival_rejected = next(filter(None, (rejects.problem(groups) for rejects in ARRIVAL_REJECTS)), None)
         labels_rejected = {study: rejected_reasons(rows)
                            for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
         vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
