@@ -309,10 +309,21 @@ def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Times
 
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?")
-_STUDY_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\.0*)?")
-_STUDY_TIME_RE = re.compile(r"(\d{1,6})(?:\.(\d*))?")
+# ASCII digits only, in times and numbers: int() and float() also read other scripts' digits ("２１８０") and
+# underscores ("1_0" is 10), which are not MIMIC values.
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?", re.ASCII)
+_STUDY_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\.0*)?", re.ASCII)
+_STUDY_TIME_RE = re.compile(r"(\d{1,6})(?:\.(\d*))?", re.ASCII)
+_INT_RE = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+_FLOAT_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?\s*", re.ASCII | re.IGNORECASE)
+
+
+def _number(text: str, pattern: re.Pattern, kind: type):
+    """``kind(text)`` for a plain ASCII number; ValueError otherwise."""
+    if not pattern.fullmatch(text):
+        raise ValueError(f"not an ASCII {kind.__name__}")
+    return kind(text)
 
 
 def _bad_date(text: str):
@@ -393,9 +404,9 @@ def type_value(kind: str, text: str) -> Any:
     if kind == STR:
         return text
     if kind == INT:
-        return int(text)
+        return _number(text, _INT_RE, int)
     if kind == FLOAT:
-        value = float(text)
+        value = _number(text, _FLOAT_RE, float)
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("not a finite number")
         return value
@@ -404,7 +415,7 @@ def type_value(kind: str, text: str) -> Any:
     if kind == DATE:
         return dt.date.fromisoformat(text) if _DATE_RE.fullmatch(text) else _bad_date(text)
     if kind == LABEL_VALUE:
-        value = float(text)
+        value = _number(text, _FLOAT_RE, float)
         if value not in LABEL_VALUES:
             raise ValueError("not a CheXpert label value")
         return value
@@ -459,7 +470,7 @@ def parse_image_row(raw: Mapping[str, str | None]) -> Image:
         if text == "" and column in ("subject_id", "study_id"):
             raise RowError("missing_value", f"cxr_metadata.{column} is empty")
         try:
-            typed[column] = int(float(text)) if text else None
+            typed[column] = int(_number(text, _FLOAT_RE, float)) if text else None
             if text and float(text) != typed[column]:
                 raise ValueError
         except (ValueError, OverflowError):  # OverflowError: inf, 1e400

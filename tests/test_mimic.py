@@ -102,3 +102,28 @@ def test_age_at():
 def test_label_order_is_the_file_order():
     assert mimic.CXR_CHEXPERT.header[2:] == mimic.LABELS
     assert list(mimic.LABELS) == sorted(mimic.LABELS)
+
+
+@pytest.mark.parametrize("date, time", [("２１８００１０１", "80556"), ("21800101", "٨٠٥٥٦"), ("21800101", "8_0556")])
+def test_study_times_take_ascii_digits_only(date, time):
+    """Python's int() reads any script's digits and underscores; a MIMIC StudyDate/StudyTime has neither."""
+    with pytest.raises(ValueError):
+        mimic.parse_study_datetime(date, time)
+
+
+@pytest.mark.parametrize("kind, text", [(mimic.INT, "1_0"), (mimic.INT, "１２"), (mimic.FLOAT, "9_8.6"),
+                                        (mimic.FLOAT, "٩٨.٦"), (mimic.LABEL_VALUE, "１.0"),
+                                        (mimic.DATETIME, "２180-01-01 00:00:00"), (mimic.DATE, "2180-01-0١")])
+def test_numbers_and_times_take_ascii_digits_only(kind, text):
+    with pytest.raises(ValueError):
+        mimic.type_value(kind, text)
+
+
+def test_plain_ascii_numbers_still_parse():
+    assert [mimic.type_value(mimic.INT, t) for t in ("12", "-3", " 7 ", "+4")] == [12, -3, 7, 4]
+    assert [mimic.type_value(mimic.FLOAT, t) for t in ("98.6", "-.5", "1e-3", "2.", "1E2")] == [98.6, -0.5, 0.001,
+                                                                                                2.0, 100.0]
+    raw = {"dicom_id": "d", "subject_id": "1_0", "study_id": "5", "ViewPosition": "AP", "Rows": "", "Columns": "",
+           "StudyDate": "21800723", "StudyTime": "80556"}
+    with pytest.raises(mimic.RowError, match="bad_int"):
+        mimic.parse_image_row(raw)
