@@ -360,9 +360,11 @@ def _outpatient(rng: random.Random, ids: Ids, subject_id: int, stays: list[Stay]
 
 
 def expected_stay(stays: Iterable[Stay], time: dt.datetime) -> Stay | None:
-    """The stay a study links to under LINK_WINDOW: latest intime wins, then the lowest stay_id."""
+    """The stay a study links to under LINK_WINDOW: a stay not yet left first, then the latest intime, then the
+    lowest stay_id."""
     hits = [s for s in stays if s.intime <= time <= s.intime + LINK_WINDOW]
-    return max(hits, key=lambda s: (s.intime, -s.stay_id), default=None)
+    present = [s for s in hits if time <= s.outtime]
+    return max(present or hits, key=lambda s: (s.intime, -s.stay_id), default=None)
 
 
 def _plant(rng: random.Random, ids: Ids, stays: list[Stay], studies: list[Study], copies: int,
@@ -694,7 +696,8 @@ def _manifest(world: World, mode: str, seed: int) -> dict[str, Any]:
 
     return {"mode": mode, "seed": seed, "writes_real_patient_data": False,
             "link_rule": "the pipeline's default window: intime <= study time <= intime + 24 h (inclusive); "
-                         "latest intime wins, then the lowest stay_id",
+                         "a stay not yet left (study time <= outtime) first, then the latest intime, then the lowest "
+                         "stay_id",
             "counts": {"subjects": len({s.subject_id for s in world.studies}), "stays": len(world.stays),
                        "studies": len(world.studies), "images": sum(len(s.shots) for s in world.studies)},
             "cases": sorted((entry(*case) for case in world.cases), key=lambda e: (e["case"], e["study_id"]))}

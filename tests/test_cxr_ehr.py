@@ -195,6 +195,18 @@ def test_a_rejected_patients_row_rejects_the_image_instead_of_no_patient():
     assert not records and not rejects and "dropped/no_patient" in events
 
 
+def test_a_dicom_id_whose_metadata_rows_differ_is_rejected_whichever_row_comes_first():
+    """A PA and a LATERAL row of one dicom_id at one time: the view feature would follow input order; both rows are
+    rejected. Exact copies: one image described, the copy duplicate_dicom_id."""
+    versions = [image("d1", T0 + 2 * HOUR, view="PA"), image("d1", T0 + 2 * HOUR, view="LATERAL")]
+    for order in (versions, versions[::-1]):
+        records, rejects, _ = describe({"images": [*order, image("d2", T0), image("d2", T0)],
+                                        "patients": [patient()]})
+        assert [r.dicom_id for r in records] == ["d2"]
+        assert [(r["dicom_id"], r["reason"]) for r in rejects] == [
+            ("d1", "conflicting_cxr_metadata"), ("d1", "conflicting_cxr_metadata"), ("d2", "duplicate_dicom_id")]
+
+
 def test_read_rejects_reach_the_join_and_the_funnel_adds_up(tmp_path):
     """End to end: subject 2's dischtime and outtime lack seconds, subject 3's anchor_year is damaged (all
     rejected at read); subject 1 is clean."""

@@ -44,8 +44,8 @@ def manifest(output: Path) -> dict[str, dict[str, str]]:
 
 def brute_force_links(roots: sample.SampleRoots, views=("AP", "PA")) -> dict[str, int | None]:
     """The matching rule written the slow, obvious way: every kept image against every stay."""
-    stays = [(int(s["subject_id"]), int(s["stay_id"]), mimic.parse_datetime(s["intime"]))
-             for s in table(roots.ed, mimic.EDSTAYS)]
+    stays = [(int(s["subject_id"]), int(s["stay_id"]), mimic.parse_datetime(s["intime"]),
+              mimic.parse_datetime(s["outtime"])) for s in table(roots.ed, mimic.EDSTAYS)]
     links = {}
     for row in table(roots.cxr, mimic.CXR_METADATA):
         if row["ViewPosition"] not in views:
@@ -54,9 +54,9 @@ def brute_force_links(roots: sample.SampleRoots, views=("AP", "PA")) -> dict[str
             t = mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
         except ValueError:
             continue
-        hits = [(intime, -stay) for subject, stay, intime in stays
+        hits = [(t <= outtime, intime, -stay) for subject, stay, intime, outtime in stays
                 if subject == int(row["subject_id"]) and intime <= t <= intime + dt.timedelta(hours=24)]
-        links[row["dicom_id"]] = -max(hits)[1] if hits else None
+        links[row["dicom_id"]] = -max(hits)[2] if hits else None
     return links
 
 

@@ -294,17 +294,20 @@ def test_views_are_consistent(tables) -> None:
 
 
 def test_planted_edge_cases_recomputed_from_files(tables, manifest) -> None:
-    stays = {r["stay_id"]: (r["subject_id"], mimic.parse_datetime(r["intime"])) for r in tables["edstays"]}
+    stays = {r["stay_id"]: (r["subject_id"], mimic.parse_datetime(r["intime"]), mimic.parse_datetime(r["outtime"]))
+             for r in tables["edstays"]}
     times = study_times(tables["cxr_metadata"])
     offsets = {"at_intime": dt.timedelta(0), "at_intime_plus_24h": DAY, "1s_after_intime_plus_24h": DAY + SECOND,
                "1s_before_intime": -SECOND}
     found = set()
     for case in (c for c in manifest["cases"] if c["case"] != "bad_study_time"):
         subject = str(case["subject_id"])
-        subject_stays = [(intime, int(stay)) for stay, (owner, intime) in stays.items() if owner == subject]
+        subject_stays = [(intime, outtime, int(stay)) for stay, (owner, intime, outtime) in stays.items()
+                         if owner == subject]
         time = times[case["study_id"]]
-        hits = [(intime, -stay) for intime, stay in subject_stays if intime <= time <= intime + DAY]
-        assert case["expected_stay_id"] == (-max(hits)[1] if hits else "none"), case
+        hits = [(time <= outtime, intime, -stay) for intime, outtime, stay in subject_stays
+                if intime <= time <= intime + DAY]
+        assert case["expected_stay_id"] == (-max(hits)[2] if hits else "none"), case
         if case["case"] in offsets:
             assert time - stays[str(case["planted_stay_id"])][1] == offsets[case["case"]]
             found.add(case["case"])

@@ -1,9 +1,9 @@
 """The cohort registry: ``--cohort`` name -> the module that defines that dataset.
 
 A cohort module declares only what is specific to its dataset, in ``COHORTS`` (name -> Cohort; one module may hold
-related tasks): the roots and tables it
-reads, its windows (``transforms.windows.Window``), the per-subject selection, features, labels, split rule and
-output schema, and its flag defaults. Reading tables, the per-subject CoGroupByKey, the image stage, splits,
+related tasks): the roots and tables it reads, its windows (``transforms.windows.Window``; ed_cxr's stay choice:
+``transforms.join.select_stay``), the per-subject selection, features, labels, split rule and output schema, and its
+flag defaults. Reading tables, the per-subject CoGroupByKey, the image stage, splits,
 sharded writing, rejects/metadata accounting and publishing are the shared engine (``pipeline``, ``fileio``,
 ``transforms``). Modules are imported on first use, so choosing one cohort never loads another's dependencies.
 """

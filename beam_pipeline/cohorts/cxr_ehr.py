@@ -42,7 +42,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import RowRejects, duplicate_events, unique_rows
+from beam_pipeline.transforms.join import RowRejects, duplicate_events, one_image_per_row, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -97,12 +97,13 @@ class DescribeImages(beam.DoFn):
             ("icustays", mimic.ICUSTAYS, "stay_id"), ("splits", mimic.CXR_SPLIT, "dicom_id"))}
         yield from duplicate_events(tables.values())
         patients, admissions, icustays, splits = (tables[t] for t in ("patients", "admissions", "icustays", "splits"))
-        seen = set()
-        for image in sorted(groups.get("images", ()), key=lambda im: (im.dicom_id, im.study_time, im.study_id)):
-            problem = (("duplicate_dicom_id", "dicom_id appears more than once in the metadata")
-                       if image.dicom_id in seen else patients.conflict(subject_id) or splits.conflict(image.dicom_id)
+        images, duplicates = one_image_per_row(groups.get("images", ()))
+        for image, (reason, detail) in duplicates:
+            yield from accounting.reject("join", reason, subject_id=subject_id, study_id=image.study_id,
+                                         dicom_id=image.dicom_id, detail=detail, counter="rejected")
+        for image in images:
+            problem = (patients.conflict(subject_id) or splits.conflict(image.dicom_id)
                        or ROW_REJECTS["patients"].problem(groups))
-            seen.add(image.dicom_id)
             admission = ehr.admission_of(image, admissions.candidates(), self._granularity)
             stay = ehr.icu_stay_of(image, icustays.candidates(), self._granularity)
             admission_problem = (admissions.conflict(admission["hadm_id"]) if admission

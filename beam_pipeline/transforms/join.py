@@ -5,8 +5,9 @@ labels and (optionally) the official split: linear in the data, no images x stay
 times, small rows) passes through the shuffle. Image bytes are read after this stage.
 
 Matching rule (README "Matching and as-of rules"): a study matches a stay when
-``intime + window_start <= study_time <= intime + window_end``; among several, the latest intime at or before the
-study wins, else (negative window start) the earliest intime; remaining ties go to the smallest stay_id.
+``intime + window_start <= study_time <= intime + window_end``; among several, of the stays begun by the study time
+one not yet left beats one left, then the latest intime wins; else (negative window start) the earliest intime;
+remaining ties go to the smallest stay_id. A kept image's metadata rows: ``one_image_per_row``.
 As-of rule: only rows with ``charttime <= study_time`` of the chosen stay are kept; triage and the arrival mode are
 timestamped at intime, so they are dropped when the X-ray precedes arrival.
 ED departure: an X-ray is *after ED departure* when ``study_time > outtime`` of its stay (at outtime the patient is
@@ -18,9 +19,9 @@ Conflicts (README "Bad input"): in the tables with one row per key (``ONE_ROW_PE
 (``duplicates/identical_rows/<table>``); a key whose rows differ is counted (``duplicates/conflicting_keys/<table>``)
 and never used: every image that would use it is rejected (``conflicting_<table>``); a conflicting stay takes part in
 stay selection with each of its versions, and an image for which any version would be chosen is rejected. Rows
-rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): an image
-with no valid stay in its window whose subject had an edstays row rejected is ``stay_row_rejected``, not
-``no_ed_stay``; an image whose study had a CheXpert row rejected (or that has no label row while a row of its subject
+rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): every
+image of a subject with an edstays row rejected is ``stay_row_rejected`` (the rejected stay may be its own, whose
+times are unknown: neither no_ed_stay nor linked to another stay); an image whose study had a CheXpert row rejected (or that has no label row while a row of its subject
 with an unreadable study_id was rejected) is ``label_row_rejected``, never unlabelled; a linked image whose subject had
 a patients row rejected is ``patient_row_rejected``, and one taken after arrival whose subject had a triage, vitalsign,
 medrecon or pyxis row rejected is ``<table>_row_rejected`` (a reject line holds ids, not times: the row may be one the
@@ -64,14 +65,17 @@ class Linked:
 
 
 def select_stay(study_time: dt.datetime, stays: Iterable[Row], start_hours: float, end_hours: float) -> Row | None:
-    """The stay a study belongs to under the window rule, or None."""
+    """The stay a study belongs to under the window rule, or None. Among stays begun by the study time, one the
+    patient is still in beats one already left (overlapping stays: the X-ray is of the visit in progress), then the
+    latest arrival wins."""
     start, end = dt.timedelta(hours=start_hours), dt.timedelta(hours=end_hours)
     qualifying = [s for s in stays if s["intime"] + start <= study_time <= s["intime"] + end]
     if not qualifying:
         return None
     arrived = [s for s in qualifying if s["intime"] <= study_time]
     if arrived:
-        return max(arrived, key=lambda s: (s["intime"], -s["stay_id"]))
+        present = [s for s in arrived if not after_departure(study_time, s.get("outtime"))]
+        return max(present or arrived, key=lambda s: (s["intime"], -s["stay_id"]))
     return min(qualifying, key=lambda s: (s["intime"], s["stay_id"]))
 
 
@@ -135,6 +139,25 @@ def duplicate_events(tables: Iterable[Unique]):
 def unique_images(images: Iterable[mimic.Image]) -> Unique:
     """A subject's metadata rows by dicom_id (Image fields as a row): exact copies merge, differing ones conflict."""
     return unique_rows(map(dataclasses.asdict, images), mimic.CXR_METADATA.name, "dicom_id")
+
+
+def one_image_per_row(images: Iterable[mimic.Image]) -> tuple[list[mimic.Image], list[tuple[mimic.Image, tuple]]]:
+    """For cohorts whose unit is a metadata row (ed_cxr, cxr_ehr): (the subject's images to use, in dicom_id order;
+    (row, (reason, detail)) of each row rejected). Exact copies of a row are used once, the others rejected as
+    ``duplicate_dicom_id``; a dicom_id whose rows differ rejects every row (``conflicting_cxr_metadata``): which is
+    right cannot be known, and taking the first would follow input order."""
+    images = sorted(images, key=lambda im: (im.dicom_id, _fingerprint(dataclasses.asdict(im))))
+    conflicts = unique_images(images)
+    used, rejected = [], []
+    for image in images:
+        problem = conflicts.conflict(image.dicom_id) or (
+            ("duplicate_dicom_id", "an identical metadata row of this dicom_id is used")
+            if used and used[-1].dicom_id == image.dicom_id else None)
+        if problem:
+            rejected.append((image, problem))
+        else:
+            used.append(image)
+    return used, rejected
 
 
 def unique_rows(rows: Iterable[Row], table: str, key: str) -> Unique:
@@ -287,7 +310,10 @@ class LinkSubject(beam.DoFn):
         _, groups = element
         unique = {tag: unique_rows(groups.get(tag, ()), table, key) for tag, (table, key) in ONE_ROW_PER.items()}
         yield from duplicate_events(unique.values())
-        images = sorted(groups["images"], key=lambda im: (im.dicom_id, im.study_id, im.study_time))
+        images, duplicates = one_image_per_row(groups["images"])
+        for image, (reason, detail) in duplicates:
+            yield from accounting.reject(STAGE, reason, subject_id=image.subject_id, study_id=image.study_id,
+                                         dicom_id=image.dicom_id, detail=detail, counter="rejected")
         if not images:
             return
         stays, triage, patients, labels, splits = (unique[t] for t in ("stays", "triage", "patients", "labels",
@@ -300,24 +326,15 @@ class LinkSubject(beam.DoFn):
                            for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
         vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
                                    for name in ("vitals", "medrecon", "pyxis"))
-        seen = set()
         for image in images:
-            if image.dicom_id in seen:
-                yield from accounting.reject(STAGE, "duplicate_dicom_id", subject_id=image.subject_id,
-                                             study_id=image.study_id, dicom_id=image.dicom_id,
-                                             detail="dicom_id appears more than once in the metadata",
-                                             counter="rejected")
-                continue
-            seen.add(image.dicom_id)
             t = image.study_time
             stay = select_stay(t, candidates, self._start, self._end)
             if stay is None and not stays_rejected:
                 yield accounting.event("no_ed_stay")
                 continue
-            if stay is None:
-                problem = ("stay_row_rejected",
-                           f"no valid edstays row in window; edstays rows of this subject rejected at read: "
-                           f"{stays_rejected}")
+            if stays_rejected:
+                problem = ("stay_row_rejected", f"edstays rows of this subject rejected at read: {stays_rejected}; "
+                                                "one may be the X-ray's stay (a reject line holds no times)")
             else:
                 arrived = stay["intime"] <= t
                 problem = (stays.conflict(stay["stay_id"])
