@@ -200,6 +200,28 @@ def test_a_conflicting_stay_rejects_the_images_any_of_its_versions_would_take():
             label="Events")
 
 
+def test_vitals_whose_rows_differ_at_one_charttime_reject_the_xrays_that_would_hold_them():
+    """vitalsign's key is (stay_id, charttime): two heart rates at 17:24 cannot both be right (which one the note
+    showed followed the rows' text order). An X-ray after 17:24 is rejected; one before it never holds that row;
+    exact copies are one row."""
+    def vital(minutes, hr):
+        return {"subject_id": 10000032, "stay_id": 30000001, "charttime": T0 + dt.timedelta(minutes=minutes),
+                "heartrate": hr}
+
+    with test_pipeline() as p:
+        out = _link(p, images=[_image("d-before", T0 + 30 * H / 60, 50000001), _image("d-after", T0 + 2 * H, 50000002)],
+                    stays=[stay(30000001, T0)], vitals=[vital(10, 90.0), vital(10, 90.0), vital(60, 80.0),
+                                                        vital(60, 150.0)])
+        assert_that(out.linked | beam.Map(lambda lk: (lk.image.dicom_id, [v["heartrate"] for v in lk.vitals])),
+                    equal_to([("d-before", [90.0])]))
+        assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"], r["detail"])), equal_to([
+            ("d-after", "conflicting_vitalsign", "vitalsign stay_id=30000001, charttime=2180-07-22 17:24:00: 2 rows "
+                                                 "differ in heartrate")]), label="Rejects")
+        assert_that(_events(out), equal_to([
+            ("duplicates/identical_rows/vitalsign", 1), ("duplicates/conflicting_keys/vitalsign", 1),
+            ("images_linked", 1), ("rejected", 1), ("rejects/join/conflicting_vitalsign", 1)]), label="Events")
+
+
 def _read_reject(reason, subject_id=10000032, study_id=None):
     return {"stage": "read", "reason": reason, "subject_id": subject_id, "study_id": study_id, "dicom_id": None,
             "detail": "edstays.csv.gz:7: ..."}

@@ -21,11 +21,12 @@ and never used: every image that would use it is rejected (``conflicting_<table>
 stay selection with each of its versions, and an image for which any version would be chosen is rejected. Rows
 rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): every
 image of a subject with an edstays row rejected is ``stay_row_rejected`` (the rejected stay may be its own, whose
-times are unknown: neither no_ed_stay nor linked to another stay); an image whose study had a CheXpert row rejected (or that has no label row while a row of its subject
-with an unreadable study_id was rejected) is ``label_row_rejected``, never unlabelled; a linked image whose subject had
-a patients row rejected is ``patient_row_rejected``, and one taken after arrival whose subject had a triage, vitalsign,
-medrecon or pyxis row rejected is ``<table>_row_rejected`` (a reject line holds ids, not times: the row may be one the
-record would hold), never written without it. These rejects come before the ``within_ed_stay`` drop.
+times are unknown: neither no_ed_stay nor linked to another stay); an image whose study had a CheXpert row rejected
+(or that has no label row while a row of its subject with an unreadable study_id was rejected) is
+``label_row_rejected``, never unlabelled; a linked image whose subject had a patients row rejected is
+``patient_row_rejected``, and one taken after arrival whose subject had a triage, vitalsign, medrecon or pyxis row
+rejected is ``<table>_row_rejected`` (a reject line holds ids, not times: the row may be one the record would hold),
+never written without it. These rejects come before the ``within_ed_stay`` drop.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from beam_pipeline import accounting, mimic
 
 Row = Mapping[str, Any]
 STAGE = "join"
-ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row per key
+ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row per key (MIMIC-IV-ED's primary keys)
     "stays": (mimic.EDSTAYS.name, "stay_id"),
+    "vitals": (mimic.VITALSIGN.name, ("stay_id", "charttime")),
     "triage": (mimic.TRIAGE.name, "stay_id"),
     "patients": (mimic.PATIENTS.name, "subject_id"),
     "labels": (mimic.CXR_CHEXPERT.name, "study_id"),
@@ -107,7 +109,7 @@ class Unique:
     """One table's rows of a subject by key: exact copies merged, keys whose rows differ set aside."""
 
     table: str
-    key: str
+    key: str | tuple[str, ...]
     rows: dict[Any, Row]  # key -> its one row
     conflicts: dict[Any, tuple[Row, ...]]  # key -> its differing versions, in a fixed order
     copies: int  # rows dropped as exact copies of another row
@@ -123,8 +125,9 @@ class Unique:
         if versions is None:
             return None
         columns = sorted(c for c in versions[0] if len({v.get(c) for v in versions}) > 1)
-        return (f"conflicting_{self.table}",
-                f"{self.table} {self.key}={value}: {len(versions)} rows differ in {','.join(columns)}")
+        named = (f"{self.key}={value}" if isinstance(self.key, str)
+                 else ", ".join(f"{k}={v}" for k, v in zip(self.key, value)))
+        return f"conflicting_{self.table}", f"{self.table} {named}: {len(versions)} rows differ in {','.join(columns)}"
 
 
 def duplicate_events(tables: Iterable[Unique]):
@@ -160,12 +163,13 @@ def one_image_per_row(images: Iterable[mimic.Image]) -> tuple[list[mimic.Image],
     return used, rejected
 
 
-def unique_rows(rows: Iterable[Row], table: str, key: str) -> Unique:
-    """Group rows by ``key``; rows equal in every typed column are one row, a key with differing rows a conflict."""
+def unique_rows(rows: Iterable[Row], table: str, key: str | tuple[str, ...]) -> Unique:
+    """Group rows by ``key`` (a column, or a tuple of columns); rows equal in every typed column are one row, a key
+    with differing rows a conflict."""
     versions: dict[Any, list[Row]] = defaultdict(list)
     copies = 0
     for row in rows:
-        same_key = versions[row[key]]
+        same_key = versions[row[key] if isinstance(key, str) else tuple(row[k] for k in key)]
         if row in same_key:
             copies += 1
         else:
@@ -316,16 +320,16 @@ class LinkSubject(beam.DoFn):
                                          dicom_id=image.dicom_id, detail=detail, counter="rejected")
         if not images:
             return
-        stays, triage, patients, labels, splits = (unique[t] for t in ("stays", "triage", "patients", "labels",
-                                                                       "splits"))
+        stays, triage, patients, labels, splits, vital_rows = (
+            unique[t] for t in ("stays", "triage", "patients", "labels", "splits", "vitals"))
         candidates = stays.candidates()
         stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
         patient_rejected = PATIENT_REJECTS.problem(groups)
         arrival_rejected = next(filter(None, (rejects.problem(groups) for rejects in ARRIVAL_REJECTS)), None)
         labels_rejected = {study: rejected_reasons(rows)
                            for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
-        vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(groups[name], "stay_id").items()}
-                                   for name in ("vitals", "medrecon", "pyxis"))
+        vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(rows, "stay_id").items()}
+                                   for rows in (vital_rows.rows.values(), groups["medrecon"], groups["pyxis"]))
         for image in images:
             t = image.study_time
             stay = select_stay(t, candidates, self._start, self._end)
@@ -340,6 +344,8 @@ class LinkSubject(beam.DoFn):
                 problem = (stays.conflict(stay["stay_id"])
                            or label_problem(image.study_id, labels, labels_rejected)
                            or (triage.conflict(stay["stay_id"]) if arrived else None)
+                           or next((vital_rows.conflict(key) for key in sorted(vital_rows.conflicts)
+                                    if key[0] == stay["stay_id"] and key[1] <= t), None)
                            or patients.conflict(image.subject_id)
                            or splits.conflict(image.dicom_id)
                            or patient_rejected
