@@ -2,9 +2,9 @@
 config["cohort"] is cxr_report (issue #15: word-count histogram of targets, section coverage).
 
 Sections: dataset (what a record is, the views, the word limits, --one_per_subject, the outputs), funnel (per study,
-in metadata.json's funnel order: studies with a kept-view image, with a report, with findings or impression, target
-within the word limits, first of its subject, written; each step's drop reasons and the study rejects before
-"written"; every reject line by stage), splits (studies and patients), target length (written studies per
+in metadata.json's funnel order: studies with a kept-view image, with findings or impression, target within the word
+limits, first of its subject, written; each step's drop reasons and the study rejects before "written", a missing or
+empty report among them; every reject line by stage), splits (studies and patients), target length (written studies per
 word-count bin of the target, counts.target_words), section coverage (written studies whose report has each
 normalised section), CheXpert label status, the report processing (parser, cleaning, target, instruction), samples,
 provenance.
@@ -141,8 +141,8 @@ def dataset_rows(metadata: dict) -> list[list]:
             ["views", ", ".join(config.get("views", []))],
             ["target length (--min_words, --max_words)", f"{low} to {high} words, both included"],
             ["one study per patient (--one_per_subject)",
-             "yes: each patient's earliest study whose report passes" if config.get("one_per_subject") else
-             "no: every study that passes"],
+             "yes: each patient's earliest study that no report rule dropped; none when that study is rejected"
+             if config.get("one_per_subject") else "no: every study that passes"],
             ["images written", images_written(metadata)], ["split", split_line(metadata)],
             ["outputs", "tfrecords/ (image, target, findings, impression, section names, labels), "
                         "instructions/<split>-*.jsonl (one chat example per written study: the instruction "
@@ -183,7 +183,8 @@ def sample_cards(picked: list[dict], names: list[str]) -> str:
 def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], names: list[str]) -> str:
     counts, config = metadata["counts"], metadata["config"]
     low, high = metadata["report"]["words"]
-    first = ("applied (--one_per_subject): a patient's later studies are dropped" if config.get("one_per_subject")
+    first = ("applied (--one_per_subject): a patient's later studies are dropped, all of them when the first study "
+             "is rejected (it is never replaced by a later one)" if config.get("one_per_subject")
              else "not applied (the run had no --one_per_subject): no study is dropped there")
     sections = [
         _section("dataset", "Dataset", CARD_STYLE, _table(["", ""], dataset_rows(metadata), "dataset")),
@@ -191,9 +192,10 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
                        "<p>Each step is what is left; the rows before it (−) removed studies since the previous one. "
                        f"A study is counted once it has an image of a kept view ("
                        f"{html.escape(', '.join(config['views']))}); drop reasons are tested in this order, so a "
-                       "study counts once: no report file, no findings and no impression, a target shorter than "
+                       "study counts once: no findings and no impression, a target shorter than "
                        f"{low} or longer than {high} words; first of its subject: {first}. Rejected studies (a "
-                       "conflicting label or split row, an unreadable report or image) are removed before "
+                       "repeated, conflicting or rejected metadata row of its image, a conflicting label or split "
+                       "row, a missing, empty or unreadable report, an unreadable image) are removed before "
                        "\"written\".</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
                  _table(["split", "studies", "patients"], split_rows(metadata, FUNNEL.unit), "splits"),

@@ -15,10 +15,12 @@ impression, 13 % impression only, 12 % findings only, 5 % without any header (MI
 Expectations are known by construction, not by running the parser: the generator composes every section body
 itself and counts its words after deleting underscores (cohorts.report_sections.clean's rule), so SAMPLE.json's
 "reports" section lists, for every written report, the target's word count, and for the planted cases
-(``REPORT_CASES``: each parser rule, the cleaning rules, the 20/65-word filter edges, studies without a report file)
-the findings, impression, target and conclusion counts. Planted cases sit on studies with a PA image that carry no
-other planted case of the sample, so they reach the cohort's output (a world with too few such studies uses other
-studies, and one with fewer studies than cases plants the first ones of ``REPORT_CASES`` only).
+(``REPORT_CASES``: each parser rule, the cleaning rules, the 20/65-word filter edges, a 0-byte report file, studies
+without a report file) the findings, impression, target and conclusion counts (all 0 for the empty file, none for a
+missing one; the cohort rejects both: report/empty_report, report/missing_report). Planted cases sit on studies with
+a PA image that carry no other planted case of the sample, so they reach the cohort's output (a world with too few
+such studies uses other studies, and one with fewer studies than cases plants the first ones of ``REPORT_CASES``
+only).
 """
 
 from __future__ import annotations
@@ -394,6 +396,7 @@ REPORT_CASES: dict[str, Callable[[random.Random, sample.Study], Draft] | None] =
     "target_20_words": _sized(20, 5),
     "target_65_words": _sized(65, 12),
     "target_66_words": _sized(66, 12),
+    "empty_report_file": lambda rng, study: Draft(""),
     "no_report_file": None,
     "no_report_file_2": None,
 }
@@ -414,8 +417,8 @@ def _hosts(world: sample.World, rng: random.Random) -> list[sample.Study]:
 
 
 def write(world: sample.World, roots: sample.SampleRoots, seed: int) -> dict[str, Any]:
-    """Write one report per study under roots.cxr (none for the no_report_file cases); return SAMPLE.json's
-    "reports" section."""
+    """Write one report per study under roots.cxr (none for the no_report_file cases, 0 bytes for
+    empty_report_file); return SAMPLE.json's "reports" section."""
     rng = random.Random(f"{seed}:reports")
     planted = dict(zip((id(s) for s in _hosts(world, rng)), REPORT_CASES))
     cases, target_words = [], {}

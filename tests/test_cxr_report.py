@@ -1,14 +1,18 @@
 """--cohort=cxr_report end to end on the generated sample tree: the study choice, report reading and length filter
 against a direct reading of the rules over the raw files, the instruction JSONL, patient-disjoint splits, the
-release's zip read like the tree, byte-identical reruns; a damaged zip member rejected, not fatal; a wrong
---mimic_cxr_reports stopped at launch."""
+release's zip read like the tree; repeated, conflicting or rejected metadata rows reject the study rather than give it
+another image; a missing, empty or damaged report is a reject; with --one_per_subject a rejected first study is never
+replaced by a later one; zip members found under any folder; a wrong --mimic_cxr_reports stopped at launch."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import filecmp
+import itertools
 import json
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -24,12 +28,13 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import accounting, mimic, sample
 from beam_pipeline.cohorts import report_sections as rs
-from beam_pipeline.cohorts.cxr_report import ReadReports, StudyRecord, check_reports, report_members
+from beam_pipeline.cohorts.cxr_report import (UNUSABLE, ChooseStudyImages, ReadReports, StudyRecord, check_reports,
+                                              first_study, report_members)
 from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysSource
 from beam_pipeline.run import main, run
 from cohort_files import examples, read_csv, table_rows
-from conftest import ONE_WORKER, create_bucket, published, test_pipeline
+from conftest import ONE_WORKER, create_bucket, published, test_pipeline, write_table
 
 
 def report_argv(roots: sample.SampleRoots, reports: str, output: Path, *flags: str) -> list[str]:
@@ -54,49 +59,79 @@ def report_run(report_tree, tmp_path_factory):
     return folder, json.loads((folder / "metadata.json").read_text())
 
 
-def expected(roots: sample.SampleRoots, one_per_subject: bool = False) -> tuple[dict[str, dict], dict[str, int]]:
-    """dicom_id -> (study, target) per the rules, and the drop counts."""
-    studies = defaultdict(list)
+def expected(roots: sample.SampleRoots, one_per_subject: bool = False
+             ) -> tuple[dict[str, dict], dict[str, int], dict[int, str]]:
+    """dicom_id -> (study, target) per the rules, the drop counts, and the report-stage rejects (study_id ->
+    reason)."""
+    studies, unreadable = defaultdict(list), defaultdict(list)
     for r in table_rows(roots.cxr, mimic.CXR_METADATA):
         if r["ViewPosition"] == "PA":
+            key = (int(r["subject_id"]), int(r["study_id"]))
             try:
                 t = mimic.parse_study_datetime(r["StudyDate"], r["StudyTime"])
             except ValueError:
+                unreadable[key].append(r["dicom_id"])
                 continue
-            studies[(int(r["subject_id"]), int(r["study_id"]))].append((r["dicom_id"], t))
-    kept, drops = {}, defaultdict(int)
+            studies[key].append((r["dicom_id"], t))
+    kept, drops, rejected, order = {}, defaultdict(int), {}, []
     for (subject, study), images in sorted(studies.items()):
+        dicom_id, t = min(images)
+        order.append((subject, t, study, None))  # may be its subject's first study; None: rejected, no record
+        if any(d <= dicom_id for d in unreadable.get((subject, study), ())):
+            continue  # join/cxr_row_rejected
         path = Path(roots.cxr, mimic.report_path(subject, study))
-        if not path.exists():
-            drops["no_report"] += 1
+        text = rs.decode(path.read_bytes()) if path.exists() else None
+        if text is None or not text.strip():
+            rejected[study] = "missing_report" if text is None else "empty_report"
             continue
-        findings, impression, target = rs.target(rs.decode(path.read_bytes()))
+        findings, impression, target = rs.target(text)
         words = len(target.split())
         reason = ("no_findings_or_impression" if not target else "target_too_short" if words < 20 else
                   "target_too_long" if words > 65 else None)
         if reason:
             drops[reason] += 1
+            order.pop()  # dropped by a rule: never its subject's first study
             continue
-        dicom_id, t = min(images)
+        order[-1] = (subject, t, study, dicom_id)
         kept[dicom_id] = {"subject_id": subject, "study_id": study, "time": t, "target": target,
                           "findings": findings, "impression": impression}
-    if one_per_subject:
+    if one_per_subject:  # a study of unknown time (every PA row unreadable) may be the first
+        unknown = {subject for subject, study in unreadable if (subject, study) not in studies}
         first = {}
-        for dicom_id, k in sorted(kept.items(), key=lambda item: (item[1]["time"], item[1]["study_id"])):
-            first.setdefault(k["subject_id"], dicom_id)
-        drops["not_first_of_subject"] = len(kept) - len(first)
-        kept = {d: kept[d] for d in first.values()}
-    return kept, dict(drops)
+        for subject, _, _, dicom_id in sorted(order, key=lambda o: o[:3]):
+            first.setdefault(subject, dicom_id)
+        firsts = {dicom_id for subject, dicom_id in first.items() if dicom_id and subject not in unknown}
+        drops["not_first_of_subject"] = len(kept) - len(firsts)
+        kept = {d: kept[d] for d in firsts}
+    return kept, dict(drops), rejected
+
+
+def run_rejects(folder: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted((folder / "rejects").glob("*.jsonl")) for line in p.open()]
+
+
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    return [r for p in sorted((folder / "manifest").glob("*.csv")) for r in read_csv(p)]
+
+
+def adds_up(counts: dict) -> bool:
+    return counts["studies"] == sum(counts["dropped"].values()) + counts["rejected"] + counts["matched"] > 0
 
 
 def test_targets_and_drops_match_the_rules_read_directly(report_tree, report_run):
     folder, metadata = report_run
-    want, drops = expected(report_tree)
+    want, drops, report_rejects = expected(report_tree)
     records = examples(folder, "dicom_id")
-    rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
-    rejected = {r["dicom_id"] for r in rejects if r["stage"] in ("images", "join", "split", "report")}
+    rejects = run_rejects(folder)
+    rejected = {r["dicom_id"] for r in rejects if r["stage"] in ("images", "join", "split")}
     assert {k.decode() for k in records} == set(want) - rejected
     assert {k: v for k, v in metadata["counts"]["dropped"].items() if v} == drops
+    assert {r["study_id"]: r["reason"] for r in rejects if r["stage"] == "report"} == report_rejects
+    assert sorted(report_rejects.values()) == ["empty_report", "missing_report", "missing_report"]  # planted
+    for r in rejects:  # the path, never report text
+        if r["stage"] == "report":
+            relative = mimic.report_path(r["subject_id"], r["study_id"])
+            assert r["detail"] == f"{relative}: " + ("empty" if r["reason"] == "empty_report" else "no such file")
     for key, example in records.items():
         w = want[key.decode()]
         assert example["report/target"] == [w["target"].encode()]
@@ -104,7 +139,7 @@ def test_targets_and_drops_match_the_rules_read_directly(report_tree, report_run
         assert example["report/impression"] == [w["impression"].encode()]
         assert 20 <= example["report/words"][0] <= 65 and example["view_position"] == [b"PA"]
     c = metadata["counts"]
-    assert c["studies"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+    assert adds_up(c)
     assert sum(c["target_words"].values()) == c["matched"]
 
 
@@ -150,10 +185,162 @@ def test_the_release_zip_reads_like_the_tree(report_tree, report_run, tmp_path):
 def test_one_per_subject_keeps_the_earliest_passing_study(report_tree, tmp_path):
     metadata = run(report_argv(report_tree, report_tree.cxr, tmp_path / "one", ONE_WORKER, "--one_per_subject",
                                "--images=false"))
-    want, drops = expected(report_tree, one_per_subject=True)
-    rows = {r["dicom_id"] for p in (published(tmp_path / "one") / "manifest").glob("*.csv") for r in read_csv(p)}
+    want, drops, _ = expected(report_tree, one_per_subject=True)
+    rows = {r["dicom_id"] for r in manifest_rows(published(tmp_path / "one"))}
     assert rows == set(want)
     assert metadata["counts"]["dropped"]["not_first_of_subject"] == drops["not_first_of_subject"]
+    assert adds_up(metadata["counts"])
+
+
+def tree_copy(roots: sample.SampleRoots, tmp_path: Path) -> sample.SampleRoots:
+    """A copy of the sample's CXR root (tables, images, reports) to damage."""
+    return sample.SampleRoots(shutil.copytree(roots.cxr, tmp_path / "cxr"), "", "")
+
+
+@pytest.mark.parametrize("broken", ["report", "image"])
+def test_one_per_subject_never_replaces_a_rejected_first_study(report_tree, tmp_path, broken):
+    """The subject's first study rejected, at the report (before the choice) or at its image (after): the subject
+    has no record, the first study's reject line says why, and its later passing study is not written instead."""
+    want, drops, _ = expected(report_tree, one_per_subject=True)
+    every, _, _ = expected(report_tree)
+    subject, dicom_id = min((w["subject_id"], d) for d, w in want.items()
+                            if sum(v["subject_id"] == w["subject_id"] for v in every.values()) > 1)
+    study = want[dicom_id]["study_id"]
+    copy = tree_copy(report_tree, tmp_path)
+    if broken == "report":
+        path = Path(copy.cxr, mimic.report_path(subject, study))
+        path.write_bytes(b"\xff" + path.read_bytes())  # not UTF-8
+    else:
+        Path(copy.cxr, mimic.image_path(subject, study, dicom_id)).unlink()
+    flags = ("--one_per_subject",) if broken == "image" else ("--one_per_subject", "--images=false")
+    metadata = run(report_argv(copy, copy.cxr, tmp_path / "out", ONE_WORKER, *flags))
+    out = published(tmp_path / "out")
+    assert str(subject) not in {r["subject_id"] for r in manifest_rows(out)}
+    reason = ("report", "unreadable_report") if broken == "report" else ("images", "missing_image")
+    assert [(r["stage"], r["reason"]) for r in run_rejects(out) if r["study_id"] == study] == [reason]
+    c = metadata["counts"]
+    assert c["dropped"]["not_first_of_subject"] == drops["not_first_of_subject"]  # the later study, as before
+    others = [r for r in run_rejects(out) if r["stage"] == "images" and r["study_id"] != study]  # the sample's own
+    assert c["matched"] == len(want) - 1 - len(others)
+    assert adds_up(c)
+
+
+def passing(*days: tuple[int, int]) -> list[StudyRecord]:
+    """(study_id, day in January 2180) -> a subject's passing studies."""
+    return [dataclasses.replace(study(10000001, study_id), study_time=dt.datetime(2180, 1, day))
+            for study_id, day in days]
+
+
+@pytest.mark.parametrize("unusable, first", [
+    ([], 50000002),  # the earliest passing study
+    ([(dt.datetime(2180, 1, 9), 50000009)], 50000002),  # a later rejected study does not matter
+    ([(dt.datetime(2180, 1, 1), 50000001)], None),  # an earlier one was the first: no record
+    ([(dt.datetime(2180, 1, 2), 50000001)], None),  # same time, smaller study_id: it comes first
+    ([(dt.datetime(2180, 1, 2), 50000003)], 50000002),
+    ([(None, 50000009)], None),  # a study of unknown time may be the first
+    ([(None, None)], None),
+])
+def test_first_study_is_never_a_stand_in(unusable, first):
+    records = passing((50000004, 5), (50000002, 2), (50000007, 3))
+    chosen, others = first_study(records, unusable)
+    assert (chosen and chosen.study_id) == first and others == 3 - (first is not None)
+    assert first_study([], unusable) == (None, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The study's image: repeated, conflicting and rejected metadata rows
+
+def image(dicom_id: str, study_id: int, rows: int = 10) -> mimic.Image:
+    return mimic.Image(dicom_id, 10000001, study_id, "PA", rows, 10, dt.datetime(2180, 1, 1, 10))
+
+
+def read_reject(dicom_id: str | None, study_id: int | None) -> dict:
+    return {"stage": "metadata", "reason": "bad_study_time", "subject_id": 10000001, "study_id": study_id,
+            "dicom_id": dicom_id, "detail": ""}
+
+
+def choose(groups: dict) -> tuple[list, list, list, list]:
+    """ChooseStudyImages on one subject: (study_id, dicom_id, rows) of its records, (reason, study_id, dicom_id) of
+    its rejects, its events, its UNUSABLE marks."""
+    out = list(ChooseStudyImages("zeros").process((10000001, groups)))
+    tagged = {tag: [o.value for o in out if isinstance(o, TaggedOutput) and o.tag == tag]
+              for tag in (accounting.REJECTS, accounting.EVENTS, UNUSABLE)}
+    return ([(r.study_id, r.dicom_id, r.image_rows) for r in out if not isinstance(r, TaggedOutput)],
+            [(r["reason"], r["study_id"], r["dicom_id"]) for r in tagged[accounting.REJECTS]],
+            tagged[accounting.EVENTS], tagged[UNUSABLE])
+
+
+@pytest.mark.parametrize("images, records, rejects, duplicates", [
+    ([image("a", 1), image("a", 1), image("b", 1)], [(1, "a", 10)], [], ("identical_rows", 1)),
+    ([image("a", 1), image("a", 2), image("b", 2), image("c", 3)], [(3, "c", 10)],
+     [("dicom_id_of_several_studies", 1, "a"), ("dicom_id_of_several_studies", 2, "a")], ("conflicting_keys", 1)),
+    ([image("a", 1), image("a", 1, rows=1), image("b", 1)], [], [("conflicting_cxr_metadata", 1, "a")],
+     ("conflicting_keys", 1)),
+    ([image("a", 1), image("b", 1), image("b", 1, rows=1)], [(1, "a", 10)], [], ("conflicting_keys", 1)),
+])
+def test_a_repeated_dicom_id_is_one_row_or_rejects_the_studies_that_would_use_it(images, records, rejects,
+                                                                                  duplicates):
+    """Exact copies are one row; a dicom_id under two studies, or whose rows differ, rejects each study whose
+    smallest dicom_id it is (never the next image instead); in any input order."""
+    for order in itertools.permutations(images):
+        got_records, got_rejects, events, unusable = choose({"images": list(order)})
+        assert got_records == records and got_rejects == rejects
+        assert (f"duplicates/{duplicates[0]}/cxr_metadata", duplicates[1]) in events
+        assert [study_id for _, (_, study_id) in unusable] == [study_id for _, study_id, _ in rejects]
+        assert sum(n for name, n in events if name == "studies") == len(records) + len(rejects)
+
+
+@pytest.mark.parametrize("rejected, records, reason, unknown", [
+    (read_reject("a", 1), [], "cxr_row_rejected", []),  # may be the study's smallest
+    (read_reject("b", 1), [], "cxr_row_rejected", []),  # a second row of the chosen dicom_id
+    (read_reject("a", None), [], "cxr_row_rejected", [None]),  # of any study
+    (read_reject(None, 1), [], "cxr_row_rejected", []),  # of any dicom_id
+    (read_reject("c", 1), [(1, "b", 10)], None, []),  # above the smallest: not a candidate
+    (read_reject("a", 2), [(1, "b", 10)], None, [2]),  # another study, of unknown time
+])
+def test_a_kept_view_row_rejected_at_read_that_may_be_the_smallest_rejects_the_study(rejected, records, reason,
+                                                                                    unknown):
+    got_records, got_rejects, _, unusable = choose({"images": [image("b", 1)], "rejected_cxr_metadata": [rejected]})
+    assert got_records == records and got_rejects == ([(reason, 1, "b")] if reason else [])
+    assert [study_id for _, (time, study_id) in unusable if time is None] == unknown
+
+
+def test_repeated_conflicting_and_rejected_metadata_rows_on_the_sample(report_tree, report_run, tmp_path):
+    """The review's cases on the sample: one dicom_id under two studies of a subject (with its split row; it used to
+    stop the job on the duplicate record key), a second, different row of a written dicom_id (its bogus time used
+    to be written), a smaller dicom_id with an unreadable time beside a written one (the next image used to be
+    written). Each study is rejected, named; the run finishes and its counts add up."""
+    folder, _ = report_run
+    written = sorted((int(r["subject_id"]), int(r["study_id"]), r["dicom_id"]) for r in manifest_rows(folder))
+    twice = next(s for s, _, _ in written if sum(w[0] == s for w in written) > 1)
+    (_, first, first_dicom), (_, second, _) = [w for w in written if w[0] == twice][:2]
+    conflicting, rejected = [w for w in written if w[0] != twice][:2]
+    rows = table_rows(report_tree.cxr, mimic.CXR_METADATA)
+    row = {r["dicom_id"]: r for r in rows}
+    rows += [dict(row[first_dicom], dicom_id="00000000-dup"), dict(row[first_dicom], dicom_id="00000000-dup",
+                                                                   study_id=str(second)),
+             dict(row[conflicting[2]], StudyTime="10000.0", Rows="1"),
+             dict(row[rejected[2]], dicom_id="00000000-bad", StudyTime="250000.0")]
+    cxr = tmp_path / "cxr"
+    write_table(cxr, mimic.CXR_METADATA, rows)
+    write_table(cxr, mimic.CXR_SPLIT, [*table_rows(report_tree.cxr, mimic.CXR_SPLIT), {
+        "dicom_id": "00000000-dup", "study_id": first, "subject_id": twice, "split": "train"}])
+    shutil.copy(Path(report_tree.cxr, mimic.CXR_CHEXPERT.basename + ".csv.gz"), cxr)
+    metadata = run(report_argv(sample.SampleRoots(str(cxr), "", ""), report_tree.cxr, tmp_path / "out", ONE_WORKER,
+                               "--images=false"))
+    out = published(tmp_path / "out")
+    assert sorted((r["reason"], r["study_id"], r["dicom_id"]) for r in run_rejects(out) if r["stage"] == "join") == \
+        sorted([("dicom_id_of_several_studies", first, "00000000-dup"),
+                ("dicom_id_of_several_studies", second, "00000000-dup"),
+                ("conflicting_cxr_metadata", conflicting[1], conflicting[2]),
+                ("cxr_row_rejected", rejected[1], rejected[2])])
+    manifest = {int(r["study_id"]): r for r in manifest_rows(out)}
+    assert not {first, second, conflicting[1], rejected[1]} & set(manifest)
+    broken = {r["study_id"] for r in run_rejects(folder) if r["stage"] == "images"}  # written here: no images read
+    assert set(manifest) - broken == {w[1] for w in written} - {first, second, conflicting[1], rejected[1]}
+    c = metadata["counts"]
+    assert c["duplicates"] == {"identical_rows": {"cxr_metadata": 1}, "conflicting_keys": {"cxr_metadata": 2}}
+    assert c["rejected_by_reason"]["join/dicom_id_of_several_studies"] == 2 and adds_up(c)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -163,11 +350,11 @@ REPORT = (b"FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n FINDINGS:  The l
            b" IMPRESSION:  No acute process.\n")
 
 
-def reports_zip(path: Path, reports: dict[str, bytes]) -> Path:
-    """The release's layout: deflated members under mimic-cxr-reports/."""
+def reports_zip(path: Path, reports: dict[str, bytes], folder: str = "mimic-cxr-reports/") -> Path:
+    """The release's layout: deflated members under mimic-cxr-reports/ (or ``folder``)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped:
         for relative, text in reports.items():
-            zipped.writestr(f"mimic-cxr-reports/{relative}", text)
+            zipped.writestr(f"{folder}{relative}", text)
     return path
 
 
@@ -211,6 +398,34 @@ def test_a_damaged_zip_member_is_a_counted_reject_and_the_next_report_is_read(tm
     assert record.target == "The lungs are clear. No effusion. No acute process."
 
 
+@pytest.mark.parametrize("layout", ["tree", "zip"])
+@pytest.mark.parametrize("content, reason, detail", [
+    (None, "missing_report", "no such file"), (b"", "empty_report", "empty"), (b" \n \r\n\t", "empty_report", "empty")])
+def test_a_missing_or_empty_report_is_a_reject_naming_its_path(tmp_path, layout, content, reason, detail):
+    """MIMIC-CXR has a report for every study: no file, or one with nothing but whitespace, is bad input, not a
+    study without findings. The reject names the path; the study is UNUSABLE for --one_per_subject."""
+    relative, other = mimic.report_path(10000001, 50000001), mimic.report_path(10000002, 50000002)
+    reports = {other: REPORT, **({} if content is None else {relative: content})}
+    if layout == "zip":
+        where = str(reports_zip(tmp_path / "mimic-cxr-reports.zip", reports))
+    else:
+        for path, text in reports.items():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(text)
+        where = str(tmp_path)
+    reader = ReadReports(where, BeamSource(), 1, 100)
+    reader.setup()
+    record = study(10000001, 50000001)
+    out = list(reader.process(record))
+    assert [o.value for o in out if o.tag == accounting.REJECTS] == [{
+        "stage": "report", "reason": reason, "subject_id": 10000001, "study_id": 50000001, "dicom_id": "d50000001",
+        "detail": f"{relative}: {detail}"}]
+    assert [o.value for o in out if o.tag == accounting.EVENTS] == [(f"rejects/report/{reason}", 1), ("rejected", 1)]
+    assert [o.value for o in out if o.tag == UNUSABLE] == [(10000001, (record.study_time, 50000001))]
+    [passed] = [o for o in reader.process(study(10000002, 50000002)) if not isinstance(o, TaggedOutput)]
+    assert passed.target == "The lungs are clear. No effusion. No acute process."
+
+
 def test_a_run_with_a_damaged_zip_member_rejects_that_study_and_the_counts_add_up(report_tree, report_run, tmp_path):
     folder, _ = report_run
     victim = next(iter(examples(folder, "dicom_id").values()))
@@ -221,22 +436,41 @@ def test_a_run_with_a_damaged_zip_member_rejects_that_study_and_the_counts_add_u
     damage(archive, relative, "deflate")
     metadata = run(report_argv(report_tree, str(archive), tmp_path / "out", ONE_WORKER, "--images=false"))
     out = published(tmp_path / "out")
-    rejects = [json.loads(line) for p in (out / "rejects").glob("*.jsonl") for line in p.open()]
-    assert [(r["reason"], r["study_id"]) for r in rejects if r["stage"] == "report"] == [
+    assert [(r["reason"], r["study_id"]) for r in run_rejects(out) if r["reason"] == "unreadable_report"] == [
         ("unreadable_report", victim["study_id"][0])]
-    assert victim["study_id"][0] not in {int(r["study_id"]) for p in (out / "manifest").glob("*.csv")
-                                         for r in read_csv(p)}
-    c = metadata["counts"]
-    assert c["matched"] > 0 and c["studies"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+    assert victim["study_id"][0] not in {int(r["study_id"]) for r in manifest_rows(out)}
+    assert adds_up(metadata["counts"])
 
 
 # --------------------------------------------------------------------------------------------------------------
 # --mimic_cxr_reports checked at launch
 
+MIRROR = "physionet.org/files/mimic-cxr/2.1.0/"  # a zipped wget mirror: its first "files/" is not the tree's
+
+
 def test_report_members_are_keyed_by_their_path_in_the_tree():
     assert report_members(["mimic-cxr-reports/", "mimic-cxr-reports/files/p10/p10000001/s5.txt", "files/a.txt",
-                           "mimic-cxr-reports/files/p10/p10000001/s5.jpg", "README.txt"]) == {
-        "files/p10/p10000001/s5.txt": "mimic-cxr-reports/files/p10/p10000001/s5.txt", "files/a.txt": "files/a.txt"}
+                           "mimic-cxr-reports/files/p10/p10000001/s5.jpg", "README.txt",
+                           f"{MIRROR}files/p10/p10000002/s6.txt", "myfiles/files/p11/p11000003/s7.txt",
+                           "files/p12/p12000004/s8.txt", f"{MIRROR}files/p10/p10000002/notes.txt"]) == {
+        "files/p10/p10000001/s5.txt": "mimic-cxr-reports/files/p10/p10000001/s5.txt",
+        "files/p10/p10000002/s6.txt": f"{MIRROR}files/p10/p10000002/s6.txt",
+        "files/p11/p11000003/s7.txt": "myfiles/files/p11/p11000003/s7.txt",
+        "files/p12/p12000004/s8.txt": "files/p12/p12000004/s8.txt"}
+
+
+@pytest.mark.parametrize("name, folder", [("mirror.zip", MIRROR), ("myfiles.zip", "myfiles/reports/"),
+                                          ("MIMIC-CXR-REPORTS.ZIP", "mimic-cxr-reports/")])
+def test_a_zip_is_read_under_any_folder_and_in_any_case(tmp_path, name, folder):
+    """The tree's path is found at the end of a member's name (not after its first "files/"), and a .ZIP is a zip:
+    the launch check and the reader agree."""
+    relative = mimic.report_path(10000001, 50000001)
+    archive = reports_zip(tmp_path / name, {relative: REPORT}, folder)
+    check_reports(str(archive), BeamSource())
+    reader = ReadReports(str(archive), BeamSource(), 1, 100)
+    reader.setup()
+    [record] = reader.process(study(10000001, 50000001))
+    assert record.target == "The lungs are clear. No effusion. No acute process."
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -244,6 +478,8 @@ def test_report_members_are_keyed_by_their_path_in_the_tree():
     ("folder_without_reports", "no report found there"),
     ("missing_zip", "no such file"),
     ("zip_without_reports", "no report found there"),
+    ("zip_with_other_text", "no report found there"),
+    ("folder_with_other_text", "no report found there"),
     ("not_a_zip", "cannot be read (File is not a zip file)"),
 ])
 def test_wrong_reports_fail_naming_the_path(tmp_path, layout, message):
@@ -253,6 +489,12 @@ def test_wrong_reports_fail_naming_the_path(tmp_path, layout, message):
         (path / "files" / "p10" / "image.jpg").write_bytes(b"x")
     elif layout == "zip_without_reports":
         reports_zip(path, {"README": b"x"})
+    elif layout == "zip_with_other_text":
+        reports_zip(path, {"files/README.txt": b"x", "files/p10/notes.txt": b"x"}, MIRROR)
+    elif layout == "folder_with_other_text":
+        (path / "files" / "p10").mkdir(parents=True)
+        (path / "files" / "README.txt").write_bytes(b"x")
+        (path / "files" / "p10" / "notes.txt").write_bytes(b"x")
     elif layout == "not_a_zip":
         path.write_bytes(b"not a zip")
     with pytest.raises(InputError, match=rf"^--mimic_cxr_reports={path}: {re.escape(message)}"):

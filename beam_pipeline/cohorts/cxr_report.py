@@ -2,18 +2,29 @@
 
 Definition (cohort-definitions.md §D and §E; differences from the original: README, Cohorts):
 
-    record    per study with a --views image (PA by default): the smallest dicom_id; with --one_per_subject, per
-              subject only the earliest such study whose report passes (the classification variant)
-    report    files/pXX/pXXXXXXXX/sNNNNNNNN.txt from --mimic_cxr_reports (a tree, or the release's zip; local or
-              gs://), sectioned by the MIT-LCP parser's rules (cohorts.report_sections); cleaned (NOTIFICATION tail,
-              de-identification underscores, whitespace); target = findings + " " + impression, kept when
-              --min_words <= words <= --max_words (20-65, as the original)
+    record    per study with a --views image (PA by default): its smallest dicom_id, chosen among every version of
+              the subject's metadata rows (join.unique_images: exact copies are one row, counted). Never another
+              image instead: the study is rejected when that dicom_id's rows differ (join/conflicting_cxr_metadata),
+              when it is under two studies of the subject (join/dicom_id_of_several_studies), or when a kept-view row
+              of the study (or of an unreadable study_id) with a dicom_id not above it was rejected at read
+              (join/cxr_row_rejected: it may be the smallest)
+    report    files/pXX/pXXXXXXXX/sNNNNNNNN.txt from --mimic_cxr_reports (a tree, or the release's zip, under any
+              folder; local or gs://), sectioned by the MIT-LCP parser's rules (cohorts.report_sections); cleaned
+              (NOTIFICATION tail, de-identification underscores, whitespace); target = findings + " " + impression,
+              kept when --min_words <= words <= --max_words (20-65, as the original). MIMIC-CXR has a report for
+              every study, so a missing file is bad input: rejected (report/missing_report), like an empty or blank
+              one (report/empty_report) and an unreadable one (report/unreadable_report), the path in the detail
+    first     --one_per_subject (the classification variant): per subject, the earliest study (time, study_id) that
+              no report rule dropped. A later study never stands in for it: when a study rejected before this choice
+              may precede it (join or report rejects; a study whose every kept-view row was rejected at read has an
+              unknown time) or it is rejected after (split, image), the subject has no record; its passing studies
+              count as not_first_of_subject and the first study's reject line says why
     labels    the study's 14 CheXpert values (raw, binary under --uncertain_policy, mask)
     split     patient-level, --split_strategy (the official split by default)
     outputs   tfrecords/ (image 224 px letterbox + target + sections + labels), manifest/, instructions/<split>…jsonl
               (one user turn: --instruction + the image; one assistant turn: the target), rejects/, metadata.json
 
-The report text is read only by this cohort: it never enters an ed_cxr note.
+The report text is read only by this cohort: it never enters an ed_cxr note. A reject line never holds report text.
 """
 
 from __future__ import annotations
@@ -24,8 +35,11 @@ import functools
 import json
 import lzma
 import math
+import re
 import zipfile
 import zlib
+from collections import defaultdict
+from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -46,18 +60,27 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (KeyLabelRejects, duplicate_events, label_problem, rejected_reasons,
-                                          unique_rows)
+from beam_pipeline.transforms.join import (KeyLabelRejects, RowRejects, Unique, duplicate_events, label_problem,
+                                          rejected_reasons, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
-DROPS = ("no_report", "no_findings_or_impression", "target_too_short", "target_too_long", "not_first_of_subject")
+DROPS = ("no_findings_or_impression", "target_too_short", "target_too_long", "not_first_of_subject")
 UNIT_STAGES = ("join/", "report/", "split/", "images/")  # rejects of whole studies
 WORD_BUCKETS = (0, 10, 20, 30, 40, 50, 65, 80, 100, 150)  # the data card's histogram of target lengths
 # What else than BadZipFile (a bad CRC or local header) and OSError reading one damaged member of the zip raises:
 # damaged deflate data (zlib.error), data running past the archive's end (EOFError), damaged LZMA data (LZMAError),
 # a damaged directory entry naming an unsupported method or flag (NotImplementedError) or encryption (RuntimeError).
 DAMAGED_MEMBER = (zlib.error, EOFError, lzma.LZMAError, NotImplementedError, RuntimeError)
+# A report's path in the tree, at the end of a zip member's name under any folders (the release's
+# mimic-cxr-reports/, a mirror's physionet.org/files/mimic-cxr/2.1.0/): the first "files/" is not always the tree's.
+REPORT_MEMBER = re.compile(r"(?:^|/)(files/p\d\d/p\d+/s\d+\.txt)$")
+# Kept-view metadata rows rejected at read (metadata/ rejects): a reject line holds ids, not the row, so one of the
+# study whose dicom_id is not above the chosen one may be the study's smallest.
+CXR_REJECTS = RowRejects("cxr", mimic.CXR_METADATA.name,
+                         "the study's smallest kept-view dicom_id may be a rejected row")
+# Tag of the studies rejected before --one_per_subject's choice: (subject_id, (study time or None, study_id)).
+UNUSABLE = "unusable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,45 +116,100 @@ class StudyRecord:
                   for name in sorted(set(self.sections)))]
 
 
+def reject_study(stage: str, problem: tuple[str, str], subject_id: int, study_id: int | None, dicom_id: str | None,
+                 study_time: dt.datetime | None):
+    """A rejected study: its reject line and count, and its UNUSABLE mark (it may be its subject's first study)."""
+    yield from accounting.reject(stage, problem[0], subject_id=subject_id, study_id=study_id, dicom_id=dicom_id,
+                                 detail=problem[1], counter="rejected")
+    yield beam.pvalue.TaggedOutput(UNUSABLE, (subject_id, (study_time, study_id)))
+
+
+def smallest_dicom_ids(images: Unique) -> dict[int, str]:
+    """study_id -> its smallest dicom_id among every version of the subject's metadata rows (conflicts included:
+    the choice is made before a conflict rejects it, so it never falls to the next-best image)."""
+    smallest: dict[int, str] = {}
+    for row in images.candidates():
+        study_id, dicom_id = row["study_id"], row["dicom_id"]
+        smallest[study_id] = min(smallest.get(study_id, dicom_id), dicom_id)
+    return smallest
+
+
+def image_problem(study_id: int, dicom_id: str, images: Unique, read_rejects: Iterable[dict]
+                  ) -> tuple[str, str] | None:
+    """(reason, detail) when the study's smallest dicom_id cannot be trusted: it is under several of the subject's
+    studies, its rows differ, or a kept-view row of the study (or of an unreadable study_id) whose dicom_id is not
+    above it was rejected at read."""
+    studies = sorted({row["study_id"] for row in images.conflicts.get(dicom_id, ())})
+    if len(studies) > 1:
+        return ("dicom_id_of_several_studies",
+                f"{images.table} dicom_id={dicom_id} under study_ids {','.join(map(str, studies))} of this subject")
+    smaller = [r for r in read_rejects
+               if r["study_id"] in (study_id, None) and (r["dicom_id"] or "").strip() <= dicom_id]
+    return images.conflict(dicom_id) or CXR_REJECTS.problem({CXR_REJECTS.tag: smaller})
+
+
+def _by_study(rows: Iterable[dict]) -> dict[int | None, list[dict]]:
+    grouped = defaultdict(list)
+    for row in rows:
+        grouped[row["study_id"]].append(row)
+    return dict(grouped)
+
+
 class ChooseStudyImages(beam.DoFn):
     """(subject_id, co-grouped rows) -> one StudyRecord per study with a kept-view image: its smallest dicom_id
-    (the original chose at random); label and split rows that conflict or were rejected at read reject it."""
+    (the original chose at random). A study whose image (image_problem), label or split rows conflict or were
+    rejected at read is rejected; a study whose every kept-view row was rejected at read is marked UNUSABLE with an
+    unknown time."""
 
     def __init__(self, uncertain_policy: str):
         self._policy = uncertain_policy
 
     def process(self, element):
         subject_id, groups = element
+        images = unique_images(groups.get("images", ()))
         labels = unique_rows(groups.get("labels", ()), mimic.CXR_CHEXPERT.name, "study_id")
         splits = unique_rows(groups.get("splits", ()), mimic.CXR_SPLIT.name, "dicom_id")
-        yield from duplicate_events((labels, splits))
-        rejected = {}
-        for row in groups.get("rejected_labels", ()):
-            rejected.setdefault(row["study_id"], []).append(row)
-        rejected = {study: rejected_reasons(rows) for study, rows in rejected.items()}
-        studies: dict[int, list] = {}
-        for image in groups.get("images", ()):
-            studies.setdefault(image.study_id, []).append(image)
-        for study_id in sorted(studies):
-            image = min(studies[study_id], key=lambda im: (im.dicom_id, im.study_time))
+        yield from duplicate_events((images, labels, splits))
+        rejected = {study: rejected_reasons(rows)
+                    for study, rows in _by_study(groups.get("rejected_labels", ())).items()}
+        read_rejects = _by_study(groups.get(CXR_REJECTS.tag, ()))
+        smallest = smallest_dicom_ids(images)
+        for study_id, dicom_id in sorted(smallest.items()):
             yield accounting.event("studies")
-            problem = label_problem(study_id, labels, rejected) or splits.conflict(image.dicom_id)
+            versions = images.conflicts.get(dicom_id) or (images.rows[dicom_id],)
+            study_time = min(row["study_time"] for row in versions if row["study_id"] == study_id)
+            problem = (image_problem(study_id, dicom_id, images,
+                                     [*read_rejects.get(study_id, ()), *read_rejects.get(None, ())])
+                       or label_problem(study_id, labels, rejected) or splits.conflict(dicom_id))
             if problem:
-                yield from accounting.reject("join", problem[0], subject_id=subject_id, study_id=study_id,
-                                             dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
+                yield from reject_study("join", problem, subject_id, study_id, dicom_id, study_time)
                 continue
+            image = mimic.Image(**images.rows[dicom_id])
             raw, binary, mask, status = labels_lib.label_vectors(labels.rows.get(study_id), self._policy)
-            split = splits.rows.get(image.dicom_id)
+            split = splits.rows.get(dicom_id)
             yield StudyRecord(
-                subject_id=subject_id, study_id=study_id, dicom_id=image.dicom_id, view_position=image.view_position,
+                subject_id=subject_id, study_id=study_id, dicom_id=dicom_id, view_position=image.view_position,
                 study_time=image.study_time, image_path=image.path, image_rows=image.rows,
                 image_columns=image.columns, labels_raw=tuple(raw), labels_binary=tuple(binary),
                 labels_mask=tuple(mask), labels_status=status, official_split=split and split["split"])
+        for study_id in read_rejects.keys() - smallest.keys():  # a study (or rows of any) of unknown time
+            yield beam.pvalue.TaggedOutput(UNUSABLE, (subject_id, (None, study_id)))
+
+
+def report_problem(relative: str, text: str | None) -> tuple[str, str] | None:
+    """(reason, detail) of a report file that is missing or holds nothing but whitespace: MIMIC-CXR has a report
+    for every study, so either is bad input, not a study without findings. The detail is the path, never text."""
+    if text is None:
+        return "missing_report", f"{relative}: no such file"
+    if not text.strip():
+        return "empty_report", f"{relative}: empty"
+    return None
 
 
 class ReadReports(beam.DoFn):
-    """StudyRecord -> the same with its sections and target, or counted by why it has none (DROPS). The reports
-    are a tree of .txt files or the release's zip (opened once per worker; members found by their path suffix)."""
+    """StudyRecord -> the same with its sections and target, or counted by why it has none (DROPS), or rejected
+    (missing, empty or unreadable). The reports are a tree of .txt files or the release's zip (opened once per
+    worker; members found by their path in the tree, REPORT_MEMBER)."""
 
     def __init__(self, reports: str, source, min_words: int, max_words: int):
         self._reports = reports
@@ -140,7 +218,7 @@ class ReadReports(beam.DoFn):
 
     def setup(self):
         self._zip = self._members = None
-        if self._reports.endswith(".zip"):
+        if is_zip(self._reports):
             self._zip = zipfile.ZipFile(self._source.open(self._reports))
             self._members = report_members(self._zip.namelist())
 
@@ -161,13 +239,12 @@ class ReadReports(beam.DoFn):
         try:
             data = self._read(relative)
             text = None if data is None else rs.decode(data)
+            problem = report_problem(relative, text)
         except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
-            yield from accounting.reject("report", "unreadable_report", subject_id=record.subject_id,
-                                         study_id=record.study_id, dicom_id=record.dicom_id,
-                                         detail=f"{relative}: {type(err).__name__}: {err}", counter="rejected")
-            return
-        if text is None:
-            yield accounting.event("dropped/no_report")
+            problem = ("unreadable_report", f"{relative}: {type(err).__name__}: {err}")
+        if problem:
+            yield from reject_study("report", problem, record.subject_id, record.study_id, record.dicom_id,
+                                    record.study_time)
             return
         sections = rs.section_text(text)
         findings, impression, target = rs.target_of(sections)
@@ -181,42 +258,83 @@ class ReadReports(beam.DoFn):
                                   sections=tuple(rs.names(sections)))
 
 
+def is_zip(reports: str) -> bool:
+    """--mimic_cxr_reports names the release's zip (any case: a copy may be named .ZIP), not a folder."""
+    return reports.lower().endswith(".zip")
+
+
 def report_members(names: list[str]) -> dict[str, str]:
-    """files/pXX/pXXXXXXXX/sNNNNNNNN.txt -> its name in the zip, which may nest the tree in a folder (the release's
-    mimic-cxr-reports/)."""
-    return {name[name.index("files/"):]: name for name in names if "files/" in name and name.endswith(".txt")}
+    """files/pXX/pXXXXXXXX/sNNNNNNNN.txt -> its name in the zip, which may nest the tree in folders (REPORT_MEMBER)."""
+    return {match.group(1): name for name in names if (match := REPORT_MEMBER.search(name))}
 
 
 def check_reports(reports: str, source) -> None:
     """Raise InputError naming --mimic_cxr_reports when it is missing or holds no report, before the job runs: a
-    wrong folder would drop every study as no_report, a wrong zip fail every worker after the join. A gs:// folder
-    read with --billing_project is not listed (Beam's listing cannot bill a requester-pays bucket)."""
-    if reports.startswith("gs://") and not reports.endswith(".zip") and isinstance(source, RequesterPaysSource):
+    wrong folder would reject every study as missing_report, a wrong zip fail every worker after the join. A gs://
+    folder read with --billing_project is not listed (Beam's listing cannot bill a requester-pays bucket)."""
+    if reports.startswith("gs://") and not is_zip(reports) and isinstance(source, RequesterPaysSource):
         return
     where = f"--mimic_cxr_reports={reports}"
     try:
-        if reports.endswith(".zip"):
+        if is_zip(reports):
             if not source.exists(reports):
                 raise InputError(f"{where}: no such file")
             with source.open(reports) as raw, zipfile.ZipFile(raw) as archive:
                 found = report_members(archive.namelist())
         else:  # listed lazily: the first report ends the search
-            found = FileSystems.match([FileSystems.join(reports, "files", "**.txt")], limits=[1])[0].metadata_list
+            found = FileSystems.match([FileSystems.join(reports, "files", "p*", "p*", "s*.txt")],
+                                      limits=[1])[0].metadata_list
     except (OSError, zipfile.BadZipFile, NotImplementedError) as err:
         raise InputError(f"{where}: cannot be read ({err})") from None
     if not found:
         raise InputError(f"{where}: no report found there (files/pXX/pXXXXXXXX/sNNNNNNNN.txt)")
 
 
+def first_study(records: Iterable[StudyRecord], unusable: Iterable[tuple]) -> tuple[StudyRecord | None, int]:
+    """(the subject's first study among its passing ``records``, how many passing studies are not it). None when a
+    study rejected before the choice may precede it (``unusable``: (time, study_id), time None when unknown): the
+    first study is then not known, and a later one never stands in for it."""
+    order = sorted(records, key=lambda r: (r.study_time, r.study_id))
+    first = order[0] if order else None
+    if first is None or any(time is None or (time, study_id) < (first.study_time, first.study_id)
+                            for time, study_id in unusable):
+        return None, len(order)
+    return first, len(order) - 1
+
+
 class FirstOfSubject(beam.DoFn):
-    """(subject_id, studies that passed) -> the earliest (time, study_id); the others counted."""
+    """(subject_id, {records: studies that passed, unusable: studies rejected before}) -> its first study
+    (first_study); the other passing studies counted as not_first_of_subject."""
 
     def process(self, element):
-        _, records = element
-        records = sorted(records, key=lambda r: (r.study_time, r.study_id))
-        if len(records) > 1:
-            yield accounting.event("dropped/not_first_of_subject", len(records) - 1)
-        yield records[0]
+        _, groups = element
+        first, others = first_study(groups["records"], groups["unusable"])
+        if others:
+            yield accounting.event("dropped/not_first_of_subject", others)
+        if first is not None:
+            yield first
+
+
+class OnePerSubject(beam.PTransform):
+    """--one_per_subject: passing studies -> each subject's first (FirstOfSubject), told of the studies rejected
+    before by the UNUSABLE outputs of ``stages``."""
+
+    def __init__(self, stages: list):
+        super().__init__()
+        self._stages = stages
+
+    def expand(self, records):
+        unusable = [s[UNUSABLE] for s in self._stages] | "AllUnusable" >> beam.Flatten()
+        keyed = records | "KeyBySubject" >> beam.Map(lambda r: (r.subject_id, r))
+        return ({"records": keyed, "unusable": unusable} | "CoGroupBySubject" >> beam.CoGroupByKey()
+                | "FirstOfSubject" >> beam.ParDo(FirstOfSubject()).with_outputs(
+                    accounting.REJECTS, accounting.EVENTS, main="records"))
+
+
+def study_stage(pcoll, label: str, dofn: beam.DoFn):
+    """pipeline.stage with the UNUSABLE output too (the studies it rejects, for --one_per_subject)."""
+    return pcoll | label >> beam.ParDo(dofn).with_outputs(accounting.REJECTS, accounting.EVENTS, UNUSABLE,
+                                                          main="records")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -290,17 +408,17 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im)),
              "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
-             | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
+             | "Key rejected_labels" >> KeyLabelRejects(images["images"]),
+             CXR_REJECTS.tag: CXR_REJECTS.keyed(images[accounting.REJECTS])}
     if "cxr_split" in reads:
         keyed["splits"] = key_by_subject("Key splits", reads["cxr_split"].rows)
-    chosen = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",
-                   ChooseStudyImages(config.uncertain_policy))
-    read = stage(chosen.records, "ReadReports", ReadReports(config.mimic_cxr_reports, source, config.min_words,
-                                                            config.max_words))
+    chosen = study_stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",
+                         ChooseStudyImages(config.uncertain_policy))
+    read = study_stage(chosen.records, "ReadReports", ReadReports(config.mimic_cxr_reports, source, config.min_words,
+                                                                  config.max_words))
     selected = [chosen, read]
     if config.one_per_subject:
-        selected.append(stage(read.records | "KeyStudiesBySubject" >> beam.Map(lambda r: (r.subject_id, r))
-                              | "GroupBySubject" >> beam.GroupByKey(), "FirstOfSubject", FirstOfSubject()))
+        selected.append(read.records | "OnePerSubject" >> OnePerSubject([chosen, read]))
     split = selected[-1].records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
                                                                    config.split_fractions)
     checks = checks_before_images(split.records, key=lambda r: r.dicom_id)
@@ -335,7 +453,7 @@ def summarize_counts(events: dict[str, int]) -> dict:
 
 def funnel_steps(c: dict) -> list[tuple[str, int]]:
     return funnel_lib.steps(c, "studies", "studies with a kept-view image", (
-        ("with a report", ("no_report",)), ("with findings or impression", ("no_findings_or_impression",)),
+        ("with findings or impression", ("no_findings_or_impression",)),
         ("target within the word limits", ("target_too_short", "target_too_long")),
         ("first of its subject (--one_per_subject)", ("not_first_of_subject",))))
 
