@@ -13,7 +13,8 @@ import os
 import signal
 
 ENV = "BEAM_PIPELINE_KILL_AT"
-POINTS = ("shard_written", "before_metadata", "metadata_written", "latest_staged", "published", "removed_marker")
+POINTS = ("shard_written", "before_metadata", "metadata_written", "previous_marked", "latest_staged", "published",
+          "removed_marker")
 
 
 class FailpointError(RuntimeError):

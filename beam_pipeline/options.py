@@ -222,7 +222,8 @@ class Config:
         "an output that holds a run.", False, parse=parse_bool)
     keep_runs: bool = _flag(
         "Add this run beside the earlier ones in --output and publish it (LATEST) once complete, keeping every "
-        "complete earlier run (scheduled reruns); incomplete ones left by failed jobs are deleted.", False,
+        "earlier run that was published (scheduled reruns); runs of failed or killed jobs and runs that wrote no "
+        "records are deleted.", False,
         parse=parse_bool)
 
     def __post_init__(self):

@@ -6,14 +6,16 @@
     runs/<run id>/rejects/rejects-SSSSS-of-NNNNN.jsonl       one JSON object per rejected row or image
     runs/<run id>/audit/leakage-audit-SSSSS-of-NNNNN.jsonl   only with --leakage_audit: unfiltered notes
     runs/<run id>/metadata.json                              config, versions, spec, counts (written after every shard)
+    runs/<run id>/PUBLISHED                                  LATEST named this run (written as LATEST moves on)
 
 A run writes only inside its own, new run folder, which nothing points at until the job's last step: metadata.json
-(atomically), then LATEST (one object write on GCS, a rename locally), then the previous runs are deleted (with
---overwrite; kept with --keep_runs), each run's metadata.json first. GCS cannot rename a folder atomically, so
-moving shards into fixed names could always be interrupted half-way; a pointer cannot. Killed at any point, the
-output therefore holds the previous published run or the new one, never a mix, and no metadata.json ever names a
-missing file. One job per --output at a time: a run removes unfinished runs that started before it, and a run whose
-files were removed so fails before metadata.json (``check_intact``).
+(atomically), then PUBLISHED in the run LATEST names, then LATEST (one object write on GCS, a rename locally), then
+the runs it replaces are deleted, each run's metadata.json first: with --overwrite every other run, with --keep_runs
+those never published. GCS cannot rename a folder atomically, so moving shards into fixed names could always be
+interrupted half-way; a pointer cannot. Killed at any point, the output therefore holds the previous published run or
+the new one, never a mix, and no metadata.json ever names a missing file. One job per --output at a time: a run
+removes unfinished and unpublished runs that started before it, and a run whose files were removed so fails before
+metadata.json (``check_intact``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "s
                     "ed_outtime", "hours_from_arrival", "after_ed_departure")
 LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")  # inside a run folder
 LATEST = "LATEST"
+PUBLISHED = "PUBLISHED"  # inside a run folder that LATEST named before it moved on to another run
 RUNS = "runs"
 RUN_ID = "%Y%m%dT%H%M%S%fZ"  # a run folder's name: its UTC start time
 TEXT_SHARD_BYTES = 256 * 2 ** 20
@@ -114,7 +117,8 @@ def _files(patterns: list[str]) -> list[str]:
 
 def legacy_outputs(output: str) -> list[str]:
     """Files of a run written straight into --output by versions before run folders existed."""
-    return _files([FileSystems.join(output, name, "*") for name in LAYOUT[:-1]] + [FileSystems.join(output, LAYOUT[-1])])
+    return _files([FileSystems.join(output, name, "*") for name in LAYOUT[:-1]]
+                  + [FileSystems.join(output, LAYOUT[-1])])
 
 
 def run_folder(output: str, now) -> str:
@@ -228,10 +232,30 @@ def write_atomically(path: str, data: bytes, staged: str = "") -> None:
         raise
 
 
+def _name(folder: str) -> str:
+    return folder.rstrip("/").rsplit("/", 1)[-1]
+
+
+def latest_run(output: str) -> str:
+    """The run folder OUTPUT/LATEST names ("" without LATEST): the published run."""
+    latest = FileSystems.join(output, LATEST)
+    if not FileSystems.exists(latest):
+        return ""
+    with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return FileSystems.join(output, f.read().decode("utf-8").strip())
+
+
 def publish(output: str, folder: str) -> None:
-    """Point OUTPUT/LATEST at a complete run folder (relative, so a copied output folder still works)."""
-    write_atomically(FileSystems.join(output, LATEST), (folder[len(output):].strip("/") + "\n").encode("utf-8"),
-                     staged="latest_staged")
+    """Point OUTPUT/LATEST at a complete run folder (relative, so a copied output folder still works). The complete
+    run LATEST named until now is marked PUBLISHED first, so it is still known to be published once LATEST names
+    another; the run LATEST names is published by definition, so no kill leaves a published run unknown as one."""
+    relative = folder[len(output):].strip("/")
+    replaced = latest_run(output)
+    if replaced and _name(replaced) != _name(folder) and FileSystems.exists(FileSystems.join(replaced, LAYOUT[-1])):
+        write_atomically(FileSystems.join(replaced, PUBLISHED),
+                         f"{LATEST} named this run until {relative} was published\n".encode("utf-8"))
+        failpoints.reached("previous_marked")
+    write_atomically(FileSystems.join(output, LATEST), (relative + "\n").encode("utf-8"), staged="latest_staged")
 
 
 def stale_latest_copies(output: str, keep: str) -> list[str]:
@@ -239,7 +263,7 @@ def stale_latest_copies(output: str, keep: str) -> list[str]:
     ``keep`` started (a later one may be another job's write in progress); GCS writes leave none."""
     if not is_local_path(output):
         return []
-    started = datetime.datetime.strptime(keep.rstrip("/").rsplit("/", 1)[-1], RUN_ID).replace(
+    started = datetime.datetime.strptime(_name(keep), RUN_ID).replace(
         tzinfo=datetime.timezone.utc).timestamp()
     copies = FileSystems.match([FileSystems.join(output, f".tmp-{LATEST}-*")])[0].metadata_list
     return sorted(m.path for m in copies if m.last_updated_in_seconds < started)
@@ -271,22 +295,62 @@ def check_intact(folder: str, written: list[dict]) -> None:
             f"when it publishes; run one job per --output at a time")
 
 
-def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:
-    """(folder, files, folder above it) of every run under --output other than ``keep``, the legacy layout
-    included; complete runs are skipped when ``keep_complete``. Incomplete ones (failed or killed jobs) are removed
-    if they started before ``keep`` (run folders are named by start time); a later one may be a job still writing."""
+def never_published(complete: set[str], published: set[str]) -> set[str]:
+    """The complete runs (names) that were never published, given the runs known to be (the one LATEST names, those
+    marked PUBLISHED). Versions before the marker marked none, so a complete run that started before every known one
+    counts as published: they may have published it (a run they failed to publish looks the same), and no user
+    loses a published run on upgrade. Later, every run LATEST leaves is marked as it leaves."""
+    first = min(published, default=None)
+    return {run for run in complete - published if first is None or run > first}
+
+
+def _runs(output: str) -> dict[str, list[str]]:
+    """Every run folder under OUTPUT/runs/ with its files, from one listing."""
     runs_dir = FileSystems.join(output, RUNS)
     runs: dict[str, list[str]] = {}
     for path in _files([FileSystems.join(runs_dir, "**")]):
         runs.setdefault(FileSystems.join(runs_dir, path[len(runs_dir):].strip("/").split("/")[0]), []).append(path)
-    found = [(folder, files, runs_dir) for folder, files in sorted(runs.items())]
+    return runs
+
+
+def _unpublished(output: str, runs: dict[str, list[str]], publishing: str = "") -> set[str]:
+    """The names of the complete runs in ``runs`` (OUTPUT/runs/) never published. ``publishing`` (the run publishing
+    now) does not count: on an output it publishes first, every run before it would pass for an older version's."""
+    def having(name: str) -> set[str]:
+        return {_name(folder) for folder, files in runs.items() if FileSystems.join(folder, name) in files}
+
+    published = having(PUBLISHED) | {_name(latest_run(output))}
+    return never_published(having(LAYOUT[-1]), published - {"", _name(publishing)})
+
+
+def was_published(folder: str) -> bool:
+    """Whether the complete run ``folder`` was published; one outside a runs/ folder (a copy, the legacy layout)
+    cannot be told and counts as published."""
+    runs_dir, name = FileSystems.split(folder.rstrip("/"))
+    output, parent = FileSystems.split(runs_dir)
+    return parent != RUNS or name not in _unpublished(output, _runs(output))
+
+
+def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:
+    """(folder, files, folder above it) of every run under --output other than ``keep`` that publishing ``keep``
+    removes, the legacy layout included: complete published runs unless ``keep_complete`` (--keep_runs), and
+    unfinished runs (failed or killed jobs) and complete ones never published (failed or killed before LATEST, or
+    empty) if they started before ``keep`` (run folders are named by start time); a later one may be a job still
+    writing or publishing."""
+    runs = _runs(output)
+    unpublished = _unpublished(output, runs, publishing=keep)
+    found = [(folder, files, FileSystems.join(output, RUNS)) for folder, files in sorted(runs.items())]
     legacy = legacy_outputs(output)
     if legacy:
         found.append((output, legacy, output))
+
     def kept(folder: str, files: list[str]) -> bool:
-        if FileSystems.join(folder, LAYOUT[-1]) in files:
+        complete = FileSystems.join(folder, LAYOUT[-1]) in files
+        if folder == output:  # the legacy layout had no LATEST: complete was published
+            return complete and keep_complete
+        if complete and _name(folder) not in unpublished:
             return keep_complete
-        return folder != output and folder.rstrip("/").rsplit("/", 1)[-1] > keep.rstrip("/").rsplit("/", 1)[-1]
+        return _name(folder) > _name(keep)
 
     return [(folder, files, above) for folder, files, above in found if folder != keep and not kept(folder, files)]
 

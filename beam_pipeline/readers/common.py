@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import mimic
 from beam_pipeline.fileio.metadata import read_json
-from beam_pipeline.fileio.outputs import LATEST
+from beam_pipeline.fileio.outputs import LATEST, latest_run, was_published
 
 
 INCOMPLETE = "the run is incomplete or still running (its job failed, was stopped or has not finished)"
@@ -15,16 +14,20 @@ INCOMPLETE = "the run is incomplete or still running (its job failed, was stoppe
 
 def resolve_output(output: str) -> str:
     """The run folder to read: the run ``output``/LATEST names (the published one), or ``output`` itself when it
-    is a run folder. Only a folder with metadata.json holds a complete run: it is written after every shard."""
-    latest = FileSystems.join(output, LATEST)
-    if FileSystems.exists(latest):
-        with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            folder = FileSystems.join(output, f.read().decode("utf-8").strip())
+    is a run folder. Only a folder with metadata.json holds a complete run: it is written after every shard. A run
+    folder whose run wrote records but was never published is refused (an empty run's is read for its counts)."""
+    folder = latest_run(output)
+    if folder:
         if not FileSystems.exists(FileSystems.join(folder, "metadata.json")):
-            raise FileNotFoundError(f"{folder}, which {latest} names, has no metadata.json: {INCOMPLETE}, or the "
-                                    "output folder was copied or deleted in part")
+            raise FileNotFoundError(f"{folder}, which {FileSystems.join(output, LATEST)} names, has no metadata.json: "
+                                    f"{INCOMPLETE}, or the output folder was copied or deleted in part")
         return folder
-    if FileSystems.exists(FileSystems.join(output, "metadata.json")):
+    metadata = FileSystems.join(output, "metadata.json")
+    if FileSystems.exists(metadata):
+        if read_json(metadata)["counts"]["matched"] and not was_published(output):
+            raise FileNotFoundError(f"{output} holds a run that was never published: its job failed or was killed "
+                                    "after writing metadata.json (or is publishing it now), and the next run "
+                                    "published beside it deletes it; read the output folder (it follows LATEST)")
         return output
     raise FileNotFoundError(f"{output} holds no complete run (no LATEST, no metadata.json): {INCOMPLETE}")
 
