@@ -9,26 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from beam_pipeline import cohorts, options
+from beam_pipeline import options
 
 GCS_PATH = r"^gs:\/\/[^\n\r]+$"
 PARAM_TYPES = {"mimic_cxr_root": "GCS_READ_FOLDER", "mimic_ed_root": "GCS_READ_FOLDER",
                "mimic_iv_root": "GCS_READ_FOLDER", "mimic_ecg_root": "GCS_READ_FOLDER", "output": "GCS_WRITE_FOLDER"}
 
 
-def _text(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def cohort_defaults(field: dataclasses.Field) -> dict[str, str]:
-    """Cohort -> its default for this flag, when some cohort's differs from Config's (else empty)."""
-    chosen = {name: cohorts.get(name).defaults.get(field.name, field.default) for name in cohorts.NAMES}
-    return {name: _text(value) for name, value in chosen.items()} if len(set(map(_text, chosen.values()))) > 1 else {}
-
-
 def _parameter(field: dataclasses.Field) -> dict:
     meta = field.metadata
-    by_cohort = cohort_defaults(field)
+    by_cohort = options.cohort_defaults(field)
     # A defaultValue pre-fills the console's form, and a filled value overrides the chosen cohort's own default:
     # such flags get none, and their help lists each cohort's.
     help_text = meta["help"] + (" Default by cohort: " + "; ".join(f"{c} {v}" for c, v in by_cohort.items()) + "."
@@ -46,7 +36,7 @@ def _parameter(field: dataclasses.Field) -> dict:
     else:
         parameter.update(paramType="TEXT")
     if field.name not in options.REQUIRED_FLAGS and not by_cohort:
-        parameter["defaultValue"] = _text(field.default)
+        parameter["defaultValue"] = options.as_text(field.default)
     return parameter
 
 

@@ -158,7 +158,7 @@ class Config:
     images: bool = _flag(
         "Read and preprocess the JPEGs into the records. false writes notes, labels and features only (no image "
         "files needed).", True, parse=parse_bool)
-    image_size: int = _flag("Side of the square output image in pixels (518 by default; 224 is common).", 518,
+    image_size: int = _flag("Side of the square output image in pixels (224 is common).", 518,
                             parse=int, bounds=(16, 4096))
     resize_mode: str = _flag(
         "pad: keep the aspect ratio and centre on a black square; crop: fill the square and cut the long side "
@@ -282,13 +282,26 @@ def config_from_text(values: dict[str, str]) -> Config:
     return make_config({k: v for k, v in vars(args).items() if v is not None})
 
 
+def as_text(value) -> str:
+    """A flag value as it is typed (tuples comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def cohort_defaults(field: dataclasses.Field) -> dict[str, str]:
+    """Cohort -> its default for this flag, when some cohort's differs from Config's (else empty)."""
+    chosen = {name: cohorts.get(name).defaults.get(field.name, field.default) for name in cohorts.NAMES}
+    return {name: as_text(v) for name, v in chosen.items()} if len(set(map(as_text, chosen.values()))) > 1 else {}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per Config field (defaults stay None so Config's own defaults apply)."""
+    """Add one ``--flag`` per Config field (defaults stay None so Config's or the cohort's defaults apply); the help
+    names each cohort's default where they differ."""
     for field in dataclasses.fields(Config):
         meta = field.metadata
-        default = "" if field.default is dataclasses.MISSING else field.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        notes = ([f"default: {shown!s}"] if shown != "" else []) + (
+        by_cohort = cohort_defaults(field)
+        default = "" if field.default is dataclasses.MISSING else as_text(field.default)
+        notes = ([f"default by cohort: {'; '.join(f'{c} {v}' for c, v in by_cohort.items())}"] if by_cohort else
+                 [f"default: {default}"] if default != "" else []) + (
             ["from {} to {}".format(*meta["bounds"])] if meta["bounds"] else [])
         kwargs = dict(type=meta["parse"], help=f"{meta['help']} ({'; '.join(notes)})" if notes else meta["help"],
                       choices=meta["choices"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -80,3 +82,15 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ValueError) as err:
         config(window_start_hours=math.nan, image_size=8, uncertain_policy="maybe")
     assert str(err.value).count(";") == 2
+
+
+def test_help_names_each_cohorts_default_where_they_differ():
+    """``run --help`` as a user runs it: --image_size is 518 only for ed_cxr, so the help says so per cohort, and a
+    flag every cohort shares keeps its one default."""
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.run", "--help"], capture_output=True, text=True,
+                          check=True)
+    text = " ".join(done.stdout.split())
+    assert ("default by cohort: ed_cxr 518; symile_mimic 320; medfuse_ihm 224; medfuse_phenotyping 224; cxr_ehr 224; "
+            "cxr_report 224;" in text)
+    assert "default by cohort: ed_cxr AP,PA; symile_mimic AP,PA; medfuse_ihm AP;" in text
+    assert "(default: 3; from 1 to 1000)" in text  # --rag_top_k
