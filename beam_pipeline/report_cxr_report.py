@@ -195,8 +195,8 @@ def render(metadata: dict, manifest: list[dict[str, str]], picked: list[dict], n
                        "study counts once: no findings and no impression, a target shorter than "
                        f"{low} or longer than {high} words; first of its subject: {first}. Rejected studies (a "
                        "repeated, conflicting or rejected metadata row of its image, a conflicting label or split "
-                       "row, a missing, empty or unreadable report, an unreadable image) are removed before "
-                       "\"written\".</p>"),
+                       "row, a missing, empty or unreadable report, different copies of a report in the zip, an "
+                       "unreadable image) are removed before \"written\".</p>"),
         _section("splits", "Splits (patient-disjoint)", split_method(metadata.get("split")),
                  _table(["split", "studies", "patients"], split_rows(metadata, FUNNEL.unit), "splits"),
                  "<p>instructions/&lt;split&gt;-*.jsonl hold one line per written study of the split.</p>"),

@@ -2,7 +2,9 @@
 against a direct reading of the rules over the raw files, the instruction JSONL, patient-disjoint splits, the
 release's zip read like the tree; repeated, conflicting or rejected metadata rows reject the study rather than give it
 another image; a missing, empty or damaged report is a reject; with --one_per_subject a rejected first study is never
-replaced by a later one; zip members found under any folder; a wrong --mimic_cxr_reports stopped at launch."""
+replaced by a later one; zip members found under any folder, copies of one report in the zip one report when
+identical and a reject when not; labels and study times against the CSVs; one and two workers write the same bytes;
+a wrong --mimic_cxr_reports stopped at launch."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import datetime as dt
 import filecmp
 import itertools
 import json
+import math
 import re
 import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -166,6 +170,78 @@ def test_instruction_examples_and_patient_disjoint_splits(report_run):
             assert example["split"] == split == rows[example["id"]]["split"]
             seen.add(example["id"])
     assert seen == set(rows)
+
+
+def csv_labels(row: dict[str, str] | None, order: list[str]) -> tuple[list, list[int], list[int]]:
+    """(raw, binary, mask) of a study's chexpert.csv row under --uncertain_policy=zeros, as the README states them:
+    1 -> 1; 0, -1 and blank -> 0, every mask 1; no row, or an all-blank one, is unlabelled (-1, mask 0). Blank is
+    None in raw."""
+    values = [row[label] if row else "" for label in order]
+    if not any(values):
+        return [None] * len(order), [-1] * len(order), [0] * len(order)
+    raw = [float(v) if v else None for v in values]
+    return raw, [int(v == 1.0) for v in raw], [1] * len(order)
+
+
+def csv_study_datetime(date: str, time: str) -> str:
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS[.ffffff], leading zeros dropped) as the records spell it, YYYY-MM-DD
+    HH:MM:SS[.ffffff]: worked out from the text here, not with mimic's parser."""
+    whole, _, fraction = time.partition(".")
+    clock, fraction = whole.zfill(6), fraction[:6].ljust(6, "0")
+    return f"{date[:4]}-{date[4:6]}-{date[6:]} {clock[:2]}:{clock[2:4]}:{clock[4:]}" + (
+        f".{fraction}" if fraction.strip("0") else "")
+
+
+def test_labels_and_study_datetime_match_the_input_csvs(report_tree, report_run):
+    """Every written record's CheXpert labels (raw, binary under the default --uncertain_policy, mask) in the order
+    metadata.json records, and its study_datetime, against the CSVs read here: a swapped label column, another
+    policy or another row's time would pass every other test."""
+    folder, metadata = report_run
+    labels = table_rows(report_tree.cxr, mimic.CXR_CHEXPERT)
+    order = list(labels[0])[2:]  # the file's own column order
+    assert metadata["label_order"] == order == list(mimic.LABELS)
+    assert metadata["config"]["uncertain_policy"] == "zeros"  # the default: the run passed none
+    by_study = {(r["subject_id"], r["study_id"]): r for r in labels}
+    assert len(by_study) == len(labels)  # one row per study in the sample
+    times = defaultdict(set)
+    for r in table_rows(report_tree.cxr, mimic.CXR_METADATA):
+        times[r["dicom_id"]].add((r["StudyDate"], r["StudyTime"]))
+    manifest = {r["dicom_id"]: r for r in manifest_rows(folder)}
+    cases = set()
+    for key, example in examples(folder, "dicom_id").items():
+        dicom_id = key.decode()
+        row = by_study.get((str(example["subject_id"][0]), str(example["study_id"][0])))
+        raw, binary, mask = csv_labels(row, order)
+        assert [None if math.isnan(v) else v for v in example["labels/chexpert"]] == raw, dicom_id
+        assert (example["labels/binary"], example["labels/mask"]) == (binary, mask), dicom_id
+        [(date, time)] = times[dicom_id]
+        assert example["study_datetime"] == [csv_study_datetime(date, time).encode()], dicom_id
+        assert manifest[dicom_id]["study_datetime"] == csv_study_datetime(date, time), dicom_id
+        whole, _, fraction = time.partition(".")
+        cases |= {*raw, "no row" if row is None else "all blank" if not any(mask) else "labeled",
+                  *(["before 10:00"] if len(whole) < 6 else []), *(["a fraction"] if fraction.strip("0") else [])}
+    assert len(manifest) == len(examples(folder, "dicom_id"))
+    assert cases >= {1.0, 0.0, -1.0, None, "no row", "all blank", "labeled", "before 10:00", "a fraction"}
+
+
+def test_one_and_two_workers_write_the_same_bytes(report_tree, report_run, tmp_path):
+    """The byte-identical reruns promised above: the same input and config run in one in-process worker and in two
+    worker processes (other bundles, other processes), and in the README's command (report_run), write the same
+    bytes in every file metadata.json lists, and the same metadata.json but for the run folder it names."""
+    folders = []
+    for workers in (1, 2):
+        run(report_argv(report_tree, report_tree.cxr, tmp_path / f"w{workers}", f"--direct_num_workers={workers}"))
+        folders.append(published(tmp_path / f"w{workers}"))
+    one, *others = [*folders, report_run[0]]
+    metadata = json.loads((one / "metadata.json").read_text())
+    assert metadata["config"]["output"] == str(one) and metadata["counts"]["matched"] > 0
+    assert {name.split("/")[0] for name in metadata["outputs"]["files"]} == {
+        "tfrecords", "manifest", "instructions", "rejects"}
+    text = (one / "metadata.json").read_text().replace(str(one), "RUN")
+    for other in others:
+        for name in metadata["outputs"]["files"]:
+            assert filecmp.cmp(one / name, other / name, shallow=False), (other, name)
+        assert (other / "metadata.json").read_text().replace(str(other), "RUN") == text, other
 
 
 def test_the_release_zip_reads_like_the_tree(report_tree, report_run, tmp_path):
@@ -350,9 +426,9 @@ REPORT = (b"FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n FINDINGS:  The l
            b" IMPRESSION:  No acute process.\n")
 
 
-def reports_zip(path: Path, reports: dict[str, bytes], folder: str = "mimic-cxr-reports/") -> Path:
-    """The release's layout: deflated members under mimic-cxr-reports/ (or ``folder``)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped:
+def reports_zip(path: Path, reports: dict[str, bytes], folder: str = "mimic-cxr-reports/", mode: str = "w") -> Path:
+    """The release's layout: deflated members under mimic-cxr-reports/ (or ``folder``); mode "a" adds them."""
+    with zipfile.ZipFile(path, mode, zipfile.ZIP_DEFLATED) as zipped:
         for relative, text in reports.items():
             zipped.writestr(f"{folder}{relative}", text)
     return path
@@ -426,20 +502,67 @@ def test_a_missing_or_empty_report_is_a_reject_naming_its_path(tmp_path, layout,
     assert passed.target == "The lungs are clear. No effusion. No acute process."
 
 
-def test_a_run_with_a_damaged_zip_member_rejects_that_study_and_the_counts_add_up(report_tree, report_run, tmp_path):
+@pytest.mark.parametrize("broken", ["damaged", "conflicting"])
+def test_a_run_with_a_damaged_or_conflicting_zip_member_rejects_that_study_and_the_counts_add_up(
+        report_tree, report_run, tmp_path, broken):
+    """A damaged member, or a second folder in the zip holding another report at the study's path (and the same
+    bytes at another's, which is still written as before): that study alone is rejected and counted."""
     folder, _ = report_run
-    victim = next(iter(examples(folder, "dicom_id").values()))
-    relative = mimic.report_path(victim["subject_id"][0], victim["study_id"][0])
-    archive = reports_zip(tmp_path / "mimic-cxr-reports.zip", {
-        str(path.relative_to(report_tree.cxr)): path.read_bytes()
-        for path in sorted(Path(report_tree.cxr, "files").rglob("*.txt"))})
-    damage(archive, relative, "deflate")
+    records = iter(examples(folder, "dicom_id").values())
+    victim, copied = next(records), next(records)
+    relative, also = (mimic.report_path(r["subject_id"][0], r["study_id"][0]) for r in (victim, copied))
+    reports = {str(path.relative_to(report_tree.cxr)): path.read_bytes()
+               for path in sorted(Path(report_tree.cxr, "files").rglob("*.txt"))}
+    archive = reports_zip(tmp_path / "mimic-cxr-reports.zip", reports)
+    if broken == "damaged":
+        damage(archive, relative, "deflate")
+    else:
+        reports_zip(archive, {relative: REPORT, also: reports[also]}, "copy/", mode="a")
     metadata = run(report_argv(report_tree, str(archive), tmp_path / "out", ONE_WORKER, "--images=false"))
     out = published(tmp_path / "out")
-    assert [(r["reason"], r["study_id"]) for r in run_rejects(out) if r["reason"] == "unreadable_report"] == [
-        ("unreadable_report", victim["study_id"][0])]
+    reason = "unreadable_report" if broken == "damaged" else "conflicting_report"
+    [reject] = [r for r in run_rejects(out) if r["reason"] in ("unreadable_report", "conflicting_report")]
+    assert (reject["reason"], reject["study_id"]) == (reason, victim["study_id"][0])
+    if broken == "conflicting":
+        assert reject["detail"] == f"{relative}: zip members differ: mimic-cxr-reports/{relative}, copy/{relative}"
+        assert examples(out, "dicom_id")[copied["dicom_id"][0]]["report/target"] == copied["report/target"]
     assert victim["study_id"][0] not in {int(r["study_id"]) for r in manifest_rows(out)}
+    assert metadata["counts"]["rejected_by_reason"][f"report/{reason}"] == 1
     assert adds_up(metadata["counts"])
+
+
+OTHER_REPORT = REPORT.replace(b"No acute process.", b"Small left pleural effusion.")
+
+
+@pytest.mark.parametrize("folders", [("a/", "b/"), ("a/", "a/")])  # two folders; one name written twice
+@pytest.mark.parametrize("second", [REPORT, OTHER_REPORT])
+def test_copies_of_a_report_in_the_zip_are_one_report_when_identical_and_a_reject_when_not(tmp_path, folders,
+                                                                                           second):
+    """Members at one report path used to be resolved to the last in the archive. The same bytes are the report;
+    different bytes reject the study as conflicting_report naming every member (never the text), and the launch
+    check lets the zip through: one doubtful report costs its study, not the job."""
+    relative = mimic.report_path(10000001, 50000001)
+    archive = reports_zip(tmp_path / "mimic-cxr-reports.zip", {relative: REPORT}, folders[0])
+    with warnings.catch_warnings():  # zipfile warns of a name written twice; that is the case
+        warnings.simplefilter("ignore")
+        reports_zip(archive, {relative: second}, folders[1], mode="a")
+    check_reports(str(archive), BeamSource())
+    reader = ReadReports(str(archive), BeamSource(), 1, 100)
+    reader.setup()
+    record = study(10000001, 50000001)
+    out = list(reader.process(record))
+    written = [o.target for o in out if not isinstance(o, TaggedOutput)]
+    if second == REPORT:
+        assert len(out) == 1 and written == ["The lungs are clear. No effusion. No acute process."]
+        return
+    assert written == []
+    members = ", ".join(folder + relative for folder in folders)
+    assert [o.value for o in out if o.tag == accounting.REJECTS] == [{
+        "stage": "report", "reason": "conflicting_report", "subject_id": 10000001, "study_id": 50000001,
+        "dicom_id": "d50000001", "detail": f"{relative}: zip members differ: {members}"}]
+    assert [o.value for o in out if o.tag == accounting.EVENTS] == [("rejects/report/conflicting_report", 1),
+                                                                    ("rejected", 1)]
+    assert [o.value for o in out if o.tag == UNUSABLE] == [(10000001, (record.study_time, 50000001))]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -449,14 +572,17 @@ MIRROR = "physionet.org/files/mimic-cxr/2.1.0/"  # a zipped wget mirror: its fir
 
 
 def test_report_members_are_keyed_by_their_path_in_the_tree():
-    assert report_members(["mimic-cxr-reports/", "mimic-cxr-reports/files/p10/p10000001/s5.txt", "files/a.txt",
-                           "mimic-cxr-reports/files/p10/p10000001/s5.jpg", "README.txt",
-                           f"{MIRROR}files/p10/p10000002/s6.txt", "myfiles/files/p11/p11000003/s7.txt",
-                           "files/p12/p12000004/s8.txt", f"{MIRROR}files/p10/p10000002/notes.txt"]) == {
-        "files/p10/p10000001/s5.txt": "mimic-cxr-reports/files/p10/p10000001/s5.txt",
-        "files/p10/p10000002/s6.txt": f"{MIRROR}files/p10/p10000002/s6.txt",
-        "files/p11/p11000003/s7.txt": "myfiles/files/p11/p11000003/s7.txt",
-        "files/p12/p12000004/s8.txt": "files/p12/p12000004/s8.txt"}
+    names = ["mimic-cxr-reports/", "mimic-cxr-reports/files/p10/p10000001/s5.txt", "files/a.txt",
+             "mimic-cxr-reports/files/p10/p10000001/s5.jpg", "README.txt", f"{MIRROR}files/p10/p10000002/s6.txt",
+             "myfiles/files/p11/p11000003/s7.txt", "files/p12/p12000004/s8.txt",
+             f"{MIRROR}files/p10/p10000002/notes.txt", "copy/files/p10/p10000001/s5.txt"]
+    assert {path: [m.filename for m in members]
+            for path, members in report_members(map(zipfile.ZipInfo, names)).items()} == {
+        "files/p10/p10000001/s5.txt": ["mimic-cxr-reports/files/p10/p10000001/s5.txt",
+                                       "copy/files/p10/p10000001/s5.txt"],  # every copy, in archive order
+        "files/p10/p10000002/s6.txt": [f"{MIRROR}files/p10/p10000002/s6.txt"],
+        "files/p11/p11000003/s7.txt": ["myfiles/files/p11/p11000003/s7.txt"],
+        "files/p12/p12000004/s8.txt": ["files/p12/p12000004/s8.txt"]}
 
 
 @pytest.mark.parametrize("name, folder", [("mirror.zip", MIRROR), ("myfiles.zip", "myfiles/reports/"),

@@ -13,7 +13,10 @@ Definition (cohort-definitions.md §D and §E; differences from the original: RE
               (NOTIFICATION tail, de-identification underscores, whitespace); target = findings + " " + impression,
               kept when --min_words <= words <= --max_words (20-65, as the original). MIMIC-CXR has a report for
               every study, so a missing file is bad input: rejected (report/missing_report), like an empty or blank
-              one (report/empty_report) and an unreadable one (report/unreadable_report), the path in the detail
+              one (report/empty_report) and an unreadable one (report/unreadable_report), the path in the detail. A
+              zip's members at one path (under two folders, or one name twice) are the report when their bytes are
+              the same, and reject the study when they differ (report/conflicting_report, the member names in the
+              detail): never one of them by archive order
     first     --one_per_subject (the classification variant): per subject, the earliest study (time, study_id) that
               no report rule dropped. A later study never stands in for it: when a study rejected before this choice
               may precede it (join or report rejects; a study whose every kept-view row was rejected at read has an
@@ -206,10 +209,19 @@ def report_problem(relative: str, text: str | None) -> tuple[str, str] | None:
     return None
 
 
+class ConflictingReport(Exception):
+    """Members of the zip at one report path whose bytes differ (their names, never their text): which one is the
+    study's report is not known."""
+
+
 class ReadReports(beam.DoFn):
     """StudyRecord -> the same with its sections and target, or counted by why it has none (DROPS), or rejected
-    (missing, empty or unreadable). The reports are a tree of .txt files or the release's zip (opened once per
-    worker; members found by their path in the tree, REPORT_MEMBER)."""
+    (missing, empty, unreadable, or conflicting copies in the zip). The reports are a tree of .txt files or the
+    release's zip (opened once per worker; members found by their path in the tree, REPORT_MEMBER).
+
+    Several members at one path are judged per study, not at launch: telling identical copies (one report, as
+    exact copies of a metadata row are one row) from different ones means reading them, too slow for the launch
+    check on a whole zip, and one doubtful report should cost its study, not the job."""
 
     def __init__(self, reports: str, source, min_words: int, max_words: int):
         self._reports = reports
@@ -220,19 +232,24 @@ class ReadReports(beam.DoFn):
         self._zip = self._members = None
         if is_zip(self._reports):
             self._zip = zipfile.ZipFile(self._source.open(self._reports))
-            self._members = report_members(self._zip.namelist())
+            self._members = report_members(self._zip.infolist())
 
     def _read(self, relative: str) -> bytes | None:
-        if self._zip is not None:
-            name = self._members.get(relative)
-            try:
-                return None if name is None else self._zip.read(name)
-            except RequesterPaysError:  # the bucket, not the member: stop the job naming the flag
-                raise
-            except DAMAGED_MEMBER as err:  # only this report is lost: rejected below like any unreadable one
-                raise zipfile.BadZipFile(repr(err)) from err
-        path = FileSystems.join(self._reports, relative)
-        return self._source.read(path) if self._source.exists(path) else None
+        """The report's bytes, None when there is none. Every member of the zip at the path is read: copies that are
+        the same bytes are the report; copies that differ raise ConflictingReport."""
+        if self._zip is None:
+            path = FileSystems.join(self._reports, relative)
+            return self._source.read(path) if self._source.exists(path) else None
+        members = self._members.get(relative, [])
+        try:
+            copies = [self._zip.read(member) for member in members]
+        except RequesterPaysError:  # the bucket, not the member: stop the job naming the flag
+            raise
+        except DAMAGED_MEMBER as err:  # only this report is lost: rejected below like any unreadable one
+            raise zipfile.BadZipFile(repr(err)) from err
+        if any(copy != copies[0] for copy in copies[1:]):
+            raise ConflictingReport(", ".join(member.filename for member in members))
+        return copies[0] if copies else None
 
     def process(self, record: StudyRecord):
         relative = mimic.report_path(record.subject_id, record.study_id)
@@ -242,6 +259,8 @@ class ReadReports(beam.DoFn):
             problem = report_problem(relative, text)
         except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
             problem = ("unreadable_report", f"{relative}: {type(err).__name__}: {err}")
+        except ConflictingReport as err:
+            problem = ("conflicting_report", f"{relative}: zip members differ: {err}")
         if problem:
             yield from reject_study("report", problem, record.subject_id, record.study_id, record.dicom_id,
                                     record.study_time)
@@ -263,9 +282,15 @@ def is_zip(reports: str) -> bool:
     return reports.lower().endswith(".zip")
 
 
-def report_members(names: list[str]) -> dict[str, str]:
-    """files/pXX/pXXXXXXXX/sNNNNNNNN.txt -> its name in the zip, which may nest the tree in folders (REPORT_MEMBER)."""
-    return {match.group(1): name for name in names if (match := REPORT_MEMBER.search(name))}
+def report_members(members: Iterable[zipfile.ZipInfo]) -> dict[str, list[zipfile.ZipInfo]]:
+    """files/pXX/pXXXXXXXX/sNNNNNNNN.txt -> its members in the zip (which may nest the tree in folders, REPORT_MEMBER),
+    in archive order: every one, since two folders, or one name written twice, may hold a path (reading by name
+    would give the last)."""
+    found: dict[str, list[zipfile.ZipInfo]] = defaultdict(list)
+    for member in members:
+        if match := REPORT_MEMBER.search(member.filename):
+            found[match.group(1)].append(member)
+    return dict(found)
 
 
 def check_reports(reports: str, source) -> None:
@@ -280,7 +305,7 @@ def check_reports(reports: str, source) -> None:
             if not source.exists(reports):
                 raise InputError(f"{where}: no such file")
             with source.open(reports) as raw, zipfile.ZipFile(raw) as archive:
-                found = report_members(archive.namelist())
+                found = report_members(archive.infolist())
         else:  # listed lazily: the first report ends the search
             found = FileSystems.match([FileSystems.join(reports, "files", "p*", "p*", "s*.txt")],
                                       limits=[1])[0].metadata_list
