@@ -8,6 +8,7 @@ a wrong --mimic_cxr_reports stopped at launch."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
 import filecmp
@@ -385,20 +386,28 @@ def test_repeated_conflicting_and_rejected_metadata_rows_on_the_sample(report_tr
     """The review's cases on the sample: one dicom_id under two studies of a subject (with its split row; it used to
     stop the job on the duplicate record key), a second, different row of a written dicom_id (its bogus time used
     to be written), a smaller dicom_id with an unreadable time beside a written one (the next image used to be
-    written). Each study is rejected, named; the run finishes and its counts add up."""
+    written), and a row with a field too many, rejected when read (no dicom_id, no view, no trusted study_id: it may
+    be the smallest image of any study of its subject). Each study is rejected, named; the run finishes and its
+    counts add up."""
     folder, _ = report_run
     written = sorted((int(r["subject_id"]), int(r["study_id"]), r["dicom_id"]) for r in manifest_rows(folder))
     twice = next(s for s, _, _ in written if sum(w[0] == s for w in written) > 1)
     (_, first, first_dicom), (_, second, _) = [w for w in written if w[0] == twice][:2]
     conflicting, rejected = [w for w in written if w[0] != twice][:2]
+    unreadable = next(w for w in written if w[0] not in {twice, conflicting[0], rejected[0]})
     rows = table_rows(report_tree.cxr, mimic.CXR_METADATA)
     row = {r["dicom_id"]: r for r in rows}
+    smallest = defaultdict(list)  # the unreadable row's subject: each PA study's smallest dicom_id
+    for r in rows:
+        if int(r["subject_id"]) == unreadable[0] and r["ViewPosition"] == "PA":
+            smallest[int(r["study_id"])].append(r["dicom_id"])
     rows += [dict(row[first_dicom], dicom_id="00000000-dup"), dict(row[first_dicom], dicom_id="00000000-dup",
                                                                    study_id=str(second)),
              dict(row[conflicting[2]], StudyTime="10000.0", Rows="1"),
              dict(row[rejected[2]], dicom_id="00000000-bad", StudyTime="250000.0")]
     cxr = tmp_path / "cxr"
-    write_table(cxr, mimic.CXR_METADATA, rows)
+    with write_table(cxr, mimic.CXR_METADATA, rows, gz=False).open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerow([*(row[unreadable[2]][c] for c in mimic.CXR_METADATA.header), "x"])
     write_table(cxr, mimic.CXR_SPLIT, [*table_rows(report_tree.cxr, mimic.CXR_SPLIT), {
         "dicom_id": "00000000-dup", "study_id": first, "subject_id": twice, "split": "train"}])
     shutil.copy(Path(report_tree.cxr, mimic.CXR_CHEXPERT.basename + ".csv.gz"), cxr)
@@ -409,11 +418,15 @@ def test_repeated_conflicting_and_rejected_metadata_rows_on_the_sample(report_tr
         sorted([("dicom_id_of_several_studies", first, "00000000-dup"),
                 ("dicom_id_of_several_studies", second, "00000000-dup"),
                 ("conflicting_cxr_metadata", conflicting[1], conflicting[2]),
-                ("cxr_row_rejected", rejected[1], rejected[2])])
+                ("cxr_row_rejected", rejected[1], rejected[2]),
+                *(("cxr_row_rejected", study, min(ids)) for study, ids in smallest.items())])
+    assert [(r["reason"], r["subject_id"]) for r in run_rejects(out) if r["stage"] == "read"] == [
+        ("wrong_field_count", unreadable[0])]
     manifest = {int(r["study_id"]): r for r in manifest_rows(out)}
-    assert not {first, second, conflicting[1], rejected[1]} & set(manifest)
+    lost = {first, second, conflicting[1], rejected[1], *smallest}
+    assert unreadable[1] in smallest and not lost & set(manifest)
     broken = {r["study_id"] for r in run_rejects(folder) if r["stage"] == "images"}  # written here: no images read
-    assert set(manifest) - broken == {w[1] for w in written} - {first, second, conflicting[1], rejected[1]}
+    assert set(manifest) - broken == {w[1] for w in written} - lost
     c = metadata["counts"]
     assert c["duplicates"] == {"identical_rows": {"cxr_metadata": 1}, "conflicting_keys": {"cxr_metadata": 2}}
     assert c["rejected_by_reason"]["join/dicom_id_of_several_studies"] == 2 and adds_up(c)

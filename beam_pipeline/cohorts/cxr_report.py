@@ -78,8 +78,9 @@ DAMAGED_MEMBER = (zlib.error, EOFError, lzma.LZMAError, NotImplementedError, Run
 # A report's path in the tree, at the end of a zip member's name under any folders (the release's
 # mimic-cxr-reports/, a mirror's physionet.org/files/mimic-cxr/2.1.0/): the first "files/" is not always the tree's.
 REPORT_MEMBER = re.compile(r"(?:^|/)(files/p\d\d/p\d+/s\d+\.txt)$")
-# Kept-view metadata rows rejected at read (metadata/ rejects): a reject line holds ids, not the row, so one of the
-# study whose dicom_id is not above the chosen one may be the study's smallest.
+# Metadata rows rejected when read (read/: any view, no dicom_id) or typed (metadata/: a kept view): a reject line
+# holds ids, not the row, so one of the study whose dicom_id is unknown or not above the chosen one may be the
+# study's smallest.
 CXR_REJECTS = RowRejects("cxr", mimic.CXR_METADATA.name,
                          "the study's smallest kept-view dicom_id may be a rejected row")
 # Tag of the studies rejected before --one_per_subject's choice: (subject_id, (study time or None, study_id)).
@@ -434,7 +435,8 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"]),
-             CXR_REJECTS.tag: CXR_REJECTS.keyed(images[accounting.REJECTS])}
+             CXR_REJECTS.tag: CXR_REJECTS.keyed((reads["cxr_metadata"][accounting.REJECTS],
+                                                 images[accounting.REJECTS]) | "MetadataRowRejects" >> beam.Flatten())}
     if "cxr_split" in reads:
         keyed["splits"] = key_by_subject("Key splits", reads["cxr_split"].rows)
     chosen = study_stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",

@@ -359,8 +359,10 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
-    for table, rejects in ROW_REJECTS.items():  # kept-view images: metadata/ rejects, with their read rejects
-        keyed[rejects.tag] = rejects.keyed(images[accounting.REJECTS] if table == mimic.CXR_METADATA.name
+    metadata_rejects = ((reads[mimic.CXR_METADATA.name][accounting.REJECTS], images[accounting.REJECTS])
+                        | "MetadataRowRejects" >> beam.Flatten())  # rows rejected when read or typed
+    for table, rejects in ROW_REJECTS.items():
+        keyed[rejects.tag] = rejects.keyed(metadata_rejects if table == mimic.CXR_METADATA.name
                                            else reads[table][accounting.REJECTS])
     admissions = reads["admissions"].rows | "OneSubjectPerHadmId" >> OneSubjectPerId(
         "hadm_id", lambda r: (r["hadm_id"], r["subject_id"], None), "join", unit="admissions")
