@@ -386,9 +386,10 @@ class RowError(ValueError):
 
 
 def int_or_none(text: str | None) -> int | None:
-    """An id for a reject row, when the text is one."""
+    """An id for a reject row, when the text is one (ASCII, as type_value reads it: "1_0000032" is no id, or the
+    reject would be tied to subject 10000032)."""
     try:
-        return int(text)
+        return _number(text, _INT_RE, int)
     except (TypeError, ValueError):
         return None
 

@@ -127,3 +127,10 @@ def test_plain_ascii_numbers_still_parse():
            "StudyDate": "21800723", "StudyTime": "80556"}
     with pytest.raises(mimic.RowError, match="bad_int"):
         mimic.parse_image_row(raw)
+
+
+def test_reject_lines_take_the_same_ascii_ids():
+    """A row whose subject_id is "1_0000032" is rejected as bad_int; its reject line must not name subject 10000032
+    (the join would reject that real subject's units for it)."""
+    assert [mimic.int_or_none(t) for t in ("10000032", " 7 ", "1_0000032", "１２", "", None)] == [
+        10000032, 7, None, None, None, None]
