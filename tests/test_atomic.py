@@ -207,6 +207,17 @@ def test_keep_runs_on_gcs_keeps_only_published_runs(previous, gcs_server, tmp_pa
     assert not list(client.list_blobs("atomic", prefix=f"{tmp_path.name}/runs/{failed}/"))
 
 
+def test_copies_of_runs_without_latest_beside_them_are_read(previous, tmp_path):
+    """A copied runs/ folder (or one run copied into another runs/ folder) has no LATEST to tell published from
+    never published: readers take it, as they take a copy anywhere else, instead of refusing the published run."""
+    _, output, metadata, _ = previous
+    published = Path(metadata["config"]["output"]).name
+    shutil.copytree(output / "runs", tmp_path / "copy" / "runs")
+    shutil.copytree(output / "runs" / published, tmp_path / "one" / "runs" / published)
+    for folder in (tmp_path / "copy" / "runs" / published, tmp_path / "one" / "runs" / published):
+        assert open_run(str(folder))[1] == metadata
+
+
 def test_a_killed_first_run_leaves_no_run_and_readers_say_so(previous, tmp_path):
     flags, _, _, _ = previous
     output = tmp_path / "out"

@@ -324,11 +324,12 @@ def _unpublished(output: str, runs: dict[str, list[str]], publishing: str = "") 
 
 
 def was_published(folder: str) -> bool:
-    """Whether the complete run ``folder`` was published; one outside a runs/ folder (a copy, the legacy layout)
-    cannot be told and counts as published."""
+    """Whether the complete run ``folder`` was published. One that cannot be told counts as published: outside a
+    runs/ folder (a copy, the legacy layout), or in a runs/ folder without LATEST beside it (a copy of the folder or
+    of one run; or an output whose first publish never happened)."""
     runs_dir, name = FileSystems.split(folder.rstrip("/"))
     output, parent = FileSystems.split(runs_dir)
-    return parent != RUNS or name not in _unpublished(output, _runs(output))
+    return parent != RUNS or not latest_run(output) or name not in _unpublished(output, _runs(output))
 
 
 def previous_runs(output: str, keep: str, keep_complete: bool) -> list[tuple[str, list[str], str]]:
