@@ -254,6 +254,8 @@ def test_an_xray_in_overlapping_stays_goes_to_the_one_in_progress_not_a_later_on
     for stays in ([long, short], [short, long]):
         assert select_stay(ten + 5 * H, stays, 0, 24)["stay_id"] == 30000001
         assert select_stay(ten + 21 * H, stays, 0, 24)["stay_id"] == 30000002
+    open_ended = {**long, "outtime": None}  # a departure not known is never passed (after_departure)
+    assert select_stay(ten + 5 * H, [short, open_ended], 0, 24)["stay_id"] == 30000001
     with test_pipeline() as p:
         out = _link(p, within_ed_stay=True, images=[_image("d1", ten + 5 * H)], stays=[short, long])
         assert_that(out.linked | beam.Map(lambda lk: (lk.stay["stay_id"], after_departure(lk.image.study_time,
