@@ -22,7 +22,7 @@ import json
 
 from beam_pipeline import accounting, cohorts, kb, mimic, models
 from beam_pipeline.fileio.csv_tables import InputError, ReadMimicTable, resolve_and_check
-from beam_pipeline.fileio.outputs import is_local_path
+from beam_pipeline.fileio.outputs import LOCAL_OUTPUT, is_local_path
 from beam_pipeline.fileio.sharded import AssertUniqueKeys
 from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.options import Config
@@ -46,7 +46,7 @@ def check_remote_inputs(config: Config, flex_launcher: bool = False) -> None:
         if not path or not is_local_path(path):
             continue
         if name == "output":
-            raise InputError(f"--output={path} is a local path, which remote workers cannot write; use a gs:// folder")
+            raise InputError(LOCAL_OUTPUT.format(path))
         reader = "remote workers" if name in WORKER_INPUTS else "the Flex Template launcher"
         raise InputError(f"--{name}={path} is a local path, which {reader} cannot read; use a gs:// path (copy it "
                          "to a bucket)")

@@ -232,13 +232,13 @@ def test_images_of_a_subject_with_a_rejected_stay_row_are_rejected_never_linked_
     the X-ray at +1 h belongs to (a valid earlier stay must not take it, with that stay's arrival mode and vitals),
     or the stay of the X-ray at +48 h. Both are stay_row_rejected; another subject's unmatched X-ray stays
     no_ed_stay."""
-    detail = ("edstays rows of this subject rejected at read: bad_timestamp,outtime_before_intime; one may be the "
-              "X-ray's stay (a reject line holds no times)")
+    detail = ("one may be the X-ray's stay, whose times are unknown; edstays rows of this subject rejected: "
+              "bad_timestamp,outtime_before_intime")
     with test_pipeline() as p:
         out = _link(p, images=[_image("d-valid", T0 + H, 50000001), _image("d-lost", T0 + 48 * H, 50000002),
                                _image("d-other", T0 + H, 50000003, subject_id=10000099)],
                     stays=[stay(30000001, T0)],
-                    rejected_stays=[_read_reject("outtime_before_intime"), _read_reject("bad_timestamp")])
+                    rejected_edstays=[_read_reject("outtime_before_intime"), _read_reject("bad_timestamp")])
         assert_that(_ids(out), equal_to([]))
         assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"], r["detail"])), equal_to([
             ("d-valid", "stay_row_rejected", detail), ("d-lost", "stay_row_rejected", detail)]), label="Rejects")

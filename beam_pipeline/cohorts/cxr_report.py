@@ -63,8 +63,8 @@ from beam_pipeline.pipeline import checks_before_images, gather, image_stage, ke
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (KeyLabelRejects, RowRejects, Unique, duplicate_events, label_problem,
-                                          rejected_reasons, unique_images, unique_rows)
+from beam_pipeline.transforms.join import (KeyLabelRejects, RowRejects, Unique, duplicate_events, group_by,
+                                          label_problem, rejected_labels, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -149,14 +149,7 @@ def image_problem(study_id: int, dicom_id: str, images: Unique, read_rejects: It
                 f"{images.table} dicom_id={dicom_id} under study_ids {','.join(map(str, studies))} of this subject")
     smaller = [r for r in read_rejects
                if r["study_id"] in (study_id, None) and (r["dicom_id"] or "").strip() <= dicom_id]
-    return images.conflict(dicom_id) or CXR_REJECTS.problem({CXR_REJECTS.tag: smaller})
-
-
-def _by_study(rows: Iterable[dict]) -> dict[int | None, list[dict]]:
-    grouped = defaultdict(list)
-    for row in rows:
-        grouped[row["study_id"]].append(row)
-    return dict(grouped)
+    return images.conflict(dicom_id) or CXR_REJECTS.problem_of(smaller)
 
 
 class ChooseStudyImages(beam.DoFn):
@@ -174,9 +167,8 @@ class ChooseStudyImages(beam.DoFn):
         labels = unique_rows(groups.get("labels", ()), mimic.CXR_CHEXPERT.name, "study_id")
         splits = unique_rows(groups.get("splits", ()), mimic.CXR_SPLIT.name, "dicom_id")
         yield from duplicate_events((images, labels, splits))
-        rejected = {study: rejected_reasons(rows)
-                    for study, rows in _by_study(groups.get("rejected_labels", ())).items()}
-        read_rejects = _by_study(groups.get(CXR_REJECTS.tag, ()))
+        rejected = rejected_labels(groups)
+        read_rejects = group_by(groups.get(CXR_REJECTS.tag, ()), "study_id")
         smallest = smallest_dicom_ids(images)
         for study_id, dicom_id in sorted(smallest.items()):
             yield accounting.event("studies")

@@ -28,8 +28,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import (REJECTED_LABELS, REJECTED_STAYS, ROW_REJECTS, KeyLabelRejects,
-                                          KeyRejectsBySubject, LinkImagesToStays)
+from beam_pipeline.transforms.join import REJECTED_LABELS, ROW_REJECTS, KeyLabelRejects, LinkImagesToStays
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage
 from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
 from beam_pipeline.transforms.records import BuildRecord
@@ -71,8 +70,6 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
             keyed[tag] = key_by_subject(f"Key {tag}", reads[table.name].rows)
     # Read rejects that the join can tie to images: those images are rejected for them, never counted as no_ed_stay,
     # written unlabelled or written without a row their record would hold (join.ROW_REJECTS).
-    keyed[REJECTED_STAYS] = (reads[mimic.EDSTAYS.name][accounting.REJECTS]
-                             | f"Key {REJECTED_STAYS}" >> KeyRejectsBySubject())
     keyed[REJECTED_LABELS] = (reads[mimic.CXR_CHEXPERT.name][accounting.REJECTS]
                               | f"Key {REJECTED_LABELS}" >> KeyLabelRejects(images["images"]))
     for rejects in ROW_REJECTS:

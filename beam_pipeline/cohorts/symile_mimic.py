@@ -49,7 +49,7 @@ from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_p
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import (KeyLabelRejects, OneSubjectPerId, RowRejects, duplicate_events,
-                                          label_problem, rejected_reasons, unique_images, unique_rows)
+                                          label_problem, rejected_labels, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.windows import Window, choose, in_window
@@ -150,10 +150,7 @@ class SelectAdmissions(beam.DoFn):
         labs_by_item: dict[int, list[dict]] = defaultdict(list)
         for row in lab_rows.candidates():
             labs_by_item[row["itemid"]].append(row)
-        labels_rejected = defaultdict(list)
-        for row in groups.get("rejected_labels", ()):
-            labels_rejected[row["study_id"]].append(row)
-        labels_rejected = {study: rejected_reasons(rows) for study, rows in labels_rejected.items()}
+        labels_rejected = rejected_labels(groups)
         rejected = {rejects.name: rejects.problem(groups) for rejects in ROW_REJECTS.values()}
         for hadm_id in sorted([*admissions.rows, *admissions.conflicts]):
             yield accounting.event("admissions")

@@ -44,6 +44,7 @@ MANIFEST_COLUMNS = ("subject_id", "study_id", "dicom_id", "stay_id", "split", "s
                     "ed_outtime", "hours_from_arrival", "after_ed_departure")
 LAYOUT = ("manifest", "tfrecords", "rejects", "audit", "metadata.json")  # inside a run folder
 LATEST = "LATEST"
+LOCAL_OUTPUT = "--output={} is a local path, which remote workers cannot write; use a gs:// folder"
 PUBLISHED = "PUBLISHED"  # inside a run folder that LATEST named before it moved on to another run
 RUNS = "runs"
 RUN_ID = "%Y%m%dT%H%M%S%fZ"  # a run folder's name: its UTC start time
@@ -134,8 +135,7 @@ def check_output(output: str, replace: bool, local_workers: bool) -> None:
     """At launch: the output can be written (where the workers write: remote workers cannot reach a local path), and
     it holds no published run unless the user asked to replace it (--overwrite or --keep_runs)."""
     if not local_workers and is_local_path(output):
-        raise OutputNotWritableError(f"--output={output} is a local path, which remote workers cannot write; "
-                                     "use a gs:// folder")
+        raise OutputNotWritableError(LOCAL_OUTPUT.format(output))
     check_writable(output)
     latest = FileSystems.join(output, LATEST)
     existing = ([latest] if FileSystems.exists(latest) else []) + legacy_outputs(output)

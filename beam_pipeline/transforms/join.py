@@ -19,7 +19,7 @@ Conflicts (README "Bad input"): in the tables with one row per key (``ONE_ROW_PE
 (``duplicates/identical_rows/<table>``); a key whose rows differ is counted (``duplicates/conflicting_keys/<table>``)
 and never used: every image that would use it is rejected (``conflicting_<table>``); a conflicting stay takes part in
 stay selection with each of its versions, and an image for which any version would be chosen is rejected. Rows
-rejected when read are known here per subject (``REJECTED_STAYS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): every
+rejected when read are known here per subject (``STAY_REJECTS``, ``REJECTED_LABELS``, ``ROW_REJECTS``): every
 image of a subject with an edstays row rejected is ``stay_row_rejected`` (the rejected stay may be its own, whose
 times are unknown: neither no_ed_stay nor linked to another stay); an image whose study had a CheXpert row rejected
 (or that has no label row while a row of its subject with an unreadable study_id was rejected) is
@@ -50,7 +50,7 @@ ONE_ROW_PER = {  # CoGroupByKey tag -> (table, key) of the tables with one row p
     "labels": (mimic.CXR_CHEXPERT.name, "study_id"),
     "splits": (mimic.CXR_SPLIT.name, "dicom_id"),
 }
-REJECTED_STAYS, REJECTED_LABELS = "rejected_stays", "rejected_labels"  # tags: read rejects of edstays, chexpert
+REJECTED_LABELS = "rejected_labels"  # tag: read rejects of cxr_chexpert (keyed by study too: KeyLabelRejects)
 @dataclasses.dataclass(frozen=True)
 class Linked:
     """One kept image with its stay and the rows of that stay known at the study time."""
@@ -244,16 +244,21 @@ class RowRejects:
 
     def problem(self, groups: Mapping[str, Iterable[Row]]) -> tuple[str, str] | None:
         """(reason, detail) when the subject's ``groups`` hold reject lines of the table, else None."""
-        reasons = rejected_reasons(groups.get(self.tag, ()))
+        return self.problem_of(groups.get(self.tag, ()))
+
+    def problem_of(self, rejects: Iterable[Row]) -> tuple[str, str] | None:
+        """(reason, detail) when ``rejects`` (reject lines of the table's rows) is not empty, else None."""
+        reasons = rejected_reasons(rejects)
         return (f"{self.name}_row_rejected", f"{self.why}; {self.table} rows of this subject rejected: {reasons}"
                 ) if reasons else None
 
 
 FROM_ARRIVAL = "the stay's rows up to the X-ray (used from arrival on) may include it"
+STAY_REJECTS = RowRejects("stay", mimic.EDSTAYS.name, "one may be the X-ray's stay, whose times are unknown")
 PATIENT_REJECTS = RowRejects("patient", mimic.PATIENTS.name, "age and sex come from the patients row")
 ARRIVAL_REJECTS = tuple(RowRejects(name, table.name, FROM_ARRIVAL) for name, table in (
     ("triage", mimic.TRIAGE), ("vitalsign", mimic.VITALSIGN), ("medrecon", mimic.MEDRECON), ("pyxis", mimic.PYXIS)))
-ROW_REJECTS = (PATIENT_REJECTS, *ARRIVAL_REJECTS)  # the other read rejects a linked image may need
+ROW_REJECTS = (STAY_REJECTS, PATIENT_REJECTS, *ARRIVAL_REJECTS)  # the read rejects a kept image may need
 
 
 class KeyRejectsBySubject(beam.PTransform):
@@ -263,6 +268,12 @@ class KeyRejectsBySubject(beam.PTransform):
     def expand(self, rejects):
         return (rejects | "Attributable" >> beam.Filter(lambda r: r["subject_id"] is not None)
                 | "KeyBySubject" >> beam.Map(lambda r: (r["subject_id"], r)))
+
+
+def rejected_labels(groups: Mapping[str, Iterable[Row]]) -> dict[Any, str]:
+    """study_id -> the reasons its CheXpert rows were rejected at read (``REJECTED_LABELS``; for label_problem)."""
+    return {study: rejected_reasons(rows) for study, rows in group_by(groups.get(REJECTED_LABELS, ()),
+                                                                      "study_id").items()}
 
 
 def label_problem(study_id: int, labels: Unique, rejected: Mapping[Any, str]) -> tuple[str, str] | None:
@@ -323,22 +334,20 @@ class LinkSubject(beam.DoFn):
         stays, triage, patients, labels, splits, vital_rows = (
             unique[t] for t in ("stays", "triage", "patients", "labels", "splits", "vitals"))
         candidates = stays.candidates()
-        stays_rejected = rejected_reasons(groups.get(REJECTED_STAYS, ()))
+        stay_rejected = STAY_REJECTS.problem(groups)
         patient_rejected = PATIENT_REJECTS.problem(groups)
         arrival_rejected = next(filter(None, (rejects.problem(groups) for rejects in ARRIVAL_REJECTS)), None)
-        labels_rejected = {study: rejected_reasons(rows)
-                           for study, rows in _group(groups.get(REJECTED_LABELS, ()), "study_id").items()}
-        vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in _group(rows, "stay_id").items()}
+        labels_rejected = rejected_labels(groups)
+        vitals, medrecon, pyxis = ({stay: in_time_order(rows) for stay, rows in group_by(rows, "stay_id").items()}
                                    for rows in (vital_rows.rows.values(), groups["medrecon"], groups["pyxis"]))
         for image in images:
             t = image.study_time
             stay = select_stay(t, candidates, self._start, self._end)
-            if stay is None and not stays_rejected:
+            if stay is None and not stay_rejected:
                 yield accounting.event("no_ed_stay")
                 continue
-            if stays_rejected:
-                problem = ("stay_row_rejected", f"edstays rows of this subject rejected at read: {stays_rejected}; "
-                                                "one may be the X-ray's stay (a reject line holds no times)")
+            if stay_rejected:
+                problem = stay_rejected
             else:
                 arrived = stay["intime"] <= t
                 problem = (stays.conflict(stay["stay_id"])
@@ -372,7 +381,8 @@ class LinkSubject(beam.DoFn):
             )
 
 
-def _group(rows: Iterable[Row], key: str) -> dict[Any, list[Row]]:
+def group_by(rows: Iterable[Row], key: str) -> dict[Any, list[Row]]:
+    """Rows by the value of ``key``, in input order."""
     grouped: dict[Any, list[Row]] = defaultdict(list)
     for row in rows:
         grouped[row[key]].append(row)
