@@ -551,8 +551,8 @@ OTHER_REPORT = REPORT.replace(b"No acute process.", b"Small left pleural effusio
 @pytest.mark.parametrize("second", [REPORT, OTHER_REPORT])
 def test_copies_of_a_report_in_the_zip_are_one_report_when_identical_and_a_reject_when_not(tmp_path, folders,
                                                                                            second):
-    """Members at one report path used to be resolved to the last in the archive. The same bytes are the report;
-    different bytes reject the study as conflicting_report naming every member (never the text), and the launch
+    """Members at one report path used to be resolved to the last in the archive. The same bytes are the report
+    (the extra copy counted under duplicates/identical_rows/report); different bytes reject the study as conflicting_report naming every member (never the text), and the launch
     check lets the zip through: one doubtful report costs its study, not the job."""
     relative = mimic.report_path(10000001, 50000001)
     archive = reports_zip(tmp_path / "mimic-cxr-reports.zip", {relative: REPORT}, folders[0])
@@ -565,8 +565,9 @@ def test_copies_of_a_report_in_the_zip_are_one_report_when_identical_and_a_rejec
     record = study(10000001, 50000001)
     out = list(reader.process(record))
     written = [o.target for o in out if not isinstance(o, TaggedOutput)]
-    if second == REPORT:
-        assert len(out) == 1 and written == ["The lungs are clear. No effusion. No acute process."]
+    if second == REPORT:  # one report, and its extra copy counted as exact copies of a row are
+        assert written == ["The lungs are clear. No effusion. No acute process."]
+        assert [o.value for o in out if isinstance(o, TaggedOutput)] == [("duplicates/identical_rows/report", 1)]
         return
     assert written == []
     members = ", ".join(folder + relative for folder in folders)

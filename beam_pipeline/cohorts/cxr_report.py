@@ -15,8 +15,8 @@ Definition (cohort-definitions.md §D and §E; differences from the original: RE
               every study, so a missing file is bad input: rejected (report/missing_report), like an empty or blank
               one (report/empty_report) and an unreadable one (report/unreadable_report), the path in the detail. A
               zip's members at one path (under two folders, or one name twice) are the report when their bytes are
-              the same, and reject the study when they differ (report/conflicting_report, the member names in the
-              detail): never one of them by archive order
+              the same (extra copies counted, duplicates/identical_rows/report), and reject the study when they
+              differ (report/conflicting_report, the member names in the detail): never one of them by archive order
     first     --one_per_subject (the classification variant): per subject, the earliest study (time, study_id) that
               no report rule dropped. A later study never stands in for it: when a study rejected before this choice
               may precede it (join or report rejects; a study whose every kept-view row was rejected at read has an
@@ -227,12 +227,13 @@ class ReadReports(beam.DoFn):
             self._zip = zipfile.ZipFile(self._source.open(self._reports))
             self._members = report_members(self._zip.infolist())
 
-    def _read(self, relative: str) -> bytes | None:
-        """The report's bytes, None when there is none. Every member of the zip at the path is read: copies that are
-        the same bytes are the report; copies that differ raise ConflictingReport."""
+    def _read(self, relative: str) -> tuple[bytes | None, int]:
+        """(the report's bytes, None when there is none; how many extra identical copies the zip holds). Every
+        member of the zip at the path is read: copies that are the same bytes are the report; copies that differ
+        raise ConflictingReport."""
         if self._zip is None:
             path = FileSystems.join(self._reports, relative)
-            return self._source.read(path) if self._source.exists(path) else None
+            return (self._source.read(path) if self._source.exists(path) else None), 0
         members = self._members.get(relative, [])
         try:
             copies = [self._zip.read(member) for member in members]
@@ -242,12 +243,14 @@ class ReadReports(beam.DoFn):
             raise zipfile.BadZipFile(repr(err)) from err
         if any(copy != copies[0] for copy in copies[1:]):
             raise ConflictingReport(", ".join(member.filename for member in members))
-        return copies[0] if copies else None
+        return (copies[0], len(copies) - 1) if copies else (None, 0)
 
     def process(self, record: StudyRecord):
         relative = mimic.report_path(record.subject_id, record.study_id)
         try:
-            data = self._read(relative)
+            data, copies = self._read(relative)
+            if copies:
+                yield accounting.event("duplicates/identical_rows/report", copies)
             text = None if data is None else rs.decode(data)
             problem = report_problem(relative, text)
         except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
