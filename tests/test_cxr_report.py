@@ -347,6 +347,20 @@ def choose(groups: dict) -> tuple[list, list, list, list]:
             tagged[accounting.EVENTS], tagged[UNUSABLE])
 
 
+@pytest.mark.parametrize("policy, uncertain", [("zeros", (0, 1)), ("ones", (1, 1)), ("ignore", (-1, 0))])
+def test_the_uncertain_policy_reaches_the_records(policy, uncertain):
+    """The whole-run label test uses the default policy only: the flag's value must reach the study's targets.
+    Atelectasis uncertain, Cardiomegaly positive, Edema negative, the rest blank (negative, as in CheXpert)."""
+    row = {"subject_id": 10000001, "study_id": 1, **dict.fromkeys(mimic.LABELS),
+           "Atelectasis": -1.0, "Cardiomegaly": 1.0, "Edema": 0.0}
+    [record] = [o for o in ChooseStudyImages(policy).process((10000001, {"images": [image("a", 1)], "labels": [row]}))
+                if not isinstance(o, TaggedOutput)]
+    at = {name: i for i, name in enumerate(mimic.LABELS)}
+    pairs = {name: (record.labels_binary[i], record.labels_mask[i]) for name, i in at.items()}
+    assert pairs == {**dict.fromkeys(mimic.LABELS, (0, 1)), "Atelectasis": uncertain, "Cardiomegaly": (1, 1)}
+    assert record.labels_raw[at["Atelectasis"]] == -1.0 and math.isnan(record.labels_raw[at["Pneumonia"]])
+
+
 @pytest.mark.parametrize("images, records, rejects, duplicates", [
     ([image("a", 1), image("a", 1), image("b", 1)], [(1, "a", 10)], [], ("identical_rows", 1)),
     ([image("a", 1), image("a", 2), image("b", 2), image("c", 3)], [(3, "c", 10)],
