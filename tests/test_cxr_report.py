@@ -566,8 +566,9 @@ OTHER_REPORT = REPORT.replace(b"No acute process.", b"Small left pleural effusio
 def test_copies_of_a_report_in_the_zip_are_one_report_when_identical_and_a_reject_when_not(tmp_path, folders,
                                                                                            second):
     """Members at one report path used to be resolved to the last in the archive. The same bytes are the report
-    (the extra copy counted under duplicates/identical_rows/report); different bytes reject the study as conflicting_report naming every member (never the text), and the launch
-    check lets the zip through: one doubtful report costs its study, not the job."""
+    (the extra copy counted under duplicates/identical_rows/report); different bytes reject the study as
+    conflicting_report naming every member (never the text), and the launch check lets the zip through: one
+    doubtful report costs its study, not the job."""
     relative = mimic.report_path(10000001, 50000001)
     archive = reports_zip(tmp_path / "mimic-cxr-reports.zip", {relative: REPORT}, folders[0])
     with warnings.catch_warnings():  # zipfile warns of a name written twice; that is the case
