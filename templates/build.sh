@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the pipeline image with Cloud Build and register the Flex Template spec in your bucket.
 #   PROJECT=my-proj REGION=us-central1 BUCKET=my-bucket templates/build.sh
+# Optional: TAG (default the checkout's commit), REPOSITORY (default mimic), BUILD_TIMEOUT (default 3600s).
 set -euo pipefail
 : "${PROJECT:?set PROJECT}" "${REGION:?set REGION}" "${BUCKET:?set BUCKET}"
 cd "$(dirname "$0")/.."   # first: the tag must describe this checkout, whatever the caller's folder
@@ -21,7 +22,10 @@ IMAGE="${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/pipeline:${TAG}"
 gcloud artifacts repositories describe "${REPOSITORY}" --location="${REGION}" --project="${PROJECT}" >/dev/null 2>&1 \
   || gcloud artifacts repositories create "${REPOSITORY}" --repository-format=docker --location="${REGION}" \
        --project="${PROJECT}"
-gcloud builds submit . --tag="${IMAGE}" --project="${PROJECT}" --region="${REGION}" --machine-type=e2-highcpu-8
+# Cloud Build stops a build after 10 minutes unless told otherwise; installing torch and pushing a multi-GB image
+# can take longer, and a timed-out build leaves no image.
+gcloud builds submit . --tag="${IMAGE}" --project="${PROJECT}" --region="${REGION}" --machine-type=e2-highcpu-8 \
+  --timeout="${BUILD_TIMEOUT:-3600s}"
 gcloud dataflow flex-template build "gs://${BUCKET}/templates/mimic-cxr-ed.json" \
   --image="${IMAGE}" --sdk-language=PYTHON --metadata-file=templates/metadata.json --project="${PROJECT}"
 echo "${IMAGE}"

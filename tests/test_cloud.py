@@ -236,6 +236,8 @@ def test_build_sh_tags_the_checkout_it_builds_whatever_the_callers_folder(checko
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"r-docker.pkg.dev/p/mimic/pipeline:{head}"
     assert f"{checkout}: gcloud builds submit . --tag=r-docker.pkg.dev/p/mimic/pipeline:{head}" in " ".join(calls)
+    [submit] = [call for call in calls if "builds submit" in call]
+    assert "--timeout=3600s" in submit.split()  # Cloud Build's own default, 10 minutes, is too short for this image
 
 
 def test_build_sh_refuses_to_name_uncommitted_code_after_head(checkout, tmp_path):
