@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import types
 import zlib
 
 import numpy as np
@@ -32,6 +33,17 @@ def test_terms_are_crc32_buckets_of_unigrams_and_bigrams_never_pythons_hash():
     assert P.hashed_terms("") == b"" and P.hashed_terms(f"a {MARKER} b") != P.hashed_terms(
         P.without_marker(f"a {MARKER} b", MARKER))
     assert P.without_marker(f"a {MARKER} b", "") == f"a {MARKER} b"
+
+
+@pytest.mark.parametrize("marker", ["***", "█", "[…]"])
+def test_a_marker_without_letters_or_digits_is_a_term_of_the_filtered_note(marker):
+    """Terms are words only, so such a marker used to vanish: the filtered note's terms equalled those without it."""
+    record = types.SimpleNamespace(dicom_id="d1", split="train", note=f"cough {marker} fever", features=(1.0,),
+                                   features_missing=(0.0,), labels_binary=(1,), labels_mask=(1,))
+    row = P.probe_row(record, marker)
+    assert row.without_marker == P.hashed_terms("cough fever")
+    assert row.filtered == P.hashed_terms(f"cough {P.MARKER_WORD} fever") != row.without_marker
+    assert P.marker_as_word(f"a {MARKER} b", MARKER) == f"a {MARKER} b"  # a marker with a word is hashed as it is
 
 
 def test_a_row_is_packed_so_the_subsample_every_worker_holds_stays_small():
@@ -107,7 +119,7 @@ def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
         labels[PNEUMONIA] = int(positive)
         split = "train" if i % 4 else "val"
         rows.append(dataclasses.replace(
-            P.ProbeRow(P.rank(f"d{i}"), f"d{i}", split, P.hashed_terms(filtered),
+            P.ProbeRow(P.rank(f"d{i}"), f"d{i}", split, P.hashed_terms(P.marker_as_word(filtered, token)),
                        P.hashed_terms(P.without_marker(filtered, token)), None,
                        np.array([rng.gauss(0, 1) for _ in range(4)], P.FEATURES).tobytes(), tuple(labels),
                        (1,) * len(mimic.LABELS)),
@@ -115,10 +127,12 @@ def _rows(n: int, token: str, seed: int = 0) -> list[P.ProbeRow]:
     return rows
 
 
-def test_a_marker_present_only_where_a_finding_was_is_itself_a_label_signal_and_the_probe_shows_it():
+@pytest.mark.parametrize("marker", [MARKER, "***", "█"])  # the last two hold no word: they were not seen at all
+def test_a_marker_present_only_where_a_finding_was_is_itself_a_label_signal_and_the_probe_shows_it(marker):
     """The evidence for the redaction-marker decision: with a marker, the filtered note predicts the label as well
-    as the unfiltered one; deleting the marker brings it to chance, like the structured noise."""
-    result = P.probe(_rows(800, MARKER), MARKER)
+    as the unfiltered one; deleting the marker brings it to chance, like the structured noise. Whatever the marker's
+    spelling."""
+    result = P.probe(_rows(800, marker), marker)
     pneumonia = result["labels"]["Pneumonia"]
     assert pneumonia["unfiltered_note"] > 0.99 and pneumonia["filtered_note"] > 0.99
     assert 0.35 < pneumonia["filtered_note_without_marker"] < 0.65 and 0.35 < pneumonia["structured"] < 0.65

@@ -57,6 +57,7 @@ INPUTS = ("filtered_note", "filtered_note_without_marker", "unfiltered_note", "s
 TERMS = np.dtype("<u4")
 FEATURES = np.dtype("<f8")
 _WORD = re.compile(r"[a-z0-9]+")
+MARKER_WORD = "redactionmarker"  # how a marker without letters or digits is hashed (marker_as_word)
 
 
 def hashed_terms(text: str) -> bytes:
@@ -71,6 +72,12 @@ def without_marker(text: str, token: str) -> str:
     return text.replace(token, " ") if token else text
 
 
+def marker_as_word(text: str, token: str) -> str:
+    """The text with a marker that holds no ASCII letter or digit (``***``, ``█``) spelled as one word: the terms
+    are words only, and the marker must stay a feature whatever its spelling (README "The redaction marker")."""
+    return text.replace(token, f" {MARKER_WORD} ") if token and not _WORD.search(token.lower()) else text
+
+
 def rank(dicom_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"probe:{dicom_id}".encode("utf-8")).digest()[:8], "big")
 
@@ -81,7 +88,7 @@ class ProbeRow:
     rank: int
     dicom_id: str
     split: str
-    filtered: bytes  # hashed_terms
+    filtered: bytes  # hashed_terms of marker_as_word(note)
     without_marker: bytes
     unfiltered: bytes | None  # None: the filter did not change the note (then it equals ``filtered``)
     structured: bytes  # FEATURES: features/values then features/missing
@@ -90,7 +97,8 @@ class ProbeRow:
 
 
 def probe_row(record, token: str) -> ProbeRow:
-    return ProbeRow(rank(record.dicom_id), record.dicom_id, record.split, hashed_terms(record.note),
+    return ProbeRow(rank(record.dicom_id), record.dicom_id, record.split,
+                    hashed_terms(marker_as_word(record.note, token)),
                     hashed_terms(without_marker(record.note, token)), None,
                     np.array([*record.features, *record.features_missing], FEATURES).tobytes(),
                     tuple(record.labels_binary), tuple(record.labels_mask))
