@@ -4,7 +4,7 @@
 # full-size samples at two sizes (beam_pipeline/bench_e2e.py; about 17 minutes on 2 cores; not part of CI).
 # Each (re)creates .venv when requirements change: the development set (requirements-dev.txt = the runtime
 # requirements.txt that the image installs, plus tests and user-side tools), pinned by constraints.txt.
-# Everything runs offline.
+# The demo, tests and benchmarks run offline; creating .venv (pip) and installing Chromium (apt) need the network.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

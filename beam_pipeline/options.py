@@ -89,11 +89,13 @@ class Config:
     mimic_ed_root: str = _flag(
         "MIMIC-IV-ED root: the folder holding ed/ (edstays, triage, vitalsign, medrecon, pyxis). Local or gs://. "
         "Required by --cohort=ed_cxr.", "")
-    output: str = _flag("Output folder (local or gs://): manifest/, tfrecords/, rejects/ and metadata.json.", "")
+    output: str = _flag(
+        "Output folder (local or gs://): each run writes runs/<run id>/ (manifest/, tfrecords/, rejects/, "
+        "metadata.json) and LATEST names the published run.", "")
     mimic_iv_root: str = _flag(
         "MIMIC-IV root holding hosp/ and icu/. Optional for ed_cxr (hosp/patients: the patient's age at the "
-        "X-ray); required by symile_mimic (hosp/admissions, labevents), medfuse_ihm and medfuse_phenotyping "
-        "(icu/icustays, chartevents; hosp/labevents, admissions, patients, diagnoses_icd) and cxr_ehr "
+        "X-ray); required by symile_mimic (hosp/admissions, patients, labevents), medfuse_ihm and "
+        "medfuse_phenotyping (icu/icustays, chartevents; hosp/labevents, admissions, patients, diagnoses_icd) and cxr_ehr "
         "(hosp/patients, admissions; icu/icustays).", "")
     mimic_ecg_root: str = _flag(
         "MIMIC-IV-ECG root: the folder holding record_list.csv and files/ (WFDB .hea/.dat). Local or gs://. "
