@@ -159,6 +159,34 @@ def test_gcs_text_outside_the_possible_values_is_dropped(variable, value):
     assert clean(variable, value, 5.0) is None
 
 
+@pytest.mark.parametrize("variable,value", [("Heart Rate", "٨٠"), (TEMP, "９８.６"), ("Glucose", "１２３"),
+                                            (SBP, "١٢٠/٨٠"), (DBP, "১২০/৮০")])
+def test_digits_of_other_scripts_are_not_numbers(variable, value):
+    """As at read (mimic.type_value), only ASCII digits make a number: float() reads "٨٠" as 80. Such a value falls
+    back to valuenum (ASCII-checked when read) like any other text."""
+    assert clean(variable, value) is None
+    assert clean(variable, value, 42.0) == (None if "/" in value else 42.0)
+
+
+@pytest.mark.parametrize("variable,value,uom,label", [
+    ("Heart Rate", "-0", None, ""), (SAT, "-0", None, ""), ("Weight", "-0", "lb", "Daily Weight"),
+    (FIO2, "-0.0", None, ""), ("Height", "-0", "cm", "Height (cm)")])
+def test_a_negative_zero_is_cleaned_to_zero(variable, value, uom, label):
+    """-0.0 == 0.0: which sign a bin kept followed arrival order (both orders: test_medfuse_stages)."""
+    cleaned = clean(variable, value, -0.0, uom, label)
+    assert cleaned == 0.0 and math.copysign(1.0, cleaned) == 1.0
+
+
+def test_ph_and_glucose_are_fed_by_urine_items_too_as_upstream():
+    """Parity, stated: MedFuse's map (mimic3-benchmarks') sends urine pH (51491, 51094) and urine glucose (51478) to
+    the pH and Glucose channels beside the blood ones, so a urinalysis value can be a bin's last value and is in the
+    normaliser's statistics (README, MedFuse: kept as MedFuse). Fluids: MIMIC-IV d_labitems (the demo test below)."""
+    feeds = {channel: sorted(i for i, v in ITEM_VARIABLES.items() if v == channel) for channel in ("pH", "Glucose")}
+    assert feeds == {
+        "pH": [50820, 50831, 51094, 51491, 220274, 223830],  # blood gas, other body fluid, urine x2; venous, arterial
+        "Glucose": [50809, 50931, 51478, 220621, 225664, 226537]}  # blood gas, chemistry, urine; serum, finger, blood
+
+
 def test_unknown_variable_is_refused():
     with pytest.raises(ValueError, match="unknown channel"):
         clean("Heart rate", "80")
@@ -226,6 +254,11 @@ def test_map_against_the_mimic_iv_demo_dictionaries():
                 and row["table"] == "chartevents"} & set(d_items)
     # Why units come from valueuom: MIMIC-IV's plain "Height" item is in inches.
     assert (d_items[226707]["label"], d_items[226707]["unitname"]) == ("Height", "Inch")
+    # test_ph_and_glucose_are_fed_by_urine_items_too_as_upstream: which lab items are urine
+    assert {i: (d_labitems[i]["label"], d_labitems[i]["fluid"]) for i in (50820, 50831, 51094, 51491, 50809, 50931,
+                                                                          51478)} == {
+        50820: ("pH", "Blood"), 50831: ("pH", "Other Body Fluid"), 51094: ("pH", "Urine"), 51491: ("pH", "Urine"),
+        50809: ("Glucose", "Blood"), 50931: ("Glucose", "Blood"), 51478: ("Glucose", "Urine")}
     assert clean("Height", "70", 70.0, "Inch", ITEM_LABELS[226707]) == 178.0
 
 

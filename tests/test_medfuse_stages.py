@@ -12,6 +12,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import apache_beam as beam
+import numpy as np
 import pytest
 
 from beam_pipeline import accounting, mimic
@@ -185,6 +186,19 @@ def test_the_benchmark_csv_keeps_the_value_the_series_keeps_at_one_time():
     assert series.raw[4][hourly.CHANNELS.index("Heart Rate")] == 10.0
 
 
+def test_a_zero_and_a_negative_zero_at_one_time_give_the_same_bytes_in_either_order_and_the_csv_agrees():
+    """'-0' is not a plain number, so its valuenum -0.0 was used; equal to 0.0, the series kept the first to arrive
+    and the CSV the last. Cleaned to +0.0, both orders store the same bytes and the CSV shows what the series holds."""
+    rows = [chart(300, "-0", -0.0), chart(300, "0", 0.0)]
+    outputs = []
+    for order in (rows, rows[::-1]):
+        events, _ = stay_events(stay_of(T0, 50), order, 50)
+        stored = hourly.discretize(events, 50).raw_array()[4, hourly.CHANNELS.index("Heart Rate")]
+        [line] = timeseries_csv(SimpleNamespace(events=events)).decode().splitlines()[1:]
+        outputs.append((stored.tobytes(), line.split(",")[1 + hourly.CHANNELS.index("Heart Rate")]))
+    assert outputs[0] == outputs[1] == (np.float32(0.0).tobytes(), "0.0")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A stay set aside (its rows differ, were rejected, or its stay_id is under several subjects) and its siblings
 
@@ -267,6 +281,24 @@ def test_a_phenotyping_stay_whose_subject_had_a_diagnoses_row_rejected_is_not_wr
     assert record.stay_id == STAY
 
 
+@pytest.mark.parametrize("task", ("ihm", "phenotyping"))
+@pytest.mark.parametrize("table", ("chartevents", "labevents"))
+@pytest.mark.parametrize("events", ([chart(30, "80", 80.0)], []), ids=["with_events", "no_events_left"])
+def test_a_stay_whose_subject_had_an_event_row_rejected_is_a_join_reject_not_built_without_it(task, table, events):
+    """The rejected row may be an event of the series (a heart rate whose valuenum is '1_0'), even its only one: the
+    stay was written without it (or dropped as no_events); the reject line has no hadm_id or time, so it is per
+    subject. An IHM stay under 48 h is still a drop, which no event could change."""
+    groups = {**stay_groups(events=events), f"rejected_{table}": [read_reject("bad_float")]}
+    rejects, counted, records = build(task, groups)
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("join", f"{table}_row_rejected")]
+    assert rejects[0]["detail"] == (f"stay_id={STAY}: a rejected {table} row may be an event in this stay's series; "
+                                    f"{table} rows of this subject rejected: bad_float")
+    assert not records and counted["rejected"] == counted["stays"] == 1
+    assert not any(name.startswith(("dropped/", "stay_events/")) for name in counted)
+    short = {**groups, "icustays": [icustay(STAY, HADM, T0, T0 + 47 * HOUR)]}
+    assert build("ihm", short)[:2] == ([], Counter({"stays": 1, "dropped/los_under_48h": 1}))
+
+
 def test_a_dicom_id_whose_metadata_rows_differ_rejects_the_stay_that_pairs_it_whatever_the_arrival_order():
     """Same dicom_id and time, two study_ids: which row's study (and image path) is right is unknown, so the stay
     that would pair it is rejected, in either order; an exact copy is one row and pairs as before."""
@@ -283,12 +315,14 @@ def test_a_dicom_id_whose_metadata_rows_differ_rejects_the_stay_that_pairs_it_wh
 
 def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tmp_path):
     """In-process medfuse_phenotyping over rows the stays need that were rejected at read or set aside: each
-    affected stay is a join reject (never written with a phenotype silently 0, never dropped as no_admission /
-    no_patient, never written as its admission's only ICU stay beside a set-aside one); a clean stay is written and
-    the funnel adds up."""
-    names = ("diagnoses", "conflict", "read_reject", "admission", "patient", "shared_a", "shared_b", "clean")
+    affected stay is a join reject (never written with a phenotype silently 0 or without a rejected event row,
+    never dropped as no_admission / no_patient, never written as its admission's only ICU stay beside a set-aside
+    one); a clean stay is written, its unmapped items' bad rows are filtered at read, not rejected, and the funnel
+    adds up."""
+    names = ("diagnoses", "conflict", "read_reject", "admission", "patient", "shared_a", "shared_b", "clean",
+             "chartevents", "labevents")
     subjects = dict(zip(names, (_train_subject(92000000 + 10000 * i) for i in range(len(names)))))
-    icu, adm, pat, chartevents = [], [], [], []
+    icu, adm, pat, chartevents, labevents = [], [], [], [], []
     for n, (name, subject) in enumerate(subjects.items()):
         hadm, stay, start = HADM + n, STAY + 10 * n, T0 + n * 300 * HOUR
         adm.append(admission(hadm, start - HOUR, start + 200 * HOUR, subject_id=subject))
@@ -304,6 +338,14 @@ def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tm
             icu.append({**icustay(stay, hadm, start, start + 50 * HOUR, subject_id=subject), "outtime": start - HOUR})
         elif name in ("shared_a", "shared_b"):
             icu.append(icustay(STAY + 999, hadm, start, start + 50 * HOUR, subject_id=subject))
+        elif name == "chartevents":  # a heart rate of the stay whose valuenum fails typing ('1_0')
+            chartevents.append({**chartevents[-1], "value": "79", "valuenum": "1_0"})
+        elif name in ("labevents", "clean"):  # a glucose of the stay; the clean subject's of an unmapped item
+            row = lab(70, subject_id=subject, hadm_id=hadm, start=start + 60 * HOUR)
+            labevents.append({**row, "valuenum": "1_0"} if name == "labevents" else row)
+            if name == "clean":
+                labevents.append({**row, "labevent_id": row["labevent_id"] + 1, "itemid": 51300, "valuenum": "1_0"})
+                chartevents.append({**chartevents[-1], "itemid": 220046, "valuenum": "1_0"})  # HR alarm, unmapped
     diagnoses = [{**typed(mimic.DIAGNOSES_ICD, subject_id=subjects["diagnoses"], hadm_id=HADM, seq_num=1,
                           icd_code="4280", icd_version=9), "seq_num": seq_num, "icd_code": code}
                  for seq_num, code in ((1, "4280"), ("2.0", "5849"))]  # 5849: acute renal failure, row rejected
@@ -311,7 +353,8 @@ def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tm
     pat = [{**p, "dod": "2150-02-30"} if p["subject_id"] == subjects["patient"] else p for p in pat]
     iv = tmp_path / "iv"
     for table, rows in ((mimic.ICUSTAYS, icu), (mimic.ADMISSIONS, adm), (mimic.PATIENTS, pat),
-                        (mimic.CHARTEVENTS, chartevents), (mimic.LABEVENTS, []), (mimic.DIAGNOSES_ICD, diagnoses)):
+                        (mimic.CHARTEVENTS, chartevents), (mimic.LABEVENTS, labevents),
+                        (mimic.DIAGNOSES_ICD, diagnoses)):
         write_table(iv, table, [{c: mimic_text(v) for c, v in row.items()} for row in rows])
     write_table(tmp_path / "cxr", mimic.CXR_METADATA, [metadata_row("d1", subjects["clean"], 50000000,
                                                                     "2150-03-01 09:00:00")])
@@ -319,9 +362,12 @@ def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tm
                     f"--output={tmp_path / 'out'}", "--images=false", ONE_WORKER])
     c = metadata["counts"]
     assert c["rejected_by_reason"] == {
-        "join/admission_row_rejected": 1, "join/conflicting_icustays": 1, "join/diagnoses_row_rejected": 1,
-        "join/icustay_row_rejected": 3, "join/patient_row_rejected": 1, "join/stay_id_of_several_subjects": 2}
-    assert c["rows_rejected"] == {"admissions": 1, "diagnoses_icd": 1, "icustays": 1, "patients": 1}
+        "join/admission_row_rejected": 1, "join/chartevents_row_rejected": 1, "join/conflicting_icustays": 1,
+        "join/diagnoses_row_rejected": 1, "join/icustay_row_rejected": 3, "join/labevents_row_rejected": 1,
+        "join/patient_row_rejected": 1, "join/stay_id_of_several_subjects": 2}
+    assert c["rows_rejected"] == {"admissions": 1, "chartevents": 1, "diagnoses_icd": 1, "icustays": 1,
+                                  "labevents": 1, "patients": 1}
+    assert c["rows_filtered"] == {"chartevents": 1, "labevents": 1}
     assert {k: v for k, v in c["dropped"].items() if v} == {"several_icu_stays": 1}
-    assert c["stays"] == c["rejected"] + sum(c["dropped"].values()) + c["matched"] == 11 and c["matched"] == 1
+    assert c["stays"] == c["rejected"] + sum(c["dropped"].values()) + c["matched"] == 13 and c["matched"] == 1
     assert set(manifest(published(tmp_path / "out"), "stay_id")) == {STAY + 71}

@@ -18,7 +18,7 @@ Definition (cohort-definitions.md §B, on the current MIMIC-IV layout; differenc
               metadata.json (funnel, channel coverage, label prevalence, normaliser)
 
     Read icustays, admissions, patients, diagnoses_icd, chartevents and labevents (mapped itemids at read),
-    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with the rejected rows of the first four tables, which
+    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with every table's rejected rows but cxr_metadata's, which
     reject the stays that may need them: ROW_REJECTS) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
       AssertPatientDisjoint, AssertUniqueKeys(stay_id) ─► WriteExamples (image read in the shard writer, if paired)
         └─► CountWritten ─► WriteOutputs (manifest, rejects), listfiles, timeseries CSVs, WriteMetadata
@@ -150,13 +150,15 @@ def stay_tables(groups) -> dict[str, Unique]:
     return {tag: unique_rows(groups.get(tag, ()), table.name, key) for tag, table, key in STAY_TABLES}
 
 
-ROW_REJECTS = {rejects.table: rejects for rejects in (  # a reject line has no hadm_id: the row may be of any admission
+ROW_REJECTS = {rejects.table: rejects for rejects in (  # a reject line has no hadm_id (nor time): any admission's
     RowRejects("icustay", mimic.ICUSTAYS.name, "a rejected icustays row may be a second ICU stay of this stay's "
                                                "admission (several_icu_stays)"),
     RowRejects("admission", mimic.ADMISSIONS.name, "a rejected admissions row may be this stay's admission"),
     RowRejects("patient", mimic.PATIENTS.name, "the age and the mortality label come from the patients row"),
     RowRejects("diagnoses", mimic.DIAGNOSES_ICD.name, "a rejected diagnoses_icd row may hold a code of this stay's "
-                                                      "phenotypes"))}
+                                                      "phenotypes"),
+    *(RowRejects(table.name, table.name, f"a rejected {table.name} row may be an event in this stay's series")
+      for table in (mimic.CHARTEVENTS, mimic.LABEVENTS)))}
 
 
 def stay_selection(tables: dict[str, Unique], groups: Mapping[str, Iterable] | None = None
@@ -222,8 +224,10 @@ class KeepStayEvents(beam.DoFn):
 class BuildStays(beam.DoFn):
     """(subject_id, co-grouped rows) -> IcuRecord per kept stay of the task, with its series, labels, split and
     paired CXR; drops counted by reason (medfuse_stays.STAY_DROPS, then los_under_48h for IHM, no_events); stays
-    whose rows conflict or may be among the rejected ones are join rejects (stay_selection; a phenotyping stay also
-    when a diagnoses_icd row of its subject was rejected, so that no label is silently 0)."""
+    whose rows conflict or may be among the rejected ones are join rejects (stay_selection; a stay the task keeps
+    when a chartevents or labevents row of its subject was rejected, before its series is built or counted as
+    no_events, so that no event is silently absent; a phenotyping stay also when a diagnoses_icd row was, so that
+    no label is silently 0)."""
 
     def __init__(self, task: str, salt: str):
         self._task = task
@@ -253,6 +257,11 @@ class BuildStays(beam.DoFn):
             yield accounting.event("stays")
             if self._task == "ihm" and not stays_lib.ihm_eligible(stay):
                 yield accounting.event("dropped/los_under_48h")
+                continue
+            problem = ROW_REJECTS["chartevents"].problem(groups) or ROW_REJECTS["labevents"].problem(groups)
+            if problem:  # the rejected row may be an event of the series, even its only one (not no_events)
+                yield from accounting.reject("join", problem[0], subject_id=subject_id,
+                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
                 continue
             hours = stays_lib.IHM_HOURS if self._task == "ihm" else stay.los_hours
             series_events, left_out = stay_events(stay, events, hours)
@@ -434,10 +443,9 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     keyed = {"images": images["images"] | "KeyImages" >> beam.Map(lambda im: (im.subject_id, im))}
     icustays = reads["icustays"].rows | "OneSubjectPerStayId" >> OneSubjectPerId(
         "stay_id", lambda r: (r["stay_id"], r["subject_id"], None), "join", unit="stays")
-    rejected = {"icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
-                | "IcustaysRejects" >> beam.Flatten(), "admissions": reads["admissions"][accounting.REJECTS],
-                "patients": reads["patients"][accounting.REJECTS],
-                "diagnoses_icd": reads["diagnoses_icd"][accounting.REJECTS]}
+    rejected = {**{table: reads[table][accounting.REJECTS] for table in ROW_REJECTS},
+                "icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
+                | "IcustaysRejects" >> beam.Flatten()}
     for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),
                       ("patients", reads["patients"].rows), ("diagnoses", reads["diagnoses_icd"].rows)):
         keyed[tag] = key_by_subject(f"Key {tag}", rows)

@@ -58,9 +58,10 @@ NEVER_IN_MIMIC_IV: tuple[str, ...] = tuple(
     channel for channel in hourly.CHANNELS if channel not in set(ITEM_VARIABLES.values()))
 """Channels with no MIMIC-IV item (config order): always imputed with their normal value in a MIMIC-IV build."""
 
-# Upstream's test for a numeric text (clean_lab, clean_o2sat): an unsigned decimal, nothing else.
-_PLAIN_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
-_BLOOD_PRESSURE = re.compile(r"(\d+)/(\d+)")  # clean_sbp / clean_dbp: "systolic/diastolic"
+# Upstream's test for a numeric text (clean_lab, clean_o2sat): an unsigned decimal, nothing else. ASCII digits only,
+# as at read (mimic.py): float() also reads other scripts' digits ("٨٠" is 80), which are not MIMIC values.
+_PLAIN_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+", re.ASCII)
+_BLOOD_PRESSURE = re.compile(r"(\d+)/(\d+)", re.ASCII)  # clean_sbp / clean_dbp: "systolic/diastolic"
 _CRR = {"Normal <3 secs": "0.0", "Brisk": "0.0", "Abnormal >3 secs": "1.0", "Delayed": "1.0"}  # clean_crr
 _KG_PER_LB = 0.453592  # clean_weight's factor
 
@@ -94,8 +95,10 @@ def clean_value(variable: str, value: str | None, valuenum: float | None, uom: s
       ``np.round``).
     * Heart rate, respiratory rate, mean BP: no cleaning upstream (its discretizer calls ``float(value)``).
 
-    Every numeric channel takes ``value`` when it is a plain unsigned decimal and ``valuenum`` otherwise; with
-    neither the event is dropped. Outlier removal stays off, as in MedFuse (``variable_ranges.csv`` is unused)."""
+    Every numeric channel takes ``value`` when it is a plain unsigned decimal (ASCII digits) and ``valuenum``
+    otherwise; with neither the event is dropped. A zero is +0.0: -0.0 (a valuenum) equals it, so the tie rule "the
+    larger value" could keep either sign, by arrival order. Outlier removal stays off, as in MedFuse
+    (``variable_ranges.csv`` is unused)."""
     c = hourly.CONFIG.index(variable)
     text = (value or "").strip()
     if variable == "Capillary refill rate":
@@ -106,8 +109,11 @@ def clean_value(variable: str, value: str | None, valuenum: float | None, uom: s
         pair = _BLOOD_PRESSURE.fullmatch(text)
         return float(pair.group(1 if variable.startswith("Systolic") else 2)) if pair else None
     number = _number(text, valuenum)
-    if number is None:
-        return None
+    return None if number is None else _in_unit(variable, number, uom, item_label) + 0.0  # -0.0 + 0.0 is 0.0
+
+
+def _in_unit(variable: str, number: float, uom: str | None, item_label: str) -> float:
+    """A numeric channel's number in its unit (clean_value's FiO2 to height rules)."""
     unit, label = (uom or "").lower(), item_label.lower()
     if variable == "Fraction inspired oxygen" and number > 1.0 and "torr" not in unit:
         return number / 100.0
