@@ -1,6 +1,7 @@
 """--cohort=cxr_ehr end to end on the generated sample tree: every kept image's EHR variables against a brute-force
 reading of cohort-definitions.md §C over the raw files (time-granular matching, ties to the latest start), outcomes
-only when asked for and never among the features, the original's feature CSVs, byte-identical reruns."""
+only when asked for and never among the features, the original's feature CSVs, byte-identical reruns; bad rows
+(conflicting, rejected at read, blank dischtime or hospital_expire_flag) reject the image, never a next-best value."""
 
 from __future__ import annotations
 
@@ -20,9 +21,20 @@ from beam_pipeline.cohorts.cxr_ehr import DescribeImages
 from beam_pipeline.run import run
 from cohort_files import examples, read_csv, table_rows, write_table
 from conftest import ONE_WORKER, published
-from test_medfuse_stays import HOUR, SUBJECT, T0, admission, icustay, image, patient
+from test_medfuse_stays import HOUR, SUBJECT, T0, icustay, image, patient, typed
 
 SETS = ("socio-norm", "image_meta", "all-age-norm")
+
+
+def admission(hadm_id, admittime, dischtime, flag=0) -> dict:
+    """An admissions row as read (blank dischtime / flag: None), with a known outcome unless told."""
+    return typed(mimic.ADMISSIONS, subject_id=SUBJECT, hadm_id=hadm_id, admittime=admittime, dischtime=dischtime,
+                 hospital_expire_flag=flag)
+
+
+def adds_up(c: dict) -> bool:
+    """Every image of a kept view is dropped, rejected or matched (the funnel's identity)."""
+    return c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"] > 0
 
 
 def ehr_argv(roots: sample.SampleRoots, output: Path, *flags: str) -> list[str]:
@@ -95,8 +107,7 @@ def test_every_image_has_the_variables_of_its_time(ehr_tree, ehr_run):
     for dicom_id, row in rows.items():
         for column, value in want[dicom_id].items():
             assert row[column] == value, (dicom_id, column)
-    c = metadata["counts"]
-    assert c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+    assert adds_up(metadata["counts"])
     assert any(row["in_icu"] for row in rows.values()) and any(row["view"] == "missing" for row in rows.values())
 
 
@@ -160,8 +171,9 @@ def read_reject(reason: str = "bad_timestamp", subject_id: int = SUBJECT) -> dic
             "detail": "table.csv:3: a bad value"}
 
 
-def describe(groups: dict) -> tuple[list, list[dict], list[str]]:
-    out = list(DescribeImages("time", include_outcomes=True).process((SUBJECT, groups)))
+def describe(groups: dict, include_outcomes: bool = True,
+             granularity: str = "time") -> tuple[list, list[dict], list[str]]:
+    out = list(DescribeImages(granularity, include_outcomes).process((SUBJECT, groups)))
     return ([o for o in out if not hasattr(o, "tag")], [o.value for o in out if getattr(o, "tag", None) == "rejects"],
             [o.value[0] for o in out if getattr(o, "tag", None) == "events"])
 
@@ -207,31 +219,115 @@ def test_a_dicom_id_whose_metadata_rows_differ_is_rejected_whichever_row_comes_f
             ("d1", "conflicting_cxr_metadata"), ("d1", "conflicting_cxr_metadata"), ("d2", "duplicate_dicom_id")]
 
 
+CLEAN = {"anchor_year": "2150", "dischtime": "2150-03-05 12:00:00", "hospital_expire_flag": "1",
+         "outtime": "2150-03-03 07:00:00"}
+FIRST = 10000001
+
+
+def hand_made(root: Path, **per_subject: tuple[str, ...]) -> list[str]:
+    """A tree with one AP image per subject (FIRST, FIRST + 1, ...) on 2150-03-01 10:00, inside an admission (from
+    06:00) and an ICU stay (from 07:00); ``per_subject``: a column's text for each subject, else CLEAN's. Returns the
+    run's flags but --output (no images, hash split, one worker)."""
+    iv, cxr = root / "iv", root / "cxr"
+    n = len(next(iter(per_subject.values())))
+    subjects = [(i, FIRST + i - 1, {c: per_subject.get(c, (v,) * n)[i - 1] for c, v in CLEAN.items()})
+                for i in range(1, n + 1)]
+    write_table(cxr / "mimic-cxr-2.0.0-metadata.csv", mimic.CXR_METADATA, [
+        dict(dicom_id=f"d{i}", subject_id=s, study_id=50000000 + i, ViewPosition="AP", StudyDate="21500301",
+             StudyTime="100000.000") for i, s, _ in subjects])
+    write_table(iv / "hosp" / "patients.csv", mimic.PATIENTS, [
+        dict(subject_id=s, gender="F", anchor_age=60, anchor_year=v["anchor_year"]) for _, s, v in subjects])
+    write_table(iv / "hosp" / "admissions.csv", mimic.ADMISSIONS, [
+        dict(subject_id=s, hadm_id=20000000 + i, admittime="2150-03-01 06:00:00", dischtime=v["dischtime"],
+             hospital_expire_flag=v["hospital_expire_flag"]) for i, s, v in subjects])
+    write_table(iv / "icu" / "icustays.csv", mimic.ICUSTAYS, [
+        dict(subject_id=s, hadm_id=20000000 + i, stay_id=30000000 + i, first_careunit="MICU", last_careunit="MICU",
+             intime="2150-03-01 07:00:00", outtime=v["outtime"], los=2) for i, s, v in subjects])
+    return ["--cohort=cxr_ehr", f"--mimic_cxr_root={cxr}", f"--mimic_iv_root={iv}", "--images=false",
+            "--split_strategy=hash", ONE_WORKER]
+
+
 def test_read_rejects_reach_the_join_and_the_funnel_adds_up(tmp_path):
     """End to end: subject 2's dischtime and outtime lack seconds, subject 3's anchor_year is damaged (all
     rejected at read); subject 1 is clean."""
-    iv, cxr = tmp_path / "iv", tmp_path / "cxr"
-    subjects = (10000001, 10000002, 10000003)
-    end = ("2150-03-05 12:00:00", "2150-03-05 12:00", "2150-03-05 12:00:00")
-    outtime = ("2150-03-03 07:00:00", "2150-03-03 07:00", "2150-03-03 07:00:00")
-    write_table(cxr / "mimic-cxr-2.0.0-metadata.csv", mimic.CXR_METADATA, [
-        dict(dicom_id=f"d{i}", subject_id=s, study_id=50000000 + i, ViewPosition="AP", StudyDate="21500301",
-             StudyTime="100000.000") for i, s in enumerate(subjects, 1)])
-    write_table(iv / "hosp" / "patients.csv", mimic.PATIENTS, [
-        dict(subject_id=s, gender="F", anchor_age=60, anchor_year=year)
-        for s, year in zip(subjects, ("2150", "2150", "2l50"))])
-    write_table(iv / "hosp" / "admissions.csv", mimic.ADMISSIONS, [
-        dict(subject_id=s, hadm_id=20000000 + i, admittime="2150-03-01 06:00:00", dischtime=end[i - 1],
-             hospital_expire_flag=1) for i, s in enumerate(subjects, 1)])
-    write_table(iv / "icu" / "icustays.csv", mimic.ICUSTAYS, [
-        dict(subject_id=s, hadm_id=20000000 + i, stay_id=30000000 + i, first_careunit="MICU", last_careunit="MICU",
-             intime="2150-03-01 07:00:00", outtime=outtime[i - 1], los=2) for i, s in enumerate(subjects, 1)])
-    metadata = run(["--cohort=cxr_ehr", f"--mimic_cxr_root={cxr}", f"--mimic_iv_root={iv}",
-                    f"--output={tmp_path / 'out'}", "--images=false", "--split_strategy=hash", ONE_WORKER])
+    metadata = run([*hand_made(tmp_path, dischtime=("2150-03-05 12:00:00", "2150-03-05 12:00", "2150-03-05 12:00:00"),
+                               outtime=("2150-03-03 07:00:00", "2150-03-03 07:00", "2150-03-03 07:00:00"),
+                               anchor_year=("2150", "2150", "2l50")), f"--output={tmp_path / 'out'}"])
     c = metadata["counts"]
     assert (c["matched"], c["rejected"], c["dropped"]["no_patient"]) == (1, 2, 0)
     assert c["rejected_by_reason"] == {"join/admission_row_rejected": 1, "join/patient_row_rejected": 1}
-    assert c["images_kept_view"] == sum(c["dropped"].values()) + c["rejected"] + c["matched"]
+    assert adds_up(c)
+
+
+def test_an_unknown_outcome_is_rejected_only_when_outcomes_are_written():
+    """A blank hospital_expire_flag (nullable in MIMIC) of the image's admission: with outcomes the image is
+    rejected, never written alive=1 like a known survivor (nor -1 / blank like an image in no admission); without
+    them the flag is not used and the image is written in that admission. An image in no admission keeps the
+    original's reading (no outcome: blank, -1, alive)."""
+    groups = {"images": [image("d1", T0 + 2 * HOUR), image("d2", T0 + 99 * HOUR)], "patients": [patient()],
+              "admissions": [admission(7, T0, T0 + 50 * HOUR, flag=None)]}
+    records, rejects, _ = describe(groups)
+    assert [(r["stage"], r["reason"], r["dicom_id"]) for r in rejects] == [("join", "unknown_outcome", "d1")]
+    assert "hadm_id=7" in rejects[0]["detail"] and "blank" in rejects[0]["detail"]
+    assert [(r.dicom_id, r.outcomes["outcome_hospital_expire_flag"]) for r in records] == [("d2", None)]
+    records, rejects, _ = describe(groups, include_outcomes=False)
+    assert not rejects and [(r.dicom_id, r.features["in_admission"], r.outcomes) for r in records] == [
+        ("d1", 7, None), ("d2", None, None)]
+
+
+OPEN, LATER = admission(7, T0, None), admission(8, T0 + 10 * HOUR, T0 + 20 * HOUR)
+
+
+@pytest.mark.parametrize("include_outcomes", [True, False])
+@pytest.mark.parametrize("hours, admissions, extra, want", [
+    (2, [OPEN], {}, "admission_end_unknown"),  # the open admission may hold the image
+    (-1, [OPEN], {}, None),  # begun after the image: it is in no admission
+    (99, [OPEN, LATER], {}, "admission_end_unknown"),  # the complete one ended; the open one may still run
+    (15, [OPEN, LATER], {}, 8),  # the complete one holds it and began later: it wins whatever the open one's end
+    (15, [admission(9, T0 + 12 * HOUR, None), LATER], {}, "admission_end_unknown"),  # the open one began later
+    (2, [OPEN], {"rejected_admissions": [read_reject()]}, "admission_end_unknown"),
+    (-1, [OPEN], {"rejected_admissions": [read_reject()]}, "admission_row_rejected"),
+    (2, [OPEN, {**OPEN, "dischtime": T0 + 5 * HOUR}], {}, "conflicting_admissions")])
+def test_an_admission_without_dischtime_makes_the_images_it_may_hold_rejects(hours, admissions, extra, want,
+                                                                              include_outcomes):
+    """A blank dischtime (nullable in MIMIC) used to make the admission hold nothing, so its images were written as
+    in no admission. Now it competes from its admittime on under the usual tie rule (latest start, then largest id):
+    chosen, the image is rejected (its admission, a feature, is unknown); a complete admission that outranks it
+    still wins."""
+    records, rejects, _ = describe({"images": [image("d1", T0 + hours * HOUR)], "patients": [patient()],
+                                    "admissions": admissions, **extra}, include_outcomes)
+    if isinstance(want, str):
+        assert not records and [(r["stage"], r["reason"]) for r in rejects] == [("join", want)]
+    else:
+        assert not rejects and [r.features["in_admission"] for r in records] == [want]
+
+
+def test_an_open_admission_at_date_granularity_holds_its_whole_first_day():
+    """--ehr_match=date: an open admission begun at 08:00 may hold an image taken at 01:00 that day."""
+    groups = {"images": [image("d1", T0 - 7 * HOUR)], "patients": [patient()], "admissions": [OPEN]}
+    assert [r.features["in_admission"] for r in describe(groups)[0]] == [None]
+    assert [r["reason"] for r in describe(groups, granularity="date")[1]] == ["admission_end_unknown"]
+
+
+def test_blank_outcome_and_dischtime_end_to_end(tmp_path):
+    """Subject 2's admission has a blank hospital_expire_flag, subject 3's a blank dischtime; subject 1 is clean.
+    With outcomes and an alive/died feature set, both are rejects and every count adds up; without outcomes
+    subject 2's image is written in its admission."""
+    flags = hand_made(tmp_path, hospital_expire_flag=("0", "", "0"),
+                      dischtime=("2150-03-05 12:00:00", "2150-03-05 12:00:00", ""))
+    metadata = run([*flags, f"--output={tmp_path / 'with'}", "--include_outcomes", "--feature_sets=all-age-norm"])
+    c = metadata["counts"]
+    assert (c["matched"], c["rejected"]) == (1, 2) and adds_up(c)
+    assert c["rejected_by_reason"] == {"join/unknown_outcome": 1, "join/admission_end_unknown": 1}
+    [csv_file] = (published(tmp_path / "with") / "features").glob("all-age-norm-*.csv")
+    assert [(r["path"], r["alive"]) for r in read_csv(csv_file)] == [(mimic.image_path(FIRST, 50000001, "d1"),
+                                                                       "1.0")]
+    metadata = run([*flags, f"--output={tmp_path / 'without'}"])
+    c = metadata["counts"]
+    assert (c["matched"], c["rejected_by_reason"]) == (2, {"join/admission_end_unknown": 1}) and adds_up(c)
+    rows = {r["dicom_id"]: r for p in (published(tmp_path / "without") / "manifest").glob("*.csv")
+            for r in read_csv(p)}
+    assert {d: r["in_admission"] for d, r in rows.items()} == {"d1": "20000001", "d2": "20000002"}
 
 
 def test_a_feature_set_listed_twice_is_an_argument_error(tmp_path, capsys):

@@ -4,10 +4,11 @@ beam_pipeline/cohorts/cxr_ehr_features.py):
 1. interval matching against a brute force written like the original's loops (timestamps compared as their text,
    dates as YYYYMMDD integers cut from the text, the last match of a file sorted by start then id winning) on a few
    hundred random per-subject worlds on a coarse grid, so exact boundaries, same-date-other-time images, open ends,
-   overlaps and equal start times are frequent (each is asserted to occur); named tie cases;
+   overlaps and equal start times are frequent (each is asserted to occur); named tie cases; open ends ranked as
+   holding every later image (the cohort rejects such a match);
 2. age bins against pandas.cut with the original's edges and labels at every age 1..120, and each edge by hand;
-3. features (top-coding, view / orientation categories, drops), outcomes, encodings (one-hot groups sum to 1,
-   outcome columns only when asked);
+3. features (top-coding, view / orientation categories, drops), outcomes (an unknown flag is refused, never
+   "alive"), encodings (one-hot groups sum to 1, outcome columns only when asked);
 4. the 23 feature sets against the column lists of the original's notebook, transcribed by hand; the outcome gate.
 """
 
@@ -53,12 +54,13 @@ def patient(gender="F", anchor_age=52, anchor_year=2150, subject_id=SUBJECT) -> 
 # 1. Interval matching
 
 def brute_force(when: dt.datetime, subject_id: int, rows: list[dict], start: str, end: str, key: str,
-                granularity: str) -> dict | None:
-    """The original's loop over a file sorted by (start, key): the last row whose text interval holds the image."""
-    text = mimic.format_datetime
+                granularity: str, open_end: bool = False) -> dict | None:
+    """The original's loop over a file sorted by (start, key): the last row whose text interval holds the image.
+    ``open_end``: a row without an end ends at the end of time (a text after every timestamp)."""
+    text = lambda value: "9999-12-31 23:59:59" if value is None else mimic.format_datetime(value)  # noqa: E731
     match = None
     for row in sorted(rows, key=lambda r: (text(r[start]), r[key])):
-        if row["subject_id"] != subject_id or row[end] is None:
+        if row["subject_id"] != subject_id or (row[end] is None and not open_end):
             continue
         if granularity == "date":
             day = int(when.strftime("%Y%m%d"))
@@ -120,6 +122,40 @@ def test_matching_vs_brute_force():
                     seen.add("date:same_date_other_time")
     assert seen >= {"time:0", "time:1", "time:tie", "time:exact_boundary", "time:equal_start", "date:0", "date:1",
                     "date:tie", "date:exact_boundary", "date:equal_start", "date:same_date_other_time", "open_end"}
+
+
+def test_open_end_matching_vs_brute_force():
+    """With open_end, an admission without a dischtime competes for every image from its admittime on (the cohort
+    then rejects the image: its admission is unknown); the tie rule is unchanged."""
+    rng = random.Random(16)
+    seen = set()
+    for _ in range(400):
+        admissions, _, images = random_world(rng)
+        for img, granularity in itertools.product(images, cf.GRANULARITIES):
+            ours = cf.admission_of(img, admissions, granularity, open_end=True)
+            assert ours == brute_force(img.study_time, img.subject_id, admissions, "admittime", "dischtime",
+                                       "hadm_id", granularity, open_end=True), (granularity, img.study_time)
+            closed = cf.admission_of(img, admissions, granularity)
+            seen.add("open_chosen" if ours and ours["dischtime"] is None else
+                     "closed_wins_over_open" if ours and ours is closed and any(
+                         a["dischtime"] is None and a["subject_id"] == SUBJECT and a["admittime"] <= img.study_time
+                         for a in admissions) else "other")
+    assert seen == {"open_chosen", "closed_wins_over_open", "other"}
+
+
+@pytest.mark.parametrize("granularity, when, chosen", [
+    ("time", DAY0 + 8 * HOUR - SECOND, None), ("time", DAY0 + 8 * HOUR, "open"), ("time", DAY0 + 60 * HOUR, "later"),
+    ("time", DAY0 + 79 * HOUR, "open"), ("time", DAY0 + 900 * HOUR, "open"),
+    ("date", DAY0, "open"), ("date", DAY0 - SECOND, None), ("date", DAY0 + 55 * HOUR, "later")])
+def test_open_end_named_cases(granularity, when, chosen):
+    """An open admission from day 0, 08:00 and a complete one from day 2, 08:00 to day 3, 06:00: the open one may
+    hold every image from its start on (date: from its day on), the complete one outranks it where it holds the image
+    (it began later)."""
+    rows = {"open": admission(21000001, DAY0 + 8 * HOUR, None),
+            "later": admission(21000002, DAY0 + 56 * HOUR, DAY0 + 78 * HOUR)}
+    got = cf.admission_of(image(when), list(rows.values()), granularity, open_end=True)
+    assert got is (rows[chosen] if chosen else None)
+    assert cf.admission_of(image(when), [rows["open"]], granularity) is None  # by default it holds nothing
 
 
 def test_both_ends_inclusive_at_the_second():
@@ -240,6 +276,16 @@ def test_outcomes():
     assert cf.outcomes(None, None) == {"outcome_hospital_expire_flag": None, "outcome_icu_los_days": None}
     assert set(cf.outcomes(adm, stay)) == set(cf.OUTCOMES)
     assert not set(cf.OUTCOMES) & set(cf.features(image(DAY0), patient(), adm, stay))
+
+
+@pytest.mark.parametrize("flag", [None, 2, -1])
+def test_an_unknown_outcome_is_refused_never_alive(flag):
+    """hospital_expire_flag is nullable in MIMIC: a blank (or non-0/1) flag of the image's admission must not reach
+    encode, which writes None as alive=1 (the original's value for an image in no admission)."""
+    with pytest.raises(mimic.RowError) as err:
+        cf.outcomes(admission(21000001, DAY0, DAY0 + 48 * HOUR, flag=flag), None)
+    assert err.value.reason == "unknown_outcome" and "hadm_id=21000001" in err.value.detail
+    assert cf.outcomes(None, icustay(31000001, DAY0, DAY0 + 36 * HOUR))["outcome_hospital_expire_flag"] is None
 
 
 GROUPS = (cf.GENDER_COLUMNS, cf.AGE_R5_COLUMNS, cf.AGE_R10_COLUMNS, cf.VIEW_COLUMNS + (cf.VIEW_MISSING,),

@@ -6,9 +6,12 @@ Definition (cohort-definitions.md §C; differences from the original: README, Co
               patients row and a gender
     features  gender, age in the study's year, 5- and 10-year bins, view and orientation one-hots ("missing" is its
               own category, never imputed), the admission and ICU stay the image falls in (--ehr_match: time, the
-              default, or date as the original; ties: latest start, then largest id) — cohorts.cxr_ehr_features
+              default, or date as the original; ties: latest start, then largest id) — cohorts.cxr_ehr_features;
+              an image whose admission is not known (rows that differ or were rejected at read, no dischtime) is a
+              reject, never "in no admission"
     outcomes  the admission's hospital_expire_flag and the ICU stay's length lie in the image's future: written only
-              with --include_outcomes, as outcome/* (TFRecords) and outcome_* (manifest), never as features
+              with --include_outcomes, as outcome/* (TFRecords) and outcome_* (manifest), never as features; a blank
+              flag is then a reject (unknown_outcome), never "alive"
     split     patient-level, --split_strategy (the official MIMIC-CXR split by default)
     outputs   tfrecords/ (image + features), manifest/, features/<set>-…csv for each --feature_sets name (the
               original's layout: path, then the vector), rejects/, metadata.json
@@ -42,7 +45,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
 from beam_pipeline.transforms.images import SelectKeptImages
-from beam_pipeline.transforms.join import RowRejects, duplicate_events, one_image_per_row, unique_rows
+from beam_pipeline.transforms.join import RowRejects, Unique, duplicate_events, one_image_per_row, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
 from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
@@ -80,11 +83,27 @@ ROW_REJECTS = {rejects.table: rejects for rejects in (
     RowRejects("icustay", mimic.ICUSTAYS.name, "in no valid ICU stay"))}
 
 
+def admission_problem(admission: dict | None, admissions: Unique, groups: dict) -> tuple[str, str] | None:
+    """(reason, detail) when the image's admission (admission_of with open_end, among ``admissions.candidates()``)
+    is not known: its rows differ; it has no dischtime (begun by the image, it may hold it, and it outranks every
+    admission that surely does); or there is none while an admissions row of the subject was rejected at read.
+    Never "in no admission", nor the next-best admission."""
+    if admission is None:
+        return ROW_REJECTS["admissions"].problem(groups)
+    conflict = admissions.conflict(admission["hadm_id"])
+    if conflict or admission["dischtime"] is not None:
+        return conflict
+    return "admission_end_unknown", (f"admissions hadm_id={admission['hadm_id']}: dischtime is blank and admittime "
+                                     f"{mimic.format_datetime(admission['admittime'])} is not after the image: it "
+                                     f"may be the image's admission")
+
+
 class DescribeImages(beam.DoFn):
     """(subject_id, co-grouped rows) -> ImageRecord per kept-view image; images without a patients row or gender,
     or with no age bin, are counted (dropped/<reason>); repeated dicom_ids and conflicting rows are rejects, as is an
-    image whose subject had a patients row rejected at read, or that is in no valid admission (ICU stay) while an
-    admissions (icustays) row of its subject was rejected at read: that row may be the one it falls in."""
+    image whose subject had a patients row rejected at read, whose admission is not known (admission_problem), that
+    is in no valid ICU stay while an icustays row of its subject was rejected at read (it may be the one it falls
+    in), or, with outcomes, whose admission's hospital_expire_flag is blank (unknown_outcome)."""
 
     def __init__(self, granularity: str, include_outcomes: bool):
         self._granularity = granularity
@@ -102,14 +121,17 @@ class DescribeImages(beam.DoFn):
             yield from accounting.reject("join", reason, subject_id=subject_id, study_id=image.study_id,
                                          dicom_id=image.dicom_id, detail=detail, counter="rejected")
         for image in images:
-            problem = (patients.conflict(subject_id) or splits.conflict(image.dicom_id)
-                       or ROW_REJECTS["patients"].problem(groups))
-            admission = ehr.admission_of(image, admissions.candidates(), self._granularity)
+            admission = ehr.admission_of(image, admissions.candidates(), self._granularity, open_end=True)
             stay = ehr.icu_stay_of(image, icustays.candidates(), self._granularity)
-            admission_problem = (admissions.conflict(admission["hadm_id"]) if admission
-                                 else ROW_REJECTS["admissions"].problem(groups))
-            stay_problem = icustays.conflict(stay["stay_id"]) if stay else ROW_REJECTS["icustays"].problem(groups)
-            problem = problem or admission_problem or stay_problem
+            problem = (patients.conflict(subject_id) or splits.conflict(image.dicom_id)
+                       or ROW_REJECTS["patients"].problem(groups) or admission_problem(admission, admissions, groups)
+                       or (icustays.conflict(stay["stay_id"]) if stay else ROW_REJECTS["icustays"].problem(groups)))
+            outcomes = None
+            if self._include_outcomes and not problem:
+                try:
+                    outcomes = ehr.outcomes(admission, stay)
+                except mimic.RowError as err:
+                    problem = err.reason, err.detail
             if problem:
                 yield from accounting.reject("join", problem[0], subject_id=subject_id, study_id=image.study_id,
                                              dicom_id=image.dicom_id, detail=problem[1], counter="rejected")
@@ -119,7 +141,6 @@ class DescribeImages(beam.DoFn):
             except mimic.RowError as err:
                 yield accounting.event(f"dropped/{err.reason}")
                 continue
-            outcomes = ehr.outcomes(admission, stay) if self._include_outcomes else None
             encoded = ehr.encode(features)
             split = splits.rows.get(image.dicom_id)
             yield ImageRecord(

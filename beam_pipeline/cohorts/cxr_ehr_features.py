@@ -7,7 +7,9 @@ EHR-data-prep.ipynb) and what deliberately does not; each function's docstring h
     matching    the admission / ICU stay an image falls in: start <= t <= end, both ends inclusive, by datetime
                 ("time", our default) or by calendar date ("date", the original, which also matches an image
                 taken hours before the admission / ICU stay began that day: a glimpse of the future); several
-                matches: the latest start, then the largest id (the original: the last match in file order)
+                matches: the latest start, then the largest id (the original: the last match in file order); the
+                cohort also ranks an admission without a dischtime as holding every image from its admittime on, and
+                rejects the image when that admission is chosen (its admission is unknown, never "none")
     age         mimic.age_at in the study's year: top-coded patients stay 91 (the original: 91 + (study year -
                 anchor_year), e.g. 89 two years before); bins as the original, right-closed: "<20" holds 20, "90+"
                 starts at 91
@@ -16,7 +18,8 @@ EHR-data-prep.ipynb) and what deliberately does not; each function's docstring h
     orientation Erect / Recumbent, anything else or blank is "missing" (the original imputes, as for the view)
     features    known at the image's time: gender, age, bins, view, orientation, in_admission, in_icu
     outcomes    the future of the image, kept apart: the admission's hospital_expire_flag and the ICU stay's
-                length; encoded as alive/died only when asked for (the original treats them as features)
+                length; encoded as alive/died only when asked for (the original treats them as features); a
+                blank flag is an unknown outcome (RowError), never "alive"
     feature sets the original's 23 CSV files by name and column order; the ones with alive/died need outcomes
 """
 
@@ -40,8 +43,9 @@ GRANULARITIES: tuple[str, ...] = ("time", "date")
 class Interval:
     """Rows (admissions, ICU stays) that contain an image: ``start <= t <= end``, both ends inclusive, compared as
     datetimes (granularity "time") or as calendar dates ("date": the original's StudyDate against the dates of
-    admittime/dischtime). A row without an end contains nothing. Several rows: the latest start time (the full
-    datetime, at either granularity), then the largest ``key``, so the choice never depends on file order.
+    admittime/dischtime). A row without an end contains nothing, unless asked to rank it as open (``open_end``).
+    Several rows: the latest start time (the full datetime, at either granularity), then the largest ``key``, so the
+    choice never depends on file order.
 
     Not a windows.Window: a Window measures events from one anchor, here each row brings its own two ends."""
 
@@ -54,13 +58,15 @@ class Interval:
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
 
-    def contains(self, row: Mapping[str, Any], when: dt.datetime) -> bool:
+    def contains(self, row: Mapping[str, Any], when: dt.datetime, open_end: bool = False) -> bool:
+        """Whether the row holds ``when``. A row without an end holds nothing, or with ``open_end`` every time from
+        its start on: its end is unknown, so it may hold any of them (for a caller that rejects such a match)."""
         start, end = row[self.start], row[self.end]
-        if end is None:
+        if end is None and not open_end:
             return False
         if self.granularity == "date":
-            return start.date() <= when.date() <= end.date()
-        return start <= when <= end
+            start, end, when = start.date(), None if end is None else end.date(), when.date()
+        return start <= when and (end is None or when <= end)
 
     def describe(self) -> str:
         """The rule in the notation of the docs, e.g. ``admittime ≤ t ≤ dischtime (time; ...)``."""
@@ -75,19 +81,22 @@ ADMISSION_INTERVAL = Interval("admittime", "dischtime", "hadm_id")
 ICU_INTERVAL = Interval("intime", "outtime", "stay_id")
 
 
-def containing(interval: Interval, image: mimic.Image, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The image's subject's rows that contain its study time, best first (latest start, then largest key). More
-    than one is a tie the choice settled; callers may count them."""
+def containing(interval: Interval, image: mimic.Image, rows: Iterable[Mapping[str, Any]],
+               open_end: bool = False) -> list[Mapping[str, Any]]:
+    """The image's subject's rows that contain its study time (``open_end``: Interval.contains), best first
+    (latest start, then largest key). More than one is a tie the choice settled; callers may count them."""
     inside = [row for row in rows
-              if row["subject_id"] == image.subject_id and interval.contains(row, image.study_time)]
+              if row["subject_id"] == image.subject_id and interval.contains(row, image.study_time, open_end)]
     return sorted(inside, key=lambda row: (row[interval.start], row[interval.key]), reverse=True)
 
 
-def admission_of(image: mimic.Image, admissions: Iterable[Mapping[str, Any]],
-                 granularity: str = "time") -> Mapping[str, Any] | None:
+def admission_of(image: mimic.Image, admissions: Iterable[Mapping[str, Any]], granularity: str = "time",
+                 open_end: bool = False) -> Mapping[str, Any] | None:
     """The admission (typed ADMISSIONS row) the image falls in, or None. A readmission on the day of a discharge
-    puts a date-granular image in both: the later admission wins."""
-    ranked = containing(dataclasses.replace(ADMISSION_INTERVAL, granularity=granularity), image, admissions)
+    puts a date-granular image in both: the later admission wins. With ``open_end`` an admission without a dischtime
+    begun by the image competes as if it held it (it may): a returned row with a blank dischtime means the image's
+    admission is unknown, while a later-begun admission that holds the image still wins."""
+    ranked = containing(dataclasses.replace(ADMISSION_INTERVAL, granularity=granularity), image, admissions, open_end)
     return ranked[0] if ranked else None
 
 
@@ -165,11 +174,17 @@ OUTCOMES: tuple[str, ...] = ("outcome_hospital_expire_flag", "outcome_icu_los_da
 def outcomes(admission: Mapping[str, Any] | None, icu_stay: Mapping[str, Any] | None) -> dict[str, Any]:
     """What happened after the image: whether the admission it falls in ended in death (hospital_expire_flag) and
     how long the ICU stay it falls in lasted, in days. None when the image is in no admission / stay (the original
-    writes 0 for both). Named outcome_* so no writer can mistake them for features.
+    writes 0 for both). Named outcome_* so no writer can mistake them for features. RowError unknown_outcome when
+    the admission's hospital_expire_flag is blank (nullable in MIMIC) or not 0/1: None would read as "in no
+    admission" and encode would write it as alive, like a known survivor.
 
     LOS is (outtime - intime) in days, not icustays.los (a rounded float that the pipeline does not read)."""
+    flag = None if admission is None else admission["hospital_expire_flag"]
+    if admission is not None and flag not in (0, 1):
+        raise mimic.RowError("unknown_outcome", f"admissions hadm_id={admission['hadm_id']} (the image's admission): "
+                                                f"hospital_expire_flag is {'blank' if flag is None else flag}, not 0/1")
     return {
-        "outcome_hospital_expire_flag": None if admission is None else admission["hospital_expire_flag"],
+        "outcome_hospital_expire_flag": flag,
         "outcome_icu_los_days": None if icu_stay is None else
         (icu_stay["outtime"] - icu_stay["intime"]) / dt.timedelta(days=1),
     }
@@ -206,8 +221,8 @@ def encode(features: Mapping[str, Any], outcomes: Mapping[str, Any] | None = Non
     """The original's float columns (FEATURE_COLUMNS order, then OUTCOME_COLUMNS when outcomes are given).
 
     Every one-hot group sums to 1: a missing view / orientation sets view_missing / orientation_missing (the
-    original's columns are then all 0). died = the matched admission's hospital_expire_flag; an image in no
-    admission is alive, as in the original."""
+    original's columns are then all 0). died = the matched admission's hospital_expire_flag (outcomes refuses an
+    unknown one); an image in no admission is alive, as in the original."""
     encoded = {
         **_one_hot(features["gender"], GENDERS, GENDER_COLUMNS),
         "age_norm": (features["age"] - AGE_NORM_MIN) / (AGE_NORM_MAX - AGE_NORM_MIN),
