@@ -122,9 +122,10 @@ class Config:
         "(-1 -> no target: stored as -1 with mask 0, never 0). Raw values are always stored too.", "zeros",
         choices=("zeros", "ones", "ignore"))
     split_strategy: str = _flag(
-        "official: the MIMIC-CXR split file (validate -> val; images missing from it are rejected; a patient in "
-        "several official splits goes to the most held-out one); hash: patient-level split by salted sha256 of "
-        "subject_id.", "official", choices=("official", "hash"))
+        "official: the MIMIC-CXR split file (validate -> val; images missing from it are rejected; a patient whose "
+        "rows in the file sit in several official splits goes to the most held-out one, whichever of its images "
+        "the run keeps); hash: patient-level split by salted sha256 of subject_id.", "official",
+        choices=("official", "hash"))
     split_fractions: tuple[float, ...] = _flag(
         "train,val,test fractions for --split_strategy=hash; must sum to 1.", (0.7, 0.15, 0.15), parse=_fractions,
         bounds=(0, 1))

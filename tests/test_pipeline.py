@@ -192,6 +192,24 @@ def test_official_split_is_the_default_and_rejects_images_missing_from_the_split
     assert mid["labels/binary"][mimic.LABELS.index("Pneumonia")] == 1
 
 
+def test_a_patients_official_split_comes_from_the_whole_split_file_whatever_the_views(mini_mimic, tmp_path):
+    """The subject's kept-view images are in official train, its LATERAL image (another view by default) in test:
+    every one of its records goes to test, with or without LATERAL kept, so two runs never put it in two splits."""
+    tables = scenario()
+    tables["splits"] = [{**row, "split": "test" if row["dicom_id"] == "d-lateral" else "train"}
+                        for row in tables["splits"]]
+    roots = mini_mimic(**tables)
+    splits, sections = {}, []
+    for name, views in (("default", ()), ("lateral", ("--views=AP,PA,LATERAL",))):
+        sections.append(run(argv(roots, tmp_path / name, *views))["split"])
+        splits[name] = {row["dicom_id"]: row["split"] for row in read_manifest(tmp_path / name)}
+    assert splits["default"] == dict.fromkeys(["d-at-intime", "d-mid", "d-24h", "d-stay-b"], "test")
+    assert splits["lateral"] == {**splits["default"], "d-lateral": "test"}
+    for section in sections:  # the file's count is the same in both runs; 4 records left their own train
+        assert section["split_file_patients_in_several_splits"] == 1
+        assert section["reassigned_patients"] == 1 and section["reassigned_records"] == 4
+
+
 def test_no_note_text_in_logs(mini_mimic, tmp_path, caplog):
     """Nothing at INFO or above carries row contents. (Beam itself logs whole elements at DEBUG: never enable
     DEBUG logging on credentialed data; the README says so.)"""

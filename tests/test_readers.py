@@ -256,6 +256,9 @@ def test_gzip_output_reads_back(built, gzip_jpeg):
     assert len(examples) == metadata["counts"]["per_split"]["test"] == len(manifest["test"])
     assert examples[0]["image"].shape == (32, 32, 1) and examples[0]["image/format"].numpy() == b"jpeg"
     assert examples[0]["image/edge_map"].numpy()[:4] == b"\x89PNG"
+    for split in mimic.SPLITS:  # metadata.json gives the gzip files' sizes, not the uncompressed records'
+        shards = (published(output) / "tfrecords").glob(f"{split}-*.tfrecord.gz")
+        assert metadata["outputs"]["tfrecords"][split]["bytes"] == sum(path.stat().st_size for path in shards)
 
 
 @pytest.mark.parametrize("normalization", ["none", "imagenet"])

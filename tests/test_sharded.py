@@ -98,6 +98,20 @@ def test_gzip_shards_are_deterministic_and_readable(tmp_path):
     assert len(list(tf.data.TFRecordDataset(str(path), compression_type="GZIP"))) == 10
 
 
+@pytest.mark.parametrize("fmt", [ShardFormat(".tfrecord.gz", tfrecord.frame, gzip=True), TFRECORD])
+def test_file_records_give_the_bytes_on_disk(tmp_path, fmt):
+    """metadata.json's outputs sum these: with gzip they are the compressed file's bytes, not the payload's (an
+    empty shard included: a gzip of nothing is not 0 bytes)."""
+    def on_disk(files):
+        assert {f["path"]: f["bytes"] for f in files} == {
+            str(path): path.stat().st_size for path in tmp_path.iterdir()}
+        assert len(files) == 2
+
+    with test_pipeline() as p:
+        files = p | beam.Create(_elements(20)) | WriteShards(str(tmp_path), ("train", "val"), fmt, ShardPlan(10 ** 6))
+        assert_that(files, on_disk)
+
+
 def test_csv_header_in_every_shard(tmp_path):
     fmt = ShardFormat(".csv", header=b"a,b\n")
     elements = [("manifest", f"k{i:03d}", f"{i},x\n".encode()) for i in range(30)]

@@ -21,6 +21,18 @@ def record(subject_id, dicom_id, study_id=50000000, official=None, split=None):
                   (), official, split)
 
 
+def file_rows(records, *more):
+    """The split file's rows of the records (those with an official value), plus ``more`` (subject, dicom, value)."""
+    return ([{"dicom_id": r.dicom_id, "subject_id": r.subject_id, "split": r.official_split}
+             for r in records if r.official_split is not None]
+            + [{"dicom_id": d, "subject_id": s, "split": v} for s, d, v in more])
+
+
+def assign_official(p, records, *more):
+    return (p | "Records" >> beam.Create(records)
+            | AssignSplits("official", "s", FRACTIONS, p | "SplitFile" >> beam.Create(file_rows(records, *more))))
+
+
 def test_hash_split_is_stable_across_releases():
     """Golden values (sha256 of "mimic-cxr-ed-v1:<subject_id>"): if these change, published splits move."""
     assert unit_interval("mimic-cxr-ed-v1:10000032") == pytest.approx(0.321716, abs=1e-6)
@@ -56,7 +68,7 @@ def test_official_split_maps_validate_and_rejects_missing():
     records = [record(1, "a", official="train"), record(2, "b", official="validate"), record(3, "c", official="test"),
                record(4, "d", official=None), record(5, "e", official="holdout")]
     with test_pipeline() as p:
-        out = p | beam.Create(records) | AssignSplits("official", "s", FRACTIONS)
+        out = assign_official(p, records)
         assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
                     equal_to([("a", "train"), ("b", "val"), ("c", "test")]))
         assert_that(out.rejects | beam.Map(lambda r: (r["dicom_id"], r["reason"])),
@@ -71,14 +83,38 @@ def test_a_patient_in_several_official_splits_moves_to_the_most_held_out_one():
                record(2, "d", official="validate"), record(2, "e", official="train"), record(2, "f"),
                record(3, "g", official="train")]
     with test_pipeline() as p:
-        out = p | beam.Create(records) | AssignSplits("official", "s", FRACTIONS)
+        out = assign_official(p, records)
         assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
                     equal_to([("a", "test"), ("b", "test"), ("c", "test"), ("d", "val"), ("e", "val"),
                               ("g", "train")]))
         assert_that(out.events | beam.CombinePerKey(sum),
                     equal_to([("split_reassigned_patients", 2), ("split_reassigned_records", 3), ("rejected", 1),
-                              ("rejects/split/not_in_official_split", 1)]), label="Events")
+                              ("rejects/split/not_in_official_split", 1),
+                              ("split_file_patients_in_several_splits", 2)]), label="Events")
         assert_that(out.records | AssertPatientDisjoint(), equal_to([]), label="Disjoint")
+
+
+def test_a_patients_official_split_is_taken_over_the_whole_split_file():
+    """Rows of images this run did not keep (another view, no stay, rejected in the join) still place the patient,
+    so its split is a function of the file: subject 1's only record is in train, its image of another view in test.
+    Every version of a conflicting dicom_id counts (subject 2: its image is rejected upstream and may be a test
+    image); a value that is no split counts for nothing (subject 3); a subject with no record still counts as in
+    several splits of the file (subject 4)."""
+    records = [record(1, "a", official="train"), record(2, "c", official="train"), record(3, "e", official="train")]
+    more = [(1, "b-lateral", "test"), (2, "d-conflict", "train"), (2, "d-conflict", "validate"),
+            (3, "f", "holdout"), (4, "g", "train"), (4, "h", "test")]
+    with test_pipeline() as p:
+        out = assign_official(p, records, *more)
+        assert_that(out.records | beam.Map(lambda r: (r.dicom_id, r.split)),
+                    equal_to([("a", "test"), ("c", "val"), ("e", "train")]))
+        assert_that(out.events | beam.CombinePerKey(sum),
+                    equal_to([("split_reassigned_patients", 2), ("split_reassigned_records", 2),
+                              ("split_file_patients_in_several_splits", 3)]), label="Events")
+
+
+def test_the_official_split_needs_the_split_file():
+    with pytest.raises(ValueError, match="split file"):
+        AssignSplits("official", "s", FRACTIONS)
 
 
 def test_written_records_count_patients_and_studies_and_pass_the_disjointness_check():

@@ -220,8 +220,12 @@ def split_section(config: Config, events: dict[str, int], counts: dict) -> dict:
             "rule": "MIMIC-CXR split file per image (validate -> val)" if official else
                     f"sha256('{config.split_salt}:<subject_id>') against fractions {list(config.split_fractions)}",
             "missing_from_official_file": "rejected (not_in_official_split)" if official else None,
-            "patient_in_several_official_splits": "all of the patient's images go to the most held-out of those "
-                                                  "splits (test, then val)" if official else None,
+            "patient_in_several_official_splits": "all of the patient's images go to the most held-out split among "
+                                                  "every row of the patient in the split file (test, then val), "
+                                                  "whatever images this run kept" if official else None,
+            # subjects whose rows in the split file name several splits: a count of the file, not of this run
+            "split_file_patients_in_several_splits": events.get("split_file_patients_in_several_splits", 0)
+            if official else None,
             "reassigned_patients": events.get("split_reassigned_patients", 0),
             "reassigned_records": events.get("split_reassigned_records", 0),
             "patients_per_split": counts["patients_per_split"]}

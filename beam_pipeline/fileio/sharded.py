@@ -180,18 +180,35 @@ def shard_path(directory: str, group: str, index: int, shards: int, suffix: str)
     return FileSystems.join(directory, f"{group}-{index:05d}-of-{shards:05d}{suffix}")
 
 
+class _CountingWriter:
+    """Passes writes on to ``raw`` and counts their bytes: the file's size, compressed or not, without asking the
+    file system (a GCS upload cannot tell its size before it is closed)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._raw.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
 def write_file(path: str, chunks: Iterable[bytes], compress: bool) -> int:
-    """Write chunks to path (gzip with a fixed header: no name, mtime 0); return the uncompressed size."""
-    size = 0
+    """Write chunks to path (gzip with a fixed header: no name, mtime 0); return the bytes in the file (after
+    compression: metadata.json's sizes are what storage holds and transfers)."""
     with FileSystems.create(path, mime_type="application/octet-stream",
                             compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        sink = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
+        counted = _CountingWriter(raw)
+        sink = gzip.GzipFile(filename="", mode="wb", fileobj=counted, mtime=0) if compress else counted
         for chunk in chunks:
             sink.write(chunk)
-            size += len(chunk)
         if compress:
             sink.close()
-    return size
+    return counted.size
 
 
 class _WriteShard(beam.DoFn):

@@ -2,11 +2,18 @@
 
 ``official`` (the default): the MIMIC-CXR split file, per image (``validate`` -> ``val``), so results compare with
 published models; an image missing from the file is rejected (``not_in_official_split``, counted). A patient whose
-images sit in more than one official split has all of them moved to the most held-out of those splits (test, then
-val), so no patient straddles splits and no official test image ever becomes training data; the moves are counted
-(``split_reassigned_records`` / ``_patients``). ``hash``: a pure function of (salt, subject_id) via sha256, the same
-on every worker and rerun. Records are grouped by subject_id first, so a patient's images are assigned together;
-the job still verifies before writing anything that no subject_id is in two splits.
+rows in the file sit in more than one official split has all of its images moved to the most held-out of those
+splits (test, then val), so no patient straddles splits and no official test image ever becomes training data. The
+patient's split is taken over every row of the file for the subject, not only the images this run kept, so it is a
+function of the file alone: the same in every run and cohort, whatever --views, the window or the joins dropped.
+Rows rejected when read are not in the file (their image is ``not_in_official_split``); every version of a
+dicom_id whose rows conflict counts (its image is rejected in the join, and may be a test image); values other than
+train/validate/test count for nothing (their image is ``unknown_official_split``). Counted: records moved off their
+own official split (``split_reassigned_records``), patients with such records (``split_reassigned_patients``), and
+subjects of the file in several splits (``split_file_patients_in_several_splits``, whatever this run kept).
+``hash``: a pure function of (salt, subject_id) via sha256, the same on every worker and rerun. Records are grouped
+by subject_id first, so a patient's images are assigned together; the job still verifies before writing anything
+that no subject_id is in two splits.
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ def most_held_out(splits) -> str:
 
 
 class _AssignSubject(beam.DoFn):
-    """(subject_id, records) -> the records with their split; images missing from the official file are rejected."""
+    """(subject_id, {records, file: the subject's split-file values}) -> the records with their split; images
+    missing from the official file are rejected."""
 
     def __init__(self, strategy: str, salt: str, fractions: Sequence[float]):
         self._strategy = strategy
@@ -54,12 +62,16 @@ class _AssignSubject(beam.DoFn):
         self._fractions = tuple(fractions)
 
     def process(self, element):
-        subject_id, records = element
+        subject_id, groups = element
+        records = groups["records"]
         if self._strategy == "hash":
             split = hash_split(subject_id, self._salt, self._fractions)
             for record in records:
                 yield dataclasses.replace(record, split=split)
             return
+        in_file = {mimic.OFFICIAL_SPLITS[value] for value in groups["file"] if value in mimic.OFFICIAL_SPLITS}
+        if len(in_file) > 1:
+            yield accounting.event("split_file_patients_in_several_splits")
         kept = []
         for record in records:
             split = mimic.OFFICIAL_SPLITS.get(record.official_split or "")
@@ -73,7 +85,7 @@ class _AssignSubject(beam.DoFn):
                 kept.append((record, split))
         if not kept:
             return
-        target = most_held_out({split for _, split in kept})
+        target = most_held_out(in_file | {split for _, split in kept})
         moved = sum(split != target for _, split in kept)
         if moved:
             yield accounting.event("split_reassigned_patients")
@@ -82,17 +94,33 @@ class _AssignSubject(beam.DoFn):
             yield dataclasses.replace(record, split=target)
 
 
-class AssignSplits(beam.PTransform):
-    """Records -> records with their split (patient by patient), plus the rejects and events every stage has."""
+def split_file_rows(reads: dict):
+    """The official split file's rows among a cohort's reads, for AssignSplits; None when it is not read (hash)."""
+    read = reads.get(mimic.CXR_SPLIT.name)
+    return None if read is None else read.rows
 
-    def __init__(self, strategy: str, salt: str, fractions: Sequence[float]):
+
+class AssignSplits(beam.PTransform):
+    """Records -> records with their split (patient by patient), plus the rejects and events every stage has.
+    ``split_rows``: the split file's rows (needed by ``official``), co-grouped with the records by subject as the
+    distinct (subject_id, split value) pairs, a few per subject: the patient's split comes from the whole file."""
+
+    def __init__(self, strategy: str, salt: str, fractions: Sequence[float], split_rows=None):
         super().__init__()
+        if strategy == "official" and split_rows is None:
+            raise ValueError("the official split needs the split file's rows (split_rows)")
+        self._official = strategy == "official"
+        self._split_rows = split_rows
         self._dofn = _AssignSubject(strategy, salt, fractions)
 
     def expand(self, records):
-        return (records
-                | "KeyBySubject" >> beam.Map(lambda r: (r.subject_id, r))
-                | "GroupBySubject" >> beam.GroupByKey()
+        groups = {"records": records | "KeyBySubject" >> beam.Map(lambda r: (r.subject_id, r))}
+        if self._official:
+            groups["file"] = (self._split_rows
+                              | "SubjectSplitValue" >> beam.Map(lambda row: (row["subject_id"], row["split"]))
+                              | "DistinctSubjectSplitValue" >> beam.Distinct())
+        return (groups
+                | "GroupBySubject" >> beam.CoGroupByKey()
                 | "AssignPerSubject" >> beam.ParDo(self._dofn).with_outputs(
                     accounting.REJECTS, accounting.EVENTS, main="records"))
 
@@ -125,7 +153,8 @@ class CountPatientsAndStudies(beam.PTransform):
 
     def expand(self, records):
         counted = []
-        for name, key in (("Patients", lambda r: (r.subject_id, r.split)), ("Studies", lambda r: (r.study_id, r.split))):
+        for name, key in (("Patients", lambda r: (r.subject_id, r.split)),
+                          ("Studies", lambda r: (r.study_id, r.split))):
             counted.append(records
                            | f"{name}Split" >> beam.Map(key)
                            | f"Distinct{name}" >> beam.Distinct()
