@@ -8,9 +8,11 @@ page checks in the browser that every image loaded and says so at the top.
 
 Safe to look at by default: aggregates only, and every count from 1 to 10 is shown as "<11" (small-cell
 suppression, as CMS and most data use agreements ask), in tables, figure bars and annotations alike; counts that
-add up to a shown total (the funnel, the splits, a split's label, age, sex and view counts, the score bins) hide a
-second one beside a lone small one (report_cards.protect); no note text and no record images. ``--samples N`` opts into N validation records (filtered note, labels, thumbnail) and marks the
-page "contains patient data, do not share".
+add up to a shown total (the funnel, the splits, a split's label, age, sex and view counts, the score bins, the
+source sizes and passages with their rest) hide a second one beside a lone small one (report_cards.protect), and
+a count of all but a few written records is hidden too; the leakage probe shows AUROCs, not its per-label counts;
+no note text and no record images. ``--samples N`` opts into N validation records (filtered note, labels,
+thumbnail) and marks the page "contains patient data, do not share".
 
 This is the ed_cxr card; ``build`` hands a run of another cohort (metadata.json config["cohort"]) to that cohort's
 card, which uses the helpers here and the same rules: symile_mimic's is report_symile, medfuse_ihm's and
@@ -211,12 +213,12 @@ def labels_figure(stats: dict, left_out: dict[str, str]) -> bytes:
     figure, axes = plt.subplots(1, 3, figsize=(14, 5), sharey=True)
     for ax, split in zip(axes, mimic.SPLITS):
         labels = stats["per_split"][split]["labels"]
-        total = max(1, sum(labels[mimic.LABELS[0]].values()))
+        total = sum(labels[mimic.LABELS[0]].values())  # the title's; an empty split's is 0
         left = np.zeros(len(mimic.LABELS))
         gone = {name: set(COLORS) if split in left_out else
                 {list(COLORS)[i] for i in hidden([labels[name][state] for state in COLORS])} for name in mimic.LABELS}
         for state, color in COLORS.items():
-            share = np.array([0.0 if state in gone[name] else labels[name][state] / total
+            share = np.array([0.0 if state in gone[name] else labels[name][state] / max(1, total)
                               for name in mimic.LABELS])  # hidden cells are not drawn: the bar ends short
             ax.barh(mimic.LABELS, share, left=left, color=color, label=state)
             left += share
@@ -315,27 +317,28 @@ PROBE_TITLES = {"filtered_note": "filtered note", "filtered_note_without_marker"
 
 
 def probe_part(probe: dict | None, left_out: dict[str, str]) -> str:
-    """The leakage probe: per label, validation AUROC of the same classifier on each input. The records of a
-    ``left_out`` split (report_cards.hidden_splits) are its images (up to the subsample), so they show its mark."""
+    """The leakage probe: per label, validation AUROC of the same classifier on each input. Its per-label record and
+    positive counts stay in metadata.json: the val subsample is the whole val split up to 5,000 records, so they
+    would give back what the label table hides (negatives by subtraction, a suppressed positive count, uncertain
+    counts under --uncertain_policy ones or ignore). The subsample's sizes are its splits' images (up to the cap),
+    so a ``left_out`` split (report_cards.hidden_splits) shows its mark."""
     if not probe:
         return "<p>This run has no leakage probe (metadata.json written by an older version).</p>"
     inputs = probe["inputs"]
     rows = []
     for label, entry in probe["labels"].items():
         aurocs = [f"{entry[name]:.3f}" if name in entry else "–" for name in inputs]
-        rows.append([label, *aurocs, left_out.get("train", entry["n_train"]), left_out.get("val", entry["n_val"]),
-                     left_out.get("val", entry["positives_val"]),
-                     f"skipped: fewer than {probe.get('min_class', 5)} positives or negatives"
+        rows.append([label, *aurocs, f"skipped: fewer than {probe.get('min_class', 5)} positives or negatives"
                      if "skipped" in entry else ""])
     method = probe["method"]
     return (f"<p>Validation AUROC of one simple classifier per label ({html.escape(method['classifier'])}; text: "
-            f"{html.escape(method['text_features'])}), trained on {left_out.get('train', Count(probe['n_train']))} "
-            f"train and scored on {left_out.get('val', Count(probe['n_val']))} val records "
-            f"({html.escape(method['subsample'])}). "
+            f"{html.escape(method['text_features'])}). The subsample ({html.escape(method['subsample'])}) holds "
+            f"{left_out.get('train', Count(probe['n_train']))} train and {left_out.get('val', Count(probe['n_val']))} "
+            "val records, labelled or not; each label's classifier is fitted and scored on those with a target for "
+            "it (labels/mask 1; their counts per label are in metadata.json's leakage_probe, not on this page). "
             f"{html.escape(method['how_to_read'][0].upper() + method['how_to_read'][1:])}. 0.5 is chance. The "
             "unfiltered note is never written; only these numbers are kept.</p>" +
-            _table(["label", *[PROBE_TITLES.get(name, name) for name in inputs], "train records", "val records",
-                    "val positives", ""], rows, "probe"))
+            _table(["label", *[PROBE_TITLES.get(name, name) for name in inputs], ""], rows, "probe"))
 
 
 def label_text(raw: list[float], names: tuple[str, ...]) -> str:
@@ -395,6 +398,7 @@ IMAGES_TOTAL, UNREADABLE, OTHER_VIEWS = "images in metadata", "unreadable rows",
 NO_STAY, DROPPED_AFTER = "no ED stay in window", "after ED departure, dropped (--within_ed_stay)"
 REJECTED, WRITTEN = "rejected", "written (matched)"
 LINKED = "linked to an ED stay"  # a step of the funnel figure only (linked_images)
+OTHER_SIZES, OTHER_PASSAGES = "other sizes", "other passages"  # top_cells' rest
 
 
 def kept_views(config: dict) -> str:
@@ -426,6 +430,26 @@ def view_names(stats: dict) -> list[str]:
     return sorted({v for s in mimic.SPLITS for v in stats["per_split"][s]["view"]})
 
 
+TOP_ROWS, TOP_DRAWN = 15, 10  # the source-size and passage tables' rows, and their figures' bars
+
+
+def top_cells(counts: dict[str, int], other: str) -> tuple[dict[str, int], dict[str, object]]:
+    """The first TOP_ROWS of ``counts`` (largest first) and the rest summed as ``other`` (when there is one), with
+    each as ``cells`` shows it: together they are the written images (or the retrievals), a total the page shows, so
+    a lone small one cannot be had by subtraction."""
+    top = dict(list(counts.items())[:TOP_ROWS])
+    rest = sum(counts.values()) - sum(top.values())
+    values = {**top, other: rest} if rest else top
+    return values, dict(zip(values, cells(list(values.values()))))
+
+
+def top_figure(counts: dict[str, int], other: str) -> dict[str, int]:
+    """A figure's bars of top_cells: the first TOP_DRAWN, a cell the table hides not drawn."""
+    from beam_pipeline.report_cards import figure_counts  # report_cards imports this module
+    values, shown = top_cells(counts, other)
+    return figure_counts(dict(list(values.items())[:TOP_DRAWN]), shown)
+
+
 def split_counts(values: list[int], mark: str = "") -> list:
     """A split's counts that add up to its images: ``cells``, or the split's ``mark`` in each when the split table
     hides its images (report_cards.hidden_splits)."""
@@ -436,12 +460,13 @@ def render(metadata: dict, split_rows: list[list], left_out: dict[str, str], sam
            sample_names: list[str]) -> str:
     """The page: ``split_rows`` is the split table, ``left_out`` its splits whose images it hides
     (report_cards.hidden_splits)."""
+    from beam_pipeline.report_cards import of_total  # report_cards imports this module
     counts, stats = metadata["counts"], metadata["stats"]
     rows, shown = funnel_cells(metadata)
-    funnel_rows = [*[[name, shown[name]] for name, _ in rows],
-                   ["written: without labels", counts["labels"].get("no_label_row", 0) +
-                    counts["labels"].get("all_blank", 0)],
-                   ["written: after ED departure", counts.get("after_ed_departure", 0)]]
+    unlabelled = counts["labels"].get("no_label_row", 0) + counts["labels"].get("all_blank", 0)
+    funnel_rows = [*[[name, shown[name]] for name, _ in rows],  # the last two: of the written, so of_total
+                   ["written: without labels", of_total(unlabelled, counts["matched"])[0]],
+                   ["written: after ED departure", of_total(counts.get("after_ed_departure", 0), counts["matched"])[0]]]
     per_split, views = stats["per_split"], view_names(stats)
     notes = counts["notes"]
     text_rows = [["notes tokenised", notes["tokenized"]], ["notes redacted by the leakage filter", notes["redacted"]],
@@ -480,15 +505,16 @@ def render(metadata: dict, split_rows: list[list], left_out: dict[str, str], sam
             [[s, *split_counts([per_split[s]["view"].get(v, 0) for v in views], left_out.get(s, ""))]
              for s in mimic.SPLITS], "views"),
                  _table(["source size (rows x columns)", "images"],
-                        [[k, v] for k, v in list(stats["image_sizes"].items())[:15]], "sizes"),
+                        list(map(list, top_cells(stats["image_sizes"], OTHER_SIZES)[1].items())), "sizes"),
                  _figure("images.png", "views and image sizes")),
     ]
     rag = stats["rag"]
     if rag["passages"]:
         titles = passage_titles(metadata)
         sections.append(_section("retrieval", "Retrieval", _table(
-            ["passage", "title", "times retrieved"],
-            [[k, titles.get(k, ""), v] for k, v in list(rag["passages"].items())[:15]], "passages"),
+            ["passage", "title", "times retrieved"],  # they add up to the written records x top k
+            [[k, titles.get(k, ""), v] for k, v in top_cells(rag["passages"], OTHER_PASSAGES)[1].items()],
+            "passages"),
             _table(["cosine score", "retrievals"],  # they add up to the written records x top k
                    [[k, v] for k, v in zip(rag["scores"], cells(list(rag["scores"].values())))], "scores"),
             _figure("retrieval.png", "retrieval scores and most retrieved passages")))
@@ -554,12 +580,13 @@ def build(output: str, samples: int = 0, target: str = "") -> str:
         "demographics.png": demographics_figure(stats, left_out),
         "images.png": histograms_figure([("view positions", {v: sum(stats["per_split"][s]["view"].get(v, 0)
                                                                     for s in mimic.SPLITS) for v in view_names(stats)}),
-                                         ("source sizes (top 10)", dict(list(stats["image_sizes"].items())[:10]))]),
+                                         (f"source sizes (top {TOP_DRAWN})", top_figure(stats["image_sizes"],
+                                                                                        OTHER_SIZES))]),
     }
     if stats["rag"]["passages"]:
         figures["retrieval.png"] = histograms_figure([("retrieval scores", stats["rag"]["scores"]),
-                                                      ("most retrieved passages", dict(list(
-                                                          stats["rag"]["passages"].items())[:10]))])
+                                                      ("most retrieved passages", top_figure(stats["rag"]["passages"],
+                                                                                             OTHER_PASSAGES))])
     picked = sample_records(folder, metadata, samples) if metadata["image"] and samples > 0 else []
     names = [f"sample-{i:02d}.png" for i in range(len(picked))]
     figures.update({name: thumbnail(example["image/encoded"][0]) for name, example in zip(names, picked)})
@@ -587,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
                              "the paired X-rays; cxr_ehr: X-ray thumbnails with their raw variables; cxr_report: "
                              "X-ray thumbnails with their target text) and mark the page 'contains patient data, do "
                              "not share' (default 0: aggregate only, counts 1-10 shown as <11)")
-    parser.add_argument("--to", default="", help="where to write (default: OUTPUT/report)")
+    parser.add_argument("--to", default="", help="where to write (default: the run folder's report/)")
     args = parser.parse_args(argv)
     try:
         print(f"Report: {build(args.output, args.samples, args.to)}")

@@ -26,14 +26,30 @@ REJECT_LINES = "reject lines"  # the key of the reject lines' total among UnitFu
 # --- complementary suppression --------------------------------------------------------------------------------
 
 def protect(values: dict[Hashable, int], relations: Iterable[Iterable[Hashable]], fixed: Iterable[Hashable] = (),
-            rank: Callable[[Hashable], tuple] | None = None) -> dict[Hashable, object]:
+            rank: Callable[[Hashable], tuple] | None = None, follow: dict[Hashable, Hashable] | None = None
+            ) -> dict[Hashable, object]:
     """Cells as shown: counts 1 to 10 become "<11"; then, while a relation (cells of which one is the sum of the
     others) holds exactly one hidden cell, its visible non-zero cell of lowest ``rank`` (default: the smallest) that
-    is not ``fixed`` (shown elsewhere on the page) is hidden too, as "suppressed". Others are Counts."""
+    is not ``fixed`` (shown elsewhere on the page) is hidden too, as "suppressed"; a cell that ``follow`` maps to
+    another is hidden with it (a split's patients with its units: never more, so shown they would bound a hidden
+    count). Others are Counts."""
     relations = [list(r) for r in relations]
     rank = rank or (lambda key: (values[key],))
     fixed = set(fixed)
-    hidden = {key for key, v in values.items() if small(v)}
+    followers: dict[Hashable, list[Hashable]] = {}
+    for key, leader in (follow or {}).items():
+        followers.setdefault(leader, []).append(key)
+    hidden: set[Hashable] = set()
+
+    def hide(key: Hashable) -> None:  # with its followers at once, so that their relations count them
+        if key not in hidden:
+            hidden.add(key)
+            for other in followers.get(key, []):
+                hide(other)
+
+    for key, v in values.items():
+        if small(v):
+            hide(key)
     changed = True
     while changed:
         changed = False
@@ -42,7 +58,7 @@ def protect(values: dict[Hashable, int], relations: Iterable[Iterable[Hashable]]
                 continue
             candidates = [key for key in relation if key not in hidden and key not in fixed and values[key]]
             if candidates:
-                hidden.add(min(candidates, key=rank))
+                hide(min(candidates, key=rank))
                 changed = True
     return {key: withheld(v) if key in hidden else Count(v) for key, v in values.items()}
 
@@ -199,7 +215,8 @@ def split_columns(metadata: dict, unit: str, more: dict[str, dict[str, int]] | N
 def split_cells(metadata: dict, unit: str, more: dict[str, dict[str, int]] | None = None) -> dict:
     """The split_columns per split and in total, as shown: keys (column, split or "total"). Each column adds up to
     its total (splits are patient-disjoint, so patients and what belongs to one patient too); the written units
-    are fixed."""
+    are fixed. A split whose units are hidden has its other cells hidden too: no more of them than of its units
+    (patients, studies, X-rays), shown they would bound the hidden count (or equal it)."""
     values = {}
     columns = split_columns(metadata, unit, more)
     for column, per_split in columns.items():
@@ -207,7 +224,8 @@ def split_cells(metadata: dict, unit: str, more: dict[str, dict[str, int]] | Non
             values[(column, split)] = per_split.get(split, 0)
         values[(column, "total")] = sum(values[(column, s)] for s in mimic.SPLITS)
     relations = [[(column, s) for s in ("total", *mimic.SPLITS)] for column in columns]
-    return protect(values, relations, fixed=[(unit, "total")])
+    follow = {(column, s): (unit, s) for column in columns if column != unit for s in mimic.SPLITS}
+    return protect(values, relations, fixed=[(unit, "total")], follow=follow)
 
 
 def split_rows(metadata: dict, unit: str, more: dict[str, dict[str, int]] | None = None) -> list[list]:

@@ -10,9 +10,10 @@ stay (an aggregate histogram), the train-only normaliser, samples, provenance.
 Same rules as the other cards (report.py, whose helpers this uses): aggregates only by default and every count
 from 1 to 10 shown as "<11". Counts that add up to a shown total (a funnel step and the removals before it, the
 split table's rows and columns, the LOS bins, the split sources) get complementary suppression (report_cards): no
-suppressed count follows by subtraction from one relation. A share whose complement is 1 to 10 (all but a few
-stays) is not shown either, and a normaliser mean/sd only for a channel observed in more than 10 train stays (the
-normaliser is fitted on train; metadata.json's channel_coverage counts them).
+suppressed count follows by subtraction from one relation; a split whose stays are hidden hides its patients too.
+A share whose complement is 1 to 10 (all but a few stays) is not shown either, and a normaliser mean/sd only for
+a channel observed in more than 10 train stays (the normaliser is fitted on train; metadata.json's channel_coverage
+counts them).
 ``--samples N`` adds N records' hourly heatmap of the 17 channels (value and mask) and the paired X-ray thumbnail
 (val, then test, then train; paired records first), and marks the page "contains patient data".
 """
@@ -83,13 +84,15 @@ def source_counts(metadata: dict, manifest: list[dict[str, str]]) -> dict[tuple[
 
 def split_cells(metadata: dict, manifest: list[dict[str, str]]) -> dict:
     """The split table's and the source table's cells as shown, protected together (they share the stays per
-    split): keys (column, split or "total") for stays, paired, unpaired, and ("source", source, split or
-    "total"). Rows and columns add up; the written total is fixed."""
+    split): keys (column, split or "total") for stays, paired, unpaired, ("patients", split) and ("source", source,
+    split or "total"). Rows and columns add up; the written total is fixed; a split's patients are hidden with its
+    stays (no more patients than stays: shown, they would bound the hidden count)."""
     counts = metadata["counts"]
     paired = paired_per_split(manifest)
     values = {}
     for split in mimic.SPLITS:
         values[("stays", split)] = counts["per_split"][split]
+        values[("patients", split)] = counts["patients_per_split"][split]
         values[("paired", split)] = paired[split]
         values[("unpaired", split)] = counts["per_split"][split] - paired[split]
     for column in ("stays", "paired", "unpaired"):
@@ -105,14 +108,15 @@ def split_cells(metadata: dict, manifest: list[dict[str, str]]) -> dict:
     relations += [[(c, s) for s in ("total", *mimic.SPLITS)] for c in ("stays", "paired", "unpaired")]
     relations += [[("source", n, s) for s in ("total", *mimic.SPLITS)] for n in names]
     relations += [[("stays", s), *(("source", n, s) for n in names)] for s in splits]
-    values = {key: values.get(key, 0) for relation in relations for key in relation}
-    return protect(values, relations, fixed=[("stays", "total")])
+    follow = {("patients", s): ("stays", s) for s in mimic.SPLITS}
+    values = {key: values.get(key, 0) for key in [*(key for relation in relations for key in relation), *follow]}
+    return protect(values, relations, fixed=[("stays", "total")], follow=follow)
 
 
 def split_rows(metadata: dict, manifest: list[dict[str, str]]) -> list[list]:
-    counts, shown = metadata["counts"], split_cells(metadata, manifest)
-    rows = [[split, shown[("stays", split)], Count(counts["patients_per_split"][split]), shown[("paired", split)],
-             shown[("unpaired", split)]] for split in mimic.SPLITS]
+    shown = split_cells(metadata, manifest)
+    rows = [[split, *(shown[(column, split)] for column in ("stays", "patients", "paired", "unpaired"))]
+            for split in mimic.SPLITS]
     return rows + [["total", shown[("stays", "total")], "", shown[("paired", "total")],
                     shown[("unpaired", "total")]]]
 

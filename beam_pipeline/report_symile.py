@@ -7,7 +7,8 @@ the signal), retrieval candidate sets, samples, provenance. Same rules as the ED
 uses): aggregates only by default, every count from 1 to 10 shown as "<11", a median only over 11 or more values.
 The funnel and the split table get complementary suppression (report_cards): no suppressed count follows by
 subtraction from one step, the next and the removals between them, nor from a split column and its total; a split
-whose admissions are hidden shows its candidate counts (and train its lab values) hidden too.
+whose admissions are hidden shows its other split counts, its candidate counts (and train its lab values) hidden
+too. A lab in all but 1 to 10 of the written records (or train admissions) shows "all but <11", in the figure too.
 The ECG section then shows per-lead mean and sd over the first ECG_AGGREGATE_RECORDS records; ``--samples N`` adds
 one record's 12-lead strip and N records' X-ray thumbnails and labels, and marks the page "contains patient data".
 """
@@ -22,10 +23,11 @@ import numpy as np
 from beam_pipeline import mimic
 from beam_pipeline.cohorts.symile_metadata import ADMISSION_STAGES, DROPS, funnel_steps
 from beam_pipeline.report import (PHI_BANNER, SMALL_CELL, SUPPRESSED, Count, _figure, _png, _pyplot, _section,
-                                  _table, cells, histograms_figure, label_text, page, rate, read_manifest,
-                                  sample_records, split_method, write_card)
-from beam_pipeline.report_cards import (UnitFunnel, hidden_splits, no_samples, provenance_section, sample_thumbnails,
-                                        samples_section, split_rows, xray)
+                                  _table, cells, label_text, page, read_manifest, sample_records, split_method,
+                                  write_card)
+from beam_pipeline.report_cards import (UnitFunnel, bars_figure, hidden_splits, no_samples, of_total,
+                                        provenance_section, sample_thumbnails, samples_section, share_bars, split_rows,
+                                        xray)
 
 # The 50 itemids' names as cohort-definitions.md §A.5 lists them (the original's constants.py LABS; mimic-schemas.md
 # §3.4 hosp/d_labitems is the table that names itemids). "H", "L" and "I" are the serum index items.
@@ -62,9 +64,12 @@ def lab_name(itemid) -> str:
 
 def lab_rows(metadata: dict) -> list[list]:
     """Per itemid: name, written records with it (count, share), train values and their median (only over 11 or
-    more values: a median of fewer is too close to one patient's value). A train record has one value per itemid,
-    so when the split table hides the train admissions the train values show its mark (hidden_splits)."""
-    coverage, matched = metadata["counts"]["lab_coverage"], metadata["counts"]["matched"]
+    more values: a median of fewer is too close to one patient's value). Records and train values are out of a
+    shown total (the written and the train admissions), so one in all but a few is "all but <11" (of_total). A
+    train record has one value per itemid, so when the split table hides the train admissions the train values show
+    its mark (hidden_splits)."""
+    counts = metadata["counts"]
+    coverage, matched, admissions = counts["lab_coverage"], counts["matched"], counts["per_split"]["train"]
     per_itemid = metadata["ecdf"]["per_itemid"]
     train = hidden_splits(metadata, FUNNEL.unit).get("train")
     rows = []
@@ -73,8 +78,16 @@ def lab_rows(metadata: dict) -> list[list]:
         fitted = per_itemid.get(str(itemid), {})
         n_train, median = fitted.get("n_train_values", 0), fitted.get("median")
         shown = "–" if median is None else f"{SUPPRESSED} values" if n_train <= SMALL_CELL else f"{median:,.4g}"
-        rows.append([str(itemid), lab_name(itemid), n, rate(n, matched), train or n_train, shown])
+        rows.append([str(itemid), lab_name(itemid), *of_total(n, matched),
+                     train or of_total(n_train, admissions)[0], shown])
     return rows
+
+
+def lab_figure_counts(metadata: dict) -> dict[str, int]:
+    """The labs.png bars (lab_rows' records): one in all but a few written records is not drawn (share_bars)."""
+    coverage = metadata["counts"]["lab_coverage"]
+    return share_bars({f"{lab_name(itemid) or itemid}": coverage.get(str(itemid), 0)
+                       for itemid in metadata["lab_itemids"]}, metadata["counts"]["matched"])
 
 
 def distinct_per_split(manifest: list[dict[str, str]]) -> dict[str, dict[str, int]]:
@@ -232,12 +245,9 @@ def render(metadata: dict, columns: dict[str, dict[str, int]], summary: dict | N
 
 def build(folder: str, metadata: dict, samples: int, target: str) -> str:
     """Write the card for the run in ``folder`` under ``target``; return the path of index.html."""
-    counts = metadata["counts"]
     figures = {
         "funnel.png": FUNNEL.figure(metadata, FUNNEL.removals(metadata)),
-        "labs.png": histograms_figure([("written records with each lab", {
-            f"{lab_name(itemid) or itemid}": counts["lab_coverage"].get(str(itemid), 0)
-            for itemid in metadata["lab_itemids"]})], width=14),
+        "labs.png": bars_figure("written records with each lab", lab_figure_counts(metadata)),
     }
     picked, names, thumbnails = sample_thumbnails(folder, metadata, samples)
     figures.update(thumbnails)

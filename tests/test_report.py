@@ -14,15 +14,15 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from beam_pipeline import mimic, report, sample, show
+from beam_pipeline import mimic, report, report_cards, sample, show
 from beam_pipeline.run import run
-from card_checks import (HIDDEN, card, card_with_samples, drawn_figures, edited_run, follows, hidden_ok,
+from card_checks import (HIDDEN, Page, card, card_with_samples, drawn_figures, edited_run, follows, hidden_ok,
                          manifest_rows, shown)
 from conftest import ONE_WORKER, OFFLINE_TEXT
 
 SECTIONS = ["funnel", "splits", "labels", "timing", "text", "leakage", "demographics", "images", "retrieval",
             "samples", "provenance"]
-NOT_COUNTS = {"config", "versions", "probe"}  # tables whose cells are not counts (flags, versions, AUROCs)
+NOT_COUNTS = {"config", "versions"}  # tables whose cells are not counts (flags, versions)
 
 
 def number(text: str) -> int:
@@ -74,6 +74,7 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
         table = {row[0]: row[1:] for row in page.tables[f"labels-{split}"][1:]}
         sexes = stats["per_split"][split]["sex"]
         if images in HIDDEN:  # every count of the split hidden with its images, which they add up to
+            assert studies in HIDDEN and patients in HIDDEN  # no more of them than images: they would bound them
             assert all(cell == images for cells in table.values() for cell in cells)
             assert page.tables[f"sex-{split}"][1][1:] == [images] * len(sexes)
             continue
@@ -89,8 +90,10 @@ def test_every_section_has_numbers_from_metadata_and_the_manifest(reported):
     text = {row[0]: row[1] for row in page.tables["text"][1:]}
     assert text["notes redacted by the leakage filter"] == shown(counts["notes"]["redacted"])
     passages = page.tables["passages"][1:]
-    assert passages and all(row[1] for row in passages)  # ids with their titles
+    assert passages and all(row[1] for row in passages[:-1])  # ids with their titles
     assert passages[0][2] == shown(max(stats["rag"]["passages"].values()))
+    rest = list(stats["rag"]["passages"].values())[15:]  # the sample retrieved more than 15 passages
+    assert rest and passages[-1] == ["other passages", "", shown(sum(rest))]
     inputs = {row[0]: row[3] for row in page.tables["inputs"][1:]}
     assert inputs == {k: v["sha256"] for k, v in metadata["inputs"].items()}
     rules = metadata["text"]["leakage_rules"]["rules"]  # the card names the rules; their patterns stay in the json
@@ -115,26 +118,68 @@ def test_default_page_is_aggregate_only_with_small_cells_suppressed(reported):
 
 
 def test_the_leakage_probe_table_shows_every_label(reported):
-    _, metadata, _, page, _ = reported
+    _, metadata, index, page, _ = reported
     probe = metadata["leakage_probe"]
     assert probe["inputs"] == ["filtered_note", "filtered_note_without_marker", "unfiltered_note", "structured"]
     header, *rows = page.tables["probe"]
-    assert header[:5] == ["label", "filtered note", "filtered note, marker deleted", "unfiltered note",
-                          "structured features"]
+    assert header == ["label", "filtered note", "filtered note, marker deleted", "unfiltered note",
+                      "structured features", ""]  # no per-label counts (test_the_probe_shows_no_count...)
     assert [row[0] for row in rows] == list(mimic.LABELS)
     fitted = 0
-    left_out = {row[0]: row[1] for row in page.tables["splits"][1:] if row[1] in HIDDEN}
     for row in rows:
         entry = probe["labels"][row[0]]
         if "skipped" in entry:
-            assert row[1:5] == ["–"] * 4 and row[-1].startswith("skipped")
+            assert row[1:5] == ["–"] * 4 and row[5].startswith("skipped")
         else:
             fitted += 1
-            assert row[1:5] == [f"{entry[name]:.3f}" for name in probe["inputs"]]
+            assert row[1:] == [f"{entry[name]:.3f}" for name in probe["inputs"]] + [""]
             assert all(0.0 <= entry[name] <= 1.0 for name in probe["inputs"])
-        assert row[5:8] == [left_out.get("train", shown(entry["n_train"])), left_out.get("val", shown(entry["n_val"])),
-                            left_out.get("val", shown(entry["positives_val"]))]
     assert probe["n_train"] > 0 and fitted == sum("skipped" not in e for e in probe["labels"].values())
+    # the subsample's sizes: its splits' images (the whole split here), so a hidden split's mark
+    splits = {row[0]: row[1] for row in page.tables["splits"][1:]}
+    assert probe["n_train"] == metadata["counts"]["per_split"]["train"] and \
+        probe["n_val"] == metadata["counts"]["per_split"]["val"]
+    assert f"holds {splits['train']} train and {splits['val']} val records, labelled or not" in \
+        html.unescape(re.search(r'<section id="leakage">.*?</p>', index.read_text()).group(0))
+
+
+def probe_page(entries: dict[str, dict], n_val: int) -> str:
+    """probe_part of a made-up probe: ``entries`` (label -> metadata.json's counts) with the same AUROCs, the other
+    labels fitted on ``n_val`` val records of which 50 positive."""
+    inputs = ["filtered_note", "filtered_note_without_marker", "unfiltered_note", "structured"]
+    method = {"classifier": "logistic regression", "text_features": "hashed terms", "subsample": "the smallest",
+              "how_to_read": "near structured: little"}
+    plain = {"n_train": 800, "n_val": n_val, "positives_train": 100, "positives_val": 50}
+    labels = {name: {**plain, **entries.get(name, {})} for name in mimic.LABELS}
+    labels = {name: entry if "skipped" in entry else {**entry, **dict.fromkeys(inputs, 0.6)}
+              for name, entry in labels.items()}
+    return report.probe_part({"inputs": inputs, "method": method, "n_train": 800, "n_val": n_val, "min_class": 5,
+                              "labels": labels}, {})
+
+
+def test_the_probe_shows_no_count_the_label_table_hides():
+    """The review's cases. Val states 30 positive, 4 uncertain, 200 negative, 300 blank: the label table hides the
+    30 beside the 4. The probe's val subsample is the whole val split (up to 5,000), and its per-label counts gave
+    them back: 30 val positives (--uncertain_policy zeros), 34 = 30 + 4 (ones), 530 val records where a label
+    without uncertain values has 534 (ignore: the 4 have no target); and 7 val negatives as 120 records less 113
+    positives, 3 as 120 less 117 in a skipped label. The probe table shows AUROCs only."""
+    states = {"positive": 30, "uncertain": 4, "negative": 200, "blank": 300}
+    stats = {"per_split": {"val": {"labels": {name: dict(states) for name in mimic.LABELS}}}}
+    row = report.label_rows(stats, "val")[0]
+    assert row[1:4] == ["suppressed", "suppressed", "<11"]  # the positives and the uncertain rate
+    first, second = mimic.LABELS[:2]
+    cases = {"zeros": ({first: {"positives_val": 30, "n_val": 534}}, 534),
+             "ones": ({first: {"positives_val": 34, "n_val": 534}}, 534),
+             "ignore": ({first: {"positives_val": 30, "n_val": 530}}, 534),
+             "few negatives": ({first: {"positives_val": 113, "n_val": 120},
+                                second: {"positives_val": 117, "n_val": 120, "skipped": "3 negatives in val"}}, 120)}
+    for case, (entries, n_val) in cases.items():
+        text = probe_page(entries, n_val)
+        header, *rows = Page(text).tables["probe"]
+        assert len(header) == 6 and [r[0] for r in rows] == list(mimic.LABELS), case
+        cells = [cell for r in rows for cell in r[1:]]
+        assert all(re.fullmatch(r"0\.600|–|(skipped: .*)?", cell) for cell in cells), (case, cells)
+        assert f"holds 800 train and {n_val} val records" in text  # the split table's count
 
 
 def sums(page, metadata: dict) -> dict[str, list[str]]:
@@ -149,7 +194,10 @@ def sums(page, metadata: dict) -> dict[str, list[str]]:
                                                 "after ED departure, dropped (--within_ed_stay)")],
              "rejected": [funnel[k] for k in funnel if k.startswith("rejected")],
              "images per split": [shown(counts["matched"]), *(splits[s] for s in mimic.SPLITS)],  # the header's
-             "scores": [shown(counts["matched"] * top_k), *(row[1] for row in page.tables["scores"][1:])]}
+             "scores": [shown(counts["matched"] * top_k), *(row[1] for row in page.tables["scores"][1:])],
+             # the top sizes and passages and their rest ("other ...", when there is one)
+             "sizes": [shown(counts["matched"]), *(row[1] for row in page.tables["sizes"][1:])],
+             "passages": [shown(counts["matched"] * top_k), *(row[2] for row in page.tables["passages"][1:])]}
     for split in mimic.SPLITS:
         found.update({f"{name}-{split}": [splits[split], *page.tables[f"{name}-{split}"][1][1:]]
                       for name in ("age", "sex")})
@@ -160,15 +208,24 @@ def sums(page, metadata: dict) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def subtracted(reported, tmp_path_factory):
     """The sample run with the review's demo case (3 unreadable rows, which were the images in metadata less the
-    other and the kept views, and 4 X-rays dropped after ED departure) and a lone small retrieval score bin (the
-    bins add up to the written records x top k): its run folder, metadata and card, and the figures drawn for it."""
+    other and the kept views, and 4 X-rays dropped after ED departure), a lone small retrieval score bin (the
+    bins add up to the written records x top k), and the review's lone small source size (3 of the written images,
+    the rest of one size), passage (3 retrievals, the rest of one passage), labelled count (4 written images, the
+    others without labels) and X-rays before ED departure (2): its run folder, metadata and card, and the figures
+    drawn for it."""
     def edit(metadata, manifest):
-        counts, scores = metadata["counts"], metadata["stats"]["rag"]["scores"]
+        counts, stats = metadata["counts"], metadata["stats"]
+        scores, matched = stats["rag"]["scores"], counts["matched"]
         counts.update(images_unreadable=3, dropped_after_ed_departure=4, images_kept_view=counts["images_kept_view"]
                       + 4, images_total=counts["images_total"] + 7)
         small = [k for k, n in scores.items() if 1 <= n <= 10]  # the sample's 2, 7 and 3 become 5, 0 and 0
         scores[max(scores, key=scores.get)] += sum(scores[k] for k in small) - 5
         scores.update(dict.fromkeys(small, 0) | {small[0]: 5})
+        stats["image_sizes"] = {"3056x2544": matched - 3, "2544x3056": 3}
+        first, second = list(stats["rag"]["passages"])[:2]
+        stats["rag"]["passages"] = {first: sum(scores.values()) - 3, second: 3}
+        counts["labels"] = {"labeled": 4, "all_blank": matched - 10, "no_label_row": 6}
+        counts["after_ed_departure"] = matched - 2
 
     base = tmp_path_factory.mktemp("report-subtracted")
     run = edited_run(reported[0], base / "run", edit)
@@ -179,10 +236,12 @@ def subtracted(reported, tmp_path_factory):
 
 
 def test_no_hidden_count_follows_by_subtraction_from_a_shown_total(reported, subtracted):
-    """The funnel rows, the images per split (the header shows their total), the score bins and each split's age,
-    sex and view counts: in the sample (its 8 val images were the 117 written less 96 train and 13 test; its 6
-    rejected images the 152 kept views less 29 without an ED stay and 117 written) and in the review's funnel, no
-    row that adds up to a shown total has exactly one hidden cell."""
+    """The funnel rows, the images per split (the header shows their total), the score bins, the source sizes and
+    passages and each split's age, sex and view counts: in the sample (its 8 val images were the 117 written less
+    96 train and 13 test; its 6 rejected images the 152 kept views less 29 without an ED stay and 117 written) and
+    in the review's funnel, no row that adds up to a shown total has exactly one hidden cell. Nor does a count of
+    the written images give back a small rest: 4 labelled were the written less those without labels, 2 before ED
+    departure the written less those after."""
     for metadata, page in ((reported[1], reported[3]), subtracted[1:3]):
         relations = sums(page, metadata)
         assert not {name: cells for name, cells in relations.items() if follows(*cells)}
@@ -191,6 +250,14 @@ def test_no_hidden_count_follows_by_subtraction_from_a_shown_total(reported, sub
     funnel = dict(page.tables["funnel"][1:])
     assert funnel["unreadable rows"] == funnel["after ED departure, dropped (--within_ed_stay)"] == "<11"
     assert [row[1] for row in page.tables["scores"][1:]].count("<11") == 1
+    assert page.tables["sizes"][1:] == [["3056x2544", "suppressed"], ["2544x3056", "<11"]]
+    assert [row[2] for row in page.tables["passages"][1:]] == ["suppressed", "<11"]
+    assert funnel["written: without labels"] == funnel["written: after ED departure"] == report_cards.ALL_BUT
+    # beyond the table's rows, the rest is one more cell; the figure draws what the table shows, of its first rows
+    sizes = {f"{n}x1": n for n in (300, 200, *range(100, 87, -1))} | {"1x1": 5}
+    assert report.top_cells(sizes, "other")[1] == {**{k: n for k, n in sizes.items() if n > 88},
+                                                   "88x1": "suppressed", "other": "<11"}
+    assert report.top_figure({"a": 113, "b": 3}, "other") == {"a (suppressed)": 0, "b": 3}
 
 
 def test_figures_hide_what_the_tables_hide(subtracted):
@@ -213,6 +280,30 @@ def test_figures_hide_what_the_tables_hide(subtracted):
             assert axis["title"].startswith(f"{split} ({splits[split]} images") and axis["total"] == 0
         else:
             assert axis["title"].startswith(f"{split} ({splits[split]} images") and axis["total"] > 0
+
+
+def test_the_labels_figure_says_an_empty_split_has_no_images(monkeypatch):
+    """A split with no images (--split_fractions=0.9,0.1,0, a small subset) is "0 images" in the labels figure's
+    title, as in the split table: it said "<11", as the title counted at least one."""
+    drawn = drawn_figures(monkeypatch)
+    empty = {"positive": 0, "uncertain": 0, "negative": 0, "blank": 0}
+    stats = {"per_split": {s: {"labels": {name: dict(empty) for name in mimic.LABELS}} for s in mimic.SPLITS}}
+    stats["per_split"]["train"]["labels"] = {name: {**empty, "positive": 20, "negative": 30, "blank": 50}
+                                             for name in mimic.LABELS}
+    report.labels_figure(stats, {})
+    titles = [axis["title"] for axis in drawn[0]]
+    assert [t.split(";")[0] for t in titles] == ["train (100 images", "val (0 images", "test (0 images"]
+
+
+def test_a_hidden_split_hides_its_studies_and_patients():
+    """20, 25 and 5 images: the 5 hides the 20 train images beside it. The 19 train patients (and 20 studies)
+    bound them from below, yet the patients' own column hid the 15 val ones beside its 4 test ones, and showed them.
+    A split's every count is hidden with its images, and each column still has no lone hidden cell."""
+    metadata = {"counts": {"per_split": {"train": 20, "val": 25, "test": 5},
+                           "patients_per_split": {"train": 19, "val": 15, "test": 4}}}
+    rows = report_cards.split_rows(metadata, "images", {"studies": {"train": 20, "val": 25, "test": 5}})
+    assert rows == [["train", "suppressed", "suppressed", "suppressed"], ["val", 25, 25, 15],
+                    ["test", "<11", "<11", "<11"], ["total", 50, 50, 38]]
 
 
 def test_suppression_helpers_hide_small_cells_and_their_complement():

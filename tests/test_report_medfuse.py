@@ -142,8 +142,9 @@ def test_splits_and_pairing(runs, task):
         records = [r for r in manifest if r["split"] == split]
         n_paired = sum(r["has_cxr"] == "1" for r in records)
         assert hidden_ok(stays, len(records)) and len(records) == counts["per_split"][split]
-        assert patients == shown(counts["patients_per_split"][split]) == shown(len({r["subject_id"]
-                                                                                      for r in records}))
+        assert counts["patients_per_split"][split] == len({r["subject_id"] for r in records})
+        assert hidden_ok(patients, counts["patients_per_split"][split])
+        assert stays not in HIDDEN or patients in HIDDEN  # no more patients than stays: they would bound them
         assert hidden_ok(paired, n_paired) and hidden_ok(unpaired, len(records) - n_paired)
         assert sum(cell in HIDDEN for cell in (stays, paired, unpaired)) != 1
     assert rows["total"][0] == shown(counts["matched"])
@@ -295,6 +296,23 @@ def test_samples_add_a_heatmap_and_thumbnail_under_the_banner(runs, with_samples
     assert "data use agreement" in text and len(re.findall('class="series-card"', text)) == 1
 
 
+def test_a_split_whose_stays_are_hidden_hides_its_patients():
+    """The review's case: 500, 40 and 8 stays, one a patient. The 8 hid the 40 val stays beside them, yet the val
+    patients showed 40: no more patients than stays, so the hidden count was at least 40, here exactly."""
+    test_flags, val_flags = medfuse_stays.load_split_files()
+    wanted, manifest, subject = {"train": 500, "val": 40, "test": 8}, [], 10_000_000
+    while len(manifest) < sum(wanted.values()):
+        split, _ = medfuse_stays.subject_split(subject, test_flags, val_flags, "s")
+        if sum(r["split"] == split for r in manifest) < wanted[split]:
+            manifest.append({"subject_id": str(subject), "split": split, "has_cxr": "0"})
+        subject += 1
+    metadata = {"counts": {"per_split": wanted, "patients_per_split": dict(wanted)}, "split": {"salt": "s"},
+                "config": {"split_salt": "s"}}
+    rows = report_medfuse.split_rows(metadata, manifest)
+    assert [row[:3] for row in rows] == [["train", 500, 500], ["val", "suppressed", "suppressed"],
+                                         ["test", "<11", "<11"], ["total", 548, ""]]
+
+
 def test_protect_hides_a_second_cell_beside_a_lone_small_one():
     values = {"total": 40, "a": 3, "b": 25, "c": 12, "d": 0}
     shown_cells = report_cards.protect(values, [["total", "a", "b", "c", "d"]], fixed=["total"])
@@ -305,3 +323,9 @@ def test_protect_hides_a_second_cell_beside_a_lone_small_one():
     cells = report_cards.protect(steps, [["top", "mid", "-x"], ["mid", "end", "-y"]], fixed=["end"],
                                  rank=lambda k: (1, order[k]) if k in order else (0, steps[k]))
     assert cells == {"top": "suppressed", "-x": 0, "mid": "suppressed", "-y": "<11", "end": 46}
+    # a follower is hidden with its leader at once: its own relation then already holds two hidden cells
+    counts = {"a": 20, "b": 25, "c": 5, "total": 50, "pa": 19, "pb": 15, "pc": 4, "ptotal": 38}
+    cells = report_cards.protect(counts, [["total", "a", "b", "c"], ["ptotal", "pa", "pb", "pc"]], fixed=["total"],
+                                 follow={"pa": "a", "pb": "b", "pc": "c"})
+    assert cells == {"a": "suppressed", "b": 25, "c": "<11", "total": 50, "pa": "suppressed", "pb": 15, "pc": "<11",
+                     "ptotal": 38}
