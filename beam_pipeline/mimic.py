@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import re
 from typing import Any, Callable, Mapping
 
@@ -319,11 +320,40 @@ _INT_RE = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
 _FLOAT_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?\s*", re.ASCII | re.IGNORECASE)
 
 
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1  # every id is written as an int64 feature
+
+
 def _number(text: str, pattern: re.Pattern, kind: type):
     """``kind(text)`` for a plain ASCII number; ValueError otherwise."""
     if not pattern.fullmatch(text):
         raise ValueError(f"not an ASCII {kind.__name__}")
     return kind(text)
+
+
+def _int64(value):
+    """The value as an int when it is a whole number an int64 can hold; ValueError otherwise (it could not be
+    written: the TFRecord writer would fail the job on it after all the image work)."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("outside int64")
+    if value != int(value):
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+def _ascii_int(text: str) -> int:
+    """An INT column's value: ASCII digits, within int64."""
+    return _int64(_number(text, _INT_RE, int))
+
+
+def _whole_number(text: str) -> int:
+    """An int64 written as any plain ASCII number ("53911762", "53911762.0", "5.3911762e7"), typed exactly: float()
+    would turn an id above 2**53 into its neighbour (9007199254740993 -> 9007199254740992)."""
+    if not _FLOAT_RE.fullmatch(text):
+        raise ValueError("not an ASCII number")
+    try:
+        return _int64(decimal.Decimal(text))
+    except decimal.InvalidOperation:  # an exponent beyond what Decimal holds (1e9999999999999999999)
+        raise ValueError("not an int64") from None
 
 
 def _bad_date(text: str):
@@ -389,7 +419,7 @@ def int_or_none(text: str | None) -> int | None:
     """An id for a reject row, when the text is one (ASCII, as type_value reads it: "1_0000032" is no id, or the
     reject would be tied to subject 10000032)."""
     try:
-        return _number(text, _INT_RE, int)
+        return _ascii_int(text)
     except (TypeError, ValueError):
         return None
 
@@ -405,7 +435,7 @@ def type_value(kind: str, text: str) -> Any:
     if kind == STR:
         return text
     if kind == INT:
-        return _number(text, _INT_RE, int)
+        return _ascii_int(text)
     if kind == FLOAT:
         value = _number(text, _FLOAT_RE, float)
         if value != value or value in (float("inf"), float("-inf")):
@@ -471,10 +501,8 @@ def parse_image_row(raw: Mapping[str, str | None]) -> Image:
         if text == "" and column in ("subject_id", "study_id"):
             raise RowError("missing_value", f"cxr_metadata.{column} is empty")
         try:
-            typed[column] = int(_number(text, _FLOAT_RE, float)) if text else None
-            if text and float(text) != typed[column]:
-                raise ValueError
-        except (ValueError, OverflowError):  # OverflowError: inf, 1e400
+            typed[column] = _whole_number(text) if text else None
+        except ValueError:
             raise RowError("bad_int", f"cxr_metadata.{column}={_short(text)}") from None
     try:
         study_time = parse_study_datetime(raw["StudyDate"], raw["StudyTime"])

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 
 from beam_pipeline import accounting, mimic
+from beam_pipeline.fileio import tfrecord
+from beam_pipeline.fileio.outputs import WRITTEN, Serialize, _Examples
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysSource
 from beam_pipeline.fileio.tfrecord import parse_example, read_records
 from beam_pipeline.readers.common import open_run
+from beam_pipeline.transforms.examples import to_example
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from beam_pipeline.transforms.records import Record
 import faults
@@ -171,3 +174,30 @@ def test_a_storage_error_on_a_gs_image_is_a_reject(source, gcs_server, clean_tre
 def record_of(image: Victim) -> Record:
     t = dt.datetime(2150, 1, 1)
     return Record(1, 2, image.dicom_id, 3, "PA", t, t, None, image.relative, None, None, "", "", (), (), (), (), ())
+
+
+def test_a_record_its_example_cannot_hold_is_an_encode_failed_reject_not_a_failed_job(clean_tree, clean_run):
+    """The shard writer's safety net: a value its feature cannot hold (here a stay_id beyond int64, which reading
+    now rejects) once failed the whole job after all the image work. The record is a reject, not written, and its
+    image's events go with it (they count written images)."""
+    image = victim(clean_run, clean_tree, 0)
+    writer = _Examples(ImageLoader(clean_tree.cxr, ImageSettings(32, "pad", "png", 95, False)), Serialize(to_example))
+    writer.setup()
+    good = dataclasses.replace(record_of(image), split="train")
+    payload, outputs = writer.render(good, writer.fetch(good))
+    assert payload and WRITTEN in {o.tag for o in outputs}
+    bad = dataclasses.replace(good, stay_id=2 ** 63)
+    payload, outputs = writer.render(bad, writer.fetch(bad))
+    assert payload is None and {o.tag for o in outputs} == {accounting.REJECTS, accounting.EVENTS}
+    assert [o.value for o in outputs if o.tag == accounting.REJECTS] == [
+        {"stage": "images", "reason": "encode_failed", "subject_id": 1, "study_id": 2, "dicom_id": image.dicom_id,
+         "detail": f"feature stay_id (int64): ValueError: Value out of range: {2 ** 63}"}]
+    assert sorted(o.value for o in outputs if o.tag == accounting.EVENTS) == [
+        ("rejected", 1), ("rejects/images/encode_failed", 1)]
+
+
+def test_a_type_error_names_the_feature_but_not_the_value():
+    """A type error's message may quote the value, and a bytes feature may hold a note: the detail names the
+    feature only."""
+    with pytest.raises(tfrecord.FeatureError, match=r"^feature note/text \(bytes\): TypeError$"):
+        tfrecord.serialize_example({"note/text": (tfrecord.BYTES, ["Chief complaint: chest pain"])})

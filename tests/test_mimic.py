@@ -134,3 +134,49 @@ def test_reject_lines_take_the_same_ascii_ids():
     (the join would reject that real subject's units for it)."""
     assert [mimic.int_or_none(t) for t in ("10000032", " 7 ", "1_0000032", "１２", "", None)] == [
         10000032, 7, None, None, None, None]
+
+
+def test_ints_beyond_int64_are_bad_int():
+    """Every id is written as an int64 feature: a 20-digit stay_id once passed reading and failed the whole job in
+    the TFRecord writer, after all the image work."""
+    assert [mimic.type_value(mimic.INT, str(v)) for v in (2 ** 63 - 1, -2 ** 63)] == [2 ** 63 - 1, -2 ** 63]
+    for text in (str(2 ** 63), str(-2 ** 63 - 1), "99999999999999999999", "9" * 5000):
+        with pytest.raises(ValueError):
+            mimic.type_value(mimic.INT, text)
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.EDSTAYS, {"subject_id": "11163993", "stay_id": "99999999999999999999",
+                                       "intime": "2180-05-06 20:00:00", "outtime": "", "gender": "F",
+                                       "arrival_transport": "WALK IN"})
+    assert (err.value.reason, err.value.detail) == ("bad_int", "edstays.stay_id='99999999999999999999'")
+    # Not an id in a reject line either: a CheXpert row whose subject_id is none is tied to its study's images.
+    assert mimic.int_or_none("99999999999999999999") is None and mimic.int_or_none(str(2 ** 63 - 1)) == 2 ** 63 - 1
+
+
+IMAGE_ROW = {"dicom_id": "d", "subject_id": "10000032", "study_id": "53911762", "ViewPosition": "AP", "Rows": "2705",
+             "Columns": "2539", "StudyDate": "21800723", "StudyTime": "80556.875"}
+
+
+@pytest.mark.parametrize("column, text, expected", [
+    ("study_id", "9007199254740993", 9007199254740993),  # float() made it 9007199254740992
+    ("subject_id", "9223372036854775807", 2 ** 63 - 1),
+    ("study_id", "53911762.0", 53911762), ("study_id", "5.3911762e7", 53911762), ("study_id", " 53911762 ", 53911762),
+    ("Rows", "2705.0", 2705), ("Columns", "2.539E3", 2539), ("Rows", "", None),
+])
+def test_image_row_ids_are_typed_exactly(column, text, expected):
+    """Ids and sizes may be written as floats (as today), but are typed exactly: no id is turned into its
+    neighbour."""
+    image = mimic.parse_image_row({**IMAGE_ROW, column: text})
+    assert {"subject_id": image.subject_id, "study_id": image.study_id, "Rows": image.rows,
+            "Columns": image.columns}[column] == expected
+
+
+@pytest.mark.parametrize("column, text", [
+    ("study_id", "9223372036854775808"), ("study_id", "1e20"), ("subject_id", "99999999999999999999"),
+    ("study_id", "9007199254740993.5"), ("study_id", "53911762.0000000000000001"), ("Rows", "1e-5"),
+    ("study_id", "1e9999999999999999999"), ("Columns", "-9223372036854775809"),
+])
+def test_image_row_values_that_are_no_int64_are_bad_int(column, text):
+    """float() rounded each of these to a whole number (or an int beyond int64) that was then accepted."""
+    with pytest.raises(mimic.RowError) as err:
+        mimic.parse_image_row({**IMAGE_ROW, column: text})
+    assert (err.value.reason, err.value.detail) == ("bad_int", f"cxr_metadata.{column}={text!r}")

@@ -277,3 +277,58 @@ def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(t
     [row] = manifest(published(tmp_path / "out"), "hadm_id").values()
     assert (row["subject_id"], row["cxr_dicom_id"], row["ecg_study_id"], row["50912"]) == (
         "10000005", "d10000005-1", "40000041", "1.0")
+
+
+def one_admission_each(root: Path, subjects: dict[int, dict]) -> list[str]:
+    """A hand-made tree: per subject one admission, an AP X-ray at +30 h with its CheXpert row, an ECG at +1 h, a
+    patients row (``subjects[s]["patient"]`` overrides its columns) and creatinine (50912) rows
+    ``subjects[s]["creatinine"]``: (hours from admittime, valuenum) each. Returns the run's flags."""
+    from beam_pipeline.transforms.ecg import write_ecg
+    cxr, iv, ecg = root / "cxr", root / "iv", root / "ecg"
+    tables = defaultdict(list)
+    admittime = dt.datetime(2150, 3, 1, 8)
+    for i, (s, rows) in enumerate(subjects.items()):
+        study, ecg_study = 50000000 + i, 40000000 + i
+        path = f"files/p1000/p{s}/s{ecg_study}/{ecg_study}"
+        write_ecg((ecg / path).parent, str(ecg_study), np.random.default_rng(ecg_study).uniform(-2, 2, (5000, 12)))
+        tables[mimic.CXR_METADATA.name].append(dict(dicom_id=f"d{s}", subject_id=s, study_id=study, ViewPosition="AP",
+                                               StudyDate="21500302", StudyTime="140000.000"))
+        tables[mimic.CXR_CHEXPERT.name].append(dict(subject_id=s, study_id=study, **dict.fromkeys(mimic.LABELS, "1.0")))
+        tables[mimic.PATIENTS.name].append({**dict(subject_id=s, gender="F", anchor_age=60, anchor_year=2150),
+                                                **rows.get("patient", {})})
+        tables[mimic.ADMISSIONS.name].append(dict(subject_id=s, hadm_id=20000000 + i, admittime=str(admittime)))
+        tables[mimic.ECG_RECORD_LIST.name].append(dict(subject_id=s, study_id=ecg_study, file_name=ecg_study, path=path,
+                                                  ecg_time=str(admittime + HOUR)))
+        tables[mimic.LABEVENTS.name] += [dict(labevent_id=100 * i + n, subject_id=s, itemid=50912, valuenum=repr(value),
+                                         charttime=str(admittime + hours * HOUR))
+                                    for n, (hours, value) in enumerate(rows.get("creatinine", ()))]
+    for name, rows in tables.items():
+        table = mimic.TABLES[name]
+        folder = {"cxr": cxr, "iv": iv, "ecg": ecg}[table.module]
+        write_table(folder / table.subdir / f"{table.basename}.csv", table, rows)
+    return ["--cohort=symile_mimic", f"--mimic_cxr_root={cxr}", f"--mimic_iv_root={iv}", f"--mimic_ecg_root={ecg}",
+            f"--output={root / 'out'}", "--images=false", ONE_WORKER]
+
+
+def test_values_the_records_cannot_hold_are_rejects_and_the_manifest_matches_the_records(tmp_path):
+    """A chosen creatinine of 1e39 was written to labs/values as inf (the manifest said 1e+39); an anchor_year that
+    puts the age beyond int64 failed the whole job in the TFRecord writer. Now the first is join/
+    lab_value_beyond_float32 (never the next creatinine), the second images/encode_failed; the same 1e39 later in
+    the window of another admission changes nothing, and the counts add up."""
+    result = run(one_admission_each(tmp_path, {
+        10000001: {"creatinine": [(1, 1e39), (2, 9.0)]},
+        10000002: {"creatinine": [(1, 1.0), (2, 1e39)]},
+        10000003: {"creatinine": [(1, 2.0)], "patient": {"anchor_year": -2 ** 63}}}))
+    c = result["counts"]
+    assert c["rejected_by_reason"] == {"join/lab_value_beyond_float32": 1, "images/encode_failed": 1}
+    assert (c["admissions"], c["rejected"], c["matched"]) == (3, 2, 1)
+    folder = published(tmp_path / "out")
+    [row] = manifest(folder, "hadm_id").values()
+    [record] = examples(folder, "hadm_id").values()
+    values = dict(zip(mimic.SYMILE_LAB_ITEMIDS, record["labs/values"]))
+    assert (row["subject_id"], row["50912"], values[50912]) == ("10000002", "1.0", 1.0)
+    assert not any(math.isinf(v) for v in record["labs/values"])
+    [failed] = [json.loads(line) for path in (folder / "rejects").glob("*.jsonl") for line in path.open()
+                if json.loads(line)["reason"] == "encode_failed"]
+    assert (failed["stage"], failed["subject_id"], failed["detail"]) == (
+        "images", 10000003, f"feature age (int64): ValueError: Value out of range: {60 + 2150 + 2 ** 63}")

@@ -31,6 +31,7 @@ from beam_pipeline.cohorts.symile_mimic import (ECG_WINDOW, LAB_FILTER, Admissio
 from beam_pipeline.fileio.csv_tables import ReadCsvRows
 from beam_pipeline.fileio.sources import BeamSource
 from beam_pipeline.fileio.tfrecord import parse_example
+from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.ecg import write_ecg
 from beam_pipeline.transforms.images import SelectImages
 from beam_pipeline.transforms.windows import in_window
@@ -722,6 +723,21 @@ def test_labevents_rows_sharing_a_labevent_id_merge_when_identical_and_reject_wh
         assert head["duplicates/conflicting_keys/labevents"] == 1
     world.lab(3, 50912, T0, 2.0)  # an earlier, unconflicted creatinine is chosen: the conflict is moot
     assert dict(zip(LABS, outcome(world).record.labs))[50912] == 2.0
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 1e300])
+def test_a_chosen_lab_float32_cannot_hold_rejects_the_admission_never_the_next_lab(value):
+    """A finite float64 the reader accepts, but labs/values is float32: it was written as inf while the manifest
+    said 1e+39. Like a chosen row that conflicts, it rejects the admission, never given the next creatinine (9.0);
+    the same value later in the window, not chosen, changes nothing."""
+    world = World().admission(21_000_001, T0).patient().ecg(40_000_001, T0).image("a", 50_000_001, T0 + 48 * HOUR)
+    world.lab(3, 50912, T0 + HOUR, 9.0).lab(4, 50912, T0 + 2 * HOUR, value).lab(5, 51221, T0, hourly.FLOAT32_MAX)
+    assert dict(zip(LABS, outcome(world).record.labs)) == {
+        **dict.fromkeys(LABS), 50912: 9.0, 51221: hourly.FLOAT32_MAX}
+    got = outcome(world.lab(2, 50912, T0, value))
+    assert (got.kind, got.reason) == ("rejected", "lab_value_beyond_float32")
+    assert got.reject["detail"] == (f"hadm_id=21000001: labevents labevent_id=2 (itemid 50912): valuenum={value!r} "
+                                    f"is beyond float32")
 
 
 def test_age_and_missing_patient():

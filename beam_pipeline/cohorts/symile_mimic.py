@@ -9,7 +9,8 @@ Definition (cohort-definitions.md §A; what differs from the original and why: R
     labs      LAB_WINDOW per itemid of mimic.SYMILE_LAB_ITEMIDS (ascending itemid: the order of every lab vector)
     drops     counted in that order: no_cxr_in_window, no_chexpert_row, no_ecg_in_window, no_lab_in_window,
               no_usable_ecg; bad rows, conflicts and unreadable images/ECGs are rejects, as is an admission that
-              could have used a row rejected at read (ROW_REJECTS), never given the next-best row instead
+              could have used a row rejected at read (ROW_REJECTS) or whose chosen lab float32 cannot hold (1e39),
+              never given the next-best row instead
     split     patient-level hash split (no discarded rows); lab percentiles from an ECDF fitted on train only
     outputs   tfrecords/ (CXR, 320 px centre crop by default; ECG float32 5000x12 mV), manifest/, candidates/ (val and
               test retrieval sets from the written records), rejects/, metadata.json (funnel, ECDF summary)
@@ -43,6 +44,7 @@ from beam_pipeline.fileio.sources import make_source
 from beam_pipeline.fileio.tfrecord import BYTES, FLOAT, INT64, serialize_example
 from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
+from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.candidates import WriteCandidateSets
 from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
@@ -113,6 +115,16 @@ def earliest_labs(admittime: dt.datetime, labs_by_item: dict[int, list[dict]]) -
                         lambda r: r["labevent_id"]) for itemid in LABS)
 
 
+def beyond_float32(labs: tuple[dict | None, ...]) -> tuple[str, str] | None:
+    """The problem of the first chosen lab row whose valuenum labs/values (float32) cannot hold: 1e39 is a finite
+    float64 but would be written as inf, while the manifest says 1e+39."""
+    row = next((r for r in labs if r and not hourly.storable(r["valuenum"])), None)
+    if row is None:
+        return None
+    return "lab_value_beyond_float32", (f"labevents labevent_id={row['labevent_id']} (itemid {row['itemid']}): "
+                                        f"valuenum={row['valuenum']!r} is beyond float32")
+
+
 def age(patient: dict | None, admittime: dt.datetime) -> int | None:
     if patient is None:
         return None
@@ -133,7 +145,8 @@ class SelectAdmissions(beam.DoFn):
     lab in its windows; the others are counted by the first reason (DROPS order). Step by step (patients, CXR, ECG,
     labs), an admission that reaches a step is rejected rather than given the next-best choice when the row it
     needs conflicts (admissions, patients, the chosen CXR's metadata or CheXpert row, an in-window record_list row,
-    a chosen labevents row) or may be a row rejected at read (ROW_REJECTS; CheXpert: join.label_problem)."""
+    a chosen labevents row), may be a row rejected at read (ROW_REJECTS; CheXpert: join.label_problem), or is a
+    chosen lab whose value float32 cannot hold (beyond_float32)."""
 
     def process(self, element):
         subject_id, groups = element
@@ -173,7 +186,7 @@ class SelectAdmissions(beam.DoFn):
                 labs = earliest_labs(admittime, labs_by_item)
                 problem = rejected["lab"] or next(
                     (lab_rows.conflict(r["labevent_id"]) for r in labs if r and r["labevent_id"] in lab_rows.conflicts),
-                    None)
+                    None) or beyond_float32(labs)
                 reason = "no_lab_in_window" if all(r is None for r in labs) else None
             if problem:
                 yield from accounting.reject("join", problem[0], subject_id=subject_id,

@@ -399,9 +399,9 @@ class Serialize:
 class _Examples:
     """The TFRecord renderer: record -> its image read and preprocessed (if any) -> the cohort's encoder (which may
     read more, e.g. an ECG, and may reject) -> serialised tf.train.Example. A record whose image or encoding fails is
-    not written; it becomes a reject. Every written record is emitted again without its pixels (tag ``written``)
-    for the manifest and the counts. The reads of both (``fetch``) run on the writer's read-ahead threads, as far
-    ahead as the image loader's ``read_ahead``."""
+    not written; it becomes a reject (a value the Example cannot hold: images/encode_failed). Every written record is
+    emitted again without its pixels (tag ``written``) for the manifest and the counts. The reads of both (``fetch``)
+    run on the writer's read-ahead threads, as far ahead as the image loader's ``read_ahead``."""
 
     def __init__(self, images: ImageLoader | None, encoder):
         self._images = images
@@ -427,10 +427,20 @@ class _Examples:
             record, outputs = self._images.load(record, image)
             if record is None:
                 return None, outputs
-        payload, more = self._encoder.encode(record, encoder_input)
+        try:
+            payload, more = self._encoder.encode(record, encoder_input)
+        except tfrecord.FeatureError as err:
+            return None, _encode_failed(record, str(err))
         if payload is None:
             return None, outputs + more
         return payload, outputs + more + [beam.pvalue.TaggedOutput(WRITTEN, without_pixels(record))]
+
+
+def _encode_failed(record, detail: str) -> list:
+    """A record whose Example cannot be serialised, counted as an image the writer could not encode (ImageLoader's
+    rejects: stage images, counted as rejected). Its image events are dropped with it: they count written images."""
+    return list(accounting.reject("images", "encode_failed", subject_id=record.subject_id, study_id=record.study_id,
+                                  dicom_id=record.dicom_id, detail=detail, counter="rejected"))
 
 
 class WriteExamples(beam.PTransform):

@@ -59,11 +59,21 @@ Example = _message_classes()
 _LIST_FIELD = {BYTES: "bytes_list", FLOAT: "float_list", INT64: "int64_list"}
 
 
+class FeatureError(ValueError):
+    """A value its feature's list cannot hold (an int beyond int64, a str in a float list): that one record cannot be
+    written, which the shard writer makes a reject instead of failing the job."""
+
+
 def serialize_example(features: Mapping[str, tuple[str, Iterable[Any]]]) -> bytes:
-    """{name: (kind, values)} -> serialized tf.train.Example; kind is BYTES, FLOAT or INT64."""
+    """{name: (kind, values)} -> serialized tf.train.Example; kind is BYTES, FLOAT or INT64. Raises FeatureError
+    naming the feature (and the number, for a range error: a type error's message may quote free text)."""
     example = Example()
     for name, (kind, values) in features.items():
-        getattr(example.features.feature[name], _LIST_FIELD[kind]).value.extend(values)
+        try:
+            getattr(example.features.feature[name], _LIST_FIELD[kind]).value.extend(values)
+        except (ValueError, TypeError, OverflowError) as err:
+            problem = type(err).__name__ if isinstance(err, TypeError) else f"{type(err).__name__}: {err}"
+            raise FeatureError(f"feature {name} ({kind}): {problem}") from None
     return example.SerializeToString(deterministic=True)
 
 
