@@ -1,18 +1,21 @@
 import gzip
 import hashlib
 import io
+import zlib
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import mimic
-from beam_pipeline.fileio.csv_tables import (FileCounts, InputError, ReadMimicTable, read_header, record_too_long,
-                                             records, resolve_and_check, resolve_table)
+from beam_pipeline.fileio.csv_tables import (FileCounts, InputError, ReadCsvRows, ReadMimicTable, check_columns,
+                                             read_header, record_too_long, records, resolve_and_check, resolve_table)
 from beam_pipeline.fileio.sources import BeamSource
 from conftest import ED_DEMO, test_pipeline, write_table
 
 SOURCE = BeamSource()
+MAX = mimic.MAX_RECORD_CHARS
+COMPLAINT = "PATIENT SAYS HUSBAND HIT HER WITH A BAT"
 TRICKY = ['SOB, "can\'t breathe"', "Fever, Cough\nsent from clinic", 'He said "ow", twice', "PNA,\r\nhypoxia"]
 
 
@@ -58,6 +61,36 @@ def test_missing_column_names_file_and_column(tmp_path):
     with pytest.raises(InputError) as err:
         resolve_and_check(str(tmp_path), mimic.TRIAGE, SOURCE)
     assert str(path) in str(err.value) and "'acuity'" in str(err.value)
+    assert str(err.value).endswith(f"(expected header: {','.join(mimic.TRIAGE.header)}; found: subject_id,stay_id,"
+                                   f"temperature,heartrate,resprate,o2sat,sbp,dbp,pain,chiefcomplaint)")
+
+
+@pytest.mark.parametrize("first, fields", [("", 11), ("WITH A BAT\n", 1)], ids=["row", "free-text-line"])
+def test_a_file_without_its_header_is_refused_without_printing_its_first_line(tmp_path, first, fields):
+    """Its first line was once printed as "the header": a patient's ids, vitals and chief complaint in the launch
+    error or a worker's ERROR log. A line of words alone (the end of a quoted complaint, in a cut file) shares no
+    name with the table, so it is not shown either."""
+    row = {"subject_id": 10000032, "stay_id": 33258284, "pain": "0", "acuity": 2, "chiefcomplaint": COMPLAINT}
+    path = write_table(tmp_path, mimic.TRIAGE, [row] * 3)
+    path.write_bytes(gzip.compress(first.encode() + gzip.decompress(path.read_bytes()).split(b"\n", 1)[1]))
+    expected = (f"{path}: required column 'subject_id' of triage is missing (expected header: "
+                f"{','.join(mimic.TRIAGE.header)}; the first line ({fields} field(s)) does not look like a header)")
+    with pytest.raises(InputError) as launch:
+        resolve_and_check(str(tmp_path), mimic.TRIAGE, SOURCE)
+    with pytest.raises(InputError) as worker:
+        with test_pipeline() as p:
+            p | ReadMimicTable(mimic.TRIAGE, str(path))
+    for err in (launch, worker):
+        assert str(err.value).startswith(expected)
+        assert "WITH A BAT" not in str(err.value) and "10000032" not in str(err.value)
+
+
+def test_a_column_of_the_table_named_twice_is_refused():
+    """The row filter read the first copy and the typed row the last; names MIMIC does not have are never read."""
+    header = list(mimic.EDSTAYS.header)
+    with pytest.raises(InputError, match=r"^e\.csv: column 'stay_id' appears 2 times in the header of edstays$"):
+        check_columns("e.csv", mimic.EDSTAYS, header + ["stay_id"])
+    check_columns("e.csv", mimic.EDSTAYS, header + ["", "", "note", "note"])
 
 
 def test_empty_file_is_an_input_error(tmp_path):
@@ -68,11 +101,28 @@ def test_empty_file_is_an_input_error(tmp_path):
         read_header(str(path), SOURCE)
 
 
-def test_truncated_gzip_fails_naming_the_file_and_rows_read(tmp_path):
+def damaged_deflate(data: bytes, start: int = 20) -> bytes:
+    """The gzip file ``data`` with one byte changed (the first from ``start`` on that does it) so that zlib itself
+    fails, not gzip's CRC check: zlib.error is no OSError."""
+    for at in range(start, len(data) - 8):
+        damaged = data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:]
+        try:
+            gzip.decompress(damaged)
+        except zlib.error:
+            return damaged
+        except (OSError, EOFError):
+            pass
+    raise AssertionError("no one-byte change makes zlib fail")
+
+
+@pytest.mark.parametrize("damage, message", [(lambda data: data[:-100], "Compressed file ended"),
+                                             (lambda data: damaged_deflate(data, len(data) // 2), "Error -3 while")],
+                         ids=["truncated", "damaged-deflate"])
+def test_truncated_or_damaged_gzip_fails_naming_the_file_and_rows_read(tmp_path, damage, message):
     rows = [{"subject_id": 10000000 + i, "stay_id": 30000000 + i, "intime": "2180-01-01 00:00:00"} for i in range(5000)]
     path = write_table(tmp_path, mimic.EDSTAYS, rows)
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(InputError, match=rf"^{path}: cannot be read after \d+ rows \(Compressed file ended"):
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read after \d+ rows \({message}"):
         with test_pipeline() as p:
             p | ReadMimicTable(mimic.EDSTAYS, str(path))
 
@@ -115,6 +165,34 @@ def test_real_ed_demo_reads_whole_with_release_checksums():
             assert_that(out.rejects, equal_to([]), label=f"NoRejects {name}")
             assert_that(out.files | f"Sum {name}" >> beam.Map(lambda f: (f["sha256"], f["rows"])),
                         equal_to([(sums[f"ed/{name}.csv.gz"], n)]), label=f"Checksum {name}")
+
+
+class _Tracking(BeamSource):
+    """Keeps every handle it opens."""
+
+    def __init__(self):
+        super().__init__()
+        self.opened = []
+
+    def open(self, path):
+        self.opened.append(super().open(path))
+        return self.opened[-1]
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_every_handle_is_closed_when_read_and_when_reading_fails(tmp_path, gz):
+    """Neither gzip nor the hashing layer closed the handle under it: garbage collection did, late, and never while
+    a traceback held the frame."""
+    source = _Tracking()
+    path = str(write_table(tmp_path, mimic.EDSTAYS, [{"subject_id": 1, "stay_id": 2, "intime": "2180-01-01"}], gz=gz))
+    read_header(path, source)
+    list(ReadCsvRows(mimic.EDSTAYS, source).process(path))
+    write_table(tmp_path, mimic.EDSTAYS, [{"subject_id": "x" * (MAX + 1)}], gz=gz)  # longer than a field may be
+    for read in (lambda: read_header(path, source, mimic.EDSTAYS),
+                 lambda: list(ReadCsvRows(mimic.EDSTAYS, source).process(path))):
+        with pytest.raises(InputError, match="longer than"):
+            read()
+    assert len(source.opened) == 4 and all(handle.closed for handle in source.opened)
 
 
 def test_checksum_is_of_the_file_bytes(tmp_path):
@@ -164,6 +242,19 @@ def test_a_line_or_field_longer_than_the_character_limit_fails():
         _records('a,b\n1,"' + ("x" * 4096 + "\n") * 17 + '"\n')
 
 
+def test_a_line_of_short_fields_stops_at_the_character_limit_wherever_it_lies():
+    """Such a line was once stopped beyond about 128 Ki characters only, or earlier depending on where the 64 Ki text
+    blocks fell, and read as a wrong_field_count reject below that."""
+    def line(chars: int) -> str:
+        return ("1," * chars)[:chars - 1] + "2\n"
+
+    # In the second case line 3 starts 5 characters before the first text block ends.
+    for prefix, number in (("a,b\n", 2), ("a,b\n" + "y" * (MAX - 10) + "\n", 3)):
+        assert len(_records(prefix + line(MAX))) == number
+        with pytest.raises(InputError, match=rf"^t\.csv:{number}: this line is longer than 65,536 characters"):
+            _records(prefix + line(MAX + 1))
+
+
 def test_record_too_long_names_the_limit_passed():
     assert "spans more than 64 lines" in record_too_long("t.csv", 5, mimic.MAX_RECORD_LINES + 1)
     assert "spans more than 65,536 characters" in record_too_long("t.csv", 5, 3)
@@ -192,9 +283,12 @@ def test_undecodable_bytes_are_counted_per_record_and_in_the_file():
     assert counts.undecodable == 3
 
 
-def test_repeated_header_nul_and_undecodable_rows_when_read(tmp_path):
+@pytest.mark.parametrize("quote", ["", '"'], ids=["bom", "bom-quoted-header"])
+def test_repeated_header_nul_and_undecodable_rows_when_read(tmp_path, quote):
+    """A byte-order mark before a quoted header once made the quotes part of the first name (a false "required
+    column missing"): it is dropped before parsing, but its bytes are the file's, so they are hashed."""
     path = tmp_path / "edstays.csv"
-    header = ",".join(mimic.EDSTAYS.header)
+    header = ",".join(quote + name + quote for name in mimic.EDSTAYS.header)
     path.write_bytes((f"\ufeff{header}\n"
                       "10000032,,33258284,2180-05-06 19:17:00,2180-05-06 23:30:00,F,WHITE,WALK\0 IN,HOME\n"
                       f"{header}\n"
@@ -213,6 +307,8 @@ def test_repeated_header_nul_and_undecodable_rows_when_read(tmp_path):
                               ("rejects/read/repeated_header", 1), ("rejects/read/undecodable_bytes", 1),
                               ("rows_read/edstays", 3), ("rows_rejected/edstays", 1),
                               ("undecodable_bytes/edstays", 1)]), label="Events")
+        assert_that(out.files | beam.Map(lambda f: (f["sha256"], f["bytes"])),
+                    equal_to([(hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)]), label="Files")
 
 
 @pytest.mark.parametrize("table", [mimic.CXR_METADATA, mimic.CXR_CHEXPERT, mimic.EDSTAYS, mimic.CXR_SPLIT])

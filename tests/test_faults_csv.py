@@ -11,7 +11,10 @@ import pytest
 from beam_pipeline import mimic
 from beam_pipeline.run import run
 from conftest import ONE_WORKER
-from faults import assert_counts_add_up, edit_table, fresh_tree, rejects, run_cli, run_job, table_path
+from faults import (assert_counts_add_up, edit_table, fresh_tree, read_table_bytes, rejects, run_cli, run_job,
+                    table_path)
+from test_csv_tables import damaged_deflate
+from test_faults_images import manifest
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 
@@ -141,6 +144,15 @@ def test_missing_column_fails_at_launch(clean_tree, tmp_path):
     assert f"error: {path}: required column 'ViewPosition' of cxr_metadata is missing" in done.stderr
 
 
+def test_repeated_column_fails_at_launch(clean_tree, tmp_path):
+    """Once accepted: a row filter read the first copy of a column and the typed row the last."""
+    roots = fresh_tree(clean_tree, tmp_path)
+    path = edit_table(roots.ed, mimic.EDSTAYS, edit_line(1, lambda header: header + b",stay_id"))
+    done = run_cli(roots, tmp_path / "out")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"error: {path}: column 'stay_id' appears 2 times in the header of edstays" in done.stderr
+
+
 def test_truncated_gzip_fails_the_job_naming_the_file(clean_tree, tmp_path):
     roots = fresh_tree(clean_tree, tmp_path)
     path = table_path(roots.ed, mimic.VITALSIGN)
@@ -153,10 +165,27 @@ def test_truncated_gzip_fails_the_job_naming_the_file(clean_tree, tmp_path):
             in done.stderr)
 
 
-def test_byte_order_mark_and_crlf_read_like_the_clean_tree(clean_tree, clean_run, tmp_path):
+def test_damaged_deflate_data_fails_the_job_naming_the_file(clean_tree, tmp_path):
+    """zlib's own error is no OSError: it once ended the job in a traceback naming no file."""
     roots = fresh_tree(clean_tree, tmp_path)
-    for root, table in ((roots.cxr, mimic.CXR_METADATA), (roots.ed, mimic.EDSTAYS), (roots.ed, mimic.TRIAGE)):
-        edit_table(root, table, lambda data: b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n"))
+    path = table_path(roots.ed, mimic.VITALSIGN)
+    path.write_bytes(damaged_deflate(path.read_bytes()))
+    done = run_cli(roots, tmp_path / "out")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"error: {path}: cannot be read (Error -3 while decompressing data: " in done.stderr
+
+
+def quote_names(header: bytes) -> bytes:
+    return b",".join(b'"' + name + b'"' for name in header.split(b","))
+
+
+def test_byte_order_mark_and_crlf_read_like_the_clean_tree(clean_tree, clean_run, tmp_path):
+    """Before a quoted header (pandas' QUOTE_ALL, some Excel exports) the mark once made the quotes part of the first
+    name: the job stopped on a "missing" subject_id."""
+    roots = fresh_tree(clean_tree, tmp_path)
+    for root, table, header in ((roots.cxr, mimic.CXR_METADATA, bytes), (roots.ed, mimic.EDSTAYS, quote_names),
+                                (roots.ed, mimic.TRIAGE, quote_names)):
+        edit_table(root, table, lambda data: b"\xef\xbb\xbf" + edit_line(1, header)(data).replace(b"\n", b"\r\n"))
     metadata = run_job(roots, tmp_path / "out")
     assert metadata["counts"] == clean_run[1]["counts"]
     assert_counts_add_up(metadata, tmp_path / "out")
@@ -171,3 +200,69 @@ def test_every_cohort_reports_nul_and_undecodable_bytes(clean_tree, tmp_path):
                     f"--output={tmp_path / 'out'}", ONE_WORKER, "--images=false"])
     assert metadata["counts"]["nul_bytes_removed"] == {"patients": 1}
     assert metadata["counts"]["undecodable_bytes"] == {"admissions": 1}
+
+
+BIG_ID = "99999999999999999999"  # 20 digits: beyond the int64 every id is written as
+
+
+def test_a_stay_id_beyond_int64_is_a_read_reject_and_the_job_goes_on(clean_tree, clean_run, tmp_path):
+    """Once accepted when read, linked to its subject's X-ray and then, after all the image work, the failure of the
+    whole job in the TFRecord writer. Now each of its rows is a read reject (bad_int) and the subject's kept images
+    are join/stay_row_rejected, as for any edstays row rejected when read."""
+    written = manifest(clean_run[0])
+    record = written[sorted(written)[0]]
+    stay, subject = f",{record['stay_id']},".encode(), int(record["subject_id"])
+    roots = fresh_tree(clean_tree, tmp_path)
+    changed = {}
+    for table in (mimic.EDSTAYS, mimic.TRIAGE, mimic.VITALSIGN, mimic.MEDRECON, mimic.PYXIS):
+        changed[table.name] = read_table_bytes(roots.ed, table).count(stay)
+        edit_table(roots.ed, table, lambda data: data.replace(stay, f",{BIG_ID},".encode()))
+    assert changed["edstays"] == 1
+    metadata = run_job(roots, tmp_path / "out")
+    counts, clean = metadata["counts"], clean_run[1]["counts"]
+    bad = [r for r in rejects(tmp_path / "out") if BIG_ID in r["detail"]]
+    assert sorted((r["stage"], r["reason"], r["subject_id"], r["detail"].split(": ", 1)[1]) for r in bad) == sorted(
+        ("read", "bad_int", subject, f"{table}.stay_id='{BIG_ID}'") for table, n in changed.items() for _ in range(n))
+    assert counts["rejects_by_stage_reason"]["read/bad_int"] == (
+        clean["rejects_by_stage_reason"].get("read/bad_int", 0) + sum(changed.values()))
+    assert counts["rejected_by_reason"]["join/stay_row_rejected"] > clean["rejected_by_reason"].get(
+        "join/stay_row_rejected", 0)
+    assert subject not in {int(row["subject_id"]) for row in manifest(tmp_path / "out").values()}
+    assert counts["images_total"] == clean["images_total"] and counts["matched"] < clean["matched"]
+    assert_counts_add_up(metadata, tmp_path / "out")
+
+
+@pytest.mark.parametrize("value", ["1e20", BIG_ID])
+def test_a_metadata_study_id_beyond_int64_rejects_its_image_only(clean_tree, clean_run, tmp_path, value):
+    """Read through float(), 1e20 once became the id 10**20 (and 2**53 + 1 its neighbour)."""
+    written = manifest(clean_run[0])
+    record = written[sorted(written)[1]]
+    roots = fresh_tree(clean_tree, tmp_path)
+    edit_table(roots.cxr, mimic.CXR_METADATA, lambda data: b"\n".join(
+        line.replace(f",{record['study_id']},".encode(), f",{value},".encode()) if record["dicom_id"].encode() in line
+        else line for line in data.split(b"\n")))
+    metadata = run_job(roots, tmp_path / "out")
+    counts, clean = metadata["counts"], clean_run[1]["counts"]
+    assert [(r["stage"], r["reason"], r["detail"]) for r in rejects(tmp_path / "out")
+            if r["dicom_id"] == record["dicom_id"]] == [("metadata", "bad_int", f"cxr_metadata.study_id='{value}'")]
+    assert record["dicom_id"] not in manifest(tmp_path / "out")
+    assert (counts["matched"], counts["rejected"]) == (clean["matched"] - 1, clean["rejected"] + 1)
+    assert_counts_add_up(metadata, tmp_path / "out")
+
+
+def test_a_chexpert_subject_id_beyond_int64_rejects_its_studys_images(clean_tree, clean_run, tmp_path):
+    """Once a valid row of a subject no image has: the study's images were written as unlabelled (no_label_row).
+    A subject_id beyond int64 is no id, so the reject line is tied to the study by its study_id."""
+    written = manifest(clean_run[0])
+    record = written[sorted(written)[2]]
+    roots = fresh_tree(clean_tree, tmp_path)
+    row = f"{record['subject_id']},{record['study_id']},".encode()
+    edit_table(roots.cxr, mimic.CXR_CHEXPERT,
+               lambda data: data.replace(row, f"{BIG_ID},{record['study_id']},".encode()))
+    metadata = run_job(roots, tmp_path / "out")
+    found = [(r["stage"], r["reason"], r["subject_id"], r["study_id"]) for r in rejects(tmp_path / "out")
+             if r["study_id"] == int(record["study_id"])]
+    assert ("read", "bad_int", None, int(record["study_id"])) in found
+    assert ("join", "label_row_rejected", int(record["subject_id"]), int(record["study_id"])) in found
+    assert record["study_id"] not in {row["study_id"] for row in manifest(tmp_path / "out").values()}
+    assert_counts_add_up(metadata, tmp_path / "out")

@@ -7,19 +7,23 @@ starts, with the file and column in the message. Bad rows go to rejects with the
 sha256 is recorded for metadata.json.
 
 A damaged quote cannot swallow rows unseen: physical lines are counted as well as records, a record may not run
-past ``mimic.MAX_RECORD_LINES`` lines or ``mimic.MAX_RECORD_CHARS`` characters (reading stops at the character
-limit), and the parser is strict about quotes, so a quote error that spans lines fails the job naming the line where
-the quote opened. NUL bytes are removed and counted; undecodable bytes are counted and their rows rejected.
+past ``mimic.MAX_RECORD_LINES`` lines, nor a line or a field past ``mimic.MAX_RECORD_CHARS`` characters (reading
+stops at the character limit), and the parser is strict about quotes, so a quote error that spans lines fails the job
+naming the line where the quote opened. NUL bytes are removed and counted; undecodable bytes are counted and their
+rows rejected. No error message holds a value from a row.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import dataclasses
 import gzip
 import hashlib
 import io
 import re
+import zlib
 from typing import IO, Iterator
 
 import apache_beam as beam
@@ -35,8 +39,16 @@ csv.field_size_limit(mimic.MAX_RECORD_CHARS)
 # make a dataset, so a header-only file is an error at launch. The others (triage, vitalsign, medrecon, pyxis,
 # patients) may be empty in an extract: their fields are then blank in every record.
 TABLES_WITH_ROWS = frozenset({"cxr_metadata", "cxr_chexpert", "edstays", "cxr_split"})
-_BLOCK_CHARS = 1 << 16  # text handed to the line splitter at a time
+# Text handed to the line splitter at a time: no longer than a line may be, so only the line begun in the previous
+# block can pass the limit.
+_BLOCK_CHARS = min(1 << 16, mimic.MAX_RECORD_CHARS)
+_LINE_END = re.compile("[\r\n]")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what the surrogateescape decoder makes of each undecodable byte
+# What a file that cannot be read raises: gzip's truncation (EOFError) and damaged deflate data (zlib.error) are no
+# OSError.
+_UNREADABLE = (OSError, EOFError, zlib.error)
+# What a column name looks like (every MIMIC one does); an id, a time or a free-text value does not.
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]{0,63}")
 
 
 class InputError(ValueError):
@@ -75,14 +87,25 @@ class _HashingReader(io.RawIOBase):
         while self.read(1 << 20):
             pass
 
+    def close(self) -> None:
+        """Close the source's handle too: no layer above knows of it (GzipFile leaves a file object it was given
+        open), and garbage collection would close it late, or never while a traceback holds the frame."""
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
-def _open_text(path: str, source: BeamSource) -> tuple[IO[str], _HashingReader]:
-    raw = _HashingReader(source.open(path))
-    buffered = io.BufferedReader(raw, 1 << 20)
-    binary = gzip.GzipFile(fileobj=buffered, mode="rb") if path.endswith(".gz") else buffered
-    # MIMIC is UTF-8. An undecodable byte becomes a lone surrogate (which valid UTF-8 never decodes to), so it can
-    # be counted and its row rejected instead of aborting a 3M-row table or turning silently into U+FFFD.
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline=""), raw
+
+@contextlib.contextmanager
+def _open_text(path: str, source: BeamSource) -> Iterator[tuple[IO[str], _HashingReader]]:
+    """The file as text, and the hashing layer under it (for its size and sha256); every layer is closed on leaving."""
+    with _HashingReader(source.open(path)) as raw, io.BufferedReader(raw, 1 << 20) as buffered:
+        binary = gzip.GzipFile(fileobj=buffered, mode="rb") if path.endswith(".gz") else buffered
+        # MIMIC is UTF-8. An undecodable byte becomes a lone surrogate (which valid UTF-8 never decodes to), so it can
+        # be counted and its row rejected instead of aborting a 3M-row table or turning silently into U+FFFD.
+        # "-sig" drops a leading byte-order mark before the csv parser sees it: before a quoted header it would make
+        # the quotes part of an unquoted name.
+        with io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
+            yield text, raw
 
 
 @dataclasses.dataclass
@@ -110,11 +133,11 @@ def records(text: IO[str], path: str, counts: FileCounts) -> Iterator[tuple[int,
     """Parse a CSV document into ``(first physical line, fields, undecodable bytes)`` per record, the header first.
 
     No record can grow with the file: a line or a field (the csv module's field size limit, set above) may not pass
-    MAX_RECORD_CHARS characters, so reading stops there; a record may not span more than MAX_RECORD_LINES lines. The
-    parser is strict about quotes: an error within one line yields ``fields=None`` (the caller rejects it); one in a
-    record that spans lines means a quote swallowed the lines after it. Both raise InputError naming the line where
-    the quote opened. NUL bytes are removed before parsing (the csv module of some Pythons refuses them) and counted,
-    as are undecodable bytes.
+    MAX_RECORD_CHARS characters, so reading stops there (wherever the line lies in the text blocks); a record may not
+    span more than MAX_RECORD_LINES lines. The parser is strict about quotes: an error within one line yields
+    ``fields=None`` (the caller rejects it); one in a record that spans lines means a quote swallowed the lines after
+    it. Both raise InputError naming the line where the quote opened. NUL bytes are removed before parsing (the csv
+    module of some Pythons refuses them) and counted, as are undecodable bytes.
     """
     start, bad, max_lines = 1, 0, mimic.MAX_RECORD_LINES
 
@@ -128,7 +151,8 @@ def records(text: IO[str], path: str, counts: FileCounts) -> Iterator[tuple[int,
             # Cut after the last line end; a final "\r" waits for the "\n" that may follow it.
             cut = max(block.rfind("\n"), block.rfind("\r", 0, len(block) - 1)) + 1 if chunk else len(block)
             block, pending = block[:cut], block[cut:]
-            if len(pending) > mimic.MAX_RECORD_CHARS:
+            head = block or pending  # starts with the line begun in the previous block: the only one that can be long
+            if len(head) > mimic.MAX_RECORD_CHARS and not _LINE_END.search(head, 0, mimic.MAX_RECORD_CHARS + 1):
                 raise InputError(record_too_long(path, start, reader.line_num + 2 - start))
             if "\0" in block or not block.isascii() and _UNDECODABLE.search(block):
                 for line in io.StringIO(block, newline=""):
@@ -172,8 +196,7 @@ def records(text: IO[str], path: str, counts: FileCounts) -> Iterator[tuple[int,
 
 def read_header(path: str, source: BeamSource, table: mimic.Table | None = None) -> list[str]:
     """The file's cleaned header; with ``table`` one of TABLES_WITH_ROWS, also require a data record after it."""
-    text, _ = _open_text(path, source)
-    with text:
+    with _open_text(path, source) as (text, _):
         parsed = records(text, path, FileCounts())
         try:
             first = next(parsed, None)
@@ -181,23 +204,40 @@ def read_header(path: str, source: BeamSource, table: mimic.Table | None = None)
                 raise InputError(f"{path}: file is empty (no header row)")
             if table is not None and table.name in TABLES_WITH_ROWS and next(parsed, None) is None:
                 raise InputError(f"{path}: {table.name} has a header but no data rows")
-        except (OSError, EOFError) as err:
+        except _UNREADABLE as err:
             raise InputError(f"{path}: cannot be read ({err})") from None
     return _clean_header(first[1] or [])
 
 
 def _clean_header(header: list[str]) -> list[str]:
-    """Names without a byte-order mark or padding; undecodable bytes shown as U+FFFD (they can be printed)."""
+    """Names without a byte-order mark (the file's own is dropped when decoding, a repeated header's in a concatenated
+    file is not) or padding; undecodable bytes shown as U+FFFD (they can be printed)."""
     return [name.lstrip("\ufeff").strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             for name in header]
 
 
 def check_columns(path: str, table: mimic.Table, header: list[str]) -> None:
-    """Every column the pipeline reads must be in the header; name the first missing one and the file."""
+    """Every column the pipeline reads must be in the header: name the first missing one and the file. No column of
+    the published header may appear twice: the row filter would read the first copy and the typed row the last (names
+    MIMIC does not have, e.g. blank ones from trailing commas, are never read, so they may repeat)."""
     for column in table.types:
         if column not in header:
-            raise InputError(f"{path}: required column {column!r} of {table.name} is missing "
-                             f"(header: {','.join(header)})")
+            raise InputError(f"{path}: required column {column!r} of {table.name} is missing (expected header: "
+                             f"{','.join(table.header)}; {_found(table, header)})")
+    counts = collections.Counter(header)
+    for column in table.header:
+        if counts[column] > 1:
+            raise InputError(f"{path}: column {column!r} appears {counts[column]} times in the header of "
+                             f"{table.name}")
+
+
+def _found(table: mimic.Table, header: list[str]) -> str:
+    """The first line's names only when it looks like a header: every name like a column name and one of them the
+    table's. A file without its header starts with a patient row (ids, times, free text), which must reach no log."""
+    known = {name.lower() for name in table.header}
+    if all(map(_COLUMN_NAME.fullmatch, header)) and any(name.lower() in known for name in header):
+        return f"found: {','.join(header)}"
+    return f"the first line ({len(header)} field(s)) does not look like a header"
 
 
 def resolve_and_check(root: str, table: mimic.Table, source: BeamSource) -> str:
@@ -223,10 +263,9 @@ class ReadCsvRows(beam.DoFn):
 
     def process(self, path: str):
         table = self._table
-        text, raw = _open_text(path, self._source)
         counts = FileCounts()
         rows = rejected = filtered = 0
-        with text:
+        with _open_text(path, self._source) as (text, raw):
             parsed = records(text, path, counts)
             try:
                 _, raw_header, _ = next(parsed, (1, [], 0))
@@ -260,7 +299,7 @@ class ReadCsvRows(beam.DoFn):
                         study_id=_maybe_int(fields, header, "study_id") if aligned else None,
                         detail=f"{path}:{start}: {problem[1]}")
                 raw.drain()
-            except (OSError, EOFError) as err:
+            except _UNREADABLE as err:
                 raise InputError(f"{path}: cannot be read after {rows} rows ({err})") from None
         yield accounting.event(f"rows_read/{table.name}", rows)
         yield accounting.event(f"lines_read/{table.name}", counts.lines)
