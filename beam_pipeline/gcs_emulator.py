@@ -3,8 +3,10 @@ an HTTP proxy that behaves more like real GCS.
 
 gcp-storage-emulator accepts any request, so a missing ``userProject`` would go unnoticed. The proxy answers
 requests for a requester-pays bucket that lack ``userProject`` with GCS's own 400 error, forwards everything else,
-records every request, can answer with injected errors (429, 503) to exercise retries, and can hold every object
-read (``alt=media``) for ``delay_s`` before answering, as a real bucket's time to first byte (reads are held
+records every request (and each object read's Range header), can answer with injected errors (a status, or a status
+and GCS's message: 429 and 503 exercise retries, 400 and 403 refusals), can serve chosen objects' reads with a
+Content-Encoding (as GCS serves an object stored gzip-encoded to a client that accepts gzip), and can hold every
+object read (``alt=media``) for ``delay_s`` before answering, as a real bucket's time to first byte (reads are held
 concurrently, each on its own thread, as on GCS).
 """
 
@@ -27,7 +29,10 @@ class RequesterPaysProxy:
         self.upstream_port = upstream_port
         self.requester_pays: set[str] = set()
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
-        self.inject: dict[str, list[int]] = {}  # path substring -> statuses to answer before forwarding
+        # path substring -> answers before forwarding: a status (message "injected failure") or (status, message)
+        self.inject: dict[str, list[int | tuple[int, str]]] = {}
+        self.media_reads: list[tuple[str, str]] = []  # (path, Range header or "") of every object read
+        self.content_encoding: dict[str, str] = {}  # path substring -> Content-Encoding its object reads get
         self.delay_s = 0.0  # held before forwarding an object read (GET ...?alt=media)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
@@ -67,26 +72,30 @@ class RequesterPaysProxy:
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
                 proxy.requests.append((self.command, url.path, query))
+                media = self.command == "GET" and query.get("alt") == ["media"]
+                if media:
+                    proxy.media_reads.append((url.path, self.headers.get("Range", "")))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                for fragment, statuses in proxy.inject.items():
-                    if fragment in url.path and statuses:
-                        self._error(statuses.pop(0), "injected failure")
+                for fragment, answers in proxy.inject.items():
+                    if fragment in url.path and answers:
+                        answer = answers.pop(0)
+                        self._error(*(answer if isinstance(answer, tuple) else (answer, "injected failure")))
                         return
                 bucket = _BUCKET.search(url.path)
                 if bucket and bucket.group(1) in proxy.requester_pays and "userProject" not in query:
                     self._error(400, REQUESTER_PAYS_MESSAGE)
                     return
-                if self.delay_s_for(query):
+                if media and proxy.delay_s > 0:
                     time.sleep(proxy.delay_s)  # simulated storage latency, not synchronisation
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
                 response = upstream.getresponse()
-                self._answer(response.status, response.read(), response.getheaders())
+                extra = [(name, encoding) for fragment, encoding in proxy.content_encoding.items()
+                         if media and response.status < 300 and fragment in url.path
+                         for name in ("Content-Encoding", "X-Goog-Stored-Content-Encoding")]
+                self._answer(response.status, response.read(), response.getheaders() + extra)
                 upstream.close()
-
-            def delay_s_for(self, query) -> bool:
-                return proxy.delay_s > 0 and self.command == "GET" and query.get("alt") == ["media"]
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 

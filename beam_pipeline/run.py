@@ -28,7 +28,7 @@ from beam_pipeline.fileio.csv_tables import InputError
 from beam_pipeline.fileio.metadata import CountsError
 from beam_pipeline.fileio.outputs import OutputError, check_output, run_folder
 from beam_pipeline.fileio.sharded import DuplicateKeyError
-from beam_pipeline.fileio.sources import RequesterPaysError
+from beam_pipeline.fileio.sources import RequesterPaysError, StorageUnavailableError
 from beam_pipeline.options import Config, add_arguments, make_config
 from beam_pipeline.pipeline import (build_pipeline, check_remote_inputs, index_for_remote_workers, resolve_inputs,
                                     resolve_text)
@@ -37,9 +37,10 @@ from beam_pipeline.staging import StagingError, stage_package
 from beam_pipeline.transforms.split import PatientOverlapError
 
 LOCAL_RUNNERS = {name.lower() for name in StandardOptions.LOCAL_RUNNERS}  # Beam's own list: DirectRunner, Prism...
-# Errors that mean "the input or the setup is wrong", not "the code is wrong": the CLI prints their message alone.
-JOB_ERRORS = (InputError, OutputError, RequesterPaysError, StagingError, PatientOverlapError, DuplicateKeyError,
-              CountsError)
+# Errors that mean "the input, the setup or the storage is wrong", not "the code is wrong": the CLI prints their
+# message alone.
+JOB_ERRORS = (InputError, OutputError, RequesterPaysError, StorageUnavailableError, StagingError, PatientOverlapError,
+              DuplicateKeyError, CountsError)
 # A worker process's error reaches the runner as text: "...module.Class: message [while running 'Step']".
 _WORKER_ERROR = re.compile(r"\b(?:%s): (.+?)(?: \[while running '[^']*'\])?$" % "|".join(
     e.__name__ for e in JOB_ERRORS), re.MULTILINE)

@@ -165,7 +165,7 @@ def test_a_storage_error_on_a_gs_image_is_a_reject(source, gcs_server, clean_tre
         assert record is None
         [reject] = [o.value for o in outputs if o.tag == accounting.REJECTS]
         assert (reject["reason"], reject["detail"]) == ("unreadable_image",
-                                                         f"{refused.relative}: PermissionError: Forbidden 403")
+                                                         f"{refused.relative}: PermissionError: Forbidden 403: injected failure")
         assert loader.load(record_of(good))[0].image is not None
     finally:
         del proxy.inject[quoted]

@@ -74,8 +74,10 @@ READ_AHEAD = 8  # --image_read_ahead's default: about 250 ms of GCS latency hidd
 class ImageLoader:
     """Reads and preprocesses one record's image. ``load`` returns the record with its image, or None, and the
     events and rejects to emit: a missing, unreadable or broken image is a reject and the job goes on. Unreadable
-    is any OSError of the source's read (a directory or no permission at the path, an I/O error, a storage error
-    its retries did not cure); anything else is a bug or a configuration error and stops the job."""
+    is any OSError of the source's read (a directory or no permission at the path, an I/O error, GCS refusing the
+    object, with its reason). Anything else stops the bundle: a bug, a configuration error (RequesterPaysError), or
+    storage still failing after its retries (StorageUnavailableError: not the image's fault, so the runner retries
+    the bundle rather than the run being published without the image)."""
 
     def __init__(self, cxr_root: str, settings: ImageSettings, source: BeamSource = BeamSource(),
                  read_ahead: int = 0):
@@ -89,7 +91,8 @@ class ImageLoader:
 
     def fetch(self, record: Record) -> bytes | OSError:
         """The image file's bytes, or the OSError its read raised (``load`` makes it a reject); any other error
-        propagates. Thread-safe: the shard writer calls it on its read-ahead threads."""
+        propagates (the shard writer re-raises it). Thread-safe: the shard writer calls it on its read-ahead
+        threads."""
         try:
             return self._source.read(FileSystems.join(self._root, record.image_path))
         except OSError as err:
