@@ -335,6 +335,8 @@ def _int64(value):
     written: the TFRecord writer would fail the job on it after all the image work)."""
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError("outside int64")
+    if isinstance(value, int):
+        return value
     if value != int(value):
         raise ValueError("not a whole number")
     return int(value)
@@ -347,7 +349,10 @@ def _ascii_int(text: str) -> int:
 
 def _whole_number(text: str) -> int:
     """An int64 written as any plain ASCII number ("53911762", "53911762.0", "5.3911762e7"), typed exactly: float()
-    would turn an id above 2**53 into its neighbour (9007199254740993 -> 9007199254740992)."""
+    would turn an id above 2**53 into its neighbour (9007199254740993 -> 9007199254740992). Plain digits, the usual
+    case, skip Decimal."""
+    if _INT_RE.fullmatch(text):
+        return _int64(int(text))
     if not _FLOAT_RE.fullmatch(text):
         raise ValueError("not an ASCII number")
     try:

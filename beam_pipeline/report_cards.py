@@ -70,17 +70,22 @@ def figure_counts(values: dict[str, int], shown: dict[str, object]) -> dict[str,
             for name, n in values.items()}
 
 
+def _all_but(n: int, total: int) -> bool:
+    """A count of all but 1 to 10 of its total (none of a small total is 0, not "all but")."""
+    return n > 0 and not small(n) and small(total - n)
+
+
 def share_bars(values: dict[str, int], total: int) -> dict[str, int]:
     """Bars of counts out of a shown total: one whose complement is small is not drawn and says so."""
-    return {f"{name} ({ALL_BUT})" if not small(n) and small(total - n) else name:
-            0 if not small(n) and small(total - n) else n for name, n in values.items()}
+    return {f"{name} ({ALL_BUT})" if _all_but(n, total) else name: 0 if _all_but(n, total) else n
+            for name, n in values.items()}
 
 
 def of_total(n: int, total: int) -> list:
     """[count, share of total]: "<11" when the count is small, "all but <11" when total - count is."""
     if small(n):
         return [SUPPRESSED, SUPPRESSED]
-    if small(total - n):
+    if _all_but(n, total):
         return [ALL_BUT, ALL_BUT]
     return [Count(n), rate(n, total)]
 

@@ -44,6 +44,11 @@ def test_a_marker_without_letters_or_digits_is_a_term_of_the_filtered_note(marke
     assert row.without_marker == P.hashed_terms("cough fever")
     assert row.filtered == P.hashed_terms(f"cough {P.MARKER_WORD} fever") != row.without_marker
     assert P.marker_as_word(f"a {MARKER} b", MARKER) == f"a {MARKER} b"  # a marker with a word is hashed as it is
+    # The note already held the marker (MIMIC's "___" is one): its unfiltered terms are its own, not the filtered
+    # ones with the marker spelled as a word, which would tell the probe which notes the filter changed.
+    assert row.unfiltered == P.hashed_terms(record.note) != row.filtered
+    plain = P.probe_row(types.SimpleNamespace(**{**vars(record), "note": "cough fever"}), marker)
+    assert plain.unfiltered is None and plain.filtered == P.hashed_terms("cough fever")
 
 
 def test_a_row_is_packed_so_the_subsample_every_worker_holds_stays_small():

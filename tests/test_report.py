@@ -398,3 +398,11 @@ def test_inspect_prints_records_and_saves_images(reported, tmp_path, capsys):
     assert "retrieval for '" in out and "image 128x128 png from" in out
     with pytest.raises(SystemExit):
         show.main([str(output), "--split=test", "--dicom_id=not-a-dicom"])
+
+
+def test_all_but_a_few_is_said_of_a_count_above_zero_only():
+    """None of a small total is 0 (the total already shows "<11"), not "all but <11"; 497 of 500 is."""
+    assert report_cards.of_total(0, 5)[0] == report_cards.Count(0)
+    assert report_cards.of_total(497, 500) == [report_cards.ALL_BUT, report_cards.ALL_BUT]
+    assert report_cards.share_bars({"none": 0, "most": 497, "half": 250}, 500) == {
+        "none": 0, f"most ({report_cards.ALL_BUT})": 0, "half": 250}

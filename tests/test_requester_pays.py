@@ -254,3 +254,20 @@ def test_whole_pipeline_from_requester_pays_inputs_to_gs_outputs(mini_mimic, tmp
     assert str(stopped.value.code).startswith(f"error: {gs_roots[0]}/files/")
     assert ".jpg: storage unavailable after retrying" in str(stopped.value.code)
     assert not out.blob("outage/LATEST").exists()
+
+
+def test_a_download_whose_checksum_does_not_match_is_storage_failing_not_a_bad_object():
+    """The client does not retry a checksum mismatch; the object is not at fault, so the bundle is retried (as for
+    an outage) instead of the image becoming an unreadable_image reject."""
+    from google.cloud.storage.exceptions import DataCorruption
+
+    def failing(err):
+        def action():
+            raise err
+        return action
+
+    source, path = RequesterPaysSource("p"), "gs://b/files/a.jpg"
+    with pytest.raises(StorageUnavailableError, match=path):
+        source._call(path, failing(DataCorruption(None, "Checksum mismatch while downloading")))
+    with pytest.raises(FileNotFoundError):  # a permanent answer stays the object's
+        source._call(path, failing(sources.api_errors.NotFound("no such object")))

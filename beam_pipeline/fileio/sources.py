@@ -12,9 +12,9 @@ Errors, for every request, streamed reads included:
 - a bucket that refuses a read for its billing (no billing project on a requester-pays bucket, a wrong or unbilled
   one) gives RequesterPaysError naming the bucket, GCS's reason and the flag; so does any refusal of a billed
   existence check (at launch: the job cannot see its inputs);
-- storage still failing with transient errors once the retries run out gives StorageUnavailableError, not an
-  OSError: the input is not at fault, so the bundle fails and the runner retries it rather than the run going on
-  without that input;
+- storage still failing with transient errors once the retries run out, or a download whose checksum does not
+  match, gives StorageUnavailableError, not an OSError: the input is not at fault, so the bundle fails and the runner
+  retries it rather than the run going on without that input;
 - any other failure to read one object is an OSError whatever the storage (FileNotFoundError when it is missing,
   PermissionError for HTTP 401/403) carrying GCS's reason, so callers can reject that input and go on.
 """
@@ -126,7 +126,8 @@ def _unreadable(path: str, err: Exception) -> OSError:
 def _storage_error(path: str, err: Exception, billing_project: str) -> Exception:
     if hint := _requester_pays_hint(path, err, billing_project):
         return hint
-    if isinstance(err, api_errors.RetryError) or _status(err) in _TRANSIENT_CODES:
+    # A checksum mismatch is the download's fault, not the object's, and the client does not retry it.
+    if isinstance(err, (api_errors.RetryError, DataCorruption)) or _status(err) in _TRANSIENT_CODES:
         return StorageUnavailableError(
             f"{path}: storage unavailable after retrying for up to {RETRY_DEADLINE_SECONDS:g} s ({_describe(err)}); "
             f"the job stops rather than go on without this input (Dataflow retries the work item; run a local job "

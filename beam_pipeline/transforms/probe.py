@@ -90,16 +90,19 @@ class ProbeRow:
     split: str
     filtered: bytes  # hashed_terms of marker_as_word(note)
     without_marker: bytes
-    unfiltered: bytes | None  # None: the filter did not change the note (then it equals ``filtered``)
+    unfiltered: bytes | None  # None: the note's own terms are ``filtered`` (the filter did not change it)
     structured: bytes  # FEATURES: features/values then features/missing
     labels: tuple[int, ...]
     mask: tuple[int, ...]
 
 
 def probe_row(record, token: str) -> ProbeRow:
-    return ProbeRow(rank(record.dicom_id), record.dicom_id, record.split,
-                    hashed_terms(marker_as_word(record.note, token)),
-                    hashed_terms(without_marker(record.note, token)), None,
+    """The record's probe row. Its unfiltered terms are attached later for notes the filter changed; a note that
+    already held a wordless marker gets its own here, as its filtered terms spell that marker as a word."""
+    marked = marker_as_word(record.note, token)
+    return ProbeRow(rank(record.dicom_id), record.dicom_id, record.split, hashed_terms(marked),
+                    hashed_terms(without_marker(record.note, token)),
+                    None if marked == record.note else hashed_terms(record.note),
                     np.array([*record.features, *record.features_missing], FEATURES).tobytes(),
                     tuple(record.labels_binary), tuple(record.labels_mask))
 
@@ -374,7 +377,7 @@ class LeakageProbe(beam.PTransform):
             _, grouped = item
             for row in grouped["rows"]:
                 terms = list(grouped["unfiltered"])
-                yield dataclasses.replace(row, unfiltered=terms[0] if terms else None)
+                yield dataclasses.replace(row, unfiltered=terms[0] if terms else row.unfiltered)
 
         joined = ({"rows": keyed, "unfiltered": unfiltered} | "JoinUnfiltered" >> beam.CoGroupByKey()
                   | "Attach" >> beam.FlatMap(attach))
