@@ -16,12 +16,14 @@ import apache_beam as beam
 import pytest
 
 from beam_pipeline import accounting, mimic
+from beam_pipeline.cohorts.cxr_report import ReadReports
 from beam_pipeline.fileio import sources
 from beam_pipeline.fileio.csv_tables import InputError, ReadCsvRows
 from beam_pipeline.fileio.sources import BeamSource, RequesterPaysError, RequesterPaysSource, StorageUnavailableError
 from beam_pipeline.run import main, run
 from beam_pipeline.transforms.images import ImageLoader, ImageSettings
 from conftest import create_bucket, published, upload_tree
+from test_cxr_report import REPORT, study
 from test_faults_images import Victim, record_of
 from test_pipeline import argv, scenario
 
@@ -271,3 +273,28 @@ def test_a_download_whose_checksum_does_not_match_is_storage_failing_not_a_bad_o
         source._call(path, failing(DataCorruption(None, "Checksum mismatch while downloading")))
     with pytest.raises(FileNotFoundError):  # a permanent answer stays the object's
         source._call(path, failing(sources.api_errors.NotFound("no such object")))
+
+
+def test_a_report_in_a_gs_folder_is_one_billed_read_and_a_refused_one_is_its_studys_reject(gcs_server):
+    """Reports in a gs:// folder: each is one billed read (no existence check first, whose refusal would stop the
+    job with billing advice); a missing report is missing_report, a refused one unreadable_report with GCS's
+    reason, and the job goes on."""
+    client, proxy = gcs_server
+    bucket = create_bucket(client, proxy, "reports-billed")
+    present, missing, refused = study(10000001, 50000001), study(10000002, 50000002), study(10000003, 50000003)
+    for record in (present, refused):
+        bucket.blob(f"reports/{mimic.report_path(record.subject_id, record.study_id)}").upload_from_string(REPORT)
+    reader = ReadReports(f"gs://{bucket.name}/reports", RequesterPaysSource(BILLING), 1, 100)
+    reader.setup()
+    before = len(proxy.requests)
+    [written] = list(reader.process(present))
+    assert written.target.startswith("The lungs are clear.") and len(proxy.requests) - before == 1
+
+    def rejected(record):
+        return [(o.value["reason"], o.value["detail"]) for o in reader.process(record)
+                if getattr(o, "tag", None) == accounting.REJECTS]
+
+    assert [reason for reason, _ in rejected(missing)] == ["missing_report"]
+    with injected(proxy, mimic.report_path(refused.subject_id, refused.study_id), [(403, NO_ACCESS)]):
+        [(reason, detail)] = rejected(refused)
+    assert reason == "unreadable_report" and "Forbidden 403" in detail

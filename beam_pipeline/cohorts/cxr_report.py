@@ -231,9 +231,11 @@ class ReadReports(beam.DoFn):
         """(the report's bytes, None when there is none; how many extra identical copies the zip holds). Every
         member of the zip at the path is read: copies that are the same bytes are the report; copies that differ
         raise ConflictingReport."""
-        if self._zip is None:
-            path = FileSystems.join(self._reports, relative)
-            return (self._source.read(path) if self._source.exists(path) else None), 0
+        if self._zip is None:  # one request per report: a missing one is FileNotFoundError, not an existence check
+            try:
+                return self._source.read(FileSystems.join(self._reports, relative)), 0
+            except FileNotFoundError:
+                return None, 0
         members = self._members.get(relative, [])
         try:
             copies = [self._zip.read(member) for member in members]
