@@ -47,7 +47,7 @@ from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, 
 from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import RowRejects, Unique, duplicate_events, one_image_per_row, unique_rows
 from beam_pipeline.transforms.pixels import ProcessedImage
-from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies, split_file_rows
+from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
 UNIT_STAGES = ("metadata/", "join/", "split/", "images/")  # rejects of whole images (read/ rejects are of rows)
 
@@ -252,8 +252,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
         keyed[rejects.tag] = rejects.keyed(reads[table][accounting.REJECTS])
     described = stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "DescribeImages",
                       DescribeImages(config.ehr_match, config.include_outcomes))
-    split = described.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
-                                                                config.split_fractions, split_file_rows(reads))
+    split = described.records | "AssignSplits" >> AssignSplits.for_run(config, reads)
     checks = checks_before_images(split.records, key=lambda r: r.dicom_id)
     image_settings, loader = image_stage(config, source)
     examples = split.records | "WriteExamples" >> WriteExamples(

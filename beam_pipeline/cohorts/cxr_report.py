@@ -66,7 +66,7 @@ from beam_pipeline.transforms.images import SelectKeptImages
 from beam_pipeline.transforms.join import (KeyLabelRejects, RowRejects, Unique, duplicate_events, group_by,
                                           label_problem, rejected_labels, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
-from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies, split_file_rows
+from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 
 DROPS = ("no_findings_or_impression", "target_too_short", "target_too_long", "not_first_of_subject")
 UNIT_STAGES = ("join/", "report/", "split/", "images/")  # rejects of whole studies
@@ -443,8 +443,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
     selected = [chosen, read]
     if config.one_per_subject:
         selected.append(read.records | "OnePerSubject" >> OnePerSubject([chosen, read]))
-    split = selected[-1].records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
-                                                                   config.split_fractions, split_file_rows(reads))
+    split = selected[-1].records | "AssignSplits" >> AssignSplits.for_run(config, reads)
     checks = checks_before_images(split.records, key=lambda r: r.dicom_id)
     image_settings, loader = image_stage(config, source)
     examples = split.records | "WriteExamples" >> WriteExamples(

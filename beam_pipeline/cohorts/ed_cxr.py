@@ -32,7 +32,7 @@ from beam_pipeline.transforms.join import REJECTED_LABELS, ROW_REJECTS, KeyLabel
 from beam_pipeline.transforms.leakage import AUDIT, FilterLeakage
 from beam_pipeline.transforms.probe import UNFILTERED_TERMS, LeakageProbe
 from beam_pipeline.transforms.records import BuildRecord
-from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies, split_file_rows
+from beam_pipeline.transforms.split import AssignSplits, CountPatientsAndStudies
 from beam_pipeline.transforms.stats import DescribeRecords
 from beam_pipeline.transforms.text import DeterministicBatches, TextSettings, TokenizeAndRetrieve
 
@@ -88,8 +88,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: dict, b
                             tokenizer_sha256=text["tokenizer"]["sha256"])
     tokenized = stage(filtered.records | "BatchNotes" >> DeterministicBatches(config.text_batch_size),
                        "TokenizeAndRetrieve", TokenizeAndRetrieve(settings))
-    split = tokenized.records | "AssignSplits" >> AssignSplits(config.split_strategy, config.split_salt,
-                                                                config.split_fractions, split_file_rows(reads))
+    split = tokenized.records | "AssignSplits" >> AssignSplits.for_run(config, reads)
     checked = checks_before_images(split.records, key=lambda r: r.dicom_id)
     image_settings, loader = image_stage(config, source)
     examples = split.records | "WriteExamples" >> WriteExamples(

@@ -253,15 +253,17 @@ class BuildStays(beam.DoFn):
             codes[row["hadm_id"]].append((row["icd_code"], row["icd_version"]))
         cxrs = [mimic.Image(**row) for row in images.candidates()]
         test_flags, val_flags = stays_lib.load_split_files()
+        # The subject's rejected event rows (any kept stay may need one) and diagnoses rows (any phenotyping stay).
+        events_problem = ROW_REJECTS["chartevents"].problem(groups) or ROW_REJECTS["labevents"].problem(groups)
+        labels_problem = self._task == "phenotyping" and ROW_REJECTS["diagnoses_icd"].problem(groups)
         for stay in kept:
             yield accounting.event("stays")
             if self._task == "ihm" and not stays_lib.ihm_eligible(stay):
                 yield accounting.event("dropped/los_under_48h")
                 continue
-            problem = ROW_REJECTS["chartevents"].problem(groups) or ROW_REJECTS["labevents"].problem(groups)
-            if problem:  # the rejected row may be an event of the series, even its only one (not no_events)
-                yield from accounting.reject("join", problem[0], subject_id=subject_id,
-                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
+            if events_problem:  # the rejected row may be an event of the series, even its only one (not no_events)
+                yield from accounting.reject("join", events_problem[0], subject_id=subject_id,
+                                             detail=f"stay_id={stay.stay_id}: {events_problem[1]}", counter="rejected")
                 continue
             hours = stays_lib.IHM_HOURS if self._task == "ihm" else stay.los_hours
             series_events, left_out = stay_events(stay, events, hours)
@@ -271,10 +273,9 @@ class BuildStays(beam.DoFn):
                 yield accounting.event("dropped/no_events")
                 continue
             yield accounting.event("stay_events/in_series", len(series_events))
-            problem = self._task == "phenotyping" and ROW_REJECTS["diagnoses_icd"].problem(groups)
-            if problem:  # its labels would silently miss the rejected row's code
-                yield from accounting.reject("join", problem[0], subject_id=subject_id,
-                                             detail=f"stay_id={stay.stay_id}: {problem[1]}", counter="rejected")
+            if labels_problem:  # its labels would silently miss the rejected row's code
+                yield from accounting.reject("join", labels_problem[0], subject_id=subject_id,
+                                             detail=f"stay_id={stay.stay_id}: {labels_problem[1]}", counter="rejected")
                 continue
             series = hourly.discretize(series_events, hours)
             if self._task == "ihm":

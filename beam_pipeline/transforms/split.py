@@ -113,6 +113,11 @@ class AssignSplits(beam.PTransform):
         self._split_rows = split_rows
         self._dofn = _AssignSubject(strategy, salt, fractions)
 
+    @classmethod
+    def for_run(cls, config, reads: dict) -> "AssignSplits":
+        """The run's --split_strategy, salt and fractions, with the split file's rows when the cohort read it."""
+        return cls(config.split_strategy, config.split_salt, config.split_fractions, split_file_rows(reads))
+
     def expand(self, records):
         groups = {"records": records | "KeyBySubject" >> beam.Map(lambda r: (r.subject_id, r))}
         if self._official:
