@@ -31,6 +31,9 @@ How the process tree is measured:
 - per-stage wall time: the child wraps the FnApiRunner's bundle execution and records, per fused stage, its wall
   time and, per worker part of each bundle, how long that part ran, so a stage that runs on one worker shows up;
   plus Beam's own per-transform ``process_bundle_msecs`` (busy time summed over workers);
+- storage reads: what the tree made the kernel fetch from disk (``ru_inblock`` of the same ``getrusage``). Before
+  a size's first run every file of its sample is read once (``warm_page_cache``), so each run finds its images in
+  the page cache and the repeats compare the job, not the disk; a run that still read much shows it here;
 - the host's moment: the 1-minute load average at the start, and the share of the host's CPU time during the run that
   the hypervisor gave to other guests (``steal %``, from /proc/stat). On a shared VM the same code's wall and CPU time
   move with it (2026-12-01: 10 % steal in a run that took 1.3x the CPU of a quiet one), so compare runs with it.
@@ -168,9 +171,15 @@ class TreeMonitor(threading.Thread):
 
 
 def _role(pid: int) -> str:
-    command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    return "worker" if b"sdk_worker_main" in command and not command.startswith(b"/bin/sh") else (
-        "shell" if command.startswith(b"/bin/sh") else "job")
+    return role_of(Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def role_of(command: bytes) -> str:
+    """A process of the measured tree by its command line (NUL-separated): the shell Beam starts each worker
+    through, a worker process (Beam's own harness, or ``local_workers.WORKER_COMMAND`` around it), else the job."""
+    if command.startswith(b"/bin/sh"):
+        return "shell"
+    return "worker" if b"sdk_worker_main" in command or b"local_workers.worker_main()" in command else "job"
 
 
 def host_cpu_ticks() -> list[int]:
@@ -239,6 +248,9 @@ def measure(command: list[str], log: Path, interval: float = 0.1, env: dict | No
             "peak_rss_mb": monitor.peak_rss / 2 ** 20, "peak_pss_mb": monitor.peak_pss / 2 ** 20,
             "peak_rss_mb_by_role": {k: v / 2 ** 20 for k, v in sorted(monitor.peak_rss_by_role.items())},
             "peak_processes": monitor.peak_processes, "samples": monitor.samples, "monitor_cpu_s": monitor.own_cpu,
+            # what the tree made the kernel fetch from storage (Linux counts ru_inblock in 512-byte units; page
+            # cache hits are not counted), exact like cpu_s
+            "disk_read_mb": (after.ru_inblock - before.ru_inblock) * 512 / 2 ** 20,
             "loadavg_1m_before": load, "loadavg_1m_after": os.getloadavg()[0],
             "host_idle_share": host["idle"], "host_steal_share": host["steal"]}
 
@@ -377,6 +389,21 @@ def sample_tree(workdir: Path, subjects: int, image_size: str = "full", seed: in
     if not (folder / "SAMPLE.json").exists():
         roots = sample.generate(folder, subjects=subjects, seed=seed, image_size=image_size)
     return roots
+
+
+def warm_page_cache(folder: Path) -> dict:
+    """Read every file under ``folder`` once, so each run of a size reads its images from the page cache: the first
+    run after the sample sat unread otherwise waits on the disk (2026-12-03, this VM: 3.2 GB at 100-140 MB/s with
+    10 % I/O pressure in the first two-worker run at 2,000 records, and only in that one), which a later repeat
+    does not."""
+    start, files, size = time.perf_counter(), 0, 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    size += len(chunk)
+            files += 1
+    return {"files": files, "mb": size / 2 ** 20, "seconds": time.perf_counter() - start}
 
 
 def kb_index(workdir: Path, given: str = "") -> str:
@@ -536,14 +563,19 @@ def run_all(workdir: Path, sizes: list[int], workers: list[int], seconds: float,
     lim = limits(workdir, trees[sizes[0]], index, seconds, notes, 518, pool)
     cores = local_workers.machine()[1]
     lim["parallel"] = parallel_probe([Path(p) for p in lim["jpeg_paths"][:8]], cores, max(1.0, seconds))
-    runs = []
+    runs, warmed = [], {}
     for n, repeat, w in run_order(sizes, workers, repeats):
+        if n not in warmed:
+            warmed[n] = warm_page_cache(Path(trees[n].cxr).parent)
+            _progress(f"page cache: read the ~{n}-record sample once ({warmed[n]['mb'] / 1024:.1f} GB, "
+                      f"{warmed[n]['seconds']:.0f} s)")
         _progress(f"pipeline on ~{n} records, {'default workers' if not w else f'{w} worker(s)'}"
                   + (f", repeat {repeat + 1} of {repeats}" if repeats > 1 else ""))
         runs.append(one_run(workdir, trees[n], n, w, index, interval, extra or [],
                             [Path(p) for p in lim["jpeg_paths"]], repeat))
     return {"date": dt.date.today().isoformat(), "cores": cores, "python": sys.version.split()[0],
-            "git": _git_state(), "limits": lim, "runs": runs, "targets": check_targets(runs, lim, sizes)}
+            "git": _git_state(), "limits": lim, "warmed": {str(n): w for n, w in warmed.items()}, "runs": runs,
+            "targets": check_targets(runs, lim, sizes)}
 
 
 def _progress(message: str) -> None:
@@ -632,7 +664,7 @@ def table(summary: dict) -> str:
              f"full-size samples, each run a fresh process tree",
              f"{'records':>8} {'workers':>7} {'wall s':>7} {'rec/s':>6} {'CPU s':>7} {'CPU ms/rec':>10} "
              f"{'peak RSS MB':>11} {'peak PSS MB':>11} {'procs':>5} {'image rec/busy-s':>16} {'decode/CPU-s':>12} "
-             f"{'machine x':>9} {'load':>5} {'steal %':>7}"]
+             f"{'machine x':>9} {'load':>5} {'steal %':>7} {'disk MB':>7}"]
     for r in summary["runs"]:
         image = f"{r['image_stage_per_busy_s']:.1f}" if r["image_stage_per_busy_s"] else "-"
         decode = f"{r['decode_per_cpu_s_before']:.1f}" if r.get("decode_per_cpu_s_before") else "-"
@@ -640,7 +672,8 @@ def table(summary: dict) -> str:
         lines.append(f"{r['records']:>8,} {r['workers']:>7} {r['wall_s']:>7.1f} {r['records_per_s']:>6.1f} "
                      f"{r['cpu_s']:>7.1f} {r['cpu_ms_per_record']:>10.1f} {r['peak_rss_mb']:>11.0f} "
                      f"{r['peak_pss_mb']:>11.0f} {r['peak_processes']:>5} {image:>16} {decode:>12} {machine:>9} "
-                     f"{r['loadavg_1m_before']:>5.1f} {100 * r['host_steal_share']:>7.1f}")
+                     f"{r['loadavg_1m_before']:>5.1f} {100 * r['host_steal_share']:>7.1f} "
+                     f"{r.get('disk_read_mb', 0):>7.0f}")
     lines.append(f"limits, one core, same run: raw full-resolution JPEG decode {lim['raw_decode_per_s']:.1f} img/s "
                  f"({1000 / lim['raw_decode_per_s']:.1f} ms; {lim['jpegs']} frontal JPEGs of the sample, mean "
                  f"{lim['mean_jpeg_mb']:.2f} MB), image stage per image {lim['image_stage_per_s']:.1f} img/s; raw "

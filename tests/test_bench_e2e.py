@@ -159,3 +159,39 @@ def test_targets_over_repeats_are_medians_and_the_speed_up_pairs_runs_by_repeat(
 def test_with_several_parallel_worker_counts_each_repeat_pairs_one_worker_with_the_first_listed():
     runs = [_run(500, i, w, wall, 60.0, 1000, 499) for i in range(2) for w, wall in ((2, 10.0), (1, 30.0), (3, 7.5))]
     assert bench_e2e.check_targets(runs, {}, [500])["speedup_500"]["pairs"] == [3.0, 3.0]
+
+
+def test_processes_are_told_apart_by_their_command_lines():
+    import shlex
+
+    from beam_pipeline import local_workers
+
+    def cmdline(command: str) -> bytes:
+        return b"\0".join(part.encode() for part in shlex.split(command)) + b"\0"
+
+    assert bench_e2e.role_of(cmdline(local_workers.WORKER_COMMAND)) == "worker"  # what LocalRunner starts
+    assert bench_e2e.role_of(cmdline(local_workers.BEAM_WORKER_COMMAND)) == "worker"
+    assert bench_e2e.role_of(b"/bin/sh\0-c\0" + local_workers.WORKER_COMMAND.encode() + b"\0") == "shell"
+    assert bench_e2e.role_of(cmdline(f"{sys.executable} -m beam_pipeline.bench_e2e --child=t.json -- --x")) == "job"
+
+
+READER = "import sys\nwith open(sys.argv[1], 'rb') as f:\n    while f.read(1 << 20):\n        pass\n"
+
+
+def test_a_run_counts_what_it_read_from_storage_and_warming_the_page_cache_leaves_it_none(tmp_path):
+    sample = tmp_path / "sample" / "files"
+    sample.mkdir(parents=True)
+    data = sample / "images.bin"
+    with open(data, "wb") as f:
+        f.write(os.urandom(8 << 20))
+        f.flush()
+        os.fsync(f.fileno())  # clean pages, which the kernel drops on request
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    (sample.parent / "small.csv").write_text("a,b\n1,2\n")
+    read = [sys.executable, "-c", READER, str(data)]
+    cold = bench_e2e.measure(read, tmp_path / "cold.txt", interval=0.01)
+    assert cold["returncode"] == 0 and cold["disk_read_mb"] >= 7  # the 8 MB came from storage
+    warmed = bench_e2e.warm_page_cache(sample.parent)
+    assert warmed["files"] == 2 and warmed["mb"] == (8 << 20) / 2 ** 20 + 8 / 2 ** 20
+    warm = bench_e2e.measure(read, tmp_path / "warm.txt", interval=0.01)
+    assert warm["returncode"] == 0 and warm["disk_read_mb"] < 1
