@@ -1,5 +1,7 @@
+import collections
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -193,6 +195,26 @@ def test_batches_depend_only_on_the_data(tmp_path):
     assert first == again
     assert all(1 <= len(line.split(",")) <= 8 for line in first)
     assert sorted(d for line in first for d in line.split(",")) == [r.dicom_id for r in records]
+
+
+def test_two_local_workers_get_about_half_the_notes_each(tmp_path):
+    """96 records make three buckets, which the runner deals whole to its workers (two to one, one to the other); the
+    batches themselves are dealt one by one, so each of two workers gets about half the notes."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline import local_workers
+
+    records = [_record(f"d{i:03d}") for i in range(96)]
+    options = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(runner=local_workers.LocalRunner(), options=options) as p:
+        _ = (p | beam.Create(records) | DeterministicBatches(8)
+             | beam.Map(lambda batch, out=str(tmp_path): Path(out, f"{os.getpid()}-{batch[0].dicom_id}").write_text(
+                 str(len(batch)))))
+    notes = collections.Counter()
+    for batch in tmp_path.iterdir():
+        notes[batch.name.split("-")[0]] += int(batch.read_text())
+    assert sum(notes.values()) == 96 and len(notes) == 2 and str(os.getpid()) not in notes
+    assert max(notes.values()) <= 0.6 * 96, notes
 
 
 def test_knowledge_base_build_and_load_checks(tmp_path, kb_index):
