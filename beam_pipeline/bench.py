@@ -170,6 +170,7 @@ def sample_notes(workdir: Path, count: int, index: str) -> list[tuple[str, str]]
 
     output = workdir / "text-run"
     if not (output / "LATEST").exists():
+        shutil.rmtree(workdir / "notes-sample", ignore_errors=True)  # an interrupted run's sample
         roots = sample.generate(workdir / "notes-sample", subjects=max(30, count // 2), seed=11)
         run.run([f"--mimic_cxr_root={roots.cxr}", f"--mimic_ed_root={roots.ed}", f"--mimic_iv_root={roots.iv}",
                  f"--output={output}", f"--tokenizer={models.PACKAGED}", "--images=false", f"--kb_index={index}",

@@ -50,10 +50,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as dt
+import hashlib
 import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -378,15 +380,26 @@ def subjects_for(records: int) -> int:
     return max(3, round(records / RECORDS_PER_SUBJECT))
 
 
+def generator_fingerprint() -> str:
+    """The sample generators' source, hashed: a cached tree is reused only by the code that would write it."""
+    from beam_pipeline import sample, sample_hosp, sample_icu, sample_reports
+
+    digest = hashlib.sha256()
+    for module in (sample, sample_hosp, sample_icu, sample_reports):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def sample_tree(workdir: Path, subjects: int, image_size: str = "full", seed: int = 0):
-    """The generated MIMIC tree for ``subjects`` (cached per version of the generator's pixels: SAMPLE.json is written
-    last, so its presence means done)."""
+    """The generated MIMIC tree for ``subjects`` (cached per ``generator_fingerprint``: SAMPLE.json is written last,
+    so its presence means done)."""
     from beam_pipeline import sample
 
-    folder = (workdir / "e2e" / "samples" / f"radiographs-v{sample.RADIOGRAPH_VERSION}"
+    folder = (workdir / "e2e" / "samples" / f"generator-{generator_fingerprint()}"
               / f"subjects-{subjects}{'' if image_size == 'full' else '-' + image_size}")
     roots = sample.SampleRoots(str(folder / "mimic-cxr-jpg"), str(folder / "mimic-iv-ed"), str(folder / "mimiciv"))
     if not (folder / "SAMPLE.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted generation's files
         roots = sample.generate(folder, subjects=subjects, seed=seed, image_size=image_size)
     return roots
 

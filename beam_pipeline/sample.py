@@ -716,6 +716,17 @@ def _write(out: Path, roots: SampleRoots, world: World, images: tuple[Sizer, Pai
     return roots
 
 
+def fresh_folder(outdir: str | Path) -> Path:
+    """``outdir``, resolved, if it does not exist or is an empty folder. A planted absence (a missing image, report or
+    ECG file) is a file not written, so a file an earlier sample left there would fill it: generating over a
+    200-subject sample of the same seed with 100 subjects kept the planted-missing image 290a5d07... readable."""
+    out = Path(outdir).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} is not an empty folder: write a sample into a new or empty one (files left "
+                              "there would fill the sample's planted missing files)")
+    return out
+
+
 def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size: str = "small") -> SampleRoots:
     """Write a synthetic CXR + ED + patients tree under outdir, with Symile-MIMIC's admissions, labs and ECGs
     (sample_hosp) and MedFuse's ICU stays, chart events and diagnoses (sample_icu), and return its roots."""
@@ -723,7 +734,7 @@ def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size:
 
     if image_size not in ("small", "full"):
         raise ValueError(f"image_size must be 'small' or 'full', not {image_size!r}")
-    out = Path(outdir).resolve()
+    out = fresh_folder(outdir)
     roots = SampleRoots(str(out / "mimic-cxr-jpg"), str(out / "mimic-iv-ed"), str(out / "mimiciv"),
                         str(out / "mimic-iv-ecg"))
     rng = random.Random(seed)
@@ -739,7 +750,7 @@ def generate(outdir: str | Path, subjects: int = 200, seed: int = 0, image_size:
 
 def generate_on_open_data(outdir: str | Path, open_data_dir: str | Path, seed: int = 0) -> SampleRoots:
     """Write only the CXR side under outdir, linked to the real demo stays; ed and iv roots point into open data."""
-    out, base = Path(outdir).resolve(), Path(open_data_dir).resolve()
+    out, base = fresh_folder(outdir), Path(open_data_dir).resolve()
     roots = SampleRoots(str(out / "mimic-cxr-jpg"), str(base / "mimic-iv-ed-demo-2.2"), str(base / "mimic-iv-demo-2.2"))
     rng = random.Random(seed)
     world = _open_world(rng, Path(roots.ed), Path(roots.iv))
@@ -754,6 +765,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_size", choices=("small", "full"), default="small")
     parser.add_argument("--on_open_data", metavar="DIR", help="shared open-data folder; writes only the CXR side")
     args = parser.parse_args(argv)
+    try:
+        fresh_folder(args.outdir)
+    except FileExistsError as err:
+        parser.error(str(err))
     if args.on_open_data:
         roots = generate_on_open_data(args.outdir, args.on_open_data, args.seed)
     else:

@@ -358,6 +358,21 @@ def test_same_arguments_give_byte_identical_trees(tmp_path: Path) -> None:
     assert digests[0] != digests[2]
 
 
+def test_a_sample_is_written_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
+    """A planted missing image is a file not written: generating over an earlier sample of the same seed would leave
+    that sample's file there, readable. The command line refuses too (exit 2, the folder named), writing nothing."""
+    first = sample.generate(tmp_path / "sample", subjects=12, seed=0)
+    before = tree_digest(Path(first.cxr).parent)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        sample.generate(tmp_path / "sample", subjects=6, seed=0)
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.sample", str(tmp_path / "sample"), "--subjects", "6"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and f"{tmp_path / 'sample'} is not an empty folder" in done.stderr
+    assert tree_digest(Path(first.cxr).parent) == before
+    (tmp_path / "empty").mkdir()
+    assert Path(sample.generate(tmp_path / "empty", subjects=3, seed=0).cxr).is_dir()
+
+
 def test_full_size_radiograph_is_mimic_like() -> None:
     data = sample.encode(sample.radiograph(np.random.default_rng(0), 3056, 2544, lateral=False))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
