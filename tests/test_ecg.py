@@ -107,6 +107,30 @@ def test_a_missing_or_repeated_lead_is_a_format_error(tmp_path: Path) -> None:
         read(tmp_path, "twice")
 
 
+def _rewrite_signal_lines(path: Path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0]] + [edit(line.split()) for line in lines[1:]]) + "\n")
+
+
+def test_a_signal_line_without_a_lead_name_is_no_lead(tmp_path: Path) -> None:
+    """WFDB allows a signal line with no description; wfdb reads its name as None. Such a column is not a lead: a
+    format error (a reject), not an exception the job does not catch."""
+    ecg.write_ecg(tmp_path, "unnamed", waveform())
+    _rewrite_signal_lines(tmp_path / "unnamed.hea", lambda fields: " ".join(fields[:-1]))
+    with pytest.raises(ecg.EcgFormatError, match="lead I missing"):
+        read(tmp_path, "unnamed")
+
+
+def test_values_beyond_float32_at_the_headers_gain_are_a_format_error(tmp_path: Path) -> None:
+    """A gain of 1e-40 adu/mV makes most samples larger than float32 holds: they would be written as inf (and min-max
+    scaled to NaN), so the record is refused, never called usable."""
+    ecg.write_ecg(tmp_path, "tiny_gain", waveform())
+    _rewrite_signal_lines(tmp_path / "tiny_gain.hea",
+                          lambda fields: " ".join([*fields[:2], "1e-40(0)/mV", *fields[3:]]))
+    with pytest.raises(ecg.EcgFormatError, match="beyond float32"):
+        read(tmp_path, "tiny_gain")
+
+
 def test_units_other_than_mv_are_a_format_error(tmp_path: Path) -> None:
     wfdb.wrsamp("micro", fs=500, units=["uV"] * 12, sig_name=list(mimic.ECG_LEADS), p_signal=waveform() * 1000,
                 fmt=["16"] * 12, adc_gain=[0.2] * 12, baseline=[0] * 12, write_dir=str(tmp_path))

@@ -51,8 +51,9 @@ def record_files(header: wfdb.Record) -> list[str]:
 
 def lead_columns(sig_names: list[str] | None) -> list[int]:
     """Column of each of ``mimic.ECG_LEADS`` in a record, matched by name ignoring case (files differ in both order
-    and spelling). A missing or repeated lead is an EcgFormatError: choosing would be a guess."""
-    lowered = [name.lower() for name in sig_names or []]
+    and spelling). A missing or repeated lead is an EcgFormatError: choosing would be a guess. WFDB allows a signal
+    line without a name (wfdb reads it as None): that column is no lead."""
+    lowered = [(name or "").lower() for name in sig_names or []]
     columns = []
     for lead in mimic.ECG_LEADS:
         count = lowered.count(lead.lower())
@@ -74,7 +75,7 @@ def _parse(action, what: str):
 def read_ecg(source: BeamSource, root: str, path: str) -> Ecg:
     """The record ``<root>/<path>`` (``path`` without extension, as record_list.csv spells it) as a 12-lead ECG in
     ``mimic.ECG_LEADS`` order, in mV. Raises OSError when the header or a data file cannot be read (the message
-    names it) and EcgFormatError when wfdb cannot parse them or a lead is missing."""
+    names it) and EcgFormatError when wfdb cannot parse them, a lead is missing or a value is beyond float32."""
     location = root.rstrip("/") + "/" + path.lstrip("/")
     folder, name = posixpath.split(location)
     header_path = location + ".hea"
@@ -91,7 +92,10 @@ def read_ecg(source: BeamSource, root: str, path: str) -> Ecg:
     units = {record.units[c] for c in columns} if record.units else {"mV"}
     if units != {"mV"}:
         raise EcgFormatError(f"units {sorted(units)}, expected mV")
-    signal = np.asarray(record.p_signal, dtype=np.float32)[:, columns]
+    with np.errstate(over="ignore"):
+        signal = np.asarray(record.p_signal, dtype=np.float32)[:, columns]
+    if np.isinf(signal).any():  # a header's absurd gain (1e-40 adu/mV): the values would be written as inf
+        raise EcgFormatError("values beyond float32 at the header's gain")
     return Ecg(signal, mimic.ECG_LEADS, float(record.fs))
 
 
