@@ -799,25 +799,28 @@ def test_check_ecgs_takes_the_first_usable_one(tmp_path):
     assert dataclasses.replace(records[0], ecgs=admission.ecgs) == admission
 
 
-def test_check_ecgs_unreadable_one_is_a_reject_line_and_the_next_is_tried(tmp_path):
+def test_check_ecgs_an_unreadable_one_rejects_the_admission_never_the_next_is_taken(tmp_path):
+    """It may have been the first usable one, so taking the next would be a guess (as a missing JPEG is a reject)."""
     admission = admission_with_ecgs(tmp_path, ["missing", "good"])
     records, events, rejects = check(tmp_path, admission)
-    assert [r.ecg for r in records] == [admission.ecgs[1]]
-    assert events == Counter({"ecg_checked/unreadable": 1, "rejects/ecg_check/unreadable_ecg": 1,
-                              "ecg_checked/usable": 1})
-    assert len(rejects) == 1
-    assert rejects[0]["stage"] == "ecg_check" and rejects[0]["reason"] == "unreadable_ecg"
-    assert rejects[0]["subject_id"] == SUBJECT and admission.ecgs[0].path in rejects[0]["detail"]
-    assert "FileNotFoundError" in rejects[0]["detail"]
+    assert records == []
+    assert events == Counter({"ecg_checked/unreadable": 1, "rejects/ecg/unreadable_ecg": 1})
+    [reject] = rejects
+    assert (reject["stage"], reject["reason"]) == ("ecg", "unreadable_ecg")  # an admission stage: counted rejected
+    assert (reject["subject_id"], reject["study_id"], reject["dicom_id"]) == (
+        SUBJECT, admission.study_id, admission.dicom_id)
+    assert admission.ecgs[0].path in reject["detail"] and "FileNotFoundError" in reject["detail"]
 
 
-def test_check_ecgs_none_usable_drops_the_admission(tmp_path):
-    admission = admission_with_ecgs(tmp_path, ["nan", "missing", "all_zero"])
-    records, events, rejects = check(tmp_path, admission)
+def test_check_ecgs_none_usable_drops_the_admission_and_an_unreadable_one_after_a_bad_one_rejects_it(tmp_path):
+    admission = admission_with_ecgs(tmp_path / "bad", ["nan", "all_zero"])
+    records, events, rejects = check(tmp_path / "bad", admission)
+    assert records == [] and rejects == []
+    assert events == Counter({"ecg_checked/nan": 1, "ecg_checked/all_zero": 1, "dropped/no_usable_ecg": 1})
+    admission = admission_with_ecgs(tmp_path / "gone", ["nan", "missing", "good"])
+    records, events, rejects = check(tmp_path / "gone", admission)
     assert records == [] and len(rejects) == 1
-    assert events == Counter({"ecg_checked/nan": 1, "ecg_checked/unreadable": 1,
-                              "rejects/ecg_check/unreadable_ecg": 1, "ecg_checked/all_zero": 1,
-                              "dropped/no_usable_ecg": 1})
+    assert events == Counter({"ecg_checked/nan": 1, "ecg_checked/unreadable": 1, "rejects/ecg/unreadable_ecg": 1})
 
 
 def test_the_writer_reads_the_chosen_ecg_again_and_one_gone_since_the_check_is_a_reject(tmp_path):

@@ -12,8 +12,7 @@ from beam_pipeline.options import Config
 
 DATASET = "Symile-MIMIC: hospital admissions with a chest X-ray, a 12-lead ECG and 50 labs"
 DROPS = ("no_cxr_in_window", "no_chexpert_row", "no_ecg_in_window", "no_lab_in_window", "no_usable_ecg")
-# Rejects of whole admissions; the others are of rows (read/), images that were never chosen (metadata/) and ECGs
-# whose admission went on to the next one (ecg_check/).
+# Rejects of whole admissions; the others are of rows (read/) and images that were never chosen (metadata/).
 ADMISSION_STAGES = ("join/", "images/", "ecg/")
 
 

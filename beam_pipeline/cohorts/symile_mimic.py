@@ -8,7 +8,8 @@ Definition (cohort-definitions.md §A; what differs from the original and why: R
               admissions that qualify otherwise, in window order, until one passes)
     labs      LAB_WINDOW per itemid of mimic.SYMILE_LAB_ITEMIDS (ascending itemid: the order of every lab vector)
     drops     counted in that order: no_cxr_in_window, no_chexpert_row, no_ecg_in_window, no_lab_in_window,
-              no_usable_ecg; bad rows, conflicts and unreadable images/ECGs are rejects, as is an admission that
+              no_usable_ecg; bad rows, conflicts and unreadable images/ECGs (an unreadable in-window ECG before the
+              first usable one too) are rejects, as is an admission that
               could have used a row rejected at read (ROW_REJECTS) or whose chosen lab float32 cannot hold (1e39),
               never given the next-best row instead
     split     patient-level hash split (no discarded rows); lab percentiles from an ECDF fitted on train only
@@ -210,8 +211,8 @@ class SelectAdmissions(beam.DoFn):
 
 class CheckEcgs(beam.DoFn):
     """Admission -> the same with its first usable in-window ECG (no NaN, not all zero, 5000 x 12 at 500 Hz), or
-    counted as no_usable_ecg. An ECG that cannot be read is a reject line (stage ecg_check) and the next one is
-    tried."""
+    counted as no_usable_ecg. An ECG that cannot be read before one is found rejects the admission (stage ecg), as
+    a missing JPEG does: it may have been the first usable one, so the next would be a guess."""
 
     def __init__(self, ecg_root: str, source):
         self._root = ecg_root
@@ -223,10 +224,11 @@ class CheckEcgs(beam.DoFn):
                 problem = quality_problem(read_ecg(self._source, self._root, ecg.path))
             except (OSError, EcgFormatError) as err:
                 yield accounting.event("ecg_checked/unreadable")
-                yield from accounting.reject("ecg_check", "unreadable_ecg", subject_id=admission.subject_id,
+                yield from accounting.reject("ecg", "unreadable_ecg", subject_id=admission.subject_id,
+                                             study_id=admission.study_id, dicom_id=admission.dicom_id,
                                              detail=f"hadm_id={admission.hadm_id} ecg {ecg.path}: "
                                                     f"{type(err).__name__}: {err}")
-                continue
+                return
             yield accounting.event(f"ecg_checked/{problem or 'usable'}")
             if problem is None:
                 yield dataclasses.replace(admission, ecgs=(ecg,))

@@ -57,7 +57,8 @@ class Window:
 def in_window(window: Window, anchor: dt.datetime, events: Iterable[T], time: Callable[[T], dt.datetime],
               tie_break: Callable[[T], object]) -> list[T]:
     """The events inside the window, best first: by time in the window's direction, then by ``tie_break``
-    ascending. The first is the choice; the rest are the fallbacks in order (e.g. the next ECG when one fails)."""
+    ascending. The first is the choice; the rest are the fallbacks in order (e.g. the next ECG when one has NaN or
+    is all zero)."""
     inside = [e for e in events if window.contains(anchor, time(e))]
     if window.choice == "earliest":
         return sorted(inside, key=lambda e: (time(e), tie_break(e)))
