@@ -757,10 +757,17 @@ def generate_on_open_data(outdir: str | Path, open_data_dir: str | Path, seed: i
     return _write(out, roots, world, _nih_images(base / "nih-chestxray14-sample"), rng, "open_data", seed)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir")
-    parser.add_argument("--subjects", type=int, default=200)
+    parser.add_argument("--subjects", type=_at_least_one, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image_size", choices=("small", "full"), default="small")
     parser.add_argument("--on_open_data", metavar="DIR", help="shared open-data folder; writes only the CXR side")
@@ -773,7 +780,8 @@ def main(argv: list[str] | None = None) -> None:
         roots = generate_on_open_data(args.outdir, args.on_open_data, args.seed)
     else:
         roots = generate(args.outdir, args.subjects, args.seed, args.image_size)
-    print(f"--mimic_cxr_root={roots.cxr} --mimic_ed_root={roots.ed} --mimic_iv_root={roots.iv}")
+    print(f"--mimic_cxr_root={roots.cxr} --mimic_ed_root={roots.ed} --mimic_iv_root={roots.iv}"
+          + (f" --mimic_ecg_root={roots.ecg} --mimic_cxr_reports={roots.cxr}" if roots.ecg else ""))
 
 
 if __name__ == "__main__":

@@ -378,8 +378,13 @@ def chart_series(rng: random.Random, stay: IcuStay, rare: Iterable[int]) -> list
 
 
 def _latest_ap(images: Iterable[ApImage], start: dt.datetime, end: dt.datetime) -> ApImage | None:
+    """The latest image in [start, end], ties to the smallest dicom_id. Compared as naive datetimes, as the cohort
+    does: a naive ``.timestamp()`` is local time, whose order a DST gap inverts on some machines."""
     inside = [i for i in images if start <= i.time <= end]
-    return min(inside, key=lambda i: (-i.time.timestamp(), i.dicom_id), default=None)
+    if not inside:
+        return None
+    latest = max(i.time for i in inside)
+    return min((i for i in inside if i.time == latest), key=lambda i: i.dicom_id)
 
 
 def _phenotypes(builder: _Builder, hadm_id: int) -> list[str]:

@@ -55,6 +55,7 @@ def describe(metadata: dict, example: dict) -> str:
         f"{_one(example, 'stay_id')}  view {_one(example, 'view_position').decode()}",
         f"  study {_one(example, 'study_datetime').decode()}, {_one(example, 'hours_from_arrival'):.2f} h after ED "
         f"arrival",
+        f"  labels: {_one(example, 'labels/status', b'?').decode()}",  # all blank and no CheXpert row look alike
         *(f"  {state}: {', '.join(names) or '-'}" for state, names in by_state.items()),
         f"  blank: {', '.join(blank) or '-'}",
         f"  features: {features}",
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     if shown < len(dicom_ids):
         parser.error(f"{len(dicom_ids) - shown} of the dicom_ids are not in the {args.split} split")
+    if not shown:
+        print(f"the {args.split} split holds no records")
 
 
 if __name__ == "__main__":

@@ -459,3 +459,20 @@ def test_open_data_studies_sit_on_real_stays(open_run) -> None:
                                           "1s_before_intime", "at_shared_boundary"}
     documented = {c["study_id"]: c["expected_stay_id"] for c in cases if c["case"] == "documented_10000032"}
     assert documented[50414267] == 33258284 and documented[53189527] == 38112554 and documented[53911762] == 39399961
+
+
+def test_the_command_line_prints_every_root_and_wants_a_subject(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline.sample", str(tmp_path / "s"), "--subjects", "3"],
+                          capture_output=True, text=True, cwd=repo, check=True)
+    flags = dict(flag.split("=", 1) for flag in done.stdout.split())
+    cxr = str(tmp_path / "s" / "mimic-cxr-jpg")
+    assert flags == {"--mimic_cxr_root": cxr, "--mimic_ed_root": str(tmp_path / "s" / "mimic-iv-ed"),
+                     "--mimic_iv_root": str(tmp_path / "s" / "mimiciv"),
+                     "--mimic_ecg_root": str(tmp_path / "s" / "mimic-iv-ecg"), "--mimic_cxr_reports": cxr}
+    assert all(Path(path).is_dir() for path in flags.values())
+    assert list(Path(cxr).glob("files/p*/p*/s*.txt"))  # the reports sit beside the study folders
+    refused = subprocess.run([sys.executable, "-m", "beam_pipeline.sample", str(tmp_path / "none"), "--subjects", "0"],
+                             capture_output=True, text=True, cwd=repo)
+    assert refused.returncode == 2 and "must be at least 1, not 0" in refused.stderr
+    assert not (tmp_path / "none").exists()

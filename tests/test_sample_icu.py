@@ -398,3 +398,22 @@ def test_no_admissions_no_icu_files(tmp_path) -> None:
     roots = sample.SampleRoots(str(tmp_path / "cxr"), str(tmp_path / "ed"), str(tmp_path / "iv"))
     world = sample.World([], [], [], {"patients": [], "edstays": []})
     assert sample_icu.write(world, roots, 0) == {} and not Path(roots.iv).exists()
+
+
+def test_the_latest_ap_image_is_the_latest_naive_time_on_any_machine_time_zone() -> None:
+    """Two images 40 minutes apart across New York's spring-forward gap (02:30 does not exist there): by local
+    timestamps the later one came first; compared as naive times, as the cohort compares them, it is the latest."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import datetime as dt\n"
+        "from beam_pipeline.sample_icu import ApImage, _latest_ap\n"
+        "a = ApImage(1, 'a', 1, dt.datetime(2150, 3, 8, 2, 30), None)\n"
+        "b = ApImage(1, 'b', 2, dt.datetime(2150, 3, 8, 3, 10), None)\n"
+        "print(a.time.timestamp() > b.time.timestamp(), _latest_ap([a, b], dt.datetime(2150, 3, 8), "
+        "dt.datetime(2150, 3, 9)).dicom_id)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "TZ": "America/New_York"}, cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split() == ["True", "b"]  # the local timestamps invert the order; the choice does not

@@ -43,3 +43,25 @@ def test_n_below_one_is_refused(clean_run, n, capsys):
 def test_n_shows_the_first_n_records(clean_run, train_dicom_ids, capsys):
     show.main([str(clean_run[0]), "--split=train", "--n=2"])
     assert len(_shown(capsys.readouterr().out)) == 2
+
+
+def test_each_record_says_why_its_labels_are_what_they_are(clean_run, capsys):
+    """An unlabelled record shows all 14 labels blank whether its study has no CheXpert row or an all-blank one: the
+    status line tells them apart."""
+    show.main([str(clean_run[0]), "--split=train", "--n=3"])
+    statuses = re.findall(r"^  labels: (\S+)$", capsys.readouterr().out, re.MULTILINE)
+    assert len(statuses) == 3 and set(statuses) <= {"labeled", "all_blank", "no_label_row"}
+
+
+def test_an_empty_split_says_so(clean_run, tmp_path, capsys):
+    """The writer writes one empty shard for a split without records; show said nothing at all there."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(published(clean_run[0]), run)
+    shards = sorted((run / "tfrecords").glob("val-*"))
+    assert shards
+    for shard in shards:
+        shard.write_bytes(b"")  # what the writer leaves for an empty split: zero records
+    show.main([str(run), "--split=val"])
+    assert capsys.readouterr().out == "the val split holds no records\n"
