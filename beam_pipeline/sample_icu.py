@@ -200,8 +200,11 @@ class _Builder:
                                      mimic.parse_datetime(row["admittime"]), mimic.parse_datetime(row["dischtime"]))
                            for row in admissions]
         self.images: dict[int, list[ApImage]] = {}
+        self.unknown_time: set[int] = set()  # subjects with an AP image whose StudyTime does not parse
         for study in sorted(world.studies, key=lambda s: (s.subject_id, s.time, s.study_id)):
-            if study.bad_time:  # its StudyTime does not parse: the pipeline rejects its rows
+            if study.bad_time:  # the pipeline rejects its rows, and the stays of its subject that reach the pairing
+                if any(shot.view == "AP" for shot in study.shots):
+                    self.unknown_time.add(study.subject_id)
                 continue
             for shot in study.shots:
                 if shot.view == "AP":
@@ -392,8 +395,10 @@ def _phenotypes(builder: _Builder, hadm_id: int) -> list[str]:
 
 
 def expected(builder: _Builder, stay: IcuStay) -> dict[str, Any]:
-    """{"stay": "kept" or the drop reason, "ihm": None (dropped or LOS < 48 h) or {label, cxr_dicom_id},
-    "phenotyping": None (dropped) or {cxr_dicom_id, phenotypes}}."""
+    """{"stay": "kept" or the drop reason, "ihm": None (dropped, LOS < 48 h or rejected) or {label, cxr_dicom_id},
+    "phenotyping": None (dropped or rejected) or {cxr_dicom_id, phenotypes}}, and "rejected": "cxr_row_rejected"
+    for a kept stay whose subject has an AP image of unknown time (it may be the stay's X-ray; an IHM stay under 48 h
+    is dropped first)."""
     admission = stay.admission
     single = [s for s in builder.stays if s.admission is admission and s.first_careunit == s.last_careunit]
     reason = ("unit_transfer" if stay.first_careunit != stay.last_careunit else
@@ -402,6 +407,8 @@ def expected(builder: _Builder, stay: IcuStay) -> dict[str, Any]:
     result: dict[str, Any] = {"stay": reason, "ihm": None, "phenotyping": None}
     if reason != "kept":
         return result
+    if stay.subject_id in builder.unknown_time:
+        return {**result, "rejected": "cxr_row_rejected"}
     images = builder.images.get(stay.subject_id, ())
     if stay.los_hours >= IHM_HOURS:
         dod = builder.patients[stay.subject_id]["dod"]
@@ -737,7 +744,7 @@ def manifest(builder: _Builder, labs: list[dict[str, str]], diagnoses_rows: int)
             entry["expected"] = expected(builder, stay)
     for stay in builder.stays:  # found, not planted: stays whose chosen X-ray is one the CXR sample broke
         tasks = {}
-        if expected(builder, stay)["stay"] == "kept":
+        if expected(builder, stay)["stay"] == "kept" and stay.subject_id not in builder.unknown_time:
             images = builder.images.get(stay.subject_id, ())
             ends = {"phenotyping": stay.outtime}
             if stay.los_hours >= IHM_HOURS:

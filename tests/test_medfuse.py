@@ -80,14 +80,14 @@ def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
     for r in read_csv(Path(medfuse_stays.__file__).parent.parent / "resources" / "medfuse_splits" /
                   "phenotype_codes.csv"):
         groups[r["phenotype"]].add(r["code"])
-    images = defaultdict(list)
+    images, unknown_time = defaultdict(list), set()
     for r in read_csv(cxr / "mimic-cxr-2.0.0-metadata.csv.gz"):
         if r["ViewPosition"] == "AP":
             try:
                 images[int(r["subject_id"])].append((mimic.parse_study_datetime(r["StudyDate"], r["StudyTime"]),
                                                      r["dicom_id"]))
-            except ValueError:
-                pass
+            except ValueError:  # it may be any stay's latest AP image: the subject's stays are not paired
+                unknown_time.add(int(r["subject_id"]))
     events = defaultdict(list)
     for name in ("icu/chartevents.csv.gz", "hosp/labevents.csv.gz"):
         for r in read_csv(iv / name):
@@ -129,6 +129,9 @@ def brute_force(task: str, roots: sample.SampleRoots) -> dict[int, dict]:
         if not series:
             out[stay_id] = {"drop": "no_events"}
             continue
+        if subject in unknown_time:
+            out[stay_id] = {"reject": "cxr_row_rejected"}
+            continue
         a = admissions[hadm]
         deaths = [_time(a["deathtime"])] if a["deathtime"] else []
         deaths += [dt.datetime.fromisoformat(p["dod"])] if p["dod"] else []
@@ -150,10 +153,13 @@ def test_stays_labels_and_pairing_match_a_brute_force_reading(task, medfuse_tree
     rows = manifest(folder, "stay_id")
     rejects = [json.loads(line) for p in (folder / "rejects").glob("*.jsonl") for line in p.open()]
     bad_images = {r["dicom_id"] for r in rejects if r["stage"] == "images"}  # the sample breaks some on purpose
-    kept = {s: e for s, e in expected.items() if "drop" not in e and e["dicom_id"] not in bad_images}
+    paired = {s: e for s, e in expected.items() if "drop" not in e and "reject" not in e}
+    kept = {s: e for s, e in paired.items() if e["dicom_id"] not in bad_images}
     assert set(rows) == set(kept)
-    assert metadata["counts"]["rejected"] == sum(1 for e in expected.values()
-                                                 if "drop" not in e and e["dicom_id"] in bad_images)
+    assert metadata["counts"]["rejected_by_reason"].get("join/cxr_row_rejected", 0) == sum(
+        1 for e in expected.values() if "reject" in e)
+    assert metadata["counts"]["rejected"] == len(paired) - len(kept) + sum(1 for e in expected.values()
+                                                                           if "reject" in e)
     drops = Counter(e["drop"] for e in expected.values() if "drop" in e)
     assert {k: v for k, v in metadata["counts"]["dropped"].items() if v} == dict(drops)
     names = metadata["label_names"]
@@ -212,7 +218,8 @@ def test_normaliser_is_fitted_on_train_only(task, medfuse_tree, medfuse_runs):
 
     assert all(r["split"] == split(int(r["subject_id"])) for r in manifest(folder, "stay_id").values())
     unwritten = [hourly.discretize(e["series"], e["hours"]) for e in expected.values()
-                 if "drop" not in e and e["dicom_id"] in rejected and split(e["subject_id"]) == "train"]
+                 if "drop" not in e and "reject" not in e and e["dicom_id"] in rejected
+                 and split(e["subject_id"]) == "train"]
     written = [r for r in records.values() if r["split"] == [b"train"]]
     train = np.concatenate([np.asarray(r["timeseries/features"]).reshape(-1, 76) for r in written]
                            + [series.features() for series in unwritten])

@@ -313,14 +313,33 @@ def test_a_dicom_id_whose_metadata_rows_differ_rejects_the_stay_that_pairs_it_wh
     assert events["duplicates/identical_rows/cxr_metadata"] == 1
 
 
+@pytest.mark.parametrize("task", ("ihm", "phenotyping"))
+@pytest.mark.parametrize("reject", [read_reject("bad_study_time", "metadata"), read_reject("wrong_field_count")],
+                         ids=["typed", "read"])
+def test_a_stay_whose_subject_had_an_ap_metadata_row_rejected_is_a_join_reject_not_paired_with_the_next(task, reject):
+    """The AP image of unknown time may be the stay's latest: it was paired with the next-latest (here the one at
+    intime + 2 h) or written unpaired. A stay dropped before the pairing stays a drop."""
+    image = mimic.Image("d1", SUBJECT, 50000001, "AP", None, None, T0 + 2 * HOUR)
+    groups = {**stay_groups(), "images": [image], "rejected_cxr_metadata": [reject]}
+    rejects, counted, records = build(task, groups)
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("join", "cxr_row_rejected")]
+    assert rejects[0]["detail"] == (f"stay_id={STAY}: an AP image of unknown time may be the stay's X-ray; "
+                                    f"cxr_metadata rows of this subject rejected: {reject['reason']}")
+    assert not records and counted["rejected"] == counted["stays"] == 1
+    _, _, [record] = build(task, {**groups, "rejected_cxr_metadata": []})
+    assert record.dicom_id == "d1"
+    short = {**groups, "icustays": [icustay(STAY, HADM, T0, T0 + 47 * HOUR)]}
+    assert build("ihm", short)[:2] == ([], Counter({"stays": 1, "dropped/los_under_48h": 1}))
+
+
 def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tmp_path):
     """In-process medfuse_phenotyping over rows the stays need that were rejected at read or set aside: each
     affected stay is a join reject (never written with a phenotype silently 0 or without a rejected event row,
     never dropped as no_admission / no_patient, never written as its admission's only ICU stay beside a set-aside
-    one); a clean stay is written, its unmapped items' bad rows are filtered at read, not rejected, and the funnel
-    adds up."""
+    one, never paired with the next AP image when one of the subject's has an unreadable time); a clean stay is
+    written, its unmapped items' bad rows are filtered at read, not rejected, and the funnel adds up."""
     names = ("diagnoses", "conflict", "read_reject", "admission", "patient", "shared_a", "shared_b", "clean",
-             "chartevents", "labevents")
+             "chartevents", "labevents", "cxr")
     subjects = dict(zip(names, (_train_subject(92000000 + 10000 * i) for i in range(len(names)))))
     icu, adm, pat, chartevents, labevents = [], [], [], [], []
     for n, (name, subject) in enumerate(subjects.items()):
@@ -356,18 +375,19 @@ def test_a_run_rejects_the_stays_whose_needed_rows_were_rejected_or_set_aside(tm
                         (mimic.CHARTEVENTS, chartevents), (mimic.LABEVENTS, labevents),
                         (mimic.DIAGNOSES_ICD, diagnoses)):
         write_table(iv, table, [{c: mimic_text(v) for c, v in row.items()} for row in rows])
-    write_table(tmp_path / "cxr", mimic.CXR_METADATA, [metadata_row("d1", subjects["clean"], 50000000,
-                                                                    "2150-03-01 09:00:00")])
+    write_table(tmp_path / "cxr", mimic.CXR_METADATA, [
+        metadata_row("d1", subjects["clean"], 50000000, "2150-03-01 09:00:00"),
+        {**metadata_row("d2", subjects["cxr"], 50000001, "2150-03-01 09:00:00", view="AP"), "StudyTime": "996100"}])
     metadata = run(["--cohort=medfuse_phenotyping", f"--mimic_cxr_root={tmp_path / 'cxr'}", f"--mimic_iv_root={iv}",
                     f"--output={tmp_path / 'out'}", "--images=false", ONE_WORKER])
     c = metadata["counts"]
     assert c["rejected_by_reason"] == {
         "join/admission_row_rejected": 1, "join/chartevents_row_rejected": 1, "join/conflicting_icustays": 1,
         "join/diagnoses_row_rejected": 1, "join/icustay_row_rejected": 3, "join/labevents_row_rejected": 1,
-        "join/patient_row_rejected": 1, "join/stay_id_of_several_subjects": 2}
+        "join/patient_row_rejected": 1, "join/stay_id_of_several_subjects": 2, "join/cxr_row_rejected": 1}
     assert c["rows_rejected"] == {"admissions": 1, "chartevents": 1, "diagnoses_icd": 1, "icustays": 1,
                                   "labevents": 1, "patients": 1}
     assert c["rows_filtered"] == {"chartevents": 1, "labevents": 1}
     assert {k: v for k, v in c["dropped"].items() if v} == {"several_icu_stays": 1}
-    assert c["stays"] == c["rejected"] + sum(c["dropped"].values()) + c["matched"] == 13 and c["matched"] == 1
+    assert c["stays"] == c["rejected"] + sum(c["dropped"].values()) + c["matched"] == 14 and c["matched"] == 1
     assert set(manifest(published(tmp_path / "out"), "stay_id")) == {STAY + 71}

@@ -11,15 +11,18 @@ Definition (cohort-definitions.md §B, on the current MIMIC-IV layout; differenc
     labels    IHM: in-hospital mortality; phenotyping: 25 CCS groups from the admission's ICD codes
     CXR       the latest AP X-ray (--views must be AP) with intime <= t <= intime + 48 h (IHM) or outtime; ties:
               dicom_id. Chosen among every version of a dicom_id's metadata rows: if the chosen one's differ, the
-              stay is rejected (conflicting_cxr_metadata); exact copies are one row.
+              stay is rejected (conflicting_cxr_metadata); exact copies are one row. A subject's AP metadata row
+              rejected when read (an unparseable StudyTime) rejects its stays that reach the pairing
+              (cxr_row_rejected): that image may be the latest, so the next-latest would be a guess.
               Every stay is written once, paired or not (has_cxr): the paired set is has_cxr == 1
     split     subject lists shipped with MedFuse (testset_iv, valset_iv); other subjects by salted hash (counted)
     outputs   tfrecords/, manifest/, listfiles/ (MedFuse's columns), timeseries/ with --benchmark_files, rejects/,
               metadata.json (funnel, channel coverage, label prevalence, normaliser)
 
     Read icustays, admissions, patients, diagnoses_icd, chartevents and labevents (mapped itemids at read),
-    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with every table's rejected rows but cxr_metadata's, which
-    reject the stays that may need them: ROW_REJECTS) ─► BuildStays ─► FitNormalizer(train) ─► Normalize
+    cxr_metadata ─► SelectImages ─► CoGroupByKey(subject; with every table's rejected rows, AP metadata rows that fail
+    typing too, which reject the stays that may need them: ROW_REJECTS) ─► BuildStays ─► FitNormalizer(train) ─►
+    Normalize
       AssertPatientDisjoint, AssertUniqueKeys(stay_id) ─► WriteExamples (image read in the shard writer, if paired)
         └─► CountWritten ─► WriteOutputs (manifest, rejects), listfiles, timeseries CSVs, WriteMetadata
 """
@@ -158,7 +161,8 @@ ROW_REJECTS = {rejects.table: rejects for rejects in (  # a reject line has no h
     RowRejects("diagnoses", mimic.DIAGNOSES_ICD.name, "a rejected diagnoses_icd row may hold a code of this stay's "
                                                       "phenotypes"),
     *(RowRejects(table.name, table.name, f"a rejected {table.name} row may be an event in this stay's series")
-      for table in (mimic.CHARTEVENTS, mimic.LABEVENTS)))}
+      for table in (mimic.CHARTEVENTS, mimic.LABEVENTS)),
+    RowRejects("cxr", mimic.CXR_METADATA.name, "an AP image of unknown time may be the stay's X-ray"))}
 
 
 def stay_selection(tables: dict[str, Unique], groups: Mapping[str, Iterable] | None = None
@@ -256,6 +260,7 @@ class BuildStays(beam.DoFn):
         # The subject's rejected event rows (any kept stay may need one) and diagnoses rows (any phenotyping stay).
         events_problem = ROW_REJECTS["chartevents"].problem(groups) or ROW_REJECTS["labevents"].problem(groups)
         labels_problem = self._task == "phenotyping" and ROW_REJECTS["diagnoses_icd"].problem(groups)
+        cxr_problem = ROW_REJECTS["cxr_metadata"].problem(groups)  # any stay's X-ray may be the unreadable one
         for stay in kept:
             yield accounting.event("stays")
             if self._task == "ihm" and not stays_lib.ihm_eligible(stay):
@@ -282,6 +287,10 @@ class BuildStays(beam.DoFn):
                 labels = (stays_lib.in_hospital_mortality(stay, admissions[stay.hadm_id], patients[subject_id]),)
             else:
                 labels = stays_lib.phenotype_labels(codes.get(stay.hadm_id, ()))
+            if cxr_problem:  # pairing the next-latest AP image (or none) would be a guess
+                yield from accounting.reject("join", cxr_problem[0], subject_id=subject_id,
+                                             detail=f"stay_id={stay.stay_id}: {cxr_problem[1]}", counter="rejected")
+                continue
             cxr = stays_lib.pair_cxr(stay, cxrs, self._task)
             problem = cxr and images.conflict(cxr.dicom_id)
             if problem:  # chosen among every version: which one's time, study and path are right is unknown
@@ -445,6 +454,8 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     icustays = reads["icustays"].rows | "OneSubjectPerStayId" >> OneSubjectPerId(
         "stay_id", lambda r: (r["stay_id"], r["subject_id"], None), "join", unit="stays")
     rejected = {**{table: reads[table][accounting.REJECTS] for table in ROW_REJECTS},
+                "cxr_metadata": (reads["cxr_metadata"][accounting.REJECTS], images[accounting.REJECTS])
+                | "MetadataRowRejects" >> beam.Flatten(),  # rows rejected when read or typed
                 "icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
                 | "IcustaysRejects" >> beam.Flatten()}
     for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),
