@@ -437,8 +437,12 @@ def _plant_shared(builder: _Builder, candidates: list[sample.Study], used: set[i
 def plant(builder: _Builder) -> set[int]:
     """Plant every case the world has room for, each on its own subject whose other studies keep out of the window;
     returns the subjects used. A small world may lack an anchor for some case: that case is then left out."""
+    # A subject with a frontal image of unknown time (a planted bad StudyTime) has every admission that reaches the
+    # CXR step rejected (join/cxr_row_rejected), whatever its case would show: such subjects carry none.
+    unknown_time = {s.subject_id for studies in builder.studies.values() for s in studies
+                    if s.bad_time and frontal_dicoms(s)}
     candidates = [s for subject in sorted(builder.studies) if subject in builder.patients
-                  for s in builder.studies[subject] if usable(s)]
+                  and subject not in unknown_time for s in builder.studies[subject] if usable(s)]
     builder.rng.shuffle(candidates)
     used: set[int] = set()
     for plan in PLANS:

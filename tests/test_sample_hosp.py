@@ -244,3 +244,16 @@ def test_deterministic_and_the_ed_and_cxr_files_are_unchanged(tmp_path, monkeypa
     assert manifests[0].pop("symile")["cases"] and manifests[1].pop("symile") == {}
     assert manifests[0].pop("medfuse")["cases"] and manifests[1].pop("medfuse") == {}  # sample_icu needs admissions
     assert manifests[0] == manifests[1]
+
+
+@pytest.mark.parametrize("seed", [0, 6])
+def test_no_case_sits_on_a_subject_whose_frontal_image_has_an_unknown_time(seed) -> None:
+    """symile_mimic rejects every admission of such a subject at the CXR step (join/cxr_row_rejected), whatever its
+    case says: seed 0 (the demo's) listed cxr_at_24h_excluded there as no_cxr_in_window, seed 6 no_usable_ecg."""
+    import random
+
+    world = sample._synthetic_world(random.Random(seed), 200)
+    unknown_time = {s.subject_id for s in world.studies if s.bad_time and sample_hosp.frontal_dicoms(s)}
+    assert unknown_time  # the CXR sample plants bad StudyTimes on frontal studies
+    cases = [c for c in sample_hosp.build(world, seed).cases if c.get("hadm_id")]
+    assert cases and not [c["case"] for c in cases if c["subject_id"] in unknown_time]
