@@ -385,7 +385,8 @@ def test_cli_prints_pipeline_flags(tmp_path: Path, capsys: pytest.CaptureFixture
     sample.main([str(tmp_path), "--subjects", "5", "--seed", "3"])
     out = capsys.readouterr().out.strip()
     assert out == (f"--mimic_cxr_root={tmp_path / 'mimic-cxr-jpg'} --mimic_ed_root={tmp_path / 'mimic-iv-ed'} "
-                   f"--mimic_iv_root={tmp_path / 'mimiciv'}")
+                   f"--mimic_iv_root={tmp_path / 'mimiciv'} --mimic_ecg_root={tmp_path / 'mimic-iv-ecg'} "
+                   f"--mimic_cxr_reports={tmp_path / 'mimic-cxr-jpg'}")
     with pytest.raises(ValueError):
         sample.generate(tmp_path / "x", subjects=1, image_size="huge")
 
@@ -461,17 +462,14 @@ def test_open_data_studies_sit_on_real_stays(open_run) -> None:
     assert documented[50414267] == 33258284 and documented[53189527] == 38112554 and documented[53911762] == 39399961
 
 
-def test_the_command_line_prints_every_root_and_wants_a_subject(tmp_path: Path) -> None:
+def test_the_command_line_prints_roots_that_hold_their_files_and_wants_a_subject(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "beam_pipeline.sample", str(tmp_path / "s"), "--subjects", "3"],
                           capture_output=True, text=True, cwd=repo, check=True)
     flags = dict(flag.split("=", 1) for flag in done.stdout.split())
-    cxr = str(tmp_path / "s" / "mimic-cxr-jpg")
-    assert flags == {"--mimic_cxr_root": cxr, "--mimic_ed_root": str(tmp_path / "s" / "mimic-iv-ed"),
-                     "--mimic_iv_root": str(tmp_path / "s" / "mimiciv"),
-                     "--mimic_ecg_root": str(tmp_path / "s" / "mimic-iv-ecg"), "--mimic_cxr_reports": cxr}
-    assert all(Path(path).is_dir() for path in flags.values())
-    assert list(Path(cxr).glob("files/p*/p*/s*.txt"))  # the reports sit beside the study folders
+    assert len(flags) == 5 and all(Path(path).is_dir() for path in flags.values())
+    assert list(Path(flags["--mimic_cxr_reports"]).glob("files/p*/p*/s*.txt"))  # beside the study folders
+    assert list(Path(flags["--mimic_ecg_root"]).glob("record_list.csv"))
     refused = subprocess.run([sys.executable, "-m", "beam_pipeline.sample", str(tmp_path / "none"), "--subjects", "0"],
                              capture_output=True, text=True, cwd=repo)
     assert refused.returncode == 2 and "must be at least 1, not 0" in refused.stderr
