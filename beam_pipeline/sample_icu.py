@@ -160,6 +160,12 @@ class ApImage:
     def usable(self) -> bool:
         return self.problem is None
 
+    @property
+    def reject(self) -> str | None:
+        """What medfuse gives a stay paired with this image: a broken file's reject. A repeated metadata row is an
+        exact copy, which medfuse merges (counted) and pairs; only the one-image-per-row cohorts reject the copy."""
+        return None if self.problem == sample.REJECTED_CASES["duplicate_image_row"] else self.problem
+
 
 def _problem(study: sample.Study) -> str | None:
     """The reject reason the pipeline gives this study's images (a broken first file, a repeated metadata row)."""
@@ -750,11 +756,11 @@ def manifest(builder: _Builder, labs: list[dict[str, str]], diagnoses_rows: int)
             if stay.los_hours >= IHM_HOURS:
                 ends["ihm"] = stay.intime + IHM_HOURS * HOUR
             tasks = {task: image for task, end in sorted(ends.items())
-                     if (image := _latest_ap(images, stay.intime, end)) and not image.usable}
+                     if (image := _latest_ap(images, stay.intime, end)) and image.reject}
         for task, image in tasks.items():
             builder.cases.append({"case": "chosen_cxr_unusable", **stay.ids(), "task": task,
                                   "dicom_id": image.dicom_id, "study_id": image.study_id,
-                                  "expected_reject": image.problem})
+                                  "expected_reject": image.reject})
     mapped_labs = {int(i) for i, v in ITEM_VARIABLES.items() if i < 220000}
     in_stays = sum(1 for row in labs if int(row["itemid"]) in mapped_labs and row["hadm_id"] and any(
         int(row["hadm_id"]) == s.admission.hadm_id and s.intime <= mimic.parse_datetime(row["charttime"]) <= s.outtime

@@ -290,6 +290,22 @@ def test_planted_stays_come_out_as_the_sample_says(task, medfuse_tree, medfuse_r
 
 
 @pytest.mark.parametrize("task", TASKS)
+def test_stays_whose_chosen_xray_the_sample_broke_come_out_as_the_sample_says(task, medfuse_tree, medfuse_runs):
+    """Each listed stay is not written and its X-ray is rejected for the listed reason. A repeated metadata row is
+    not among them: medfuse merges exact copies and pairs the image (this sample's stay 30368228 was listed as
+    rejected for duplicate_dicom_id and was written)."""
+    folder, _, _ = medfuse_runs[task]
+    rows = manifest(folder, "stay_id")
+    rejects = {(r["dicom_id"], r["reason"]) for path in (folder / "rejects").glob("*.jsonl")
+               for r in map(json.loads, path.open())}
+    cases = [c for c in json.loads((Path(medfuse_tree.cxr).parent / "SAMPLE.json").read_text())["medfuse"]["cases"]
+             if c["case"] == "chosen_cxr_unusable" and c["task"] == task]
+    assert cases or task == "ihm"
+    for case in cases:
+        assert case["stay_id"] not in rows and (case["dicom_id"], case["expected_reject"]) in rejects, case
+
+
+@pytest.mark.parametrize("task", TASKS)
 def test_rerun_is_byte_identical_with_one_worker(task, medfuse_tree, medfuse_runs, tmp_path):
     folder, metadata, _ = medfuse_runs[task]
     again = run(medfuse_argv(task, medfuse_tree, tmp_path / "again", ONE_WORKER, "--benchmark_files",
