@@ -464,13 +464,15 @@ def _synthetic_world(rng: random.Random, subjects: int) -> World:
 
 
 def _late_events(studies: list[Study], tables: dict[str, list[dict]]) -> list[tuple[str, Study]]:
-    """In-stay studies whose stay has vitals or ED medications charted after the X-ray (leakage checks)."""
+    """In-stay studies whose stay has vitals or ED medications charted after the X-ray (leakage checks), among
+    studies planted as readable: one planted broken or with a bad StudyTime never reaches a record."""
     cases = []
     for table in ("vitalsign", "pyxis"):
         last = {}
         for row in tables[table]:
             last[row["stay_id"]] = max(row["charttime"], last.get(row["stay_id"], row["charttime"]))
-        late = [s for s in studies if s.stay and s.stay.intime <= s.time < last.get(s.stay.stay_id, s.time)]
+        late = [s for s in studies if s.stay and s.stay.intime <= s.time < last.get(s.stay.stay_id, s.time)
+                and not s.broken_file and not s.bad_time]
         cases += [(f"{table}_after_study", study) for study in late[:3]]
     return cases
 

@@ -474,3 +474,14 @@ def test_the_command_line_prints_roots_that_hold_their_files_and_wants_a_subject
                              capture_output=True, text=True, cwd=repo)
     assert refused.returncode == 2 and "must be at least 1, not 0" in refused.stderr
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("seed", [4, 10])
+def test_late_event_cases_sit_on_studies_that_reach_a_record(seed: int) -> None:
+    """A study planted broken or with a bad StudyTime never reaches a record, so a "charted after the X-ray" case
+    there checked nothing (seed 4: vitalsign_ and pyxis_after_study on an empty image file)."""
+    import random
+
+    world = sample._synthetic_world(random.Random(seed), 200)
+    late = [study for case, study in world.cases if case.endswith("_after_study")]
+    assert len(late) == 6 and not [s.study_id for s in late if s.broken_file or s.bad_time]
