@@ -185,7 +185,7 @@ def normalizer_part(metadata: dict, manifest: list[dict[str, str]]) -> str:
         return ("<p>No normaliser: the run did not standardise the features (--normalize_timeseries=false) or had "
                 "fewer than 2 train hours.</p>")
     stays = split_cells(metadata, manifest)[("stays", "train")]
-    hours = stays if isinstance(stays, str) else Count(normalizer.get("rows", 0))
+    hours = html.escape(stays) if isinstance(stays, str) else Count(normalizer.get("rows", 0))  # "<11" is text
     return (f"<p>Fitted on: {html.escape(normalizer.get('fitted_on', 'train'))}; {hours} hours, ddof "
             f"{normalizer.get('ddof', '')}, sd floor {normalizer.get('std_floor', '')}. Means and sds are shown for "
             f"channels observed in more than {SMALL_CELL} train stays.</p>" +
