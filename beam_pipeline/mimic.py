@@ -239,6 +239,16 @@ DIAGNOSES_ICD = Table(
     types={"subject_id": INT, "hadm_id": INT, "seq_num": INT, "icd_code": STR, "icd_version": INT},
     required=("subject_id", "hadm_id", "icd_code"),
 )
+
+
+def _check_record_path(row: Mapping[str, Any]) -> None:
+    """A record_list path names a record under the ECG root (``files/p1000/p10000032/s40689238/40689238``): a
+    leading ``/``, an empty, ``.`` or ``..`` segment would name another file, possibly outside the root."""
+    path = row["path"]
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise RowError("bad_path", f"ecg_record_list.path={_short(path)} is not a record path under the ECG root")
+
+
 ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB record is <root>/<path>.{hea,dat}
     name="ecg_record_list",
     module="ecg",
@@ -248,6 +258,7 @@ ECG_RECORD_LIST = Table(  # MIMIC-IV-ECG 1.0: one row per 12-lead ECG; the WFDB 
     types={"subject_id": INT, "study_id": INT, "ecg_time": DATETIME, "path": STR},
     required=("subject_id", "study_id", "ecg_time", "path"),
     gzipped=False,
+    check=_check_record_path,
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (CXR_METADATA, CXR_CHEXPERT, CXR_NEGBIO, CXR_SPLIT, EDSTAYS,

@@ -180,3 +180,16 @@ def test_image_row_values_that_are_no_int64_are_bad_int(column, text):
     with pytest.raises(mimic.RowError) as err:
         mimic.parse_image_row({**IMAGE_ROW, column: text})
     assert (err.value.reason, err.value.detail) == ("bad_int", f"cxr_metadata.{column}={text!r}")
+
+
+@pytest.mark.parametrize("path", ["../outside/40689238", "files/p1000/../../../etc/40689238", "/files/p1000/40689238",
+                                  "files//p1000/40689238", "files/./40689238", "files/p1000/40689238/", ".."])
+def test_a_record_path_that_leaves_the_ecg_root_is_a_bad_path(path):
+    """record_list's path is joined to --mimic_ecg_root: a row whose path could name a file elsewhere is a reject,
+    like any row that cannot be typed (symile_mimic then rejects the subject's admissions: ecg_row_rejected)."""
+    raw = {"subject_id": "10000032", "study_id": "40689238", "ecg_time": "2180-07-23 08:44:00", "path": path}
+    with pytest.raises(mimic.RowError) as err:
+        mimic.type_row(mimic.ECG_RECORD_LIST, raw)
+    assert err.value.reason == "bad_path" and "ecg_record_list.path" in err.value.detail
+    ok = {**raw, "path": "files/p1000/p10000032/s40689238/40689238"}  # the form MIMIC-IV-ECG uses
+    assert mimic.type_row(mimic.ECG_RECORD_LIST, ok)["path"] == ok["path"]

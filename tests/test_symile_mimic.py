@@ -234,10 +234,12 @@ def test_the_tf_data_spec_parses_a_record(symile_run):
     assert parsed["ecg/signal"].shape == (60000,) and parsed["labs/percentiles"].shape == (50,)
 
 
-def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(tmp_path):
+@pytest.mark.parametrize("ecg_damage", ["time", "path"])
+def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(tmp_path, ecg_damage):
     """Five subjects with one admission each: the earliest CXR, ECG or creatinine, or the patients row, damaged in
-    one subject each (dA1's dicom_id is also under another subject; the times lack seconds); the fifth is clean.
-    The four are rejected, never written with the next CXR, ECG or lab or without age, and the funnel adds up."""
+    one subject each (dA1's dicom_id is also under another subject; the times lack seconds, or the ECG's record path
+    climbs out of the root); the fifth is clean. The four are rejected, never written with the next CXR, ECG or lab
+    or without age, and the funnel adds up."""
     from beam_pipeline.transforms.ecg import write_ecg
     cxr, iv, ecg = tmp_path / "cxr", tmp_path / "iv", tmp_path / "ecg"
     subjects = {"patients": 10000001, "cxr": 10000002, "ecg": 10000003, "lab": 10000004, "clean": 10000005}
@@ -261,8 +263,12 @@ def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(t
         for n, time in enumerate(("2150-03-01 09:00", "2150-03-01 10:00:00"), 1):
             study, path = 40000000 + 10 * i + n, f"files/p1000/p{s}/s{40000000 + 10 * i + n}/{40000000 + 10 * i + n}"
             write_ecg((ecg / path).parent, str(study), np.random.default_rng(study).uniform(-2, 2, (5000, 12)))
-            ecgs.append(dict(subject_id=s, study_id=study, file_name=study, path=path,
-                             ecg_time=time if kind == "ecg" or n == 2 else time + ":00"))
+            if kind == "ecg" and n == 1 and ecg_damage == "path":
+                ecgs.append(dict(subject_id=s, study_id=study, file_name=study, path=f"../ecg/{path}",
+                                 ecg_time=time + ":00"))  # the same record, by a path outside the root
+            else:
+                ecgs.append(dict(subject_id=s, study_id=study, file_name=study, path=path,
+                                 ecg_time=time if kind == "ecg" and ecg_damage == "time" or n == 2 else time + ":00"))
     write_table(cxr / "mimic-cxr-2.0.0-metadata.csv", mimic.CXR_METADATA, metadata)
     write_table(cxr / "mimic-cxr-2.0.0-chexpert.csv", mimic.CXR_CHEXPERT, labels)
     write_table(iv / "hosp" / "patients.csv", mimic.PATIENTS, patients)
@@ -274,6 +280,7 @@ def test_rows_rejected_at_read_reject_the_admissions_that_could_have_used_them(t
     c = result["counts"]
     assert c["rejected_by_reason"] == {f"join/{kind}_row_rejected": 1 for kind in ("patient", "cxr", "ecg", "lab")}
     assert (c["admissions"], c["rejected"], c["matched"]) == (5, 4, 1)
+    assert c["rejects_by_stage_reason"].get("read/bad_path", 0) == (ecg_damage == "path")
     [row] = manifest(published(tmp_path / "out"), "hadm_id").values()
     assert (row["subject_id"], row["cxr_dicom_id"], row["ecg_study_id"], row["50912"]) == (
         "10000005", "d10000005-1", "40000041", "1.0")
