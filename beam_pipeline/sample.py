@@ -191,6 +191,7 @@ class World:
     studies: list[Study]
     cases: list[tuple[str, Study]]
     tables: dict[str, list[dict[str, Any]]]  # Table.name -> rows (ED and patients; empty on open data)
+    bad_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # SAMPLE.json "bad_rows"
 
 
 class Ids:
@@ -460,7 +461,11 @@ def _synthetic_world(rng: random.Random, subjects: int) -> World:
     row = rng.choice(tables["vitalsign"])  # one impossible timestamp: a read reject, the row's other data is lost
     text = mimic.format_datetime(row["charttime"])
     row["charttime"] = text[:11] + "25" + text[13:]  # hour 25
-    return World(stays, studies, cases, tables)
+    bad = {"table": "vitalsign", "subject_id": row["subject_id"], "stay_id": row["stay_id"],
+           "charttime": row["charttime"], "expected_reject": "bad_timestamp",
+           "then": "each readable X-ray of the subject that links to a stay is rejected as vitalsign_row_rejected "
+                   "(the row may be charted before it), whatever its case says"}
+    return World(stays, studies, cases, tables, [bad])
 
 
 def _late_events(studies: list[Study], tables: dict[str, list[dict]]) -> list[tuple[str, Study]]:
@@ -702,7 +707,8 @@ def _manifest(world: World, mode: str, seed: int) -> dict[str, Any]:
                          "stay_id",
             "counts": {"subjects": len({s.subject_id for s in world.studies}), "stays": len(world.stays),
                        "studies": len(world.studies), "images": sum(len(s.shots) for s in world.studies)},
-            "cases": sorted((entry(*case) for case in world.cases), key=lambda e: (e["case"], e["study_id"]))}
+            "cases": sorted((entry(*case) for case in world.cases), key=lambda e: (e["case"], e["study_id"])),
+            "bad_rows": world.bad_rows}
 
 
 def _write(out: Path, roots: SampleRoots, world: World, images: tuple[Sizer, Painter], rng: random.Random,

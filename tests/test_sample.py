@@ -111,8 +111,12 @@ def test_bad_input_is_planted_and_listed(raw_tables, manifest) -> None:
             mimic.parse_study_datetime(row["StudyDate"], row["StudyTime"])
     dicoms = [r["dicom_id"] for r in raw_tables["cxr_metadata"]]
     assert dicoms.count(cases["duplicate_image_row"]["dicom_id"]) == 2
-    assert [r["charttime"] for r in raw_tables["vitalsign"] if not _parses(r["charttime"])][0][11:13] == "25"
-    assert sum(not _parses(r["charttime"]) for r in raw_tables["vitalsign"]) == 1
+    [unreadable] = [r for r in raw_tables["vitalsign"] if not _parses(r["charttime"])]
+    assert unreadable["charttime"][11:13] == "25"
+    [listed] = manifest["bad_rows"]
+    assert (listed["table"], listed["expected_reject"]) == ("vitalsign", "bad_timestamp")
+    assert ({k: str(listed[k]) for k in ("subject_id", "stay_id", "charttime")}
+            == {k: unreadable[k] for k in ("subject_id", "stay_id", "charttime")})
 
 
 def test_broken_image_files_are_planted(synthetic: sample.SampleRoots, tables, manifest) -> None:
