@@ -62,7 +62,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import labels as labels_lib
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectKeptImages
+from beam_pipeline.transforms.images import SelectKeptImages, metadata_row_rejects
 from beam_pipeline.transforms.join import (KeyLabelRejects, RowRejects, Unique, duplicate_events, group_by,
                                           label_problem, rejected_labels, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -432,8 +432,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labels": key_by_subject("Key labels", reads["cxr_chexpert"].rows),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"]),
-             CXR_REJECTS.tag: CXR_REJECTS.keyed((reads["cxr_metadata"][accounting.REJECTS],
-                                                 images[accounting.REJECTS]) | "MetadataRowRejects" >> beam.Flatten())}
+             CXR_REJECTS.tag: CXR_REJECTS.keyed(metadata_row_rejects(reads["cxr_metadata"], images))}
     if "cxr_split" in reads:
         keyed["splits"] = key_by_subject("Key splits", reads["cxr_split"].rows)
     chosen = study_stage(keyed | "CoGroupBySubject" >> beam.CoGroupByKey(), "ChooseStudyImages",

@@ -55,7 +55,7 @@ from beam_pipeline.options import Config
 from beam_pipeline.pipeline import checks_before_images, gather, image_stage, key_by_subject, read_tables, stage
 from beam_pipeline.transforms import hourly
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values, present_when
-from beam_pipeline.transforms.images import SelectKeptImages
+from beam_pipeline.transforms.images import SelectKeptImages, metadata_row_rejects
 from beam_pipeline.transforms.join import (OneSubjectPerId, RowRejects, Unique, duplicate_events, unique_images,
                                           unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -454,8 +454,7 @@ def build(task: str, p: beam.Pipeline, config: Config, paths: dict[str, str], te
     icustays = reads["icustays"].rows | "OneSubjectPerStayId" >> OneSubjectPerId(
         "stay_id", lambda r: (r["stay_id"], r["subject_id"], None), "join", unit="stays")
     rejected = {**{table: reads[table][accounting.REJECTS] for table in ROW_REJECTS},
-                "cxr_metadata": (reads["cxr_metadata"][accounting.REJECTS], images[accounting.REJECTS])
-                | "MetadataRowRejects" >> beam.Flatten(),  # rows rejected when read or typed
+                "cxr_metadata": metadata_row_rejects(reads["cxr_metadata"], images),
                 "icustays": (reads["icustays"][accounting.REJECTS], icustays[accounting.REJECTS])
                 | "IcustaysRejects" >> beam.Flatten()}
     for tag, rows in (("icustays", icustays.rows), ("admissions", reads["admissions"].rows),

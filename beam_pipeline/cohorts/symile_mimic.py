@@ -50,7 +50,7 @@ from beam_pipeline.transforms.candidates import WriteCandidateSets
 from beam_pipeline.transforms.ecdf import FitEcdf, apply_ecdf
 from beam_pipeline.transforms.ecg import EcgFormatError, minmax_scale, quality_problem, read_ecg
 from beam_pipeline.transforms.examples import EDGE_MAP_FEATURE, IMAGE_FEATURES, image_values
-from beam_pipeline.transforms.images import SelectKeptImages
+from beam_pipeline.transforms.images import SelectKeptImages, metadata_row_rejects
 from beam_pipeline.transforms.join import (KeyLabelRejects, OneSubjectPerId, RowRejects, duplicate_events,
                                           label_problem, rejected_labels, unique_images, unique_rows)
 from beam_pipeline.transforms.pixels import ProcessedImage
@@ -371,8 +371,7 @@ def build(p: beam.Pipeline, config: Config, paths: dict[str, str], text: None, b
              "labs": key_by_subject("Key labs", labs.labs),
              "rejected_labels": reads["cxr_chexpert"][accounting.REJECTS]
              | "Key rejected_labels" >> KeyLabelRejects(images["images"])}
-    metadata_rejects = ((reads[mimic.CXR_METADATA.name][accounting.REJECTS], images[accounting.REJECTS])
-                        | "MetadataRowRejects" >> beam.Flatten())  # rows rejected when read or typed
+    metadata_rejects = metadata_row_rejects(reads[mimic.CXR_METADATA.name], images)
     for table, rejects in ROW_REJECTS.items():
         keyed[rejects.tag] = rejects.keyed(metadata_rejects if table == mimic.CXR_METADATA.name
                                            else reads[table][accounting.REJECTS])

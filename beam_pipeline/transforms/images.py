@@ -59,6 +59,13 @@ class SelectKeptImages(beam.PTransform):
                 **{tag: (selected[tag], unique[tag]) | f"All{tag.title()}" >> beam.Flatten() for tag in tags}}
 
 
+def metadata_row_rejects(read: dict, selected: dict):
+    """Every cxr_metadata row rejected when read (``read``: ReadMimicTable's outputs) or typed (``selected``:
+    SelectKeptImages'): images of unknown time, which a cohort choosing an image by time must count as possibly the
+    one it would choose (join.RowRejects)."""
+    return (read[accounting.REJECTS], selected[accounting.REJECTS]) | "MetadataRowRejects" >> beam.Flatten()
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageSettings:
     size: int
